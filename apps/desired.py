@@ -1,0 +1,53 @@
+"""The desired flow table of every switch, computed from the model by pure functions."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from apps import arp_responder, forwarding
+from apps.flows import FlowEntry
+from topology import graph
+from topology.model import ROLE_HYPERVISOR, Host, Topology
+
+DesiredTables = dict[int, dict[int, FlowEntry]]  # dpid -> cookie -> entry
+
+
+class ConflictError(RuntimeError):
+    """Two desired entries share table, priority and match but differ in actions."""
+
+
+def desired_tables(topo: Topology) -> DesiredTables:
+    """Compile the whole model. Switches are independent, so this is a loop over switches."""
+    view = graph.view(topo)
+    hosts = sorted(
+        (h for h in topo.hosts.values() if h.dpid in topo.switches and topo.is_edge_port(h.dpid, h.port)),
+        key=lambda h: h.mac,
+    )
+    by_switch: dict[int, list[Host]] = defaultdict(list)
+    for host in hosts:
+        by_switch[host.dpid].append(host)
+    responders = arp_responder.responder_flows(hosts)
+    tables: DesiredTables = {}
+    for dpid in sorted(topo.switches):
+        entries = forwarding.base_flows()
+        entries += forwarding.ingress_flows(topo, dpid, by_switch.get(dpid, []))
+        entries += forwarding.flood_flows(topo, dpid, view)
+        entries += forwarding.unicast_flows(dpid, view, hosts)
+        if topo.role(dpid) == ROLE_HYPERVISOR:
+            entries += responders
+        tables[dpid] = index_entries(entries)
+    return tables
+
+
+def index_entries(entries: list[FlowEntry]) -> dict[int, FlowEntry]:
+    """Key entries by cookie, refusing two entries that would overwrite each other on a switch."""
+    by_cookie: dict[int, FlowEntry] = {}
+    by_slot: dict[tuple, FlowEntry] = {}
+    for entry in entries:
+        slot = (entry.table, entry.priority, entry.match)
+        other = by_slot.get(slot)
+        if other is not None and other != entry:
+            raise ConflictError(f"conflicting flows in table {entry.table} at priority {entry.priority} for {entry.match}")
+        by_slot[slot] = entry
+        by_cookie[entry.cookie] = entry
+    return by_cookie

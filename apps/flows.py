@@ -1,0 +1,118 @@
+"""Flow entries as plain, hashable data: what a switch should hold, with no Ryu in sight."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from apps import pipeline
+
+MatchValue = int | str | tuple
+
+
+@dataclass(frozen=True)
+class Output:
+    """Send the frame out of a port (an OpenFlow port number or reserved port)."""
+
+    port: int
+    max_len: int = 0xFFE5  # OFPCML_NO_BUFFER when the port is the controller
+
+
+@dataclass(frozen=True)
+class SetField:
+    """Overwrite one header field (OXM name, Ryu spelling)."""
+
+    name: str
+    value: MatchValue
+
+
+@dataclass(frozen=True)
+class Move:
+    """Copy n_bits from one header field to another (Nicira reg_move)."""
+
+    src: str
+    dst: str
+    n_bits: int
+
+
+Action = Output | SetField | Move
+
+
+class PipelineError(ValueError):
+    """A flow entry breaks the pipeline description (a programming error)."""
+
+
+def _freeze_match(match: dict[str, MatchValue] | Iterable[tuple[str, MatchValue]]) -> tuple:
+    items = match.items() if isinstance(match, dict) else match
+    return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in items))
+
+
+@dataclass(frozen=True)
+class FlowEntry:
+    """One desired flow: table, priority, match, apply-actions and an optional goto.
+
+    The cookie is derived from the content: the reconciler compares switches by
+    cookie alone, so a changed entry is simply a different cookie.
+    """
+
+    table: int
+    priority: int
+    match: tuple
+    actions: tuple = ()
+    goto: int | None = None
+    app: int = pipeline.APP_TOPOLOGY
+    cookie: int = field(default=0, compare=False)
+
+    @classmethod
+    def make(
+        cls,
+        table: int,
+        priority: int,
+        match: dict[str, MatchValue] | None = None,
+        actions: Iterable[Action] = (),
+        goto: int | None = None,
+        app: int = pipeline.APP_TOPOLOGY,
+    ) -> FlowEntry:
+        entry = cls(table, priority, _freeze_match(match or {}), tuple(actions), goto, app)
+        entry.validate()
+        object.__setattr__(entry, "cookie", entry.content_cookie())
+        return entry
+
+    def validate(self) -> None:
+        spec = pipeline.PIPELINE.get(self.table)
+        if spec is None:
+            raise PipelineError(f"no table {self.table} in the pipeline")
+        bad = {name for name, _ in self.match} - spec.match_fields
+        if bad:
+            raise PipelineError(f"table {spec.name} does not match on {sorted(bad)}")
+        if self.goto is not None and self.goto not in spec.next_tables:
+            raise PipelineError(f"table {spec.name} may not go to table {self.goto}")
+
+    def content_cookie(self) -> int:
+        digest = hashlib.blake2b(repr((self.table, self.priority, self.match, self.actions, self.goto)).encode(), digest_size=6)
+        return (
+            (pipeline.COOKIE_MAGIC << pipeline.COOKIE_MAGIC_SHIFT)
+            | (self.app << pipeline.COOKIE_APP_SHIFT)
+            | int.from_bytes(digest.digest(), "big")
+        )
+
+    @property
+    def slot(self) -> tuple:
+        """Table, priority and match: a switch holds one entry per slot, and adding an entry
+        to an occupied slot replaces what was there."""
+        return (self.table, self.priority, self.match)
+
+    @property
+    def match_dict(self) -> dict[str, Any]:
+        return dict(self.match)
+
+
+def is_ours(cookie: int) -> bool:
+    """True when a cookie carries the Goldilocks namespace."""
+    return (cookie >> pipeline.COOKIE_MAGIC_SHIFT) == pipeline.COOKIE_MAGIC
+
+
+def app_of(cookie: int) -> str:
+    return pipeline.APP_NAMES.get((cookie >> pipeline.COOKIE_APP_SHIFT) & 0xFF, "unknown")

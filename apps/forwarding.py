@@ -1,0 +1,74 @@
+"""Desired flows for topology-driven forwarding: ingress admission, unicast, flooding, egress."""
+
+from __future__ import annotations
+
+from apps import pipeline
+from apps.flows import FlowEntry, Output
+from topology.graph import GraphView
+from topology.model import Host, Topology
+
+TO_CONTROLLER = Output(pipeline.OFPP_CONTROLLER, pipeline.PACKET_IN_BYTES)
+
+
+def base_flows() -> list[FlowEntry]:
+    """Flows every switch holds whatever the topology: LLDP and unknown sources to the
+    controller, and pass-through defaults for the tables later issues fill in."""
+    return [
+        FlowEntry.make(pipeline.INGRESS, pipeline.PRIO_LLDP, {"eth_type": pipeline.ETH_TYPE_LLDP}, (TO_CONTROLLER,)),
+        # Unknown source on an edge port: the controller learns it.
+        FlowEntry.make(pipeline.INGRESS, pipeline.PRIO_MISS, {}, (TO_CONTROLLER,)),
+        FlowEntry.make(pipeline.CLASSIFY, pipeline.PRIO_MISS, {}, goto=pipeline.POLICY),
+        FlowEntry.make(pipeline.POLICY, pipeline.PRIO_MISS, {}, goto=pipeline.FORWARD),
+    ]
+
+
+def ingress_flows(topo: Topology, dpid: int, local_hosts: list[Host]) -> list[FlowEntry]:
+    """Table 0: frames from inter-switch ports go straight to forwarding; frames from a known
+    host on its own edge port enter the pipeline; ARP with a sender IP we do not know yet is
+    also copied to the controller so that it learns the address."""
+    flows = [
+        FlowEntry.make(pipeline.INGRESS, pipeline.PRIO_FROM_FABRIC, {"in_port": port}, goto=pipeline.FORWARD)
+        for port in sorted(topo.inter_switch_ports(dpid))
+    ]
+    for host in local_hosts:
+        at = {"in_port": host.port, "eth_src": host.mac}
+        flows.append(FlowEntry.make(pipeline.INGRESS, pipeline.PRIO_KNOWN_SOURCE, at, goto=pipeline.CLASSIFY))
+        arp = {**at, "eth_type": pipeline.ETH_TYPE_ARP}
+        flows.append(
+            FlowEntry.make(pipeline.INGRESS, pipeline.PRIO_KNOWN_SOURCE + 10, arp, (TO_CONTROLLER,), goto=pipeline.CLASSIFY)
+        )
+        for ip in sorted(host.ips):
+            flows.append(
+                FlowEntry.make(pipeline.INGRESS, pipeline.PRIO_KNOWN_SOURCE + 20, {**arp, "arp_spa": ip}, goto=pipeline.CLASSIFY)
+            )
+    return flows
+
+
+def flood_flows(topo: Topology, dpid: int, view: GraphView) -> list[FlowEntry]:
+    """Broadcast, multicast and unknown unicast go out of every edge port and every tree port
+    except the one they came in on. Frames arriving on a non-tree inter-switch port are
+    dropped, so a looped fabric never storms."""
+    edge = set(topo.edge_ports(dpid))
+    tree = set(view.tree_ports.get(dpid, frozenset()))
+    flood_set = edge | tree
+    flows = []
+    for port in sorted(flood_set | topo.inter_switch_ports(dpid)):
+        actions = [Output(p) for p in sorted(flood_set - {port})] if port in flood_set else []
+        flows.append(FlowEntry.make(pipeline.FORWARD, pipeline.PRIO_FLOOD_UNKNOWN, {"in_port": port}, actions))
+    return flows
+
+
+def unicast_flows(dpid: int, view: GraphView, hosts: list[Host]) -> list[FlowEntry]:
+    """Known destination MACs: local ones go to the egress table, remote ones out of the port
+    toward the destination's switch along the shortest path."""
+    flows = []
+    for host in hosts:
+        match = {"eth_dst": host.mac}
+        if host.dpid == dpid:
+            flows.append(FlowEntry.make(pipeline.FORWARD, pipeline.PRIO_UNICAST, match, goto=pipeline.EGRESS))
+            flows.append(FlowEntry.make(pipeline.EGRESS, pipeline.PRIO_UNICAST, match, (Output(host.port),)))
+            continue
+        port = view.next_hop.get(host.dpid, {}).get(dpid)
+        if port is not None:
+            flows.append(FlowEntry.make(pipeline.FORWARD, pipeline.PRIO_UNICAST, match, (Output(port),)))
+    return flows

@@ -1,0 +1,126 @@
+"""The OpenFlow 1.3 pipeline: table ids, their jobs, cookie namespaces and priorities, in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# ---------------------------------------------------------------------------
+# Tables. Each table has one job; every flow built for a table is checked
+# against its description (see FlowEntry.validate / check_entry below).
+# ---------------------------------------------------------------------------
+INGRESS = 0  # port security, source learning, LLDP, quarantine (later)
+CLASSIFY = 1  # write the source VM's context into metadata (policy issue)
+POLICY = 2  # allow / deny / encrypt by source and destination context
+FORWARD = 3  # ARP responder, unicast along shortest paths, tree flooding
+EGRESS = 4  # last check before a local VM port
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """What one table is for and which match fields and gotos it may use."""
+
+    table_id: int
+    name: str
+    job: str
+    match_fields: frozenset[str]
+    next_tables: frozenset[int]
+
+
+PIPELINE: dict[int, TableSpec] = {
+    t.table_id: t
+    for t in (
+        TableSpec(
+            INGRESS,
+            "ingress",
+            "admit frames from edge ports only from known (port, MAC) pairs; LLDP and unknown sources to the controller",
+            frozenset({"in_port", "eth_src", "eth_type", "arp_spa", "ipv4_src"}),
+            frozenset({CLASSIFY, FORWARD}),
+        ),
+        TableSpec(
+            CLASSIFY,
+            "classify",
+            "tag the frame with the source VM's context",
+            frozenset({"in_port", "eth_src", "eth_type", "ipv4_src", "arp_spa"}),
+            frozenset({POLICY}),
+        ),
+        TableSpec(
+            POLICY,
+            "policy",
+            "decide allow / deny / encrypt from source context, destination and service",
+            frozenset(
+                {"metadata", "eth_dst", "eth_type", "ip_proto", "ipv4_dst", "tcp_dst", "udp_dst", "icmpv4_type"}
+                | {"ct_state", "reg0"}
+            ),
+            frozenset({FORWARD}),
+        ),
+        TableSpec(
+            FORWARD,
+            "forward",
+            "answer ARP for known IPs, send unicast along shortest paths, flood broadcast on the spanning tree",
+            frozenset({"in_port", "eth_dst", "eth_type", "arp_op", "arp_tpa"}),
+            frozenset({EGRESS}),
+        ),
+        TableSpec(
+            EGRESS,
+            "egress",
+            "deliver to a local VM port (destination quarantine lives here)",
+            frozenset({"eth_dst", "in_port"}),
+            frozenset(),
+        ),
+    )
+}
+
+# ---------------------------------------------------------------------------
+# Cookies: 0x6c (Goldilocks) in the top byte, the owning app in the next byte,
+# and a 48-bit content hash below. The reconciler only ever reads or deletes
+# flows carrying our top byte, so it never touches anything else.
+# ---------------------------------------------------------------------------
+COOKIE_MAGIC = 0x6C
+COOKIE_MAGIC_SHIFT = 56
+COOKIE_APP_SHIFT = 48
+COOKIE_MAGIC_MASK = 0xFF << COOKIE_MAGIC_SHIFT
+COOKIE_HASH_MASK = (1 << COOKIE_APP_SHIFT) - 1
+
+APP_TOPOLOGY = 0x01  # table-miss, LLDP, learning, forwarding, flooding, ARP
+APP_POLICY = 0x02
+APP_QUARANTINE = 0x03
+APP_TUNNEL = 0x04
+
+APP_NAMES = {
+    APP_TOPOLOGY: "topology",
+    APP_POLICY: "policy",
+    APP_QUARANTINE: "quarantine",
+    APP_TUNNEL: "tunnel",
+}
+
+# ---------------------------------------------------------------------------
+# Priorities.
+# ---------------------------------------------------------------------------
+PRIO_MISS = 0
+PRIO_LEARN = 100  # unknown source on an edge port -> controller
+PRIO_FROM_FABRIC = 300  # frame from an inter-switch port
+PRIO_KNOWN_SOURCE = 500  # known (port, MAC) on an edge port
+PRIO_QUARANTINE = 900
+PRIO_LLDP = 1000
+
+PRIO_FLOOD_UNKNOWN = 100  # unknown unicast destination
+PRIO_FLOOD = 300  # broadcast / multicast along the tree
+PRIO_UNICAST = 500
+PRIO_ARP_RESPONDER = 900
+PRIO_PASS = 1
+
+# Ethernet types and special addresses.
+ETH_TYPE_IPV4 = 0x0800
+ETH_TYPE_ARP = 0x0806
+ETH_TYPE_LLDP = 0x88CC
+ETH_TYPE_IPV6 = 0x86DD
+MULTICAST_BIT = ("01:00:00:00:00:00", "01:00:00:00:00:00")
+
+# OpenFlow reserved ports (OF 1.3 numbers) used in plain data.
+OFPP_IN_PORT = 0xFFFFFFF8
+OFPP_CONTROLLER = 0xFFFFFFFD
+OFPP_LOCAL = 0xFFFFFFFE
+OFPP_MAX = 0xFFFFFF00
+
+# How many bytes of a packet-in we need (headers only).
+PACKET_IN_BYTES = 128

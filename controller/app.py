@@ -1,0 +1,319 @@
+"""The Ryu shell: turns OpenFlow events into model changes and sends what the reconciler plans."""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import time
+
+from ryu.app.wsgi import WSGIApplication
+from ryu.base import app_manager
+from ryu.controller import ofp_event
+from ryu.controller.handler import CONFIG_DISPATCHER, DEAD_DISPATCHER, MAIN_DISPATCHER, set_ev_cls
+from ryu.lib import hub
+from ryu.ofproto import ofproto_v1_3
+
+from apps import desired as desired_mod
+from apps import pipeline
+from apps.flows import FlowEntry
+from apps.forwarding import base_flows
+from controller import ofmsg
+from controller.metrics import Metrics
+from controller.reconciler import SwitchSync
+from controller.settings import Settings
+from controller.store import Store
+from topology import lldp
+from topology.model import Port, PortRef
+
+LOG = logging.getLogger("goldilocks.controller")
+
+# The table-miss entry of the ingress table: a packet-in carrying its cookie is a frame from an
+# unknown source, which we learn and then re-inject into the pipeline.
+MISS_COOKIE = next(e.cookie for e in base_flows() if e.table == pipeline.INGRESS and e.priority == pipeline.PRIO_MISS)
+
+
+EDGE_CHECK_INTERVAL = 0.25
+
+
+def _mac(raw: bytes) -> str:
+    return ":".join(f"{b:02x}" for b in raw)
+
+
+def _ipv4(raw: bytes) -> str:
+    return ".".join(str(b) for b in raw)
+
+
+def sender_ip(frame: bytes) -> tuple[str, str | None]:
+    """(source MAC, sender IPv4 from ARP or IPv4 header, if any) of an Ethernet frame."""
+    src = _mac(frame[6:12])
+    eth_type = struct.unpack("!H", frame[12:14])[0] if len(frame) >= 14 else 0
+    offset = 14
+    if eth_type == 0x8100 and len(frame) >= 18:
+        eth_type, offset = struct.unpack("!H", frame[16:18])[0], 18
+    if eth_type == pipeline.ETH_TYPE_ARP and len(frame) >= offset + 28:
+        return src, _ipv4(frame[offset + 14 : offset + 18])
+    if eth_type == pipeline.ETH_TYPE_IPV4 and len(frame) >= offset + 20:
+        return src, _ipv4(frame[offset + 12 : offset + 16])
+    return src, None
+
+
+class GoldilocksController(app_manager.RyuApp):
+    """Topology learning, forwarding and reconciliation for every connected switch."""
+
+    OFP_VERSIONS = [ofproto_v1_3.OFP_VERSION]
+    _CONTEXTS = {"wsgi": WSGIApplication}
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.settings = Settings.from_env()
+        self.started_at = time.time()
+        self.store = Store(self.settings.state_dir)
+        self.topo = self.store.load_topology(time.monotonic())
+        LOG.info(
+            "state dir %s: loaded %d switches, %d links, %d hosts",
+            self.settings.state_dir,
+            len(self.topo.switches),
+            len(self.topo.links),
+            len(self.topo.hosts),
+        )
+        self.datapaths: dict[int, object] = {}
+        self.sync: dict[int, SwitchSync] = {}
+        self._stats_parts: dict[int, set[int]] = {}
+        self.metrics = Metrics()
+        self.lldp_key = os.urandom(32)
+        self.desired: desired_mod.DesiredTables = {}
+        self._dirty = True
+        self._last_audit = time.monotonic()
+        from controller.rest import register as register_rest
+
+        register_rest(kwargs["wsgi"], self)
+        self.threads.append(hub.spawn(self._tick_loop))
+        self.threads.append(hub.spawn(self._edge_loop))
+
+    # -- compile and reconcile ---------------------------------------------------
+    def model_changed(self, persist: bool = True) -> None:
+        """Recompute the desired tables and push the difference to every synced switch."""
+        started = time.perf_counter()
+        self.desired = desired_mod.desired_tables(self.topo)
+        for dpid in list(self.datapaths):
+            self.reconcile(dpid)
+        self.metrics.observe_reconcile(time.perf_counter() - started)
+        if persist:
+            self.store.save_topology(self.topo)
+
+    def reconcile(self, dpid: int) -> int:
+        datapath, sync = self.datapaths.get(dpid), self.sync.get(dpid)
+        if datapath is None or sync is None or not sync.synced:
+            return 0
+        plan = sync.next_plan(self.desired.get(dpid, {}), time.monotonic())
+        if not plan:
+            return 0
+        for entry in plan.adds:
+            datapath.send_msg(ofmsg.flow_add(datapath, entry))
+        for cookie in plan.deletes:
+            datapath.send_msg(ofmsg.flow_delete(datapath, cookie))
+        sync.applied(plan)
+        sent = len(plan.adds) + len(plan.deletes)
+        self.metrics.flow_mods += sent
+        LOG.debug("switch %016x: %d adds, %d deletes", dpid, len(plan.adds), len(plan.deletes))
+        return sent
+
+    def _tick_loop(self) -> None:
+        while True:
+            hub.sleep(self.settings.lldp_interval)
+            try:
+                self._tick()
+            except Exception:  # a bug in one tick must not stop discovery for good
+                LOG.exception("periodic tick failed")
+
+    def _edge_loop(self) -> None:
+        """Confirm edge ports soon after their hold time, independently of the LLDP period."""
+        while True:
+            hub.sleep(EDGE_CHECK_INTERVAL)
+            try:
+                if self.topo.confirm_edge_ports(time.monotonic()):
+                    self.model_changed()
+            except Exception:
+                LOG.exception("edge port confirmation failed")
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        for dpid, datapath in list(self.datapaths.items()):
+            if self.sync.get(dpid) and self.sync[dpid].synced:
+                self._send_lldp(dpid, datapath)
+        expired = self.topo.expire_links(now)
+        if expired:
+            LOG.info("links timed out; %d left", len(self.topo.links))
+            self.model_changed()
+        else:
+            for dpid in list(self.datapaths):
+                self.reconcile(dpid)  # picks up deletes deferred while a switch settled
+        if now - self._last_audit >= self.settings.audit_interval:
+            self._last_audit = now
+            for datapath in list(self.datapaths.values()):
+                self._request_flows(datapath)
+
+    def _send_lldp(self, dpid: int, datapath) -> None:
+        sw = self.topo.switches.get(dpid)
+        if sw is None:
+            return
+        ofp, parser = datapath.ofproto, datapath.ofproto_parser
+        for port_no in sw.live_ports():
+            frame = lldp.build_probe(self.lldp_key, dpid, port_no, sw.ports[port_no].hw_addr)
+            datapath.send_msg(
+                parser.OFPPacketOut(
+                    datapath=datapath,
+                    buffer_id=ofp.OFP_NO_BUFFER,
+                    in_port=ofp.OFPP_CONTROLLER,
+                    actions=[parser.OFPActionOutput(port_no)],
+                    data=frame,
+                )
+            )
+
+    def _request_flows(self, datapath) -> None:
+        self._stats_parts[datapath.id] = set()
+        datapath.send_msg(ofmsg.our_flow_stats_request(datapath))
+
+    # -- switch lifecycle -----------------------------------------------------------
+    @set_ev_cls(ofp_event.EventOFPSwitchFeatures, CONFIG_DISPATCHER)
+    def switch_features(self, ev) -> None:
+        datapath = ev.msg.datapath
+        parser = datapath.ofproto_parser
+        dpid = datapath.id
+        LOG.info("switch %016x connected", dpid)
+        self.datapaths[dpid] = datapath
+        self.sync[dpid] = SwitchSync(settle_until=time.monotonic() + self.settings.settle_time)
+        self.topo.switch_connected(dpid)
+        datapath.send_msg(parser.OFPDescStatsRequest(datapath, 0))
+        datapath.send_msg(parser.OFPPortDescStatsRequest(datapath, 0))
+
+    @set_ev_cls(ofp_event.EventOFPStateChange, [DEAD_DISPATCHER])
+    def switch_gone(self, ev) -> None:
+        dpid = ev.datapath.id
+        if dpid is None or self.datapaths.get(dpid) is not ev.datapath:
+            return
+        LOG.info("switch %016x disconnected", dpid)
+        del self.datapaths[dpid]
+        self.sync.pop(dpid, None)
+        self.topo.switch_disconnected(dpid)
+
+    @set_ev_cls(ofp_event.EventOFPDescStatsReply, MAIN_DISPATCHER)
+    def desc_reply(self, ev) -> None:
+        dp_desc = ev.msg.body.dp_desc
+        dp_desc = dp_desc.decode(errors="replace") if isinstance(dp_desc, bytes) else str(dp_desc)
+        if self.topo.set_role_override(ev.msg.datapath.id, dp_desc.strip("\x00 ")):
+            self.model_changed()
+
+    @set_ev_cls(ofp_event.EventOFPPortDescStatsReply, MAIN_DISPATCHER)
+    def port_desc_reply(self, ev) -> None:
+        datapath = ev.msg.datapath
+        ports = [self._port(p) for p in ev.msg.body]
+        changed = self.topo.set_ports(datapath.id, ports)
+        self.desired = desired_mod.desired_tables(self.topo) if changed else self.desired
+        if changed:
+            self.store.save_topology(self.topo)
+        self._request_flows(datapath)
+
+    @set_ev_cls(ofp_event.EventOFPFlowStatsReply, MAIN_DISPATCHER)
+    def flow_stats_reply(self, ev) -> None:
+        datapath = ev.msg.datapath
+        parts = self._stats_parts.setdefault(datapath.id, set())
+        parts.update(stat.cookie for stat in ev.msg.body)
+        if ev.msg.flags & datapath.ofproto.OFPMPF_REPLY_MORE:
+            return
+        sync = self.sync.get(datapath.id)
+        if sync is None:
+            return
+        first = not sync.synced
+        sync.set_actual(self._stats_parts.pop(datapath.id), self.desired.get(datapath.id, {}))
+        if first:
+            LOG.info("switch %016x holds %d of our flows; reconciling", datapath.id, len(sync.installed))
+            self.model_changed()
+            self._send_lldp(datapath.id, datapath)
+        else:
+            self.reconcile(datapath.id)
+
+    @set_ev_cls(ofp_event.EventOFPErrorMsg, [CONFIG_DISPATCHER, MAIN_DISPATCHER])
+    def error_msg(self, ev) -> None:
+        msg = ev.msg
+        self.metrics.switch_errors += 1
+        LOG.error("switch %016x refused a message: type %d code %d", msg.datapath.id, msg.type, msg.code)
+
+    @set_ev_cls(ofp_event.EventOFPPortStatus, MAIN_DISPATCHER)
+    def port_status(self, ev) -> None:
+        msg = ev.msg
+        ofp = msg.datapath.ofproto
+        port = self._port(msg.desc)
+        if msg.reason == ofp.OFPPR_DELETE:
+            changed = self.topo.delete_port(msg.datapath.id, port.port_no)
+        else:
+            changed = self.topo.set_port(msg.datapath.id, port)
+        if changed:
+            LOG.info("switch %016x port %d %s", msg.datapath.id, port.port_no, "up" if port.up else "down")
+            self.model_changed()
+            if port.up and msg.datapath.id in self.datapaths:
+                self._send_lldp(msg.datapath.id, msg.datapath)
+
+    @staticmethod
+    def _port(desc) -> Port:
+        name = desc.name.decode(errors="replace") if isinstance(desc.name, bytes) else desc.name
+        up = not (desc.state & 1) and not (desc.config & 1)  # OFPPS_LINK_DOWN, OFPPC_PORT_DOWN
+        return Port(desc.port_no, name, desc.hw_addr, up)
+
+    # -- packets ------------------------------------------------------------------
+    @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)
+    def packet_in(self, ev) -> None:
+        received = time.perf_counter()
+        msg = ev.msg
+        datapath = msg.datapath
+        self.metrics.packet_ins += 1
+        in_port = msg.match.get("in_port")
+        frame = bytes(msg.data)
+        if len(frame) < 14 or in_port is None:
+            return
+        if struct.unpack("!H", frame[12:14])[0] == pipeline.ETH_TYPE_LLDP:
+            self._lldp_in(datapath.id, in_port, frame)
+            return
+        if in_port >= pipeline.OFPP_MAX or not self.topo.is_edge_port(datapath.id, in_port):
+            return
+        mac, ip = sender_ip(frame)
+        if frame[6] & 1 or mac in self.topo.switch_macs():  # never a host
+            return
+        if self.topo.host_seen(mac, datapath.id, in_port, ip):
+            LOG.info("host %s ip %s at switch %016x port %d", mac, ip, datapath.id, in_port)
+            self.model_changed()
+            self.metrics.packet_in_to_flow_mod_seconds_sum += time.perf_counter() - received
+            self.metrics.packet_in_to_flow_mod_count += 1
+        if msg.cookie == MISS_COOKIE and mac in self.topo.hosts:
+            # Re-inject the frame at table 0: the flows just installed now carry it.
+            ofp, parser = datapath.ofproto, datapath.ofproto_parser
+            datapath.send_msg(parser.OFPBarrierRequest(datapath))
+            datapath.send_msg(
+                parser.OFPPacketOut(
+                    datapath=datapath,
+                    buffer_id=ofp.OFP_NO_BUFFER,
+                    in_port=in_port,
+                    actions=[parser.OFPActionOutput(ofp.OFPP_TABLE)],
+                    data=frame,
+                )
+            )
+
+    def _lldp_in(self, dpid: int, in_port: int, frame: bytes) -> None:
+        origin = lldp.parse_probe(self.lldp_key, frame)
+        if origin is None:
+            self.metrics.lldp_rejected += 1
+            return
+        src = PortRef(*origin)
+        if src.dpid not in self.topo.switches:
+            return
+        if self.topo.link_seen(src, PortRef(dpid, in_port), time.monotonic()):
+            LOG.info("link %016x:%d <-> %016x:%d", src.dpid, src.port, dpid, in_port)
+            self.model_changed()
+
+    # -- views for REST ---------------------------------------------------------------
+    def desired_flow_count(self) -> int:
+        return sum(len(t) for t in self.desired.values())
+
+    def flows_for(self, dpid: int) -> list[FlowEntry]:
+        return sorted(self.desired.get(dpid, {}).values(), key=lambda e: (e.table, -e.priority, e.cookie))

@@ -1,0 +1,63 @@
+"""`goldilocks-controller`: start ryu-manager with the Goldilocks apps and our flags."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+APPS = ["controller.app"]
+LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+def patch_eventlet() -> None:
+    """Ryu 4.34 imports eventlet.wsgi.ALREADY_HANDLED, which eventlet >= 0.33.3 dropped. Setting it
+    back (only when missing) before Ryu is imported makes the WSGI layer work; site-packages stay untouched."""
+    import eventlet.wsgi
+
+    if not hasattr(eventlet.wsgi, "ALREADY_HANDLED"):
+        eventlet.wsgi.ALREADY_HANDLED = []
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="goldilocks-controller", description="Goldilocks SDN security controller")
+    parser.add_argument("--of-port", type=int, default=6653, help="OpenFlow listen port (default 6653)")
+    parser.add_argument("--of-host", default="0.0.0.0", help="OpenFlow listen address (default all)")
+    parser.add_argument("--rest-port", type=int, default=8080, help="REST listen port (default 8080)")
+    parser.add_argument("--rest-host", default="127.0.0.1", help="REST listen address (default 127.0.0.1)")
+    parser.add_argument("--state-dir", default="/var/lib/goldilocks", help="SQLite state and keys (default /var/lib/goldilocks)")
+    parser.add_argument("--log-level", default="info", choices=sorted(LOG_LEVELS), help="log level (default info)")
+    parser.add_argument("--lldp-interval", type=float, default=1.0, help="seconds between LLDP probes (default 1)")
+    args = parser.parse_args(argv)
+    for port_flag in ("of_port", "rest_port"):
+        if not 0 < getattr(args, port_flag) < 65536:
+            parser.error(f"--{port_flag.replace('_', '-')} must be between 1 and 65535")
+    if args.lldp_interval <= 0:
+        parser.error("--lldp-interval must be positive")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    os.environ["GOLDILOCKS_STATE_DIR"] = os.path.abspath(args.state_dir)
+    os.environ["GOLDILOCKS_LLDP_INTERVAL"] = str(args.lldp_interval)
+    patch_eventlet()
+    from ryu.cmd import manager
+
+    level = LOG_LEVELS[args.log_level]
+    ryu_args = [
+        "--ofp-tcp-listen-port", str(args.of_port),
+        "--ofp-listen-host", args.of_host,
+        "--wsapi-port", str(args.rest_port),
+        "--wsapi-host", args.rest_host,
+        "--default-log-level", str(level),
+        *APPS,
+    ]  # fmt: skip
+    logging.getLogger("goldilocks").setLevel(level)
+    sys.argv = ["goldilocks-controller", *ryu_args]
+    manager.main(args=ryu_args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""Counters and gauges served at /metrics in the Prometheus text format."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Metrics:
+    packet_ins: int = 0
+    flow_mods: int = 0
+    reconciles: int = 0
+    reconcile_seconds_sum: float = 0.0
+    reconcile_seconds_last: float = 0.0
+    packet_in_to_flow_mod_seconds_sum: float = 0.0
+    packet_in_to_flow_mod_count: int = 0
+    lldp_rejected: int = 0
+    switch_errors: int = 0
+    extra: dict[str, float] = field(default_factory=dict)
+
+    def observe_reconcile(self, seconds: float) -> None:
+        self.reconciles += 1
+        self.reconcile_seconds_sum += seconds
+        self.reconcile_seconds_last = seconds
+
+    def render(self, switches_connected: int, links: int, hosts: int, flows: int) -> str:
+        rows = [
+            ("goldilocks_switches_connected", "gauge", "Switches with a live OpenFlow connection", switches_connected),
+            ("goldilocks_links", "gauge", "Inter-switch links known from LLDP", links),
+            ("goldilocks_hosts", "gauge", "Hosts and VMs learned on edge ports", hosts),
+            ("goldilocks_flows_desired", "gauge", "Flow entries the controller wants on all switches", flows),
+            ("goldilocks_packet_ins_total", "counter", "Packet-in messages received", self.packet_ins),
+            ("goldilocks_flow_mods_total", "counter", "Flow-mod messages sent", self.flow_mods),
+            ("goldilocks_lldp_rejected_total", "counter", "LLDP frames with a bad or missing signature", self.lldp_rejected),
+            ("goldilocks_switch_errors_total", "counter", "OpenFlow errors from switches", self.switch_errors),
+            ("goldilocks_reconcile_seconds_last", "gauge", "Last compile and reconcile", self.reconcile_seconds_last),
+        ]
+        lines = []
+        for name, kind, help_text, value in rows:
+            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {value}"]
+        lines += [
+            "# HELP goldilocks_reconcile_seconds Compile and reconcile durations",
+            "# TYPE goldilocks_reconcile_seconds summary",
+            f"goldilocks_reconcile_seconds_sum {self.reconcile_seconds_sum}",
+            f"goldilocks_reconcile_seconds_count {self.reconciles}",
+            "# HELP goldilocks_packet_in_to_flow_mod_seconds From a learning packet-in to its flow-mods sent",
+            "# TYPE goldilocks_packet_in_to_flow_mod_seconds summary",
+            f"goldilocks_packet_in_to_flow_mod_seconds_sum {self.packet_in_to_flow_mod_seconds_sum}",
+            f"goldilocks_packet_in_to_flow_mod_seconds_count {self.packet_in_to_flow_mod_count}",
+        ]
+        return "\n".join(lines) + "\n"

@@ -1,0 +1,108 @@
+"""SQLite state in the state dir: the learned topology survives a controller restart."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from pathlib import Path
+
+from topology.model import Host, Link, Port, PortRef, Switch, Topology
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS switches (
+    dpid INTEGER PRIMARY KEY, name TEXT NOT NULL, role_override TEXT, ports TEXT NOT NULL,
+    edge_ports TEXT NOT NULL DEFAULT '[]');
+CREATE TABLE IF NOT EXISTS links (
+    a_dpid INTEGER NOT NULL, a_port INTEGER NOT NULL, b_dpid INTEGER NOT NULL, b_port INTEGER NOT NULL,
+    PRIMARY KEY (a_dpid, a_port, b_dpid, b_port));
+CREATE TABLE IF NOT EXISTS hosts (
+    mac TEXT PRIMARY KEY, ips TEXT NOT NULL, dpid INTEGER NOT NULL, port INTEGER NOT NULL);
+"""
+SCHEMA_VERSION = "1"
+
+
+class StateError(RuntimeError):
+    """The state directory or database cannot be used."""
+
+
+class Store:
+    """One SQLite database file. Every save is one transaction: all of it or none."""
+
+    def __init__(self, state_dir: str | os.PathLike) -> None:
+        self.state_dir = Path(state_dir)
+        try:
+            self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self.db = sqlite3.connect(self.state_dir / "goldilocks.db", isolation_level=None, check_same_thread=False)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            with self.transaction():
+                for statement in SCHEMA.split(";"):
+                    if statement.strip():
+                        self.db.execute(statement)
+                self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
+        except (OSError, sqlite3.Error) as exc:
+            raise StateError(f"cannot use state dir {self.state_dir}: {exc}") from exc
+
+    def transaction(self) -> _Transaction:
+        return _Transaction(self.db)
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- topology -----------------------------------------------------------
+    def save_topology(self, topo: Topology) -> None:
+        with self.transaction():
+            self.db.execute("DELETE FROM switches")
+            self.db.executemany(
+                "INSERT INTO switches VALUES (?, ?, ?, ?, ?)",
+                [
+                    (
+                        sw.dpid,
+                        sw.name,
+                        sw.role_override,
+                        json.dumps([[p.port_no, p.name, p.hw_addr, p.up] for p in sw.ports.values()]),
+                        json.dumps(sorted(sw.edge_confirmed)),
+                    )
+                    for sw in topo.switches.values()
+                ],
+            )
+            self.db.execute("DELETE FROM links")
+            self.db.executemany(
+                "INSERT INTO links VALUES (?, ?, ?, ?)", [(lk.a.dpid, lk.a.port, lk.b.dpid, lk.b.port) for lk in topo.links]
+            )
+            self.db.execute("DELETE FROM hosts")
+            self.db.executemany(
+                "INSERT INTO hosts VALUES (?, ?, ?, ?)",
+                [(h.mac, json.dumps(sorted(h.ips)), h.dpid, h.port) for h in topo.hosts.values()],
+            )
+
+    def load_topology(self, now: float) -> Topology:
+        topo = Topology()
+        for dpid, name, role, ports, edge in self.db.execute("SELECT dpid, name, role_override, ports, edge_ports FROM switches"):
+            topo.switches[dpid] = Switch(
+                dpid,
+                name,
+                {p[0]: Port(p[0], p[1], p[2], bool(p[3])) for p in json.loads(ports)},
+                role,
+                connected=False,
+                edge_confirmed=set(json.loads(edge)),
+            )
+        for a_dpid, a_port, b_dpid, b_port in self.db.execute("SELECT * FROM links"):
+            topo.links[Link.between(PortRef(a_dpid, a_port), PortRef(b_dpid, b_port))] = now
+        for mac, ips, dpid, port in self.db.execute("SELECT * FROM hosts"):
+            topo.hosts[mac] = Host(mac, frozenset(json.loads(ips)), dpid, port)
+        return topo
+
+
+class _Transaction:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.db.execute("BEGIN IMMEDIATE")
+        return self.db
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.db.execute("ROLLBACK" if exc_type else "COMMIT")

@@ -1,0 +1,121 @@
+"""Run the real controller as a process and talk to its REST API: shared by scenarios, tests and benchmarks."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class ControllerProcess:
+    """A `python -m controller` child process with its own ports and state dir."""
+
+    state_dir: str = ""
+    of_port: int = 0
+    rest_port: int = 0
+    log_path: str = ""
+    extra_args: list[str] = field(default_factory=list)
+    proc: subprocess.Popen | None = None
+    _tmp: tempfile.TemporaryDirectory | None = None
+
+    def __post_init__(self) -> None:
+        if not self.state_dir:
+            self._tmp = tempfile.TemporaryDirectory(prefix="goldilocks-state-")
+            self.state_dir = self._tmp.name
+        self.of_port = self.of_port or free_port()
+        self.rest_port = self.rest_port or free_port()
+        self.log_path = self.log_path or os.path.join(self.state_dir, "controller.log")
+
+    @property
+    def rest_url(self) -> str:
+        return f"http://127.0.0.1:{self.rest_port}"
+
+    def start(self, wait: float = 30.0) -> ControllerProcess:
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable, "-m", "controller",
+                "--of-port", str(self.of_port),
+                "--rest-port", str(self.rest_port),
+                "--state-dir", self.state_dir,
+                *self.extra_args,
+            ],  # fmt: skip
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"controller exited with {self.proc.returncode}; log: {self.log_tail()}")
+            try:
+                rest_get(self.rest_url, "/v1/health", timeout=1)
+                return self
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"controller REST did not come up in {wait}s; log: {self.log_tail()}")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+
+    def stop(self) -> None:
+        self.kill(signal.SIGTERM)
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(Path(self.log_path).read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
+def rest_get(base_url: str, path: str, timeout: float = 5.0):
+    """GET a JSON (or text) document from the controller."""
+    with urllib.request.urlopen(base_url + path, timeout=timeout) as resp:
+        body = resp.read().decode()
+        if resp.headers.get_content_type() == "application/json":
+            return json.loads(body)
+        return body
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.2, what: str = "condition"):
+    """Poll until predicate() returns a truthy value; return it, or raise TimeoutError."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except (OSError, urllib.error.URLError, ValueError) as exc:
+            last_error = exc
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last_error})" if last_error else ""))

@@ -1,0 +1,63 @@
+"""LLDP probes for link discovery, signed so that a VM cannot forge a link by sending LLDP."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import struct
+
+LLDP_DST = bytes.fromhex("0180c200000e")
+ETH_TYPE_LLDP = 0x88CC
+_OUI = bytes.fromhex("6c6c6c")  # our organisationally specific TLV (type 127) marker
+_SUBTYPE_SIG = 1
+_SIG_LEN = 16
+
+
+def _tlv(tlv_type: int, value: bytes) -> bytes:
+    return struct.pack("!H", (tlv_type << 9) | len(value)) + value
+
+
+def _signature(key: bytes, dpid: int, port: int) -> bytes:
+    return hmac.new(key, struct.pack("!QI", dpid, port), hashlib.sha256).digest()[:_SIG_LEN]
+
+
+def build_probe(key: bytes, dpid: int, port: int, src_mac: str) -> bytes:
+    """An LLDP frame saying 'sent from dpid, port', with an HMAC only this controller can make."""
+    src = bytes.fromhex(src_mac.replace(":", "")) if src_mac else b"\x02\x00\x00\x00\x00\x01"
+    body = (
+        _tlv(1, b"\x07" + f"dpid:{dpid:016x}".encode())
+        + _tlv(2, b"\x07" + str(port).encode())
+        + _tlv(3, struct.pack("!H", 120))
+        + _tlv(127, _OUI + bytes([_SUBTYPE_SIG]) + _signature(key, dpid, port))
+        + _tlv(0, b"")
+    )
+    return LLDP_DST + src + struct.pack("!H", ETH_TYPE_LLDP) + body
+
+
+def parse_probe(key: bytes, frame: bytes) -> tuple[int, int] | None:
+    """Return (dpid, port) of the sender if `frame` is one of our valid probes, else None."""
+    if len(frame) < 14 or struct.unpack("!H", frame[12:14])[0] != ETH_TYPE_LLDP:
+        return None
+    offset, chassis, port, signature = 14, None, None, None
+    while offset + 2 <= len(frame):
+        header = struct.unpack("!H", frame[offset : offset + 2])[0]
+        tlv_type, length = header >> 9, header & 0x1FF
+        value = frame[offset + 2 : offset + 2 + length]
+        offset += 2 + length
+        if tlv_type == 0:
+            break
+        if tlv_type == 1 and value[:1] == b"\x07":
+            chassis = value[1:]
+        elif tlv_type == 2 and value[:1] == b"\x07":
+            port = value[1:]
+        elif tlv_type == 127 and value[:4] == _OUI + bytes([_SUBTYPE_SIG]):
+            signature = value[4:]
+    if chassis is None or port is None or signature is None or not chassis.startswith(b"dpid:"):
+        return None
+    try:
+        dpid, port_no = int(chassis[5:], 16), int(port)
+    except ValueError:
+        return None
+    if not hmac.compare_digest(signature, _signature(key, dpid, port_no)):
+        return None
+    return dpid, port_no

@@ -1,0 +1,289 @@
+"""The data-centre topology as the controller believes it: switches, ports, links and hosts."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+
+from apps import pipeline
+
+ROLE_HYPERVISOR = "hypervisor"
+ROLE_FABRIC = "fabric"
+
+# A link not confirmed by LLDP for this long is dead (LLDP is sent every second).
+LINK_TIMEOUT = 3.5
+# A port up this long with no LLDP from another switch faces hosts.
+EDGE_CONFIRM_TIME = 0.75
+
+
+@dataclass(frozen=True)
+class Port:
+    """One switch port as OpenFlow reports it."""
+
+    port_no: int
+    name: str = ""
+    hw_addr: str = ""
+    up: bool = True
+
+
+@dataclass(frozen=True)
+class PortRef:
+    """A (dpid, port) pair: one end of a link or a host location."""
+
+    dpid: int
+    port: int
+
+
+@dataclass
+class Switch:
+    """An OpenFlow switch (an OVS bridge)."""
+
+    dpid: int
+    name: str = ""
+    ports: dict[int, Port] = field(default_factory=dict)
+    role_override: str | None = None  # from the datapath description
+    connected: bool = False
+    # Ports proven to face hosts: up for a while with no LLDP from another switch. Until then a
+    # port might be an inter-switch port, so nothing is flooded to it or learned from it: a
+    # looped fabric cannot storm while it is being discovered.
+    edge_confirmed: set[int] = field(default_factory=set)
+    pending_since: dict[int, float] = field(default_factory=dict)
+
+    def live_ports(self) -> list[int]:
+        return sorted(p.port_no for p in self.ports.values() if p.up and p.port_no < pipeline.OFPP_MAX)
+
+
+@dataclass(frozen=True)
+class Link:
+    """One physical link between two switch ports, stored with its ends in a canonical order."""
+
+    a: PortRef
+    b: PortRef
+
+    @staticmethod
+    def between(x: PortRef, y: PortRef) -> Link:
+        return Link(*sorted((x, y), key=lambda r: (r.dpid, r.port)))
+
+    def ends(self) -> tuple[PortRef, PortRef]:
+        return (self.a, self.b)
+
+
+@dataclass(frozen=True)
+class Host:
+    """A host or VM seen on an edge port: its MAC, IPv4 addresses and location."""
+
+    mac: str
+    ips: frozenset[str]
+    dpid: int
+    port: int
+
+
+def parse_role(dp_desc: str) -> str | None:
+    """Read an explicit role from an OVS datapath description (other_config:dp-desc).
+
+    Accepts `hypervisor`, `fabric`, or `role=hypervisor` / `role=fabric` anywhere
+    in the text (separated by spaces, commas or semicolons).
+    """
+    for token in dp_desc.replace(",", " ").replace(";", " ").split():
+        token = token.strip().lower()
+        if token.startswith("role="):
+            token = token[len("role=") :]
+        if token in (ROLE_HYPERVISOR, ROLE_FABRIC):
+            return token
+    return None
+
+
+class Topology:
+    """Mutable model of the network. Every mutator returns True when something changed."""
+
+    def __init__(self) -> None:
+        self.switches: dict[int, Switch] = {}
+        self.links: dict[Link, float] = {}  # link -> last time LLDP confirmed it
+        self.hosts: dict[str, Host] = {}  # mac -> host
+
+    # -- switches and ports -------------------------------------------------
+    def switch_connected(self, dpid: int) -> bool:
+        sw = self.switches.setdefault(dpid, Switch(dpid))
+        changed = not sw.connected
+        sw.connected = True
+        return changed
+
+    def switch_disconnected(self, dpid: int) -> bool:
+        """The control channel is gone. The switch keeps forwarding (fail secure), so keep its links."""
+        sw = self.switches.get(dpid)
+        if sw is None or not sw.connected:
+            return False
+        sw.connected = False
+        return True
+
+    def remove_switch(self, dpid: int) -> bool:
+        if dpid not in self.switches:
+            return False
+        del self.switches[dpid]
+        for link in [lk for lk in self.links if dpid in (lk.a.dpid, lk.b.dpid)]:
+            del self.links[link]
+        for mac in [m for m, h in self.hosts.items() if h.dpid == dpid]:
+            del self.hosts[mac]
+        return True
+
+    def set_ports(self, dpid: int, ports: Iterable[Port]) -> bool:
+        sw = self.switches.setdefault(dpid, Switch(dpid))
+        new = {p.port_no: p for p in ports}
+        local = new.get(pipeline.OFPP_LOCAL)
+        name = local.name if local else sw.name
+        changed = new != sw.ports or name != sw.name
+        sw.ports, sw.name = new, name
+        for port_no in list(sw.edge_confirmed | set(sw.pending_since)):
+            if port_no not in new or not new[port_no].up:
+                changed |= self._unconfirm(sw, port_no)
+        changed |= self._drop_links_on_dead_ports(dpid)
+        return changed
+
+    def set_port(self, dpid: int, port: Port) -> bool:
+        sw = self.switches.setdefault(dpid, Switch(dpid))
+        if sw.ports.get(port.port_no) == port:
+            return False
+        sw.ports[port.port_no] = port
+        if not port.up:
+            self._unconfirm(sw, port.port_no)
+        self._drop_links_on_dead_ports(dpid)
+        return True
+
+    def delete_port(self, dpid: int, port_no: int) -> bool:
+        sw = self.switches.get(dpid)
+        if sw is None or port_no not in sw.ports:
+            return False
+        del sw.ports[port_no]
+        self._unconfirm(sw, port_no)
+        self._drop_links_on_dead_ports(dpid)
+        return True
+
+    @staticmethod
+    def _unconfirm(sw: Switch, port_no: int) -> bool:
+        """A port that went down may come back cabled elsewhere: it must prove itself again."""
+        sw.pending_since.pop(port_no, None)
+        if port_no in sw.edge_confirmed:
+            sw.edge_confirmed.discard(port_no)
+            return True
+        return False
+
+    def confirm_edge_ports(self, now: float, hold: float = EDGE_CONFIRM_TIME) -> bool:
+        """Start the clock on new up ports of connected switches; confirm those whose clock ran
+        out with no LLDP from another switch. Call it after LLDP has been sent."""
+        changed = False
+        for sw in self.switches.values():
+            if not sw.connected:
+                continue
+            inter = self.inter_switch_ports(sw.dpid)
+            for port_no in sw.live_ports():
+                if port_no in sw.edge_confirmed or port_no in inter:
+                    sw.pending_since.pop(port_no, None)
+                    continue
+                since = sw.pending_since.setdefault(port_no, now)
+                if now - since >= hold:
+                    del sw.pending_since[port_no]
+                    sw.edge_confirmed.add(port_no)
+                    changed = True
+        return changed
+
+    def set_role_override(self, dpid: int, dp_desc: str) -> bool:
+        sw = self.switches.setdefault(dpid, Switch(dpid))
+        role = parse_role(dp_desc)
+        changed = role != sw.role_override
+        sw.role_override = role
+        return changed
+
+    def _port_up(self, ref: PortRef) -> bool:
+        sw = self.switches.get(ref.dpid)
+        port = sw.ports.get(ref.port) if sw else None
+        return bool(port and port.up)
+
+    def _drop_links_on_dead_ports(self, dpid: int) -> bool:
+        dead = [lk for lk in self.links if any(e.dpid == dpid and not self._port_up(e) for e in lk.ends())]
+        for link in dead:
+            del self.links[link]
+        return bool(dead)
+
+    # -- links ----------------------------------------------------------------
+    def link_seen(self, src: PortRef, dst: PortRef, now: float) -> bool:
+        """LLDP sent from src arrived at dst."""
+        if src.dpid == dst.dpid and src.port == dst.port:
+            return False
+        link = Link.between(src, dst)
+        is_new = link not in self.links
+        # A port belongs to at most one link: a re-cabled port replaces its old link.
+        if is_new:
+            for old in [lk for lk in self.links if set(lk.ends()) & {src, dst}]:
+                del self.links[old]
+        self.links[link] = now
+        if is_new:
+            for end in (src, dst):
+                if end.dpid in self.switches:
+                    self._unconfirm(self.switches[end.dpid], end.port)
+            # Hosts "learned" on what is really an inter-switch port were frames from the fabric.
+            for mac in [m for m, h in self.hosts.items() if PortRef(h.dpid, h.port) in (src, dst)]:
+                del self.hosts[mac]
+        return is_new
+
+    def expire_links(self, now: float, timeout: float = LINK_TIMEOUT) -> bool:
+        """Forget links whose LLDP stopped. Only links whose both switches are connected can age:
+        while a switch is disconnected we cannot send LLDP through it, yet it keeps forwarding."""
+        dead = []
+        for link, seen in self.links.items():
+            ends_connected = all(self.switches.get(e.dpid) and self.switches[e.dpid].connected for e in link.ends())
+            if ends_connected and now - seen > timeout:
+                dead.append(link)
+        for link in dead:
+            del self.links[link]
+        return bool(dead)
+
+    def refresh_links(self, now: float) -> None:
+        """Give every link a fresh timeout window (after a restart loaded them from disk)."""
+        for link in self.links:
+            self.links[link] = now
+
+    def inter_switch_ports(self, dpid: int) -> set[int]:
+        return {e.port for lk in self.links for e in lk.ends() if e.dpid == dpid}
+
+    def edge_ports(self, dpid: int) -> list[int]:
+        """Up ports confirmed to face hosts (never an inter-switch port)."""
+        sw = self.switches.get(dpid)
+        if sw is None:
+            return []
+        inter = self.inter_switch_ports(dpid)
+        return [p for p in sw.live_ports() if p in sw.edge_confirmed and p not in inter]
+
+    def is_edge_port(self, dpid: int, port_no: int) -> bool:
+        return port_no in self.edge_ports(dpid)
+
+    # -- hosts ----------------------------------------------------------------
+    def host_seen(self, mac: str, dpid: int, port: int, ip: str | None = None) -> bool:
+        """A frame from `mac` (and, for ARP/IPv4, sender `ip`) arrived on an edge port."""
+        mac = mac.lower()
+        old = self.hosts.get(mac)
+        ips = set(old.ips) if old else set()
+        if ip and ip != "0.0.0.0":
+            # An IPv4 address belongs to one host: the newest claim wins.
+            for other_mac, other in list(self.hosts.items()):
+                if other_mac != mac and ip in other.ips:
+                    self.hosts[other_mac] = replace(other, ips=other.ips - {ip})
+            ips.add(ip)
+        new = Host(mac, frozenset(ips), dpid, port)
+        if new == old:
+            return False
+        self.hosts[mac] = new
+        return True
+
+    def switch_macs(self) -> set[str]:
+        """MAC addresses of switch ports: frames from them are never hosts."""
+        return {p.hw_addr.lower() for sw in self.switches.values() for p in sw.ports.values() if p.hw_addr}
+
+    def remove_host(self, mac: str) -> bool:
+        return self.hosts.pop(mac.lower(), None) is not None
+
+    # -- roles ----------------------------------------------------------------
+    def role(self, dpid: int) -> str:
+        sw = self.switches.get(dpid)
+        if sw is not None and sw.role_override:
+            return sw.role_override
+        return ROLE_HYPERVISOR if any(h.dpid == dpid for h in self.hosts.values()) else ROLE_FABRIC
