@@ -1,0 +1,51 @@
+"""Helpers for integration tests: reading real switch tables and timing real pings."""
+
+from __future__ import annotations
+
+import itertools
+import re
+import subprocess
+import time
+
+
+def switch_flows(bridge: str) -> list[dict]:
+    """Our flows on a bridge as OVS reports them: cookie and duration (seconds)."""
+    out = subprocess.run(
+        ["ovs-ofctl", "-O", "OpenFlow13", "dump-flows", bridge], capture_output=True, text=True, check=True
+    ).stdout
+    flows = []
+    for line in out.splitlines():
+        cookie = re.search(r"cookie=(0x[0-9a-f]+)", line)
+        duration = re.search(r"duration=([0-9.]+)s", line)
+        packets = re.search(r"n_packets=(\d+)", line)
+        if cookie and duration and int(cookie.group(1), 16) >> 56 == 0x6C:
+            flows.append(
+                {
+                    "cookie": int(cookie.group(1), 16),
+                    "duration": float(duration.group(1)),
+                    "packets": int(packets.group(1)) if packets else 0,
+                    "line": line,
+                }
+            )
+    return flows
+
+
+def reply_times(ping_output: str) -> list[float]:
+    """Timestamps of echo replies from `ping -D` output."""
+    return [float(m.group(1)) for m in re.finditer(r"^\[(\d+\.\d+)\] \d+ bytes from", ping_output, re.M)]
+
+
+def largest_gap(times: list[float], started: float, ended: float) -> float:
+    """The longest time without a reply, including before the first and after the last."""
+    points = [started, *sorted(times), ended]
+    return max(b - a for a, b in itertools.pairwise(points))
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    return predicate()
