@@ -183,7 +183,8 @@ class GoldilocksController(app_manager.RyuApp):
         dpid = datapath.id
         LOG.info("switch %016x connected", dpid)
         self.datapaths[dpid] = datapath
-        self.sync[dpid] = SwitchSync(settle_until=time.monotonic() + self.settings.settle_time)
+        now = time.monotonic()
+        self.sync[dpid] = SwitchSync(settle_until=now + self.settings.settle_time, connected_at=now)
         self.topo.switch_connected(dpid)
         datapath.send_msg(parser.OFPDescStatsRequest(datapath, 0))
         datapath.send_msg(parser.OFPPortDescStatsRequest(datapath, 0))
@@ -230,9 +231,21 @@ class GoldilocksController(app_manager.RyuApp):
         if first:
             LOG.info("switch %016x holds %d of our flows; reconciling", datapath.id, len(sync.installed))
             self.model_changed()
+            barrier = datapath.ofproto_parser.OFPBarrierRequest(datapath)
+            datapath.set_xid(barrier)
+            sync.converge_xid = barrier.xid
+            datapath.send_msg(barrier)
             self._send_lldp(datapath.id, datapath)
         else:
             self.reconcile(datapath.id)
+
+    @set_ev_cls(ofp_event.EventOFPBarrierReply, MAIN_DISPATCHER)
+    def barrier_reply(self, ev) -> None:
+        sync = self.sync.get(ev.msg.datapath.id)
+        if sync is not None and sync.converge_xid == ev.msg.xid and sync.converge_seconds is None:
+            sync.converge_seconds = time.monotonic() - sync.connected_at
+            self.metrics.observe_convergence(sync.converge_seconds)
+            LOG.info("switch %016x converged %.3fs after connecting", ev.msg.datapath.id, sync.converge_seconds)
 
     @set_ev_cls(ofp_event.EventOFPErrorMsg, [CONFIG_DISPATCHER, MAIN_DISPATCHER])
     def error_msg(self, ev) -> None:
@@ -283,8 +296,7 @@ class GoldilocksController(app_manager.RyuApp):
         if self.topo.host_seen(mac, datapath.id, in_port, ip):
             LOG.info("host %s ip %s at switch %016x port %d", mac, ip, datapath.id, in_port)
             self.model_changed()
-            self.metrics.packet_in_to_flow_mod_seconds_sum += time.perf_counter() - received
-            self.metrics.packet_in_to_flow_mod_count += 1
+            self.metrics.observe_learning(time.perf_counter() - received)
         if msg.cookie == MISS_COOKIE and mac in self.topo.hosts:
             # Re-inject the frame at table 0: the flows just installed now carry it.
             ofp, parser = datapath.ofproto, datapath.ofproto_parser

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import statistics
+from collections import deque
 from dataclasses import dataclass, field
 
 
@@ -16,7 +18,16 @@ class Metrics:
     packet_in_to_flow_mod_count: int = 0
     lldp_rejected: int = 0
     switch_errors: int = 0
-    extra: dict[str, float] = field(default_factory=dict)
+    learning_samples: deque = field(default_factory=lambda: deque(maxlen=1000))
+    convergence_samples: deque = field(default_factory=lambda: deque(maxlen=1000))
+
+    def observe_learning(self, seconds: float) -> None:
+        self.packet_in_to_flow_mod_seconds_sum += seconds
+        self.packet_in_to_flow_mod_count += 1
+        self.learning_samples.append(seconds)
+
+    def observe_convergence(self, seconds: float) -> None:
+        self.convergence_samples.append(seconds)
 
     def observe_reconcile(self, seconds: float) -> None:
         self.reconciles += 1
@@ -48,4 +59,22 @@ class Metrics:
             f"goldilocks_packet_in_to_flow_mod_seconds_sum {self.packet_in_to_flow_mod_seconds_sum}",
             f"goldilocks_packet_in_to_flow_mod_seconds_count {self.packet_in_to_flow_mod_count}",
         ]
+        for name, samples in (
+            ("goldilocks_packet_in_to_flow_mod_seconds_recent", self.learning_samples),
+            ("goldilocks_switch_converge_seconds_recent", self.convergence_samples),
+        ):
+            lines += [f"# HELP {name} Quantiles over the last {samples.maxlen} samples", f"# TYPE {name} gauge"]
+            for q, value in quantiles(samples).items():
+                lines.append(f'{name}{{quantile="{q}"}} {value}')
         return "\n".join(lines) + "\n"
+
+
+def quantiles(samples) -> dict[str, float]:
+    """Median, 90th and 99th percentile (NaN when there are no samples)."""
+    data = sorted(samples)
+    if not data:
+        return {"0.5": float("nan"), "0.9": float("nan"), "0.99": float("nan")}
+    def pick(q: float) -> float:
+        return data[min(len(data) - 1, int(q * len(data)))]
+
+    return {"0.5": statistics.median(data), "0.9": pick(0.9), "0.99": pick(0.99)}

@@ -40,6 +40,9 @@ class SwitchSync:
     installed: dict[int, tuple | None] = field(default_factory=dict)  # cookie -> slot
     synced: bool = False
     settle_until: float = 0.0  # before this, stale flows are kept (the model may still be learning)
+    connected_at: float = 0.0
+    converge_seconds: float | None = None  # connect to first converged table (barrier reply)
+    converge_xid: int | None = None
     _by_slot: dict[tuple, int] = field(default_factory=dict)
 
     def set_actual(self, cookies: set[int], known: dict[int, FlowEntry]) -> None:

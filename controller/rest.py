@@ -67,6 +67,7 @@ def topology_view(app) -> dict:
                 "name": sw.name,
                 "role": topo.role(dpid),
                 "connected": sw.connected,
+                "converge_seconds": app.sync[dpid].converge_seconds if dpid in app.sync else None,
                 "ports": [
                     {
                         "port_no": p.port_no,
