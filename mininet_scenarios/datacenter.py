@@ -62,13 +62,26 @@ class Layout:
 class DataCentre:
     """The running Mininet network plus the controller that drives it."""
 
-    def __init__(self, layout: Layout, controller: str | None = None, rest_url: str | None = None, declare_roles: bool = False):
+    def __init__(
+        self,
+        layout: Layout,
+        controller: str | None = None,
+        rest_url: str | None = None,
+        declare_roles: bool = False,
+        fail_mode: str = "secure",
+        with_controller: bool = True,
+    ):
+        """fail_mode="standalone" with with_controller=False builds plain OVS NORMAL learning
+        bridges (loop-free layouts only: there is no STP), the baseline for benchmarks."""
         self.layout = layout
         self.controller_proc: ControllerProcess | None = None
         self.external = controller
         self.rest_url = rest_url
         self.declare_roles = declare_roles
+        self.fail_mode = fail_mode
+        self.with_controller = with_controller
         self.net = None
+        self.net_start_at: float | None = None  # time.monotonic() just before net.start()
 
     # -- lifecycle ------------------------------------------------------------------
     def start(self) -> DataCentre:
@@ -77,7 +90,9 @@ class DataCentre:
         from mininet.node import OVSSwitch, RemoteController
 
         setLogLevel("warning")
-        if self.external:
+        if not self.with_controller:
+            of_host, of_port = None, None
+        elif self.external:
             host, _, port = self.external.rpartition(":")
             of_host, of_port = host or "127.0.0.1", int(port)
             self.rest_url = self.rest_url or f"http://{of_host}:8080"
@@ -85,10 +100,11 @@ class DataCentre:
             self.controller_proc = ControllerProcess().start()
             of_host, of_port = "127.0.0.1", self.controller_proc.of_port
             self.rest_url = self.controller_proc.rest_url
-        switch_cls = partial(OVSSwitch, datapath="user", failMode="secure", protocols="OpenFlow13", reconnectms=1000)
+        switch_cls = partial(OVSSwitch, datapath="user", failMode=self.fail_mode, protocols="OpenFlow13", reconnectms=1000)
         net = Mininet(switch=switch_cls, controller=None, build=False, autoSetMacs=False, waitConnected=False)
         self.net = net
-        net.addController("c0", controller=RemoteController, ip=of_host, port=of_port)
+        if of_port is not None:
+            net.addController("c0", controller=RemoteController, ip=of_host, port=of_port)
         for name, dpid in self.layout.switches.items():
             net.addSwitch(name, dpid=f"{dpid:016x}")
         for a, b in self.layout.switch_links:
@@ -97,6 +113,7 @@ class DataCentre:
             net.addHost(name, ip=f"{ip}/16", mac=mac)
             net.addLink(name, hv)
         net.build()
+        self.net_start_at = time.monotonic()
         net.start()
         for name in self.layout.switches:
             if self.declare_roles:

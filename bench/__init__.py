@@ -1,0 +1,1 @@
+"""`make bench`: Goldilocks benchmarks on real Open vSwitch and Mininet, written to docs/benchmarks.md."""

@@ -1,0 +1,307 @@
+"""The measurements: first clean pingall, iperf3, ping gap across a controller SIGKILL, controller figures.
+
+Every loop here is bounded in count and in time, and all traffic stays inside Mininet hosts."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mininet_scenarios.harness import REPO, free_port, rest_get
+
+PINGALL_BUDGET = 60.0  # seconds from net.start() to give up on a clean pingall
+ALL_PAIRS_MAX_VMS = 12  # above this, each VM pings a sample of SAMPLE_PEERS others
+SAMPLE_PEERS = 3
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# -- which pairs to ping ------------------------------------------------------------------
+def ping_pairs(vms: list[str]) -> tuple[list[tuple[str, str]], str]:
+    """Every ordered pair for small layouts; for big ones each VM to its next, its opposite and its
+    previous VM (by number), which always includes VMs behind other leaves. Returns (pairs, description)."""
+    n = len(vms)
+    if n <= ALL_PAIRS_MAX_VMS:
+        return [(a, b) for a in vms for b in vms if a != b], f"all {n * (n - 1)} ordered pairs"
+    pairs = []
+    for i, src in enumerate(vms):
+        seen = set()
+        for offset in (1, n // 2, n - 1):
+            dst = vms[(i + offset) % n]
+            if dst != src and dst not in seen:
+                seen.add(dst)
+                pairs.append((src, dst))
+    return pairs, f"sample of {len(pairs)} pairs (each of {n} VMs to {SAMPLE_PEERS} others)"
+
+
+# -- time to the first pingall with 0% loss --------------------------------------------------
+@dataclass
+class PingallResult:
+    seconds: float | None  # net.start() to the end of the first attempt in which every pair answered
+    attempt_started: float | None  # net.start() to the start of that attempt
+    attempt_seconds: float | None  # how long that clean attempt took
+    attempts: int
+    pairs: int
+    failures: list = field(default_factory=list)  # first and last 3 failed attempts: (seconds after start, src, dst)
+
+
+def _attempt(dc, pairs: list[tuple[str, str]], deadline: float) -> tuple[str, str] | None:
+    """Ping the pairs in order, `ping -c1 -W1` each; stop at the first failure. One shell loop per
+    source VM keeps the per-ping overhead to a fork, and the pings stay strictly sequential."""
+    by_ip = {ip: name for name, (_, ip, _) in dc.layout.vms.items()}
+    for src, group in itertools.groupby(pairs, key=lambda p: p[0]):
+        if time.monotonic() >= deadline:
+            return (src, "(time budget)")
+        ips = " ".join(dc.layout.vms[dst][1] for _, dst in group)
+        out = dc.host(src).cmd(
+            f"f=0; for ip in {ips}; do ping -c1 -W1 -n -q $ip >/dev/null 2>&1 || {{ f=$ip; break; }}; done; echo PINGRC=$f"
+        )
+        match = re.search(r"PINGRC=(\S+)", out)
+        if not match or match.group(1) != "0":
+            return (src, by_ip.get(match.group(1), "?") if match else "?")
+    return None
+
+
+def first_clean_pingall(dc, pairs: list[tuple[str, str]], budget: float = PINGALL_BUDGET) -> PingallResult:
+    """Attempt after attempt from right after start until one has every pair answering, at most `budget`
+    seconds after net.start() (dc.net_start_at)."""
+    t0 = dc.net_start_at
+    deadline = t0 + budget
+    attempts = 0
+    failures = []
+    while time.monotonic() < deadline and attempts < 1000:
+        attempts += 1
+        began = time.monotonic()
+        failed = _attempt(dc, pairs, deadline)
+        ended = time.monotonic()
+        if failed is None:
+            return PingallResult(ended - t0, began - t0, ended - began, attempts, len(pairs), failures)
+        failures.append((round(ended - t0, 3), *failed))
+        if len(failures) > 6:
+            del failures[3]  # keep the first three and the last three
+    return PingallResult(None, None, None, attempts, len(pairs), failures)
+
+
+# -- ping gap across a controller SIGKILL and restart ------------------------------------------
+@dataclass
+class GapResult:
+    largest_gap: float | None  # seconds between consecutive echo replies
+    replies: int
+    sent: int
+    restart_seconds: float  # SIGKILL to the restarted controller listening again
+    resync_seconds: float | None = None  # SIGKILL to every switch synced again (Goldilocks only)
+
+
+def reply_times(ping_output: str) -> list[float]:
+    return [float(m.group(1)) for m in re.finditer(r"^\[(\d+\.\d+)\] \d+ bytes from", ping_output, re.M)]
+
+
+def ping_gap_across_restart(
+    dc, src: str, dst: str, kill: Callable[[], None], restart: Callable[[], None], after_restart=None, count: int = 160
+) -> GapResult:
+    """`ping -D -i 0.05 -c count` from src to dst; SIGKILL the controller 1.5 s in and start it again
+    at once; the largest time between two consecutive replies."""
+    pinger = dc.host(src).popen(
+        ["ping", "-D", "-n", "-i", "0.05", "-c", str(count), dc.layout.vms[dst][1]], stdout=subprocess.PIPE, text=True
+    )
+    resync = None
+    try:
+        time.sleep(1.5)
+        killed = time.monotonic()
+        kill()
+        restart()
+        restarted = time.monotonic() - killed
+        if after_restart is not None:
+            done = after_restart()
+            resync = time.monotonic() - killed if done else None
+        out, _ = pinger.communicate(timeout=count * 0.05 + 20)
+    finally:
+        if pinger.poll() is None:
+            pinger.kill()
+            pinger.wait()
+    times = reply_times(out)
+    gap = max((b - a for a, b in itertools.pairwise(times)), default=None)
+    return GapResult(gap, len(times), count, restarted, resync)
+
+
+# -- Ryu simple_switch_13, the in-run baseline ---------------------------------------------------
+def _listening(port: int) -> bool:
+    needle = f":{port:04X} "
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 3 and (fields[1] + " ").endswith(needle) and fields[3] == "0A":
+                return True
+    return False
+
+
+@dataclass
+class RyuSimpleSwitch:
+    """`ryu.app.simple_switch_13` in its own process (process group), on a port of its own."""
+
+    of_port: int = 0
+    log_path: str = ""
+    proc: subprocess.Popen | None = None
+    _tmp: tempfile.TemporaryDirectory | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.of_port = self.of_port or free_port()
+        if not self.log_path:
+            self._tmp = tempfile.TemporaryDirectory(prefix="bench-ryu-")
+            self.log_path = os.path.join(self._tmp.name, "ryu.log")
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.of_port}"
+
+    def command(self) -> list[str]:
+        code = (
+            "from controller.launcher import patch_eventlet; patch_eventlet(); from ryu.cmd import manager; "
+            f"manager.main(args=['--ofp-tcp-listen-port', '{self.of_port}', 'ryu.app.simple_switch_13'])"
+        )
+        return [sys.executable, "-c", code]
+
+    def start(self, wait: float = 30.0) -> RyuSimpleSwitch:
+        with open(self.log_path, "ab") as out:
+            self.proc = subprocess.Popen(
+                self.command(), cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"simple_switch_13 exited with {self.proc.returncode}: {self.log_tail()}")
+            if _listening(self.of_port):
+                return self
+            time.sleep(0.02)
+        raise RuntimeError(f"simple_switch_13 did not listen on {self.of_port} within {wait}s: {self.log_tail()}")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+
+    def stop(self) -> None:
+        self.kill(signal.SIGTERM)
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(Path(self.log_path).read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
+# -- Goldilocks' own figures ---------------------------------------------------------------------
+def wait_until(predicate, timeout: float, interval: float = 0.1):
+    """Poll predicate() (errors count as not yet) until truthy or timeout; return the last value."""
+    deadline = time.monotonic() + timeout
+    value = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+        except (OSError, ValueError, KeyError):
+            value = None
+        if value:
+            return value
+        time.sleep(interval)
+    return value
+
+
+def converge_seconds(dc, timeout: float = 30.0) -> list[float] | None:
+    """Per-switch converge_seconds from /v1/topology, once every built switch has one."""
+    expected = len(dc.layout.switches)
+
+    def all_converged():
+        values = [s["converge_seconds"] for s in dc.topology()["switches"]]
+        return values if len(values) == expected and all(v is not None for v in values) else None
+
+    return wait_until(all_converged, timeout, 0.2)
+
+
+def metric_values(rest_url: str) -> dict[str, float]:
+    """Every sample of /metrics, keyed by name plus labels as written."""
+    values = {}
+    for line in rest_get(rest_url, "/metrics").splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            try:
+                values[name] = float(value)
+            except ValueError:
+                continue
+    return values
+
+
+ERROR_PATTERN = re.compile(r"error|exception|traceback|refused|failed|timed out", re.I)
+BENIGN = ("RLock(s) were not greened",)  # eventlet's import-order notice, printed at every start
+HOST_LINE = re.compile(r"^host (\S+) ip (\S+) at switch ([0-9a-f]{16}) port (\d+)$")
+
+
+def _lines(path: str) -> list[str]:
+    try:
+        return Path(path).read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+
+
+def log_problems(path: str, limit: int = 20) -> tuple[int, list[str]]:
+    """Lines of a controller log that look like trouble: (how many, the first `limit`)."""
+    bad = [line for line in _lines(path) if ERROR_PATTERN.search(line) and not any(b in line for b in BENIGN)
+           and not line.startswith("links timed out")]  # counted by topology_trouble
+    return len(bad), bad[:limit]
+
+
+def interface_macs() -> dict[str, str]:
+    """MAC -> interface name for the root namespace (where Mininet keeps the switch ports)."""
+    out = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, timeout=10).stdout
+    macs = {}
+    for line in out.splitlines():
+        match = re.match(r"\d+: ([^:@]+)[@:].*link/ether ([0-9a-f:]{17})", line)
+        if match:
+            macs[match.group(2)] = match.group(1)
+    return macs
+
+
+def topology_trouble(path: str, layout, macs: dict[str, str] | None = None, limit: int = 8) -> dict:
+    """What the Goldilocks log says went wrong with the learned topology: links aged out, and hosts
+    learned where the built layout has none (a fabric switch, or a hypervisor's uplink, port 1).
+    Misplaced MACs that belong to a root-namespace interface (a switch port) are named."""
+    hypervisors = {dpid for name, dpid in layout.switches.items() if layout.roles[name] == "hypervisor"}
+    vm_macs = {mac for _, _, mac in layout.vms.values()}
+    macs = macs or {}
+    timeouts, misplaced, vm_moved, switch_port_macs = [], [], [], []
+    for line in _lines(path):
+        if line.startswith("links timed out"):
+            timeouts.append(line)
+        match = HOST_LINE.match(line)
+        if match and (int(match.group(3), 16) not in hypervisors or match.group(4) == "1"):
+            mac = match.group(1)
+            if mac in vm_macs:
+                vm_moved.append(line)
+            elif mac in macs:
+                switch_port_macs.append(f"{line} (MAC of switch port {macs[mac]})")
+            misplaced.append(line)
+    return {"link_timeouts": len(timeouts), "link_timeout_lines": timeouts[:limit],
+            "misplaced_hosts": len(misplaced), "misplaced_host_lines": misplaced[:limit],
+            "vm_misplaced": len(vm_moved), "vm_misplaced_lines": vm_moved[:limit],
+            "switch_port_macs": len(switch_port_macs), "switch_port_mac_lines": switch_port_macs[:limit]}

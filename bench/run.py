@@ -1,0 +1,349 @@
+"""`make bench`: measure Goldilocks against Ryu simple_switch_13 and plain OVS NORMAL, then write docs/benchmarks.md.
+
+    .venv/bin/python -m bench.run                 # everything (what `make bench` runs)
+    .venv/bin/python -m bench.run --reps 1 --scaling-reps 1 --output /tmp/b.md   # a quick look
+
+Needs root, Open vSwitch running and Mininet; it must be the only Mininet run on the machine."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench.measure import (
+    RyuSimpleSwitch,
+    converge_seconds,
+    first_clean_pingall,
+    interface_macs,
+    log,
+    log_problems,
+    metric_values,
+    ping_gap_across_restart,
+    ping_pairs,
+    topology_trouble,
+    wait_until,
+)
+from mininet_scenarios.datacenter import Layout, running
+from mininet_scenarios.harness import REPO, rest_get
+
+LOOP_FREE = (1, 3, 2, 2)  # 1 spine, 3 leaves, 2 hypervisors per leaf, 2 VMs each: 10 switches, 12 VMs
+LOOPED = (2, 3, 2, 2)  # the same with 2 spines: every leaf pair has two paths
+SCALING = [(1, 2, 1, 1), (2, 4, 2, 1), (2, 6, 3, 1), (2, 8, 4, 1), (2, 12, 4, 1), (4, 16, 4, 1)]
+IPERF_SECONDS = 3
+OUT_DIR = REPO / "bench" / "out"
+LEARNING_P50 = 'goldilocks_packet_in_to_flow_mod_seconds_recent{quantile="0.5"}'
+LEARNING_P99 = 'goldilocks_packet_in_to_flow_mod_seconds_recent{quantile="0.99"}'
+
+
+def layout_of(shape: tuple[int, int, int, int]) -> Layout:
+    return Layout(*shape)
+
+
+def describe(shape: tuple[int, int, int, int]) -> str:
+    lay = layout_of(shape)
+    return f"({','.join(map(str, shape))}) {len(lay.switches)} switches, {len(lay.vms)} VMs"
+
+
+def _pingall(dc) -> dict:
+    vms = list(dc.layout.vms)
+    pairs, how = ping_pairs(vms)
+    result = first_clean_pingall(dc, pairs)
+    return {**vars(result), "how": how}
+
+
+def _keep_log(src: str, label: str) -> str:
+    """Copy a controller log to bench/out/logs (gitignored) for the record; return its path."""
+    dest = OUT_DIR / "logs" / f"{label}.log"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        shutil.copyfile(src, dest)
+    except OSError:
+        return ""
+    return str(dest.relative_to(REPO))
+
+
+def _problems(path: str) -> dict:
+    count, lines = log_problems(path)
+    return {"count": count, "lines": lines}
+
+
+# -- one run of each kind ---------------------------------------------------------------------
+def run_standalone(shape) -> dict:
+    """No controller: every bridge is a plain OVS NORMAL learning switch (fail_mode standalone)."""
+    started = time.monotonic()
+    with running(layout_of(shape), fail_mode="standalone", with_controller=False) as dc:
+        vms = list(dc.layout.vms)
+        pingall = _pingall(dc)
+        mbps = dc.iperf3(vms[0], vms[-1], IPERF_SECONDS)
+    return {"pingall": pingall, "iperf_mbps": mbps, "wall_seconds": time.monotonic() - started}
+
+
+def run_ryu(shape, label: str) -> dict:
+    started = time.monotonic()
+    log_path = OUT_DIR / "logs" / f"{label}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log_path.unlink(missing_ok=True)
+    ryu = RyuSimpleSwitch(log_path=str(log_path)).start()
+    try:
+        with running(layout_of(shape), controller=ryu.target) as dc:
+            vms = list(dc.layout.vms)
+            pingall = _pingall(dc)
+            mbps = dc.iperf3(vms[0], vms[-1], IPERF_SECONDS)
+            gap = ping_gap_across_restart(dc, vms[1], vms[-2], kill=lambda: ryu.kill(signal.SIGKILL), restart=ryu.start)
+    finally:
+        ryu.stop()
+    return {
+        "pingall": pingall,
+        "iperf_mbps": mbps,
+        "gap": vars(gap),
+        "log": str(log_path.relative_to(REPO)),
+        "log_problems": _problems(str(log_path)),
+        "wall_seconds": time.monotonic() - started,
+    }
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def vms_misplaced(dc) -> list[str]:
+    """VMs the controller does not know, or places anywhere but their built hypervisor port."""
+    learned = {h["mac"]: (int(h["dpid"], 16), h["port"]) for h in dc.topology()["hosts"]}
+    wrong = []
+    for name, (hv, _, mac) in dc.layout.vms.items():
+        intf = dc.host(name).defaultIntf()
+        peer = intf.link.intf2 if intf.link.intf1 is intf else intf.link.intf1
+        built = (dc.layout.switches[hv], peer.node.ports[peer])
+        where = learned.get(mac)
+        if where != built:
+            wrong.append(f"{name} (built {hv} port {built[1]}): " + (f"learned at {where[0]:016x} port {where[1]}"
+                                                                     if where else "not known"))
+    return wrong
+
+
+def _goldilocks_figures(dc) -> dict:
+    """Read right after the pingall. A controller too busy to answer REST leaves figures empty, not the run failed."""
+    figures: dict = {"controller_cpu_seconds": _cpu_seconds(dc.controller_proc.proc.pid)}
+    try:
+        health = rest_get(dc.rest_url, "/v1/health", 10)
+        figures["health"] = {**health, "links_built": len(dc.layout.switch_links), "vms_built": len(dc.layout.vms)}
+    except (OSError, ValueError) as exc:
+        figures["health"] = {"error": repr(exc)}
+    try:
+        figures["vms_misplaced"] = vms_misplaced(dc)
+    except (OSError, ValueError, KeyError) as exc:
+        figures["vms_misplaced_error"] = repr(exc)
+    try:
+        values = converge_seconds(dc)
+        metrics = metric_values(dc.rest_url)
+    except (OSError, ValueError) as exc:
+        figures["figures_error"] = repr(exc)
+        return figures
+    return {
+        **figures,
+        "reconciles": metrics.get("goldilocks_reconcile_seconds_count"),
+        "reconcile_seconds": metrics.get("goldilocks_reconcile_seconds_sum"),
+        "converge": sorted(values) if values else None,
+        "learning_p50": metrics.get(LEARNING_P50),
+        "learning_p99": metrics.get(LEARNING_P99),
+        "learning_count": metrics.get("goldilocks_packet_in_to_flow_mod_seconds_count"),
+        "packet_ins": metrics.get("goldilocks_packet_ins_total"),
+        "flow_mods": metrics.get("goldilocks_flow_mods_total"),
+        "switch_errors": metrics.get("goldilocks_switch_errors_total"),
+        "flows_desired": metrics.get("goldilocks_flows_desired"),
+    }
+
+
+def run_goldilocks(shape, label: str, full: bool = True) -> dict:
+    """Pingall from start, then the controller's own figures; with full, iperf3 and the SIGKILL gap too."""
+    started = time.monotonic()
+    result: dict = {}
+    with running(layout_of(shape)) as dc:
+        ctl = dc.controller_proc
+        try:
+            vms = list(dc.layout.vms)
+            result["pingall"] = _pingall(dc)
+            result.update(_goldilocks_figures(dc))
+            if full:
+                result["iperf_mbps"] = dc.iperf3(vms[0], vms[-1], IPERF_SECONDS)
+                switches = len(dc.layout.switches)
+
+                def synced():
+                    return wait_until(lambda: rest_get(ctl.rest_url, "/v1/health", 1)["switches_synced"] == switches, 20)
+
+                gap = ping_gap_across_restart(
+                    dc, vms[1], vms[-2], kill=lambda: ctl.kill(signal.SIGKILL), restart=ctl.start, after_restart=synced
+                )
+                result["gap"] = vars(gap)
+                result["health_after"] = rest_get(ctl.rest_url, "/v1/health")
+        finally:
+            result["log"] = _keep_log(ctl.log_path, label)
+            result["log_problems"] = _problems(ctl.log_path)
+            try:
+                macs = interface_macs()
+            except (OSError, subprocess.SubprocessError):
+                macs = {}
+            result["log_topology"] = topology_trouble(ctl.log_path, dc.layout, macs)
+    result["wall_seconds"] = time.monotonic() - started
+    return result
+
+
+# -- orchestration ------------------------------------------------------------------------------
+def preflight() -> None:
+    problems = []
+    if os.geteuid() != 0:
+        problems.append("needs root (Mininet creates namespaces and veths)")
+    for tool in ("ovs-vsctl", "mnexec", "iperf3", "ethtool", "ping"):
+        if shutil.which(tool) is None:
+            problems.append(f"{tool} is not installed (make install)")
+    if not problems:
+        listed = subprocess.run(["ovs-vsctl", "--timeout=5", "list-br"], capture_output=True, text=True)
+        if listed.returncode:
+            problems.append("Open vSwitch is not running (make install starts it)")
+        else:
+            ours = {n for s in [LOOPED, *SCALING] for n in layout_of(s).switches}
+            busy = sorted(set(listed.stdout.split()) & ours)
+            if busy:
+                problems.append(f"bridges {busy} already exist: another Mininet run is active or left over")
+    if problems:
+        sys.exit("bench: " + "; ".join(problems))
+
+
+def guarded(what: str, fn, *args, **kwargs) -> dict:
+    """Run one scenario; a failure is recorded (and reported), not fatal to the rest of the bench."""
+    log(f"{what} ...")
+    try:
+        result = fn(*args, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - a benchmark records failures and goes on
+        log(f"{what} FAILED: {exc!r}")
+        return {"error": repr(exc)}
+    p = result.get("pingall", {})
+    bits = [f"pingall {p.get('seconds') and round(p['seconds'], 2)} s ({p.get('attempts')} attempts)"]
+    if "iperf_mbps" in result:
+        bits.append(f"iperf3 {result['iperf_mbps']:.0f} Mbit/s")
+    if "gap" in result:
+        bits.append(f"gap {result['gap']['largest_gap'] and round(result['gap']['largest_gap'], 3)} s")
+    if result.get("converge"):
+        bits.append(f"converge max {max(result['converge']):.3f} s")
+    if result.get("log_problems", {}).get("count"):
+        bits.append(f"{result['log_problems']['count']} problem lines in the log")
+    log(f"{what}: " + ", ".join(bits) + f" [{result['wall_seconds']:.0f} s]")
+    return result
+
+
+def machine() -> dict:
+    def run(cmd):
+        try:
+            return subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return "?"
+
+    mem = next((line.split(":", 1)[1].strip() for line in Path("/proc/meminfo").read_text().splitlines()
+                if line.startswith("MemTotal")), "?")
+    commit = run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
+    dirty = run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"])
+    try:
+        from importlib.metadata import version
+
+        versions = {p: version(p) for p in ("ryu", "eventlet", "mininet")}
+    except Exception:  # noqa: BLE001
+        versions = {}
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "uname": run(["uname", "-a"]),
+        "nproc": run(["nproc"]),
+        "memory": mem,
+        "ovs": run(["ovs-vsctl", "--version"]).splitlines()[0] if run(["ovs-vsctl", "--version"]) else "?",
+        "python": sys.version.split()[0],
+        "packages": versions,
+        "commit": commit + (" (with uncommitted changes)" if dirty else ""),
+        "dirty_files": dirty.splitlines(),
+    }
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=3, help="repetitions of the headline and looped runs (default 3)")
+    parser.add_argument("--scaling-reps", type=int, default=3, help="repetitions per scaling layout (default 3)")
+    parser.add_argument("--budget", type=float, default=870, help="seconds; scaling runs that would not fit are skipped")
+    parser.add_argument("--no-headline", action="store_true", help="skip the headline and looped runs")
+    parser.add_argument("--no-scaling", action="store_true", help="skip the scaling runs")
+    parser.add_argument("--output", default=str(REPO / "docs" / "benchmarks.md"))
+    parser.add_argument("--json", default=str(OUT_DIR / "results.json"))
+    parser.add_argument("--render-only", action="store_true",
+                        help="measure nothing: rewrite --output from the results already in --json")
+    args = parser.parse_args(argv)
+    if not 1 <= args.reps <= 5 or not 1 <= args.scaling_reps <= 5:
+        parser.error("--reps and --scaling-reps must be between 1 and 5")
+    return args
+
+
+def main(argv=None) -> int:
+    from bench.report import render
+
+    args = parse_args(argv)
+    if args.render_only:
+        results = json.loads(Path(args.json).read_text())
+        Path(args.output).write_text(render(results, args))
+        log(f"rewrote {args.output} from {args.json}")
+        return 0
+    preflight()
+    started = time.monotonic()
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    results: dict = {"machine": machine(), "headline": [], "scaling": {}, "skipped": []}
+    log(f"machine: {results['machine']['uname']}")
+
+    if not args.no_headline:
+        for rep in range(1, args.reps + 1):
+            row = {
+                "standalone": guarded(f"rep {rep}/{args.reps}: OVS NORMAL {describe(LOOP_FREE)}", run_standalone, LOOP_FREE),
+                "ryu": guarded(f"rep {rep}/{args.reps}: simple_switch_13 {describe(LOOP_FREE)}", run_ryu, LOOP_FREE,
+                               f"ryu-loopfree-{rep}"),
+                "goldilocks": guarded(f"rep {rep}/{args.reps}: Goldilocks {describe(LOOP_FREE)}", run_goldilocks, LOOP_FREE,
+                                      f"goldilocks-loopfree-{rep}"),
+                "goldilocks_looped": guarded(f"rep {rep}/{args.reps}: Goldilocks {describe(LOOPED)}", run_goldilocks, LOOPED,
+                                             f"goldilocks-looped-{rep}"),
+            }
+            results["headline"].append(row)
+
+    if not args.no_scaling:
+        last_wall: dict[str, float] = {}
+        for rep in range(1, args.scaling_reps + 1):
+            for shape in SCALING:
+                key = describe(shape)
+                estimate = last_wall.get(key, 20.0 + 2.0 * len(layout_of(shape).switches))
+                elapsed = time.monotonic() - started
+                if elapsed + estimate > args.budget:
+                    log(f"skipping scaling {key} rep {rep}: {elapsed:.0f} s spent, about {estimate:.0f} s more would pass "
+                        f"the {args.budget:.0f} s budget")
+                    results["skipped"].append({"layout": key, "rep": rep})
+                    continue
+                label = "goldilocks-scale-" + "-".join(map(str, shape)) + f"-{rep}"
+                res = guarded(f"scaling rep {rep}/{args.scaling_reps}: Goldilocks {key}", run_goldilocks, shape, label,
+                              full=False)
+                last_wall[key] = res.get("wall_seconds", estimate)
+                lay = layout_of(shape)
+                entry = {"shape": shape, "switches": len(lay.switches), "links": len(lay.switch_links), "vms": len(lay.vms)}
+                results["scaling"].setdefault(key, {**entry, "runs": []})["runs"].append(res)
+
+    results["total_seconds"] = time.monotonic() - started
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(results, indent=1, default=str))
+    Path(args.output).write_text(render(results, args))
+    log(f"wrote {args.output} (raw results: {args.json}) in {results['total_seconds']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
