@@ -153,6 +153,8 @@ class GoldilocksController(app_manager.RyuApp):
             self._last_audit = now
             for datapath in list(self.datapaths.values()):
                 self._request_flows(datapath)
+                # A changed dp-desc (role override) is picked up here too.
+                datapath.send_msg(datapath.ofproto_parser.OFPDescStatsRequest(datapath, 0))
 
     def _send_lldp(self, dpid: int, datapath) -> None:
         sw = self.topo.switches.get(dpid)

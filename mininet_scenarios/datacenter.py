@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -62,12 +61,21 @@ class Layout:
 class DataCentre:
     """The running Mininet network plus the controller that drives it."""
 
-    def __init__(self, layout: Layout, controller: str | None = None, rest_url: str | None = None, declare_roles: bool = False):
+    def __init__(
+        self,
+        layout: Layout,
+        controller: str | None = None,
+        rest_url: str | None = None,
+        declare_roles: bool = False,
+        role_overrides: dict[str, str] | None = None,
+    ):
         self.layout = layout
         self.controller_proc: ControllerProcess | None = None
         self.external = controller
         self.rest_url = rest_url
-        self.declare_roles = declare_roles
+        # Roles written into each bridge's dp-desc before it first connects.
+        self.dp_desc_roles = dict(layout.roles) if declare_roles else {}
+        self.dp_desc_roles.update(role_overrides or {})
         self.net = None
 
     # -- lifecycle ------------------------------------------------------------------
@@ -85,7 +93,18 @@ class DataCentre:
             self.controller_proc = ControllerProcess().start()
             of_host, of_port = "127.0.0.1", self.controller_proc.of_port
             self.rest_url = self.controller_proc.rest_url
-        switch_cls = partial(OVSSwitch, datapath="user", failMode="secure", protocols="OpenFlow13", reconnectms=1000)
+        roles = self.dp_desc_roles
+
+        class DataCentreSwitch(OVSSwitch):
+            """A userspace bridge whose dp-desc declares its role when the scenario asks for it."""
+
+            def bridgeOpts(self) -> str:
+                opts = super().bridgeOpts()
+                if self.name in roles:
+                    opts = opts.replace(f"other-config:dp-desc={self.name}", f"other-config:dp-desc=role={roles[self.name]}")
+                return opts
+
+        switch_cls = partial(DataCentreSwitch, datapath="user", failMode="secure", protocols="OpenFlow13", reconnectms=1000)
         net = Mininet(switch=switch_cls, controller=None, build=False, autoSetMacs=False, waitConnected=False)
         self.net = net
         net.addController("c0", controller=RemoteController, ip=of_host, port=of_port)
@@ -98,11 +117,6 @@ class DataCentre:
             net.addLink(name, hv)
         net.build()
         net.start()
-        for name in self.layout.switches:
-            if self.declare_roles:
-                subprocess.run(
-                    ["ovs-vsctl", "set", "bridge", name, f"other_config:dp-desc=role={self.layout.roles[name]}"], check=True
-                )
         for host in net.hosts:
             for intf in host.intfList():
                 host.cmd(f"ethtool -K {intf.name} tx off")
