@@ -33,7 +33,11 @@ LOG = logging.getLogger("goldilocks.controller")
 MISS_COOKIE = next(e.cookie for e in base_flows() if e.table == pipeline.INGRESS and e.priority == pipeline.PRIO_MISS)
 
 
-EDGE_CHECK_INTERVAL = 0.25
+EDGE_CHECK_INTERVAL = 0.1
+# Frames that arrive on a port still proving it faces hosts are held, not dropped, and replayed
+# once it is confirmed: a VM's first ARP is then not lost to a one-second retry.
+HELD_FRAMES_PER_PORT = 16
+HELD_FRAME_MAX_AGE = 2.0
 
 
 def _mac(raw: bytes) -> str:
@@ -80,6 +84,7 @@ class GoldilocksController(app_manager.RyuApp):
         self.datapaths: dict[int, object] = {}
         self.sync: dict[int, SwitchSync] = {}
         self._stats_parts: dict[int, set[int]] = {}
+        self._held: dict[PortRef, list[tuple[float, int, bytes]]] = {}  # pending port -> (time, cookie, frame)
         self.metrics = Metrics()
         self.lldp_key = os.urandom(32)
         self.desired: desired_mod.DesiredTables = {}
@@ -132,10 +137,23 @@ class GoldilocksController(app_manager.RyuApp):
         while True:
             hub.sleep(EDGE_CHECK_INTERVAL)
             try:
-                if self.topo.confirm_edge_ports(time.monotonic()):
+                confirmed = self.topo.confirm_edge_ports(time.monotonic())
+                if confirmed:
                     self.model_changed()
+                    self._replay_held(confirmed)
             except Exception:
                 LOG.exception("edge port confirmation failed")
+
+    def _replay_held(self, confirmed: set[PortRef]) -> None:
+        now = time.monotonic()
+        for ref in confirmed:
+            datapath = self.datapaths.get(ref.dpid)
+            for held_at, cookie, frame in self._held.pop(ref, []):
+                if datapath is not None and now - held_at <= HELD_FRAME_MAX_AGE:
+                    self._learn_and_forward(datapath, ref.port, frame, cookie, time.perf_counter())
+        # Frames held on ports that turned out to be inter-switch are dropped.
+        for ref in [r for r in self._held if not self.topo.is_pending_port(r.dpid, r.port)]:
+            del self._held[ref]
 
     def _tick(self) -> None:
         now = time.monotonic()
@@ -290,8 +308,19 @@ class GoldilocksController(app_manager.RyuApp):
         if struct.unpack("!H", frame[12:14])[0] == pipeline.ETH_TYPE_LLDP:
             self._lldp_in(datapath.id, in_port, frame)
             return
-        if in_port >= pipeline.OFPP_MAX or not self.topo.is_edge_port(datapath.id, in_port):
+        if in_port >= pipeline.OFPP_MAX:
             return
+        if not self.topo.is_edge_port(datapath.id, in_port):
+            if self.topo.is_pending_port(datapath.id, in_port):
+                held = self._held.setdefault(PortRef(datapath.id, in_port), [])
+                if len(held) < HELD_FRAMES_PER_PORT:
+                    held.append((time.monotonic(), msg.cookie, frame))
+            return
+        self._learn_and_forward(datapath, in_port, frame, msg.cookie, received)
+
+    def _learn_and_forward(self, datapath, in_port: int, frame: bytes, cookie: int, received: float) -> None:
+        """Learn the sender of a frame from an edge port; if it came from the table-miss entry,
+        re-inject it at table 0, where the flows just installed carry it."""
         mac, ip = sender_ip(frame)
         if frame[6] & 1 or mac in self.topo.switch_macs():  # never a host
             return
@@ -299,8 +328,7 @@ class GoldilocksController(app_manager.RyuApp):
             LOG.info("host %s ip %s at switch %016x port %d", mac, ip, datapath.id, in_port)
             self.model_changed()
             self.metrics.observe_learning(time.perf_counter() - received)
-        if msg.cookie == MISS_COOKIE and mac in self.topo.hosts:
-            # Re-inject the frame at table 0: the flows just installed now carry it.
+        if cookie == MISS_COOKIE and mac in self.topo.hosts:
             ofp, parser = datapath.ofproto, datapath.ofproto_parser
             datapath.send_msg(parser.OFPBarrierRequest(datapath))
             datapath.send_msg(

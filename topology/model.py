@@ -13,7 +13,7 @@ ROLE_FABRIC = "fabric"
 # A link not confirmed by LLDP for this long is dead (LLDP is sent every second).
 LINK_TIMEOUT = 3.5
 # A port up this long with no LLDP from another switch faces hosts.
-EDGE_CONFIRM_TIME = 0.75
+EDGE_CONFIRM_TIME = 0.5
 
 
 @dataclass(frozen=True)
@@ -167,10 +167,10 @@ class Topology:
             return True
         return False
 
-    def confirm_edge_ports(self, now: float, hold: float = EDGE_CONFIRM_TIME) -> bool:
+    def confirm_edge_ports(self, now: float, hold: float = EDGE_CONFIRM_TIME) -> set[PortRef]:
         """Start the clock on new up ports of connected switches; confirm those whose clock ran
-        out with no LLDP from another switch. Call it after LLDP has been sent."""
-        changed = False
+        out with no LLDP from another switch, and return them. Call it after LLDP has been sent."""
+        confirmed: set[PortRef] = set()
         for sw in self.switches.values():
             if not sw.connected:
                 continue
@@ -183,8 +183,15 @@ class Topology:
                 if now - since >= hold:
                     del sw.pending_since[port_no]
                     sw.edge_confirmed.add(port_no)
-                    changed = True
-        return changed
+                    confirmed.add(PortRef(sw.dpid, port_no))
+        return confirmed
+
+    def is_pending_port(self, dpid: int, port_no: int) -> bool:
+        """Up, but neither a known inter-switch port nor a confirmed edge port yet."""
+        sw = self.switches.get(dpid)
+        if sw is None or port_no not in sw.live_ports():
+            return False
+        return port_no not in sw.edge_confirmed and port_no not in self.inter_switch_ports(dpid)
 
     def set_role_override(self, dpid: int, dp_desc: str) -> bool:
         sw = self.switches.setdefault(dpid, Switch(dpid))
