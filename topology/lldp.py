@@ -58,6 +58,9 @@ def parse_probe(key: bytes, frame: bytes) -> tuple[int, int] | None:
         dpid, port_no = int(chassis[5:], 16), int(port)
     except ValueError:
         return None
+    # Anyone on an edge port can send LLDP: out-of-range numbers must be refused, not crash the signer.
+    if not (0 <= dpid < 1 << 64 and 0 <= port_no < 1 << 32):
+        return None
     if not hmac.compare_digest(signature, _signature(key, dpid, port_no)):
         return None
     return dpid, port_no

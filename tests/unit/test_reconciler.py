@@ -1,0 +1,140 @@
+"""The reconciler sends only the difference, never touches flows that are not ours, and a restart sends nothing."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from apps import pipeline
+from apps.desired import desired_tables
+from apps.flows import FlowEntry, Output, is_ours
+from controller.reconciler import Plan, SwitchSync, plan
+from tests.fakeoftable import build_leaf_spine
+
+FOREIGN = 0x0000_0000_0000_0001  # a flow someone else installed (cookie 1, e.g. ovs-ofctl)
+FOREIGN_HIGH = 0x6B00_0000_0000_0001  # one byte away from ours
+
+
+def entries(n: int, table: int = pipeline.FORWARD) -> list[FlowEntry]:
+    return [
+        FlowEntry.make(table, pipeline.PRIO_UNICAST, {"eth_dst": f"02:00:00:00:00:{i:02x}"}, (Output(i + 1),)) for i in range(n)
+    ]
+
+
+def by_cookie(flows: list[FlowEntry]) -> dict[int, FlowEntry]:
+    return {e.cookie: e for e in flows}
+
+
+def test_identical_desired_and_actual_is_an_empty_plan():
+    desired = by_cookie(entries(5))
+    result = plan(desired, set(desired))
+    assert result == Plan() and not result
+
+
+def test_only_missing_entries_are_added():
+    flows = entries(5)
+    result = plan(by_cookie(flows), {flows[0].cookie, flows[3].cookie})
+    assert sorted(e.cookie for e in result.adds) == sorted(e.cookie for e in (flows[1], flows[2], flows[4]))
+    assert result.deletes == []
+
+
+def test_only_our_stale_cookies_are_deleted():
+    flows = entries(3)
+    stale = entries(5)[3:]
+    actual = {e.cookie for e in flows + stale} | {FOREIGN, FOREIGN_HIGH, 0}
+    result = plan(by_cookie(flows), actual)
+    assert result.adds == []
+    assert sorted(result.deletes) == sorted(e.cookie for e in stale)
+    assert all(is_ours(c) for c in result.deletes)
+
+
+def test_deletes_are_deferred_while_a_switch_settles():
+    flows = entries(3)
+    stale = entries(5)[3:]
+    result = plan(by_cookie(flows[:2]), {e.cookie for e in flows[1:] + stale} | {FOREIGN}, allow_deletes=False)
+    assert [e.cookie for e in result.adds] == [flows[0].cookie]
+    assert result.deletes == []
+    assert result.deferred_deletes == 3
+
+
+def test_adds_go_downstream_tables_first_then_by_priority():
+    topo = build_leaf_spine(spines=1, leaves=1, hypervisors_per_leaf=1).topo
+    desired = desired_tables(topo)[next(iter(sorted(topo.switches)))]
+    result = plan(desired, set())
+    order = [(e.table, e.priority) for e in result.adds]
+    assert order == sorted(order, key=lambda tp: (-tp[0], -tp[1]))
+    assert {t for t, _ in order} == {pipeline.INGRESS, pipeline.CLASSIFY, pipeline.POLICY, pipeline.FORWARD}
+    assert order[-1][0] == pipeline.INGRESS, "the ingress table, which admits frames, is filled last"
+
+
+@given(
+    st.sets(st.integers(0, 19), max_size=20),
+    st.sets(st.integers(0, 19), max_size=20),
+    st.sets(st.integers(0, 2**64 - 1), max_size=5),
+    st.booleans(),
+)
+def test_plan_brings_our_flows_to_the_desired_set_and_leaves_others_alone(want, have, foreign, allow_deletes):
+    pool = entries(20)
+    desired = by_cookie([pool[i] for i in want])
+    foreign = {c for c in foreign if not is_ours(c)}
+    actual = {pool[i].cookie for i in have} | foreign
+    result = plan(desired, actual, allow_deletes)
+    assert not {e.cookie for e in result.adds} & actual, "never re-add what is there"
+    assert set(result.deletes) <= actual - set(desired)
+    assert not set(result.deletes) & foreign
+    after = (actual | {e.cookie for e in result.adds}) - set(result.deletes)
+    assert after >= set(desired) and after >= foreign
+    if allow_deletes:
+        assert after == set(desired) | foreign
+    else:
+        assert result.deletes == [] and result.deferred_deletes == len(actual - set(desired) - foreign)
+
+
+# ---------------------------------------------------------------------------
+# SwitchSync: what the controller remembers a switch holds
+# ---------------------------------------------------------------------------
+def test_after_applying_a_plan_the_next_plan_is_empty():
+    desired = by_cookie(entries(4))
+    sync = SwitchSync()
+    sync.set_actual({FOREIGN}, {})
+    first = sync.next_plan(desired, now=0.0)
+    assert len(first.adds) == 4
+    sync.applied(first)
+    assert not sync.next_plan(desired, now=0.0)
+
+
+def test_stale_flows_survive_the_settle_time_then_go():
+    old = entries(2)
+    sync = SwitchSync(settle_until=10.0)
+    sync.set_actual({e.cookie for e in old}, {})
+    early = sync.next_plan({}, now=5.0)
+    assert early.deletes == [] and early.deferred_deletes == 2
+    late = sync.next_plan({}, now=10.0)
+    assert sorted(late.deletes) == sorted(e.cookie for e in old)
+    sync.applied(late)
+    assert not sync.next_plan({}, now=11.0)
+
+
+def test_an_entry_replaced_in_its_slot_is_re_added_when_wanted_back():
+    """Adding to an occupied slot replaces the old entry on the switch; the controller must
+    not believe the old one is still there."""
+    first = FlowEntry.make(pipeline.FORWARD, pipeline.PRIO_UNICAST, {"eth_dst": "02:00:00:00:00:01"}, (Output(1),))
+    second = FlowEntry.make(pipeline.FORWARD, pipeline.PRIO_UNICAST, {"eth_dst": "02:00:00:00:00:01"}, (Output(2),))
+    assert first.slot == second.slot and first.cookie != second.cookie
+    sync = SwitchSync(settle_until=100.0)  # deletes deferred: only the replacing add happens
+    sync.set_actual({first.cookie}, by_cookie([first]))
+    move = sync.next_plan(by_cookie([second]), now=0.0)
+    assert move.adds == [second] and move.deletes == []
+    sync.applied(move)
+    back = sync.next_plan(by_cookie([first]), now=0.0)
+    assert back.adds == [first]
+
+
+def test_restart_with_the_same_topology_touches_nothing():
+    """A new controller process compiles the same model: every switch already holds exactly that."""
+    running = desired_tables(build_leaf_spine(dual_homed=True).topo)
+    restarted = desired_tables(build_leaf_spine(dual_homed=True).topo)
+    for dpid, table in restarted.items():
+        sync = SwitchSync()
+        sync.set_actual(set(running[dpid]) | {FOREIGN}, table)
+        assert not sync.next_plan(table, now=1e9), f"switch {dpid:#x} would be touched"

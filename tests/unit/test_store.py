@@ -1,0 +1,81 @@
+"""The learned topology survives a controller restart, and a restart compiles the same flows."""
+
+from __future__ import annotations
+
+import pytest
+
+from apps.desired import desired_tables
+from controller.store import StateError, Store
+from tests.fakeoftable import build_leaf_spine
+from topology.model import Port, PortRef, Topology
+
+
+def snapshot(topo: Topology) -> tuple:
+    switches = {
+        d: (sw.name, sw.role_override, dict(sw.ports), sorted(sw.edge_confirmed)) for d, sw in sorted(topo.switches.items())
+    }
+    return switches, set(topo.links), dict(topo.hosts)
+
+
+def test_save_then_load_round_trips_switches_links_and_hosts(tmp_path):
+    fabric = build_leaf_spine(dual_homed=True)
+    topo = fabric.topo
+    topo.set_role_override(fabric.leaves[0], "role=fabric")
+    topo.set_port(fabric.spines[0], Port(1, "down-port", up=False))
+    store = Store(tmp_path / "state")
+    store.save_topology(topo)
+    store.close()
+
+    loaded = Store(tmp_path / "state").load_topology(now=42.0)
+    assert snapshot(loaded) == snapshot(topo)
+    assert set(loaded.links.values()) == {42.0}, "loaded links get a fresh timeout window"
+    assert not any(sw.connected for sw in loaded.switches.values()), "nothing is connected until it says hello"
+
+
+def test_a_restart_compiles_exactly_the_flows_the_switches_hold(tmp_path):
+    topo = build_leaf_spine(dual_homed=True).topo
+    Store(tmp_path).save_topology(topo)
+    loaded = Store(tmp_path).load_topology(now=0.0)
+    before = {d: set(t) for d, t in desired_tables(topo).items()}
+    after = {d: set(t) for d, t in desired_tables(loaded).items()}
+    assert after == before
+
+
+def test_a_save_replaces_the_previous_state(tmp_path):
+    fabric = build_leaf_spine(spines=1, leaves=2, hypervisors_per_leaf=1)
+    topo = fabric.topo
+    store = Store(tmp_path)
+    store.save_topology(topo)
+    gone = fabric.vms[0]
+    topo.remove_host(gone.mac)
+    cut = next(iter(topo.links))
+    del topo.links[cut]
+    topo.host_seen("02:aa:aa:aa:aa:aa", fabric.hypervisors[-1], 9, "10.9.9.9")
+    store.save_topology(topo)
+    loaded = store.load_topology(now=0.0)
+    assert gone.mac not in loaded.hosts and cut not in loaded.links
+    assert loaded.hosts["02:aa:aa:aa:aa:aa"].ips == {"10.9.9.9"}
+
+
+def test_an_empty_state_dir_loads_an_empty_topology(tmp_path):
+    topo = Store(tmp_path / "new" / "nested").load_topology(now=0.0)
+    assert (topo.switches, topo.links, topo.hosts) == ({}, {}, {})
+
+
+def test_an_unusable_state_dir_is_a_state_error_naming_it(tmp_path):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    with pytest.raises(StateError, match="not-a-dir"):
+        Store(blocker)
+
+
+def test_a_failed_save_leaves_the_previous_state(tmp_path):
+    topo = build_leaf_spine(spines=1, leaves=1, hypervisors_per_leaf=1).topo
+    store = Store(tmp_path)
+    store.save_topology(topo)
+    broken = build_leaf_spine(spines=1, leaves=1, hypervisors_per_leaf=1).topo
+    broken.link_seen(PortRef(1, 1), PortRef(2, 1), 0.0)
+    broken.hosts["02:bb:bb:bb:bb:bb"] = object()  # not a Host: the save fails half-way, after links
+    with pytest.raises(AttributeError):
+        store.save_topology(broken)
+    assert snapshot(store.load_topology(now=0.0)) == snapshot(topo)
