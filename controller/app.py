@@ -40,6 +40,13 @@ HELD_FRAMES_PER_PORT = 16
 HELD_FRAME_MAX_AGE = 2.0
 
 
+LLDP_MAX_AGE_MS = 3000
+
+
+def _now_ms() -> int:
+    return int(time.monotonic() * 1000)
+
+
 def _mac(raw: bytes) -> str:
     return ":".join(f"{b:02x}" for b in raw)
 
@@ -167,6 +174,12 @@ class GoldilocksController(app_manager.RyuApp):
         else:
             for dpid in list(self.datapaths):
                 self.reconcile(dpid)  # picks up deletes deferred while a switch settled
+        for dpid, sync in list(self.sync.items()):
+            if sync.synced and not sync.audited_after_settle and now >= sync.settle_until:
+                # While deletes were deferred, an add may have replaced a flow we could not
+                # place (read back from the switch, unknown slot): read the table once more.
+                sync.audited_after_settle = True
+                self._request_flows(self.datapaths[dpid])
         if now - self._last_audit >= self.settings.audit_interval:
             self._last_audit = now
             for datapath in list(self.datapaths.values()):
@@ -180,7 +193,7 @@ class GoldilocksController(app_manager.RyuApp):
             return
         ofp, parser = datapath.ofproto, datapath.ofproto_parser
         for port_no in sw.live_ports():
-            frame = lldp.build_probe(self.lldp_key, dpid, port_no, sw.ports[port_no].hw_addr)
+            frame = lldp.build_probe(self.lldp_key, dpid, port_no, sw.ports[port_no].hw_addr, _now_ms())
             datapath.send_msg(
                 parser.OFPPacketOut(
                     datapath=datapath,
@@ -342,8 +355,10 @@ class GoldilocksController(app_manager.RyuApp):
             )
 
     def _lldp_in(self, dpid: int, in_port: int, frame: bytes) -> None:
-        origin = lldp.parse_probe(self.lldp_key, frame)
-        if origin is None:
+        origin = lldp.parse_probe(self.lldp_key, frame, _now_ms(), LLDP_MAX_AGE_MS)
+        if origin is None or self.topo.has_hosts_on(dpid, in_port):
+            # Forged, replayed, or arriving on a port with hosts learned on it: a VM relaying
+            # a probe must not turn its port into a fabric port that skips admission.
             self.metrics.lldp_rejected += 1
             return
         src = PortRef(*origin)

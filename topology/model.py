@@ -281,6 +281,9 @@ class Topology:
         self.hosts[mac] = new
         return True
 
+    def has_hosts_on(self, dpid: int, port_no: int) -> bool:
+        return any(h.dpid == dpid and h.port == port_no for h in self.hosts.values())
+
     def switch_macs(self) -> set[str]:
         """MAC addresses of switch ports: frames from them are never hosts."""
         return {p.hw_addr.lower() for sw in self.switches.values() for p in sw.ports.values() if p.hw_addr}
