@@ -6,6 +6,7 @@ import logging
 import os
 import struct
 import time
+from collections.abc import Callable
 
 from ryu.app.wsgi import WSGIApplication
 from ryu.base import app_manager
@@ -95,7 +96,9 @@ class GoldilocksController(app_manager.RyuApp):
         self.metrics = Metrics()
         self.lldp_key = os.urandom(32)
         self.desired: desired_mod.DesiredTables = {}
-        self._dirty = True
+        self._dirty = False
+        self._compile_pending = False
+        self._after_compile: list[Callable[[], None]] = []
         self._last_audit = time.monotonic()
         from controller.rest import register as register_rest
 
@@ -104,19 +107,42 @@ class GoldilocksController(app_manager.RyuApp):
         self.threads.append(hub.spawn(self._edge_loop))
 
     # -- compile and reconcile ---------------------------------------------------
-    def model_changed(self, persist: bool = True) -> None:
-        """Recompute the desired tables and push the difference to every synced switch."""
+    def model_changed(self, then: Callable[[], None] | None = None) -> None:
+        """The model changed. One compile runs per burst of changes: it is scheduled behind the
+        events already queued, so a switch connecting with fifty ports and links costs one
+        compile, not fifty. `then` runs once the new flows have been sent."""
+        self._dirty = True
+        if then is not None:
+            self._after_compile.append(then)
+        if not self._compile_pending:
+            self._compile_pending = True
+            hub.spawn(self._compile_loop)
+
+    def _compile_loop(self) -> None:
+        try:
+            while self._dirty:
+                self._dirty = False
+                self._compile_and_reconcile()
+                callbacks, self._after_compile = self._after_compile, []
+                for callback in callbacks:
+                    callback()
+        except Exception:
+            LOG.exception("compile failed; the switches keep their current flows")
+        finally:
+            self._compile_pending = False
+
+    def _compile_and_reconcile(self) -> None:
+        """Recompute the desired tables, push the difference to every synced switch, persist."""
         started = time.perf_counter()
         self.desired = desired_mod.desired_tables(self.topo)
         for dpid in list(self.datapaths):
             self.reconcile(dpid)
         self.metrics.observe_reconcile(time.perf_counter() - started)
-        if persist:
-            self.store.save_topology(self.topo)
+        self.store.save_topology(self.topo)
 
     def reconcile(self, dpid: int) -> int:
         datapath, sync = self.datapaths.get(dpid), self.sync.get(dpid)
-        if datapath is None or sync is None or not sync.synced:
+        if datapath is None or sync is None or not sync.synced or dpid not in self.desired:
             return 0
         plan = sync.next_plan(self.desired.get(dpid, {}), time.monotonic())
         if not plan:
@@ -146,8 +172,7 @@ class GoldilocksController(app_manager.RyuApp):
             try:
                 confirmed = self.topo.confirm_edge_ports(time.monotonic())
                 if confirmed:
-                    self.model_changed()
-                    self._replay_held(confirmed)
+                    self.model_changed(then=lambda c=confirmed: self._replay_held(c))
             except Exception:
                 LOG.exception("edge port confirmation failed")
 
@@ -243,10 +268,8 @@ class GoldilocksController(app_manager.RyuApp):
     def port_desc_reply(self, ev) -> None:
         datapath = ev.msg.datapath
         ports = [self._port(p) for p in ev.msg.body]
-        changed = self.topo.set_ports(datapath.id, ports)
-        self.desired = desired_mod.desired_tables(self.topo) if changed else self.desired
-        if changed:
-            self.store.save_topology(self.topo)
+        if self.topo.set_ports(datapath.id, ports):
+            self.model_changed()
         self._request_flows(datapath)
 
     @set_ev_cls(ofp_event.EventOFPFlowStatsReply, MAIN_DISPATCHER)
@@ -263,14 +286,20 @@ class GoldilocksController(app_manager.RyuApp):
         sync.set_actual(self._stats_parts.pop(datapath.id), self.desired.get(datapath.id, {}))
         if first:
             LOG.info("switch %016x holds %d of our flows; reconciling", datapath.id, len(sync.installed))
-            self.model_changed()
-            barrier = datapath.ofproto_parser.OFPBarrierRequest(datapath)
-            datapath.set_xid(barrier)
-            sync.converge_xid = barrier.xid
-            datapath.send_msg(barrier)
-            self._send_lldp(datapath.id, datapath)
+            self.model_changed(then=lambda: self._first_sync_done(datapath, sync))
         else:
             self.reconcile(datapath.id)
+
+    def _first_sync_done(self, datapath, sync: SwitchSync) -> None:
+        """The first reconcile was sent: a barrier marks convergence, and LLDP goes out at once."""
+        if self.datapaths.get(datapath.id) is not datapath:
+            return
+        self.reconcile(datapath.id)
+        barrier = datapath.ofproto_parser.OFPBarrierRequest(datapath)
+        datapath.set_xid(barrier)
+        sync.converge_xid = barrier.xid
+        datapath.send_msg(barrier)
+        self._send_lldp(datapath.id, datapath)
 
     @set_ev_cls(ofp_event.EventOFPBarrierReply, MAIN_DISPATCHER)
     def barrier_reply(self, ev) -> None:
@@ -337,22 +366,35 @@ class GoldilocksController(app_manager.RyuApp):
         mac, ip = sender_ip(frame)
         if frame[6] & 1 or mac in self.topo.switch_macs():  # never a host
             return
+        reinject = cookie == MISS_COOKIE
         if self.topo.host_seen(mac, datapath.id, in_port, ip):
             LOG.info("host %s ip %s at switch %016x port %d", mac, ip, datapath.id, in_port)
-            self.model_changed()
-            self.metrics.observe_learning(time.perf_counter() - received)
-        if cookie == MISS_COOKIE and mac in self.topo.hosts:
-            ofp, parser = datapath.ofproto, datapath.ofproto_parser
-            datapath.send_msg(parser.OFPBarrierRequest(datapath))
-            datapath.send_msg(
-                parser.OFPPacketOut(
-                    datapath=datapath,
-                    buffer_id=ofp.OFP_NO_BUFFER,
-                    in_port=in_port,
-                    actions=[parser.OFPActionOutput(ofp.OFPP_TABLE)],
-                    data=frame,
-                )
+
+            def learned() -> None:
+                self.metrics.observe_learning(time.perf_counter() - received)
+                if reinject:
+                    self._reinject(datapath, in_port, frame)
+
+            self.model_changed(then=learned)
+        elif reinject and mac in self.topo.hosts:
+            self._reinject(datapath, in_port, frame)
+
+    def _reinject(self, datapath, in_port: int, frame: bytes) -> None:
+        """Send a frame through the switch's pipeline from table 0, as if it had just arrived:
+        the flows installed for its sender now carry it."""
+        if self.datapaths.get(datapath.id) is not datapath:
+            return
+        ofp, parser = datapath.ofproto, datapath.ofproto_parser
+        datapath.send_msg(parser.OFPBarrierRequest(datapath))
+        datapath.send_msg(
+            parser.OFPPacketOut(
+                datapath=datapath,
+                buffer_id=ofp.OFP_NO_BUFFER,
+                in_port=in_port,
+                actions=[parser.OFPActionOutput(ofp.OFPP_TABLE)],
+                data=frame,
             )
+        )
 
     def _lldp_in(self, dpid: int, in_port: int, frame: bytes) -> None:
         origin = lldp.parse_probe(self.lldp_key, frame, _now_ms(), LLDP_MAX_AGE_MS)
