@@ -48,6 +48,10 @@ class Switch:
     # looped fabric cannot storm while it is being discovered.
     edge_confirmed: set[int] = field(default_factory=set)
     pending_since: dict[int, float] = field(default_factory=dict)
+    # Ports that have carried a link since they last went down. If the link's LLDP stops while
+    # the port stays up (an overloaded controller, a lost probe), the port is held, never
+    # confirmed as an edge port: mistaking a fabric port for a host port loops the fabric.
+    fabric_ports: set[int] = field(default_factory=set)
 
     def live_ports(self) -> list[int]:
         return sorted(p.port_no for p in self.ports.values() if p.up and p.port_no < pipeline.OFPP_MAX)
@@ -136,6 +140,7 @@ class Topology:
         for port_no in list(sw.edge_confirmed | set(sw.pending_since)):
             if port_no not in new or not new[port_no].up:
                 changed |= self._unconfirm(sw, port_no)
+        sw.fabric_ports &= {p for p, port in new.items() if port.up}
         changed |= self._drop_links_on_dead_ports(dpid)
         return changed
 
@@ -146,6 +151,7 @@ class Topology:
         sw.ports[port.port_no] = port
         if not port.up:
             self._unconfirm(sw, port.port_no)
+            sw.fabric_ports.discard(port.port_no)
         self._drop_links_on_dead_ports(dpid)
         return True
 
@@ -155,6 +161,7 @@ class Topology:
             return False
         del sw.ports[port_no]
         self._unconfirm(sw, port_no)
+        sw.fabric_ports.discard(port_no)
         self._drop_links_on_dead_ports(dpid)
         return True
 
@@ -176,7 +183,7 @@ class Topology:
                 continue
             inter = self.inter_switch_ports(sw.dpid)
             for port_no in sw.live_ports():
-                if port_no in sw.edge_confirmed or port_no in inter:
+                if port_no in sw.edge_confirmed or port_no in inter or port_no in sw.fabric_ports:
                     sw.pending_since.pop(port_no, None)
                     continue
                 since = sw.pending_since.setdefault(port_no, now)
@@ -191,7 +198,9 @@ class Topology:
         sw = self.switches.get(dpid)
         if sw is None or port_no not in sw.live_ports():
             return False
-        return port_no not in sw.edge_confirmed and port_no not in self.inter_switch_ports(dpid)
+        if port_no in sw.edge_confirmed or port_no in sw.fabric_ports:
+            return False
+        return port_no not in self.inter_switch_ports(dpid)
 
     def set_role_override(self, dpid: int, dp_desc: str) -> bool:
         sw = self.switches.setdefault(dpid, Switch(dpid))
@@ -227,6 +236,7 @@ class Topology:
             for end in (src, dst):
                 if end.dpid in self.switches:
                     self._unconfirm(self.switches[end.dpid], end.port)
+                    self.switches[end.dpid].fabric_ports.add(end.port)
             # Hosts "learned" on what is really an inter-switch port were frames from the fabric.
             for mac in [m for m, h in self.hosts.items() if PortRef(h.dpid, h.port) in (src, dst)]:
                 del self.hosts[mac]
