@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 
 from apps import arp_responder, forwarding
@@ -31,10 +32,14 @@ def desired_tables(topo: Topology) -> DesiredTables:
     for dpid in sorted(topo.switches):
         entries = forwarding.base_flows()
         entries += forwarding.ingress_flows(topo, dpid, by_switch.get(dpid, []))
-        entries += forwarding.flood_flows(topo, dpid, view)
+        flood_set = forwarding.flood_ports(topo, dpid, view)
+        entries += forwarding.flood_flows(topo, dpid, flood_set)
         entries += forwarding.unicast_flows(dpid, view, hosts)
         if topo.role(dpid) == ROLE_HYPERVISOR:
             entries += responders
+            flood = functools.partial(forwarding.flood_actions, flood_set)
+            entries += arp_responder.owner_bypass_flows(by_switch.get(dpid, []), flood)
+            entries += arp_responder.fabric_bypass_flows(topo.inter_switch_ports(dpid), flood)
         tables[dpid] = index_entries(entries)
     return tables
 

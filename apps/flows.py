@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -75,10 +76,7 @@ class FlowEntry:
         goto: int | None = None,
         app: int = pipeline.APP_TOPOLOGY,
     ) -> FlowEntry:
-        entry = cls(table, priority, _freeze_match(match or {}), tuple(actions), goto, app)
-        entry.validate()
-        object.__setattr__(entry, "cookie", entry.content_cookie())
-        return entry
+        return _make_entry(table, priority, _freeze_match(match or {}), tuple(actions), goto, app)
 
     def validate(self) -> None:
         spec = pipeline.PIPELINE.get(self.table)
@@ -107,6 +105,16 @@ class FlowEntry:
     @property
     def match_dict(self) -> dict[str, Any]:
         return dict(self.match)
+
+
+@functools.lru_cache(maxsize=1 << 18)
+def _make_entry(table: int, priority: int, match: tuple, actions: tuple, goto: int | None, app: int) -> FlowEntry:
+    """Entries are immutable, so the same content is built (validated and hashed) only once:
+    a compile of a large fabric repeats most entries across switches and across compiles."""
+    entry = FlowEntry(table, priority, match, actions, goto, app)
+    entry.validate()
+    object.__setattr__(entry, "cookie", entry.content_cookie())
+    return entry
 
 
 def is_ours(cookie: int) -> bool:

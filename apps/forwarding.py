@@ -44,18 +44,24 @@ def ingress_flows(topo: Topology, dpid: int, local_hosts: list[Host]) -> list[Fl
     return flows
 
 
-def flood_flows(topo: Topology, dpid: int, view: GraphView) -> list[FlowEntry]:
+def flood_flows(topo: Topology, dpid: int, flood_set: set[int]) -> list[FlowEntry]:
     """Broadcast, multicast and unknown unicast go out of every edge port and every tree port
     except the one they came in on. Frames arriving on a non-tree inter-switch port are
     dropped, so a looped fabric never storms."""
-    edge = set(topo.edge_ports(dpid))
-    tree = set(view.tree_ports.get(dpid, frozenset()))
-    flood_set = edge | tree
-    flows = []
-    for port in sorted(flood_set | topo.inter_switch_ports(dpid)):
-        actions = [Output(p) for p in sorted(flood_set - {port})] if port in flood_set else []
-        flows.append(FlowEntry.make(pipeline.FORWARD, pipeline.PRIO_FLOOD_UNKNOWN, {"in_port": port}, actions))
-    return flows
+    return [
+        FlowEntry.make(pipeline.FORWARD, pipeline.PRIO_FLOOD_UNKNOWN, {"in_port": port}, flood_actions(flood_set, port))
+        for port in sorted(flood_set | topo.inter_switch_ports(dpid))
+    ]
+
+
+def flood_ports(topo: Topology, dpid: int, view: GraphView) -> set[int]:
+    """Edge ports plus the switch's ports on the spanning tree."""
+    return set(topo.edge_ports(dpid)) | set(view.tree_ports.get(dpid, frozenset()))
+
+
+def flood_actions(flood_set: set[int], in_port: int) -> list[Output]:
+    """Out of every flood port but the one the frame came in on; nothing from a non-tree port."""
+    return [Output(p) for p in sorted(flood_set - {in_port})] if in_port in flood_set else []
 
 
 def unicast_flows(dpid: int, view: GraphView, hosts: list[Host]) -> list[FlowEntry]:

@@ -107,6 +107,8 @@ PRIO_FLOOD_UNKNOWN = 100  # unknown unicast destination
 PRIO_FLOOD = 300  # broadcast / multicast along the tree
 PRIO_UNICAST = 500
 PRIO_ARP_RESPONDER = 900
+PRIO_ARP_OWNER = 910  # a host's ARP for its own address bypasses the responder
+PRIO_ARP_FROM_FABRIC = 920  # ARP requests flooded by another switch bypass it too
 PRIO_PASS = 1
 
 # Ethernet types and special addresses.

@@ -6,6 +6,7 @@ import logging
 import os
 import struct
 import time
+from collections.abc import Callable
 
 from ryu.app.wsgi import WSGIApplication
 from ryu.base import app_manager
@@ -33,7 +34,18 @@ LOG = logging.getLogger("goldilocks.controller")
 MISS_COOKIE = next(e.cookie for e in base_flows() if e.table == pipeline.INGRESS and e.priority == pipeline.PRIO_MISS)
 
 
-EDGE_CHECK_INTERVAL = 0.25
+EDGE_CHECK_INTERVAL = 0.1
+# Frames that arrive on a port still proving it faces hosts are held, not dropped, and replayed
+# once it is confirmed: a VM's first ARP is then not lost to a one-second retry.
+HELD_FRAMES_PER_PORT = 16
+HELD_FRAME_MAX_AGE = 2.0
+
+
+LLDP_MAX_AGE_MS = 3000
+
+
+def _now_ms() -> int:
+    return int(time.monotonic() * 1000)
 
 
 def _mac(raw: bytes) -> str:
@@ -80,10 +92,13 @@ class GoldilocksController(app_manager.RyuApp):
         self.datapaths: dict[int, object] = {}
         self.sync: dict[int, SwitchSync] = {}
         self._stats_parts: dict[int, set[int]] = {}
+        self._held: dict[PortRef, list[tuple[float, int, bytes]]] = {}  # pending port -> (time, cookie, frame)
         self.metrics = Metrics()
         self.lldp_key = os.urandom(32)
         self.desired: desired_mod.DesiredTables = {}
-        self._dirty = True
+        self._dirty = False
+        self._compile_pending = False
+        self._after_compile: list[Callable[[], None]] = []
         self._last_audit = time.monotonic()
         from controller.rest import register as register_rest
 
@@ -92,19 +107,42 @@ class GoldilocksController(app_manager.RyuApp):
         self.threads.append(hub.spawn(self._edge_loop))
 
     # -- compile and reconcile ---------------------------------------------------
-    def model_changed(self, persist: bool = True) -> None:
-        """Recompute the desired tables and push the difference to every synced switch."""
+    def model_changed(self, then: Callable[[], None] | None = None) -> None:
+        """The model changed. One compile runs per burst of changes: it is scheduled behind the
+        events already queued, so a switch connecting with fifty ports and links costs one
+        compile, not fifty. `then` runs once the new flows have been sent."""
+        self._dirty = True
+        if then is not None:
+            self._after_compile.append(then)
+        if not self._compile_pending:
+            self._compile_pending = True
+            hub.spawn(self._compile_loop)
+
+    def _compile_loop(self) -> None:
+        try:
+            while self._dirty:
+                self._dirty = False
+                self._compile_and_reconcile()
+                callbacks, self._after_compile = self._after_compile, []
+                for callback in callbacks:
+                    callback()
+        except Exception:
+            LOG.exception("compile failed; the switches keep their current flows")
+        finally:
+            self._compile_pending = False
+
+    def _compile_and_reconcile(self) -> None:
+        """Recompute the desired tables, push the difference to every synced switch, persist."""
         started = time.perf_counter()
         self.desired = desired_mod.desired_tables(self.topo)
         for dpid in list(self.datapaths):
             self.reconcile(dpid)
         self.metrics.observe_reconcile(time.perf_counter() - started)
-        if persist:
-            self.store.save_topology(self.topo)
+        self.store.save_topology(self.topo)
 
     def reconcile(self, dpid: int) -> int:
         datapath, sync = self.datapaths.get(dpid), self.sync.get(dpid)
-        if datapath is None or sync is None or not sync.synced:
+        if datapath is None or sync is None or not sync.synced or dpid not in self.desired:
             return 0
         plan = sync.next_plan(self.desired.get(dpid, {}), time.monotonic())
         if not plan:
@@ -132,10 +170,22 @@ class GoldilocksController(app_manager.RyuApp):
         while True:
             hub.sleep(EDGE_CHECK_INTERVAL)
             try:
-                if self.topo.confirm_edge_ports(time.monotonic()):
-                    self.model_changed()
+                confirmed = self.topo.confirm_edge_ports(time.monotonic())
+                if confirmed:
+                    self.model_changed(then=lambda c=confirmed: self._replay_held(c))
             except Exception:
                 LOG.exception("edge port confirmation failed")
+
+    def _replay_held(self, confirmed: set[PortRef]) -> None:
+        now = time.monotonic()
+        for ref in confirmed:
+            datapath = self.datapaths.get(ref.dpid)
+            for held_at, cookie, frame in self._held.pop(ref, []):
+                if datapath is not None and now - held_at <= HELD_FRAME_MAX_AGE:
+                    self._learn_and_forward(datapath, ref.port, frame, cookie, time.perf_counter())
+        # Frames held on ports that turned out to be inter-switch are dropped.
+        for ref in [r for r in self._held if not self.topo.is_pending_port(r.dpid, r.port)]:
+            del self._held[ref]
 
     def _tick(self) -> None:
         now = time.monotonic()
@@ -149,10 +199,18 @@ class GoldilocksController(app_manager.RyuApp):
         else:
             for dpid in list(self.datapaths):
                 self.reconcile(dpid)  # picks up deletes deferred while a switch settled
+        for dpid, sync in list(self.sync.items()):
+            if sync.synced and not sync.audited_after_settle and now >= sync.settle_until:
+                # While deletes were deferred, an add may have replaced a flow we could not
+                # place (read back from the switch, unknown slot): read the table once more.
+                sync.audited_after_settle = True
+                self._request_flows(self.datapaths[dpid])
         if now - self._last_audit >= self.settings.audit_interval:
             self._last_audit = now
             for datapath in list(self.datapaths.values()):
                 self._request_flows(datapath)
+                # A changed dp-desc (role override) is picked up here too.
+                datapath.send_msg(datapath.ofproto_parser.OFPDescStatsRequest(datapath, 0))
 
     def _send_lldp(self, dpid: int, datapath) -> None:
         sw = self.topo.switches.get(dpid)
@@ -160,7 +218,7 @@ class GoldilocksController(app_manager.RyuApp):
             return
         ofp, parser = datapath.ofproto, datapath.ofproto_parser
         for port_no in sw.live_ports():
-            frame = lldp.build_probe(self.lldp_key, dpid, port_no, sw.ports[port_no].hw_addr)
+            frame = lldp.build_probe(self.lldp_key, dpid, port_no, sw.ports[port_no].hw_addr, _now_ms())
             datapath.send_msg(
                 parser.OFPPacketOut(
                     datapath=datapath,
@@ -210,10 +268,8 @@ class GoldilocksController(app_manager.RyuApp):
     def port_desc_reply(self, ev) -> None:
         datapath = ev.msg.datapath
         ports = [self._port(p) for p in ev.msg.body]
-        changed = self.topo.set_ports(datapath.id, ports)
-        self.desired = desired_mod.desired_tables(self.topo) if changed else self.desired
-        if changed:
-            self.store.save_topology(self.topo)
+        if self.topo.set_ports(datapath.id, ports):
+            self.model_changed()
         self._request_flows(datapath)
 
     @set_ev_cls(ofp_event.EventOFPFlowStatsReply, MAIN_DISPATCHER)
@@ -230,14 +286,20 @@ class GoldilocksController(app_manager.RyuApp):
         sync.set_actual(self._stats_parts.pop(datapath.id), self.desired.get(datapath.id, {}))
         if first:
             LOG.info("switch %016x holds %d of our flows; reconciling", datapath.id, len(sync.installed))
-            self.model_changed()
-            barrier = datapath.ofproto_parser.OFPBarrierRequest(datapath)
-            datapath.set_xid(barrier)
-            sync.converge_xid = barrier.xid
-            datapath.send_msg(barrier)
-            self._send_lldp(datapath.id, datapath)
+            self.model_changed(then=lambda: self._first_sync_done(datapath, sync))
         else:
             self.reconcile(datapath.id)
+
+    def _first_sync_done(self, datapath, sync: SwitchSync) -> None:
+        """The first reconcile was sent: a barrier marks convergence, and LLDP goes out at once."""
+        if self.datapaths.get(datapath.id) is not datapath:
+            return
+        self.reconcile(datapath.id)
+        barrier = datapath.ofproto_parser.OFPBarrierRequest(datapath)
+        datapath.set_xid(barrier)
+        sync.converge_xid = barrier.xid
+        datapath.send_msg(barrier)
+        self._send_lldp(datapath.id, datapath)
 
     @set_ev_cls(ofp_event.EventOFPBarrierReply, MAIN_DISPATCHER)
     def barrier_reply(self, ev) -> None:
@@ -288,32 +350,57 @@ class GoldilocksController(app_manager.RyuApp):
         if struct.unpack("!H", frame[12:14])[0] == pipeline.ETH_TYPE_LLDP:
             self._lldp_in(datapath.id, in_port, frame)
             return
-        if in_port >= pipeline.OFPP_MAX or not self.topo.is_edge_port(datapath.id, in_port):
+        if in_port >= pipeline.OFPP_MAX:
             return
+        if not self.topo.is_edge_port(datapath.id, in_port):
+            if self.topo.is_pending_port(datapath.id, in_port):
+                held = self._held.setdefault(PortRef(datapath.id, in_port), [])
+                if len(held) < HELD_FRAMES_PER_PORT:
+                    held.append((time.monotonic(), msg.cookie, frame))
+            return
+        self._learn_and_forward(datapath, in_port, frame, msg.cookie, received)
+
+    def _learn_and_forward(self, datapath, in_port: int, frame: bytes, cookie: int, received: float) -> None:
+        """Learn the sender of a frame from an edge port; if it came from the table-miss entry,
+        re-inject it at table 0, where the flows just installed carry it."""
         mac, ip = sender_ip(frame)
         if frame[6] & 1 or mac in self.topo.switch_macs():  # never a host
             return
+        reinject = cookie == MISS_COOKIE
         if self.topo.host_seen(mac, datapath.id, in_port, ip):
             LOG.info("host %s ip %s at switch %016x port %d", mac, ip, datapath.id, in_port)
-            self.model_changed()
-            self.metrics.observe_learning(time.perf_counter() - received)
-        if msg.cookie == MISS_COOKIE and mac in self.topo.hosts:
-            # Re-inject the frame at table 0: the flows just installed now carry it.
-            ofp, parser = datapath.ofproto, datapath.ofproto_parser
-            datapath.send_msg(parser.OFPBarrierRequest(datapath))
-            datapath.send_msg(
-                parser.OFPPacketOut(
-                    datapath=datapath,
-                    buffer_id=ofp.OFP_NO_BUFFER,
-                    in_port=in_port,
-                    actions=[parser.OFPActionOutput(ofp.OFPP_TABLE)],
-                    data=frame,
-                )
+
+            def learned() -> None:
+                self.metrics.observe_learning(time.perf_counter() - received)
+                if reinject:
+                    self._reinject(datapath, in_port, frame)
+
+            self.model_changed(then=learned)
+        elif reinject and mac in self.topo.hosts:
+            self._reinject(datapath, in_port, frame)
+
+    def _reinject(self, datapath, in_port: int, frame: bytes) -> None:
+        """Send a frame through the switch's pipeline from table 0, as if it had just arrived:
+        the flows installed for its sender now carry it."""
+        if self.datapaths.get(datapath.id) is not datapath:
+            return
+        ofp, parser = datapath.ofproto, datapath.ofproto_parser
+        datapath.send_msg(parser.OFPBarrierRequest(datapath))
+        datapath.send_msg(
+            parser.OFPPacketOut(
+                datapath=datapath,
+                buffer_id=ofp.OFP_NO_BUFFER,
+                in_port=in_port,
+                actions=[parser.OFPActionOutput(ofp.OFPP_TABLE)],
+                data=frame,
             )
+        )
 
     def _lldp_in(self, dpid: int, in_port: int, frame: bytes) -> None:
-        origin = lldp.parse_probe(self.lldp_key, frame)
-        if origin is None:
+        origin = lldp.parse_probe(self.lldp_key, frame, _now_ms(), LLDP_MAX_AGE_MS)
+        if origin is None or self.topo.has_hosts_on(dpid, in_port):
+            # Forged, replayed, or arriving on a port with hosts learned on it: a VM relaying
+            # a probe must not turn its port into a fabric port that skips admission.
             self.metrics.lldp_rejected += 1
             return
         src = PortRef(*origin)

@@ -43,6 +43,7 @@ class SwitchSync:
     connected_at: float = 0.0
     converge_seconds: float | None = None  # connect to first converged table (barrier reply)
     converge_xid: int | None = None
+    audited_after_settle: bool = False
     _by_slot: dict[tuple, int] = field(default_factory=dict)
 
     def set_actual(self, cookies: set[int], known: dict[int, FlowEntry]) -> None:

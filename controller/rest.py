@@ -48,10 +48,13 @@ def dpid_str(dpid: int) -> str:
     return f"{dpid:016x}"
 
 
-def port_kind(port_no: int, inter: set[int], edge: set[int]) -> str:
-    """inter-switch (LLDP seen), edge (confirmed to face hosts) or pending (not yet known)."""
+def port_kind(port_no: int, inter: set[int], edge: set[int], fabric: set[int]) -> str:
+    """inter-switch (LLDP seen), lost-link (was inter-switch, LLDP stopped, port still up: held
+    until it goes down), edge (confirmed to face hosts) or pending (not known yet)."""
     if port_no in inter:
         return "inter-switch"
+    if port_no in fabric:
+        return "lost-link"
     return "edge" if port_no in edge else "pending"
 
 
@@ -74,7 +77,7 @@ def topology_view(app) -> dict:
                         "name": p.name,
                         "hw_addr": p.hw_addr,
                         "up": p.up,
-                        "kind": port_kind(p.port_no, inter, sw.edge_confirmed),
+                        "kind": port_kind(p.port_no, inter, sw.edge_confirmed, sw.fabric_ports),
                     }
                     for p in sorted(sw.ports.values(), key=lambda p: p.port_no)
                     if p.port_no < 0xFFFFFF00

@@ -12,8 +12,7 @@ from topology.model import Host, Link, Port, PortRef, Switch, Topology
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS switches (
-    dpid INTEGER PRIMARY KEY, name TEXT NOT NULL, role_override TEXT, ports TEXT NOT NULL,
-    edge_ports TEXT NOT NULL DEFAULT '[]');
+    dpid INTEGER PRIMARY KEY, name TEXT NOT NULL, role_override TEXT, state TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS links (
     a_dpid INTEGER NOT NULL, a_port INTEGER NOT NULL, b_dpid INTEGER NOT NULL, b_port INTEGER NOT NULL,
     PRIMARY KEY (a_dpid, a_port, b_dpid, b_port));
@@ -56,17 +55,8 @@ class Store:
         with self.transaction():
             self.db.execute("DELETE FROM switches")
             self.db.executemany(
-                "INSERT INTO switches VALUES (?, ?, ?, ?, ?)",
-                [
-                    (
-                        sw.dpid,
-                        sw.name,
-                        sw.role_override,
-                        json.dumps([[p.port_no, p.name, p.hw_addr, p.up] for p in sw.ports.values()]),
-                        json.dumps(sorted(sw.edge_confirmed)),
-                    )
-                    for sw in topo.switches.values()
-                ],
+                "INSERT INTO switches VALUES (?, ?, ?, ?)",
+                [(sw.dpid, sw.name, sw.role_override, json.dumps(_switch_state(sw))) for sw in topo.switches.values()],
             )
             self.db.execute("DELETE FROM links")
             self.db.executemany(
@@ -80,20 +70,30 @@ class Store:
 
     def load_topology(self, now: float) -> Topology:
         topo = Topology()
-        for dpid, name, role, ports, edge in self.db.execute("SELECT dpid, name, role_override, ports, edge_ports FROM switches"):
+        for dpid, name, role, state in self.db.execute("SELECT dpid, name, role_override, state FROM switches"):
+            state = json.loads(state)
             topo.switches[dpid] = Switch(
                 dpid,
                 name,
-                {p[0]: Port(p[0], p[1], p[2], bool(p[3])) for p in json.loads(ports)},
+                {p[0]: Port(p[0], p[1], p[2], bool(p[3])) for p in state["ports"]},
                 role,
                 connected=False,
-                edge_confirmed=set(json.loads(edge)),
+                edge_confirmed=set(state["edge_ports"]),
+                fabric_ports=set(state["fabric_ports"]),
             )
         for a_dpid, a_port, b_dpid, b_port in self.db.execute("SELECT * FROM links"):
             topo.links[Link.between(PortRef(a_dpid, a_port), PortRef(b_dpid, b_port))] = now
         for mac, ips, dpid, port in self.db.execute("SELECT * FROM hosts"):
             topo.hosts[mac] = Host(mac, frozenset(json.loads(ips)), dpid, port)
         return topo
+
+
+def _switch_state(sw: Switch) -> dict:
+    return {
+        "ports": [[p.port_no, p.name, p.hw_addr, p.up] for p in sw.ports.values()],
+        "edge_ports": sorted(sw.edge_confirmed),
+        "fabric_ports": sorted(sw.fabric_ports),
+    }
 
 
 class _Transaction:

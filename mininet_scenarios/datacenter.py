@@ -68,6 +68,7 @@ class DataCentre:
         controller: str | None = None,
         rest_url: str | None = None,
         declare_roles: bool = False,
+        role_overrides: dict[str, str] | None = None,
         fail_mode: str = "secure",
         with_controller: bool = True,
     ):
@@ -77,9 +78,11 @@ class DataCentre:
         self.controller_proc: ControllerProcess | None = None
         self.external = controller
         self.rest_url = rest_url
-        self.declare_roles = declare_roles
         self.fail_mode = fail_mode
         self.with_controller = with_controller
+        # Roles written into each bridge's dp-desc before it first connects.
+        self.dp_desc_roles = dict(layout.roles) if declare_roles else {}
+        self.dp_desc_roles.update(role_overrides or {})
         self.net = None
         self.net_start_at: float | None = None  # time.monotonic() just before net.start()
 
@@ -100,7 +103,18 @@ class DataCentre:
             self.controller_proc = ControllerProcess().start()
             of_host, of_port = "127.0.0.1", self.controller_proc.of_port
             self.rest_url = self.controller_proc.rest_url
-        switch_cls = partial(OVSSwitch, datapath="user", failMode=self.fail_mode, protocols="OpenFlow13", reconnectms=1000)
+        roles = self.dp_desc_roles
+
+        class DataCentreSwitch(OVSSwitch):
+            """A userspace bridge whose dp-desc declares its role when the scenario asks for it."""
+
+            def bridgeOpts(self) -> str:
+                opts = super().bridgeOpts()
+                if self.name in roles:
+                    opts = opts.replace(f"other-config:dp-desc={self.name}", f"other-config:dp-desc=role={roles[self.name]}")
+                return opts
+
+        switch_cls = partial(DataCentreSwitch, datapath="user", failMode=self.fail_mode, protocols="OpenFlow13", reconnectms=1000)
         net = Mininet(switch=switch_cls, controller=None, build=False, autoSetMacs=False, waitConnected=False)
         self.net = net
         if of_port is not None:
@@ -113,13 +127,14 @@ class DataCentre:
             net.addHost(name, ip=f"{ip}/16", mac=mac)
             net.addLink(name, hv)
         net.build()
+        # Switch ports live in the root namespace, where the kernel would send IPv6 router
+        # solicitations out of them; a real bridge port emits nothing of its own.
+        for switch in net.switches:
+            for intf in switch.intfList():
+                if intf.name != "lo":
+                    subprocess.run(["sysctl", "-qw", f"net.ipv6.conf.{intf.name}.disable_ipv6=1"], check=False)
         self.net_start_at = time.monotonic()
         net.start()
-        for name in self.layout.switches:
-            if self.declare_roles:
-                subprocess.run(
-                    ["ovs-vsctl", "set", "bridge", name, f"other_config:dp-desc=role={self.layout.roles[name]}"], check=True
-                )
         for host in net.hosts:
             for intf in host.intfList():
                 host.cmd(f"ethtool -K {intf.name} tx off")

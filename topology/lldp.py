@@ -17,25 +17,27 @@ def _tlv(tlv_type: int, value: bytes) -> bytes:
     return struct.pack("!H", (tlv_type << 9) | len(value)) + value
 
 
-def _signature(key: bytes, dpid: int, port: int) -> bytes:
-    return hmac.new(key, struct.pack("!QI", dpid, port), hashlib.sha256).digest()[:_SIG_LEN]
+def _signature(key: bytes, dpid: int, port: int, sent_ms: int) -> bytes:
+    return hmac.new(key, struct.pack("!QIQ", dpid, port, sent_ms), hashlib.sha256).digest()[:_SIG_LEN]
 
 
-def build_probe(key: bytes, dpid: int, port: int, src_mac: str) -> bytes:
-    """An LLDP frame saying 'sent from dpid, port', with an HMAC only this controller can make."""
+def build_probe(key: bytes, dpid: int, port: int, src_mac: str, sent_ms: int = 0) -> bytes:
+    """An LLDP frame saying 'sent from dpid, port at sent_ms', with an HMAC only this
+    controller can make. The time stamp bounds how long a captured probe can be replayed."""
     src = bytes.fromhex(src_mac.replace(":", "")) if src_mac else b"\x02\x00\x00\x00\x00\x01"
     body = (
         _tlv(1, b"\x07" + f"dpid:{dpid:016x}".encode())
         + _tlv(2, b"\x07" + str(port).encode())
         + _tlv(3, struct.pack("!H", 120))
-        + _tlv(127, _OUI + bytes([_SUBTYPE_SIG]) + _signature(key, dpid, port))
+        + _tlv(127, _OUI + bytes([_SUBTYPE_SIG]) + struct.pack("!Q", sent_ms) + _signature(key, dpid, port, sent_ms))
         + _tlv(0, b"")
     )
     return LLDP_DST + src + struct.pack("!H", ETH_TYPE_LLDP) + body
 
 
-def parse_probe(key: bytes, frame: bytes) -> tuple[int, int] | None:
-    """Return (dpid, port) of the sender if `frame` is one of our valid probes, else None."""
+def parse_probe(key: bytes, frame: bytes, now_ms: int | None = None, max_age_ms: int = 3000) -> tuple[int, int] | None:
+    """Return (dpid, port) of the sender if `frame` is one of our valid probes, else None.
+    With now_ms, a probe older than max_age_ms (or from the future) is refused as a replay."""
     if len(frame) < 14 or struct.unpack("!H", frame[12:14])[0] != ETH_TYPE_LLDP:
         return None
     offset, chassis, port, signature = 14, None, None, None
@@ -61,6 +63,11 @@ def parse_probe(key: bytes, frame: bytes) -> tuple[int, int] | None:
     # Anyone on an edge port can send LLDP: out-of-range numbers must be refused, not crash the signer.
     if not (0 <= dpid < 1 << 64 and 0 <= port_no < 1 << 32):
         return None
-    if not hmac.compare_digest(signature, _signature(key, dpid, port_no)):
+    if len(signature) != 8 + _SIG_LEN:
+        return None
+    sent_ms = struct.unpack("!Q", signature[:8])[0]
+    if not hmac.compare_digest(signature[8:], _signature(key, dpid, port_no, sent_ms)):
+        return None
+    if now_ms is not None and not (now_ms - max_age_ms <= sent_ms <= now_ms + 1000):
         return None
     return dpid, port_no

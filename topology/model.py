@@ -13,7 +13,7 @@ ROLE_FABRIC = "fabric"
 # A link not confirmed by LLDP for this long is dead (LLDP is sent every second).
 LINK_TIMEOUT = 3.5
 # A port up this long with no LLDP from another switch faces hosts.
-EDGE_CONFIRM_TIME = 0.75
+EDGE_CONFIRM_TIME = 0.5
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,10 @@ class Switch:
     # looped fabric cannot storm while it is being discovered.
     edge_confirmed: set[int] = field(default_factory=set)
     pending_since: dict[int, float] = field(default_factory=dict)
+    # Ports that have carried a link since they last went down. If the link's LLDP stops while
+    # the port stays up (an overloaded controller, a lost probe), the port is held, never
+    # confirmed as an edge port: mistaking a fabric port for a host port loops the fabric.
+    fabric_ports: set[int] = field(default_factory=set)
 
     def live_ports(self) -> list[int]:
         return sorted(p.port_no for p in self.ports.values() if p.up and p.port_no < pipeline.OFPP_MAX)
@@ -136,6 +140,7 @@ class Topology:
         for port_no in list(sw.edge_confirmed | set(sw.pending_since)):
             if port_no not in new or not new[port_no].up:
                 changed |= self._unconfirm(sw, port_no)
+        sw.fabric_ports &= {p for p, port in new.items() if port.up}
         changed |= self._drop_links_on_dead_ports(dpid)
         return changed
 
@@ -146,6 +151,7 @@ class Topology:
         sw.ports[port.port_no] = port
         if not port.up:
             self._unconfirm(sw, port.port_no)
+            sw.fabric_ports.discard(port.port_no)
         self._drop_links_on_dead_ports(dpid)
         return True
 
@@ -155,6 +161,7 @@ class Topology:
             return False
         del sw.ports[port_no]
         self._unconfirm(sw, port_no)
+        sw.fabric_ports.discard(port_no)
         self._drop_links_on_dead_ports(dpid)
         return True
 
@@ -167,24 +174,33 @@ class Topology:
             return True
         return False
 
-    def confirm_edge_ports(self, now: float, hold: float = EDGE_CONFIRM_TIME) -> bool:
+    def confirm_edge_ports(self, now: float, hold: float = EDGE_CONFIRM_TIME) -> set[PortRef]:
         """Start the clock on new up ports of connected switches; confirm those whose clock ran
-        out with no LLDP from another switch. Call it after LLDP has been sent."""
-        changed = False
+        out with no LLDP from another switch, and return them. Call it after LLDP has been sent."""
+        confirmed: set[PortRef] = set()
         for sw in self.switches.values():
             if not sw.connected:
                 continue
             inter = self.inter_switch_ports(sw.dpid)
             for port_no in sw.live_ports():
-                if port_no in sw.edge_confirmed or port_no in inter:
+                if port_no in sw.edge_confirmed or port_no in inter or port_no in sw.fabric_ports:
                     sw.pending_since.pop(port_no, None)
                     continue
                 since = sw.pending_since.setdefault(port_no, now)
                 if now - since >= hold:
                     del sw.pending_since[port_no]
                     sw.edge_confirmed.add(port_no)
-                    changed = True
-        return changed
+                    confirmed.add(PortRef(sw.dpid, port_no))
+        return confirmed
+
+    def is_pending_port(self, dpid: int, port_no: int) -> bool:
+        """Up, but neither a known inter-switch port nor a confirmed edge port yet."""
+        sw = self.switches.get(dpid)
+        if sw is None or port_no not in sw.live_ports():
+            return False
+        if port_no in sw.edge_confirmed or port_no in sw.fabric_ports:
+            return False
+        return port_no not in self.inter_switch_ports(dpid)
 
     def set_role_override(self, dpid: int, dp_desc: str) -> bool:
         sw = self.switches.setdefault(dpid, Switch(dpid))
@@ -220,6 +236,7 @@ class Topology:
             for end in (src, dst):
                 if end.dpid in self.switches:
                     self._unconfirm(self.switches[end.dpid], end.port)
+                    self.switches[end.dpid].fabric_ports.add(end.port)
             # Hosts "learned" on what is really an inter-switch port were frames from the fabric.
             for mac in [m for m, h in self.hosts.items() if PortRef(h.dpid, h.port) in (src, dst)]:
                 del self.hosts[mac]
@@ -273,6 +290,9 @@ class Topology:
             return False
         self.hosts[mac] = new
         return True
+
+    def has_hosts_on(self, dpid: int, port_no: int) -> bool:
+        return any(h.dpid == dpid and h.port == port_no for h in self.hosts.values())
 
     def switch_macs(self) -> set[str]:
         """MAC addresses of switch ports: frames from them are never hosts."""

@@ -226,6 +226,25 @@ def test_arp_for_a_known_ip_is_answered_by_the_requesters_own_hypervisor(fabric,
         }
 
 
+def test_a_hosts_arp_for_its_own_address_is_flooded_not_answered(fabric, net):
+    """Gratuitous ARP (virtual-IP failover) and duplicate-address probes must reach the other
+    hosts; the switch must not tell a host its own address is taken."""
+    owner = fabric.vms[2]
+    for sender_ip in (first_ip(owner), "0.0.0.0"):
+        frame = arp_request(owner, first_ip(owner), sender_ip=sender_ip)
+        trace = assert_flooded_once_everywhere(net, owner, frame)
+        assert all(d.packet["arp_op"] == 1 for d in trace.deliveries), "no reply was forged"
+
+
+def test_another_host_on_the_owners_port_is_still_answered(fabric, net):
+    """The bypass is keyed on the owner's port: a different VM asking for the address gets the reply."""
+    owner, asker = fabric.vms[0], fabric.vms[1]
+    assert owner.dpid == asker.dpid
+    trace = net.send(asker, arp_request(asker, first_ip(owner)))
+    assert trace.delivered_to() == [(asker.dpid, asker.port)]
+    assert trace.deliveries[0].packet["arp_op"] == 2
+
+
 def test_arp_for_an_unknown_ip_is_flooded_once_everywhere(fabric, net):
     src = fabric.vms[0]
     trace = assert_flooded_once_everywhere(net, src, arp_request(src, "10.99.99.99"))

@@ -116,3 +116,18 @@ def test_crafted_tlvs_never_raise(extra, port_text, dpid_text):
     frame = forged[:14] + b"".join(extra) + forged[14:]
     result = lldp.parse_probe(KEY, frame)
     assert result is None or result == (7, 7)
+
+
+def test_a_stale_or_future_probe_is_refused_as_a_replay():
+    frame = lldp.build_probe(KEY, 9, 4, "", sent_ms=10_000)
+    assert lldp.parse_probe(KEY, frame, now_ms=10_500, max_age_ms=3000) == (9, 4)
+    assert lldp.parse_probe(KEY, frame, now_ms=13_001, max_age_ms=3000) is None, "replayed after its age"
+    assert lldp.parse_probe(KEY, frame, now_ms=8_000, max_age_ms=3000) is None, "stamped in the future"
+
+
+def test_the_time_stamp_is_signed():
+    frame = lldp.build_probe(KEY, 9, 4, "", sent_ms=10_000)
+    stamp = (10_000).to_bytes(8, "big")
+    forged = frame.replace(stamp, (20_000).to_bytes(8, "big"))
+    assert forged != frame
+    assert lldp.parse_probe(KEY, forged, now_ms=20_000) is None

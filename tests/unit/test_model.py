@@ -283,3 +283,35 @@ def test_role_follows_hosts_unless_overridden():
     assert topo.set_role_override(2, "")
     assert topo.role(2) == ROLE_FABRIC
     assert topo.role(99) == ROLE_FABRIC
+
+
+# ---------------------------------------------------------------------------
+# A port that carried a link is never mistaken for a host port
+# ---------------------------------------------------------------------------
+def test_a_port_whose_link_timed_out_is_held_not_confirmed_as_edge():
+    topo = two_switches()
+    topo.link_seen(PortRef(1, 1), PortRef(2, 1), now=0.0)
+    assert topo.expire_links(now=LINK_TIMEOUT + 1)
+    confirmed(topo, now=100.0)
+    assert 1 not in topo.edge_ports(1) and 1 not in topo.edge_ports(2)
+    assert not topo.is_pending_port(1, 1), "frames from a lost link's port are neither held nor learned"
+    assert topo.edge_ports(1) == [2, 3], "other ports still confirm normally"
+
+
+def test_the_lost_link_comes_back_by_lldp():
+    topo = two_switches()
+    topo.link_seen(PortRef(1, 1), PortRef(2, 1), now=0.0)
+    topo.expire_links(now=LINK_TIMEOUT + 1)
+    assert topo.link_seen(PortRef(1, 1), PortRef(2, 1), now=10.0)
+    assert topo.inter_switch_ports(1) == {1}
+
+
+def test_a_held_port_can_become_an_edge_port_after_going_down_and_up():
+    """Recabling a port (down, up) lets it prove itself again, this time as a host port."""
+    topo = two_switches()
+    topo.link_seen(PortRef(1, 1), PortRef(2, 1), now=0.0)
+    topo.expire_links(now=LINK_TIMEOUT + 1)
+    topo.set_port(1, Port(1, "s1-eth1", "aa:00:00:00:01:01", up=False))
+    topo.set_port(1, Port(1, "s1-eth1", "aa:00:00:00:01:01", up=True))
+    confirmed(topo, now=200.0)
+    assert 1 in topo.edge_ports(1)

@@ -1,0 +1,75 @@
+"""Roles declared in the bridge's dp-desc override what the controller infers; REST speaks JSON."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+
+import pytest
+
+from mininet_scenarios.datacenter import DataCentre, Layout
+
+
+@pytest.fixture(scope="module")
+def declared_dc():
+    """One spine, one leaf, one hypervisor with a VM; the hypervisor and the spine declare the
+    opposite of what their ports would suggest."""
+    dc = DataCentre(Layout(1, 1, 1, 1), role_overrides={"hv1": "fabric", "sp1": "hypervisor"})
+    try:
+        dc.start()
+        dc.wait_for_fabric(timeout=60)
+        yield dc
+    finally:
+        dc.stop()
+
+
+def _roles(dc) -> dict[str, str]:
+    return {s["name"]: s["role"] for s in dc.topology()["switches"]}
+
+
+def test_dp_desc_role_overrides_inference(declared_dc):
+    dc = declared_dc
+    dc.host("vm1").cmd("ping -c1 -W0.3 10.0.255.254")  # the VM makes itself known
+    roles = _roles(dc)
+    assert dc.learned_counts()["hosts"] == 1
+    assert roles["hv1"] == "fabric", "a declared role=fabric must win over hosts on the ports"
+    assert roles["sp1"] == "hypervisor"
+    assert roles["lf1"] == "fabric"
+
+
+def _request(url: str, method: str = "GET") -> tuple[int, str, str]:
+    req = urllib.request.Request(url, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return resp.status, resp.headers.get_content_type(), resp.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.headers.get_content_type(), err.read().decode()
+
+
+def test_rest_health_metrics_and_errors(declared_dc):
+    base = declared_dc.rest_url
+    status, kind, body = _request(base + "/v1/health")
+    assert (status, kind) == (200, "application/json")
+    health = json.loads(body)
+    assert health["status"] == "ok" and health["switches_connected"] == 3
+
+    status, kind, body = _request(base + "/metrics")
+    assert status == 200 and kind == "text/plain"
+    samples = {line.split()[0]: float(line.split()[1]) for line in body.splitlines() if line and not line.startswith("#")}
+    assert samples["goldilocks_switches_connected"] == 3
+    assert samples["goldilocks_links"] == 2
+    assert samples["goldilocks_packet_ins_total"] > 0
+    assert samples["goldilocks_flow_mods_total"] > 0
+    assert samples["goldilocks_reconcile_seconds_count"] > 0
+
+    for path, method, code in (
+        ("/no/such/thing", "GET", 404),
+        ("/v1/health", "POST", 405),
+        ("/v1/switches/not-hex/flows", "GET", 400),
+        ("/v1/switches/00000000000000ff/flows", "GET", 404),
+    ):
+        status, kind, body = _request(base + path, method)
+        assert status == code, f"{method} {path} gave {status}"
+        assert kind == "application/json"
+        assert set(json.loads(body)) == {"error"}
