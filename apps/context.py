@@ -1,0 +1,108 @@
+"""What the controller knows about VMs and the rules between them: one immutable value per version.
+
+Every change builds a new PolicyState and validates it whole; the REST layer persists it in
+one transaction and only then swaps it in, so a request applies fully or not at all."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+
+from apps.inventory import VM, InventoryError, check_unique
+from apps.policy import DEFAULT_ACTIONS, PolicyError, Rule
+
+
+class NotFound(KeyError):
+    """A named VM or rule does not exist."""
+
+    def __init__(self, kind: str, name: str) -> None:
+        super().__init__(f"no {kind} named {name!r}")
+        self.kind, self.name = kind, name
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+@dataclass(frozen=True)
+class PolicyState:
+    vms: Mapping[str, VM] = field(default_factory=lambda: MappingProxyType({}))
+    rules: tuple[Rule, ...] = ()
+    default_action: str = "allow"
+
+    # -- derived views --------------------------------------------------------------
+    def vm_by_mac(self) -> dict[str, VM]:
+        return {mac: vm for vm in self.vms.values() for mac in vm.macs}
+
+    def rule(self, name: str) -> Rule:
+        for rule in self.rules:
+            if rule.name == name:
+                return rule
+        raise NotFound("rule", name)
+
+    def vm(self, name: str) -> VM:
+        try:
+            return self.vms[name]
+        except KeyError:
+            raise NotFound("vm", name) from None
+
+    # -- changes: each returns a new, validated state ------------------------------
+    def with_vm(self, vm: VM) -> PolicyState:
+        vms = dict(self.vms)
+        vms[vm.name] = vm
+        check_unique(vms)
+        return replace(self, vms=MappingProxyType(vms))
+
+    def with_vms(self, new_vms: Sequence[VM]) -> PolicyState:
+        """Replace the whole inventory (an inventory file)."""
+        vms = {}
+        for vm in new_vms:
+            if vm.name in vms:
+                raise InventoryError("name", f"{vm.name!r} appears twice")
+            vms[vm.name] = vm
+        check_unique(vms)
+        return replace(self, vms=MappingProxyType(vms))
+
+    def without_vm(self, name: str) -> PolicyState:
+        self.vm(name)
+        vms = {k: v for k, v in self.vms.items() if k != name}
+        return replace(self, vms=MappingProxyType(vms))
+
+    def with_labels(self, name: str, add: Mapping[str, str], remove: Sequence[str]) -> PolicyState:
+        vm = self.vm(name)
+        labels = {k: v for k, v in vm.labels if k not in set(remove)}
+        labels.update(add)
+        return self.with_vm(replace(vm, labels=tuple(sorted(labels.items()))))
+
+    def with_rule(self, rule: Rule, position: int | None = None) -> PolicyState:
+        """Add a rule (at the end, or at position), or replace the rule of the same name in place."""
+        rules = list(self.rules)
+        names = [r.name for r in rules]
+        if rule.name in names:
+            index = names.index(rule.name)
+            if position is None or position == index:
+                rules[index] = rule
+                return replace(self, rules=tuple(rules))
+            del rules[index]
+        if position is None:
+            position = len(rules)
+        if not 0 <= position <= len(rules):
+            raise PolicyError("position", f"must be between 0 and {len(rules)}")
+        rules.insert(position, rule)
+        return replace(self, rules=tuple(rules))
+
+    def without_rule(self, name: str) -> PolicyState:
+        self.rule(name)
+        return replace(self, rules=tuple(r for r in self.rules if r.name != name))
+
+    def reordered(self, names: Sequence[str]) -> PolicyState:
+        """The rules in exactly this order; every rule must be named once."""
+        current = {r.name: r for r in self.rules}
+        if sorted(names) != sorted(current) or len(set(names)) != len(names):
+            raise PolicyError("order", "must name every rule exactly once")
+        return replace(self, rules=tuple(current[n] for n in names))
+
+    def with_default(self, action: str) -> PolicyState:
+        if action not in DEFAULT_ACTIONS:
+            raise PolicyError("default_action", f"must be one of {', '.join(DEFAULT_ACTIONS)}")
+        return replace(self, default_action=action)
