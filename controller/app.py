@@ -17,6 +17,7 @@ from ryu.ofproto import ofproto_v1_3
 
 from apps import desired as desired_mod
 from apps import pipeline
+from apps.context import PolicyState
 from apps.flows import FlowEntry
 from apps.forwarding import base_flows
 from controller import ofmsg
@@ -82,6 +83,7 @@ class GoldilocksController(app_manager.RyuApp):
         self.started_at = time.time()
         self.store = Store(self.settings.state_dir)
         self.topo = self.store.load_topology(time.monotonic())
+        self.policy: PolicyState = self.store.load_policy()
         LOG.info(
             "state dir %s: loaded %d switches, %d links, %d hosts",
             self.settings.state_dir,
@@ -105,6 +107,18 @@ class GoldilocksController(app_manager.RyuApp):
         register_rest(kwargs["wsgi"], self)
         self.threads.append(hub.spawn(self._tick_loop))
         self.threads.append(hub.spawn(self._edge_loop))
+
+    # -- policy changes -------------------------------------------------------------
+    def apply_policy(self, new: PolicyState, write_more: Callable[[], None] | None = None) -> None:
+        """Persist a validated new policy state (and whatever else the request writes, such as
+        its audit entry) in one transaction, then make it current and recompile. If the write
+        fails, nothing changes."""
+        with self.store.transaction():
+            self.store.write_policy(self.policy, new)
+            if write_more is not None:
+                write_more()
+        self.policy = new
+        self.model_changed()
 
     # -- compile and reconcile ---------------------------------------------------
     def model_changed(self, then: Callable[[], None] | None = None) -> None:

@@ -5,8 +5,12 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
 
+from apps.context import PolicyState
+from apps.inventory import vm_from_json
+from apps.policy import rule_from_json
 from topology.model import Host, Link, Port, PortRef, Switch, Topology
 
 SCHEMA = """
@@ -18,6 +22,9 @@ CREATE TABLE IF NOT EXISTS links (
     PRIMARY KEY (a_dpid, a_port, b_dpid, b_port));
 CREATE TABLE IF NOT EXISTS hosts (
     mac TEXT PRIMARY KEY, ips TEXT NOT NULL, dpid INTEGER NOT NULL, port INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS vms (name TEXT PRIMARY KEY, doc TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS rules (position INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL, doc TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 SCHEMA_VERSION = "1"
 
@@ -49,6 +56,32 @@ class Store:
 
     def close(self) -> None:
         self.db.close()
+
+    # -- policy: inventory, rules, default action -----------------------------------
+    def load_policy(self) -> PolicyState:
+        vms = [vm_from_json(name, json.loads(doc)) for name, doc in self.db.execute("SELECT name, doc FROM vms")]
+        rules = tuple(rule_from_json(json.loads(doc)) for (doc,) in self.db.execute("SELECT doc FROM rules ORDER BY position"))
+        row = self.db.execute("SELECT value FROM settings WHERE key = 'default_action'").fetchone()
+        state = PolicyState().with_vms(vms)
+        return replace(state, rules=rules, default_action=row[0] if row else state.default_action)
+
+    def write_policy(self, old: PolicyState, new: PolicyState) -> None:
+        """Write what changed from old to new. Call inside a transaction (with other writes
+        of the same request, such as its audit entry)."""
+        for name in old.vms.keys() - new.vms.keys():
+            self.db.execute("DELETE FROM vms WHERE name = ?", (name,))
+        for name, vm in new.vms.items():
+            if old.vms.get(name) != vm:
+                body = vm.to_json()
+                del body["name"]
+                self.db.execute("INSERT OR REPLACE INTO vms VALUES (?, ?)", (name, json.dumps(body)))
+        if old.rules != new.rules:
+            self.db.execute("DELETE FROM rules")
+            self.db.executemany(
+                "INSERT INTO rules VALUES (?, ?, ?)", [(i, r.name, json.dumps(r.to_json())) for i, r in enumerate(new.rules)]
+            )
+        if old.default_action != new.default_action:
+            self.db.execute("INSERT OR REPLACE INTO settings VALUES ('default_action', ?)", (new.default_action,))
 
     # -- topology -----------------------------------------------------------
     def save_topology(self, topo: Topology) -> None:
