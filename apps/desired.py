@@ -5,8 +5,10 @@ from __future__ import annotations
 import functools
 from collections import defaultdict
 
-from apps import arp_responder, forwarding
+from apps import arp_responder, forwarding, policy_flows
+from apps.context import PolicyState
 from apps.flows import FlowEntry
+from apps.identity import Identities, host_identities, identity_labels
 from topology import graph
 from topology.model import ROLE_HYPERVISOR, Host, Topology
 
@@ -17,8 +19,11 @@ class ConflictError(RuntimeError):
     """Two desired entries share table, priority and match but differ in actions."""
 
 
-def desired_tables(topo: Topology) -> DesiredTables:
-    """Compile the whole model. Switches are independent, so this is a loop over switches."""
+def desired_tables(topo: Topology, policy: PolicyState | None = None, identities: Identities | None = None) -> DesiredTables:
+    """Compile the whole model. Switches are independent, so this is a loop over switches.
+    `identities` hands out identity numbers to new label sets (the caller persists them)."""
+    policy = policy if policy is not None else PolicyState()
+    identities = identities if identities is not None else Identities()
     view = graph.view(topo)
     hosts = sorted(
         (h for h in topo.hosts.values() if h.dpid in topo.switches and topo.is_edge_port(h.dpid, h.port)),
@@ -28,10 +33,14 @@ def desired_tables(topo: Topology) -> DesiredTables:
     for host in hosts:
         by_switch[host.dpid].append(host)
     responders = arp_responder.responder_flows(hosts)
+    identity_of = host_identities({h.mac: h for h in hosts}, policy, identities)
+    labels = identity_labels(set(identity_of.values()), identities)
+    destinations = policy_flows.destination_flows(hosts, identity_of)
     tables: DesiredTables = {}
     for dpid in sorted(topo.switches):
+        local = by_switch.get(dpid, [])
         entries = forwarding.base_flows()
-        entries += forwarding.ingress_flows(topo, dpid, by_switch.get(dpid, []))
+        entries += forwarding.ingress_flows(topo, dpid, local, identity_of)
         flood_set = forwarding.flood_ports(topo, dpid, view)
         entries += forwarding.flood_flows(topo, dpid, flood_set)
         entries += forwarding.unicast_flows(dpid, view, hosts)
@@ -40,6 +49,10 @@ def desired_tables(topo: Topology) -> DesiredTables:
             flood = functools.partial(forwarding.flood_actions, flood_set)
             entries += arp_responder.owner_bypass_flows(by_switch.get(dpid, []), flood)
             entries += arp_responder.fabric_bypass_flows(topo.inter_switch_ports(dpid), flood)
+            entries += destinations
+            local_ids = {identity_of[h.mac] for h in local}
+            entries += policy_flows.policy_flows(dpid, local_ids, labels, policy.rules, policy.default_action)
+            entries += policy_flows.egress_flows(local, policy_flows.conntrack_zone(dpid))
         tables[dpid] = index_entries(entries)
     return tables
 

@@ -38,7 +38,18 @@ class Move:
     n_bits: int
 
 
-Action = Output | SetField | Move
+@dataclass(frozen=True)
+class Conntrack:
+    """Send the frame through connection tracking in a zone. With `table`, the frame is
+    re-submitted to that table with its ct_state set; with `commit`, the connection is
+    remembered so that its replies are +est."""
+
+    zone: int
+    commit: bool = False
+    table: int | None = None
+
+
+Action = Output | SetField | Move | Conntrack
 
 
 class PipelineError(ValueError):
@@ -64,6 +75,7 @@ class FlowEntry:
     actions: tuple = ()
     goto: int | None = None
     app: int = pipeline.APP_TOPOLOGY
+    metadata: tuple[int, int] | None = None  # write-metadata instruction: (value, mask)
     cookie: int = field(default=0, compare=False)
 
     @classmethod
@@ -75,8 +87,9 @@ class FlowEntry:
         actions: Iterable[Action] = (),
         goto: int | None = None,
         app: int = pipeline.APP_TOPOLOGY,
+        metadata: tuple[int, int] | None = None,
     ) -> FlowEntry:
-        return _make_entry(table, priority, _freeze_match(match or {}), tuple(actions), goto, app)
+        return _make_entry(table, priority, _freeze_match(match or {}), tuple(actions), goto, app, metadata)
 
     def validate(self) -> None:
         spec = pipeline.PIPELINE.get(self.table)
@@ -89,7 +102,10 @@ class FlowEntry:
             raise PipelineError(f"table {spec.name} may not go to table {self.goto}")
 
     def content_cookie(self) -> int:
-        digest = hashlib.blake2b(repr((self.table, self.priority, self.match, self.actions, self.goto)).encode(), digest_size=6)
+        content = (self.table, self.priority, self.match, self.actions, self.goto)
+        if self.metadata is not None:
+            content += (self.metadata,)
+        digest = hashlib.blake2b(repr(content).encode(), digest_size=6)
         return (
             (pipeline.COOKIE_MAGIC << pipeline.COOKIE_MAGIC_SHIFT)
             | (self.app << pipeline.COOKIE_APP_SHIFT)
@@ -108,10 +124,12 @@ class FlowEntry:
 
 
 @functools.lru_cache(maxsize=1 << 18)
-def _make_entry(table: int, priority: int, match: tuple, actions: tuple, goto: int | None, app: int) -> FlowEntry:
+def _make_entry(
+    table: int, priority: int, match: tuple, actions: tuple, goto: int | None, app: int, metadata: tuple[int, int] | None
+) -> FlowEntry:
     """Entries are immutable, so the same content is built (validated and hashed) only once:
     a compile of a large fabric repeats most entries across switches and across compiles."""
-    entry = FlowEntry(table, priority, match, actions, goto, app)
+    entry = FlowEntry(table, priority, match, actions, goto, app, metadata)
     entry.validate()
     object.__setattr__(entry, "cookie", entry.content_cookie())
     return entry

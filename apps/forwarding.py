@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Mapping
+
 from apps import pipeline
 from apps.flows import FlowEntry, Output
 from topology.graph import GraphView
@@ -22,25 +25,27 @@ def base_flows() -> list[FlowEntry]:
     ]
 
 
-def ingress_flows(topo: Topology, dpid: int, local_hosts: list[Host]) -> list[FlowEntry]:
+def ingress_flows(
+    topo: Topology, dpid: int, local_hosts: list[Host], identity_of: Mapping[str, int] | None = None
+) -> list[FlowEntry]:
     """Table 0: frames from inter-switch ports go straight to forwarding; frames from a known
-    host on its own edge port enter the pipeline; ARP with a sender IP we do not know yet is
-    also copied to the controller so that it learns the address."""
+    host on its own edge port enter the pipeline tagged with the host's identity; ARP with a
+    sender IP we do not know yet is also copied to the controller so that it learns the address."""
     flows = [
         FlowEntry.make(pipeline.INGRESS, pipeline.PRIO_FROM_FABRIC, {"in_port": port}, goto=pipeline.FORWARD)
         for port in sorted(topo.inter_switch_ports(dpid))
     ]
     for host in local_hosts:
+        tag = None
+        if identity_of is not None:
+            tag = (identity_of[host.mac], pipeline.META_SRC_MASK)
+        admit = functools.partial(FlowEntry.make, pipeline.INGRESS, goto=pipeline.CLASSIFY, metadata=tag)
         at = {"in_port": host.port, "eth_src": host.mac}
-        flows.append(FlowEntry.make(pipeline.INGRESS, pipeline.PRIO_KNOWN_SOURCE, at, goto=pipeline.CLASSIFY))
+        flows.append(admit(pipeline.PRIO_KNOWN_SOURCE, at))
         arp = {**at, "eth_type": pipeline.ETH_TYPE_ARP}
-        flows.append(
-            FlowEntry.make(pipeline.INGRESS, pipeline.PRIO_KNOWN_SOURCE + 10, arp, (TO_CONTROLLER,), goto=pipeline.CLASSIFY)
-        )
+        flows.append(admit(pipeline.PRIO_KNOWN_SOURCE + 10, arp, (TO_CONTROLLER,)))
         for ip in sorted(host.ips):
-            flows.append(
-                FlowEntry.make(pipeline.INGRESS, pipeline.PRIO_KNOWN_SOURCE + 20, {**arp, "arp_spa": ip}, goto=pipeline.CLASSIFY)
-            )
+            flows.append(admit(pipeline.PRIO_KNOWN_SOURCE + 20, {**arp, "arp_spa": ip}))
     return flows
 
 

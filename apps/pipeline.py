@@ -8,9 +8,9 @@ from dataclasses import dataclass
 # Tables. Each table has one job; every flow built for a table is checked
 # against its description (see FlowEntry.validate / check_entry below).
 # ---------------------------------------------------------------------------
-INGRESS = 0  # port security, source learning, LLDP, quarantine (later)
-CLASSIFY = 1  # write the source VM's context into metadata (policy issue)
-POLICY = 2  # allow / deny / encrypt by source and destination context
+INGRESS = 0  # port security and the source identity, source learning, LLDP, quarantine (later)
+CLASSIFY = 1  # the destination identity, by destination MAC
+POLICY = 2  # allow / deny / encrypt by source and destination identity and service, with conntrack
 FORWARD = 3  # ARP responder, unicast along shortest paths, tree flooding
 EGRESS = 4  # last check before a local VM port
 
@@ -32,25 +32,23 @@ PIPELINE: dict[int, TableSpec] = {
         TableSpec(
             INGRESS,
             "ingress",
-            "admit frames from edge ports only from known (port, MAC) pairs; LLDP and unknown sources to the controller",
+            "admit frames from edge ports only from known (port, MAC) pairs and tag them with the source identity"
+            " (metadata bits 0-31); LLDP and unknown sources to the controller",
             frozenset({"in_port", "eth_src", "eth_type", "arp_spa", "ipv4_src"}),
             frozenset({CLASSIFY, FORWARD}),
         ),
         TableSpec(
             CLASSIFY,
             "classify",
-            "tag the frame with the source VM's context",
-            frozenset({"in_port", "eth_src", "eth_type", "ipv4_src", "arp_spa"}),
+            "tag the frame with the destination identity (metadata bits 32-63) by destination MAC",
+            frozenset({"eth_dst"}),
             frozenset({POLICY}),
         ),
         TableSpec(
             POLICY,
             "policy",
-            "decide allow / deny / encrypt from source context, destination and service",
-            frozenset(
-                {"metadata", "eth_dst", "eth_type", "ip_proto", "ipv4_dst", "tcp_dst", "udp_dst", "icmpv4_type"}
-                | {"ct_state", "reg0"}
-            ),
+            "decide allow / deny / encrypt from source and destination identity and service; conntrack lets replies back",
+            frozenset({"metadata", "eth_dst", "eth_type", "ip_proto", "tcp_dst", "udp_dst", "icmpv6_type", "ct_state"}),
             frozenset({FORWARD}),
         ),
         TableSpec(
@@ -63,8 +61,8 @@ PIPELINE: dict[int, TableSpec] = {
         TableSpec(
             EGRESS,
             "egress",
-            "deliver to a local VM port (destination quarantine lives here)",
-            frozenset({"eth_dst", "in_port"}),
+            "deliver to a local VM port, committing IP connections so replies pass (destination quarantine lives here)",
+            frozenset({"eth_dst", "eth_type"}),
             frozenset(),
         ),
     )
@@ -110,6 +108,28 @@ PRIO_ARP_RESPONDER = 900
 PRIO_ARP_OWNER = 910  # a host's ARP for its own address bypasses the responder
 PRIO_ARP_FROM_FABRIC = 920  # ARP requests flooded by another switch bypass it too
 PRIO_PASS = 1
+
+# Policy table.
+PRIO_POLICY_BYPASS = 65000  # broadcast/multicast, ARP, IPv6 neighbour discovery: not policed
+PRIO_CT_TRACK = 62000  # untracked IP -> conntrack, then back to this table
+PRIO_CT_ESTABLISHED = 61000  # replies and established connections pass
+PRIO_CT_INVALID = 60900
+PRIO_RULE_TOP = 30000  # rule i gets PRIO_RULE_TOP - i: first match wins
+MAX_RULES = 20000
+PRIO_DEFAULT_NEW_IP = 20  # a new IP connection no rule matched
+PRIO_DEFAULT_OTHER = 10  # other unicast (not IP): the default action, no conntrack
+
+# Egress table.
+PRIO_EGRESS_COMMIT = 510
+
+# conntrack state bits (ct_state)
+CT_NEW, CT_EST, CT_REL, CT_RPL, CT_INV, CT_TRK = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
+ETH_TYPE_IPV6_ND_TYPES = (133, 134, 135, 136, 137)
+
+# Metadata: source identity in the low 32 bits, destination identity in the high 32 bits.
+META_SRC_MASK = 0xFFFFFFFF
+META_DST_SHIFT = 32
+META_DST_MASK = 0xFFFFFFFF << 32
 
 # Ethernet types and special addresses.
 ETH_TYPE_IPV4 = 0x0800

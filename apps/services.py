@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 IP_PROTO = {"icmp": 1, "tcp": 6, "udp": 17}
+IP6_PROTO = {"icmp": 58, "tcp": 6, "udp": 17}
+ETH_TYPE_IPV4 = 0x0800
 PORT_FIELD = {"tcp": "tcp_dst", "udp": "udp_dst"}
 
 
@@ -37,11 +39,12 @@ class Service:
             return True
         return dport is not None and self.low <= dport <= self.high
 
-    def of_matches(self) -> list[dict]:
-        """OpenFlow match fragments (to AND with an IPv4 match) covering exactly this service."""
+    def of_matches(self, eth_type: int = ETH_TYPE_IPV4) -> list[dict]:
+        """OpenFlow match fragments (to AND with an IPv4 or IPv6 match) covering exactly this
+        service; `icmp` means ICMPv6 for IPv6."""
         if self.proto is None:
             return [{}]
-        base = {"ip_proto": IP_PROTO[self.proto]}
+        base = {"ip_proto": (IP_PROTO if eth_type == ETH_TYPE_IPV4 else IP6_PROTO)[self.proto]}
         if self.low is None:
             return [base]
         field = PORT_FIELD[self.proto]
