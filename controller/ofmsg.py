@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from apps import pipeline
-from apps.flows import FlowEntry, Move, Output, SetField
+from apps.flows import Conntrack, FlowEntry, Move, Output, SetField
 
 ALL_ONES_64 = 0xFFFFFFFFFFFFFFFF
+NX_CT_RECIRC_NONE = 0xFF
 
 
 def actions_to_ryu(parser: Any, actions: tuple) -> list:
@@ -19,6 +20,17 @@ def actions_to_ryu(parser: Any, actions: tuple) -> list:
             result.append(parser.OFPActionSetField(**{action.name: action.value}))
         elif isinstance(action, Move):
             result.append(parser.NXActionRegMove(src_field=action.src, dst_field=action.dst, n_bits=action.n_bits))
+        elif isinstance(action, Conntrack):
+            result.append(
+                parser.NXActionCT(
+                    flags=1 if action.commit else 0,  # NX_CT_F_COMMIT
+                    zone_src="",
+                    zone_ofs_nbits=action.zone,
+                    recirc_table=NX_CT_RECIRC_NONE if action.table is None else action.table,
+                    alg=0,
+                    actions=[],
+                )
+            )
         else:  # pragma: no cover - the core only builds the kinds above
             raise TypeError(f"unknown action {action!r}")
     return result
@@ -29,6 +41,8 @@ def flow_add(datapath: Any, entry: FlowEntry) -> Any:
     instructions = []
     if entry.actions:
         instructions.append(parser.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, actions_to_ryu(parser, entry.actions)))
+    if entry.metadata is not None:
+        instructions.append(parser.OFPInstructionWriteMetadata(*entry.metadata))
     if entry.goto is not None:
         instructions.append(parser.OFPInstructionGotoTable(entry.goto))
     return parser.OFPFlowMod(
