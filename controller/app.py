@@ -20,6 +20,7 @@ from apps import pipeline
 from apps.context import PolicyState
 from apps.flows import FlowEntry
 from apps.forwarding import base_flows
+from apps.identity import Identities
 from controller import ofmsg
 from controller.metrics import Metrics
 from controller.reconciler import SwitchSync
@@ -84,6 +85,7 @@ class GoldilocksController(app_manager.RyuApp):
         self.store = Store(self.settings.state_dir)
         self.topo = self.store.load_topology(time.monotonic())
         self.policy: PolicyState = self.store.load_policy()
+        self.identities = Identities(self.store.load_identities())
         LOG.info(
             "state dir %s: loaded %d switches, %d links, %d hosts",
             self.settings.state_dir,
@@ -148,7 +150,10 @@ class GoldilocksController(app_manager.RyuApp):
     def _compile_and_reconcile(self) -> None:
         """Recompute the desired tables, push the difference to every synced switch, persist."""
         started = time.perf_counter()
-        self.desired = desired_mod.desired_tables(self.topo)
+        self.desired = desired_mod.desired_tables(self.topo, self.policy, self.identities)
+        if self.identities.added:
+            self.store.add_identities(self.identities.added)
+            self.identities.added.clear()
         for dpid in list(self.datapaths):
             self.reconcile(dpid)
         self.metrics.observe_reconcile(time.perf_counter() - started)

@@ -25,6 +25,7 @@ CREATE TABLE IF NOT EXISTS hosts (
 CREATE TABLE IF NOT EXISTS vms (name TEXT PRIMARY KEY, doc TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS rules (position INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL, doc TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS identities (labels TEXT PRIMARY KEY, id INTEGER UNIQUE NOT NULL);
 """
 SCHEMA_VERSION = "1"
 
@@ -82,6 +83,19 @@ class Store:
             )
         if old.default_action != new.default_action:
             self.db.execute("INSERT OR REPLACE INTO settings VALUES ('default_action', ?)", (new.default_action,))
+
+    # -- identities: label set -> number, never renumbered ---------------------------------
+    def load_identities(self) -> dict[tuple, int]:
+        return {
+            tuple(tuple(pair) for pair in json.loads(labels)): number
+            for labels, number in self.db.execute("SELECT labels, id FROM identities")
+        }
+
+    def add_identities(self, added: dict[tuple, int]) -> None:
+        with self.transaction():
+            self.db.executemany(
+                "INSERT OR IGNORE INTO identities VALUES (?, ?)", [(json.dumps(labels), n) for labels, n in added.items()]
+            )
 
     # -- topology -----------------------------------------------------------
     def save_topology(self, topo: Topology) -> None:
