@@ -90,11 +90,39 @@ class ControllerProcess:
             self._tmp.cleanup()
             self._tmp = None
 
+    @property
+    def admin_token(self) -> str:
+        """The admin token the controller wrote on first start (<state-dir>/admin.token)."""
+        return Path(self.state_dir, "admin.token").read_text().strip()
+
+    def api(self, method: str, path: str, body=None, expect: int | None = None):
+        """Call the API as admin; with `expect`, fail unless the status is that."""
+        status, doc = api_call(self.rest_url, method, path, body, self.admin_token)
+        if expect is not None and status != expect:
+            raise AssertionError(f"{method} {path} gave {status}, expected {expect}: {doc}")
+        return doc
+
     def log_tail(self, lines: int = 40) -> str:
         try:
             return "\n".join(Path(self.log_path).read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return "(no log)"
+
+
+def api_call(base_url: str, method: str, path: str, body=None, token: str | None = None, timeout: float = 10.0):
+    """Call the REST API; return (status, parsed JSON or text). HTTP errors are returned, not raised."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(base_url + path, data=data, method=method)
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
+            status, text, kind = resp.status, resp.read().decode(), resp.headers.get_content_type()
+    except urllib.error.HTTPError as err:
+        status, text, kind = err.code, err.read().decode(), err.headers.get_content_type()
+    return status, (json.loads(text) if kind == "application/json" and text else text)
 
 
 def rest_get(base_url: str, path: str, timeout: float = 5.0):
