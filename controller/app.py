@@ -85,6 +85,11 @@ class GoldilocksController(app_manager.RyuApp):
         self.store = Store(self.settings.state_dir)
         self.topo = self.store.load_topology(time.monotonic())
         self.policy: PolicyState = self.store.load_policy()
+        from controller import auth, inventory_file
+
+        if self.settings.inventory:
+            self.policy = inventory_file.apply_at_start(self.store, self.policy, self.settings.inventory)
+        auth.ensure_admin_token(self.store, self.settings.state_dir, reset=self.settings.reset_admin_token)
         self.identities = Identities(self.store.load_identities())
         LOG.info(
             "state dir %s: loaded %d switches, %d links, %d hosts",

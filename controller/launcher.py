@@ -29,19 +29,52 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--state-dir", default="/var/lib/goldilocks", help="SQLite state and keys (default /var/lib/goldilocks)")
     parser.add_argument("--log-level", default="info", choices=sorted(LOG_LEVELS), help="log level (default info)")
     parser.add_argument("--lldp-interval", type=float, default=1.0, help="seconds between LLDP probes (default 1)")
+    parser.add_argument(
+        "--inventory",
+        metavar="FILE",
+        help="JSON or YAML file of VMs upserted into the inventory at start (see docs/api.md); a bad file stops the start",
+    )
+    parser.add_argument(
+        "--reset-admin-token",
+        action="store_true",
+        help="issue a new token named 'admin' and rewrite <state-dir>/admin.token (the old admin token stops working)",
+    )
     args = parser.parse_args(argv)
     for port_flag in ("of_port", "rest_port"):
         if not 0 < getattr(args, port_flag) < 65536:
             parser.error(f"--{port_flag.replace('_', '-')} must be between 1 and 65535")
     if args.lldp_interval <= 0:
         parser.error("--lldp-interval must be positive")
+    if args.inventory:
+        check_inventory(parser, args)
     return args
+
+
+def check_inventory(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse to start, naming the file and the field, if the inventory file would not load onto
+    the stored state. Done before Ryu starts, so the message is all the user sees."""
+    from controller import inventory_file
+    from controller.store import StateError, Store
+
+    try:
+        store = Store(args.state_dir)
+    except StateError as exc:
+        parser.error(str(exc))
+    try:
+        inventory_file.check(args.inventory, store)
+    except inventory_file.InventoryFileError as exc:
+        parser.error(str(exc))
+    finally:
+        store.close()
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     os.environ["GOLDILOCKS_STATE_DIR"] = os.path.abspath(args.state_dir)
     os.environ["GOLDILOCKS_LLDP_INTERVAL"] = str(args.lldp_interval)
+    # The flags decide: nothing left in the caller's environment re-applies a file or a reset.
+    os.environ["GOLDILOCKS_INVENTORY"] = os.path.abspath(args.inventory) if args.inventory else ""
+    os.environ["GOLDILOCKS_RESET_ADMIN_TOKEN"] = "1" if args.reset_admin_token else "0"
     patch_eventlet()
     from ryu.cmd import manager
 

@@ -1,49 +1,232 @@
-"""REST API on Ryu's WSGI server: health, topology and Prometheus metrics, with JSON errors."""
+"""REST API on Ryu's WSGI server: VM inventory, policy rules, explain, tokens, audit, topology, health, metrics.
+
+Every route is declared once with `endpoint` (method, path, who may call it, its query parameters,
+whether it takes a JSON body). `register` connects them in declaration order, so fixed paths such
+as /v1/policies/order are matched before /v1/policies/{name}. The wrapper authenticates, checks
+query and body, and maps errors a client caused to 4xx JSON naming the field; anything else is a
+500 without internals. docs/openapi.yaml describes every route and docs/api.md explains them."""
 
 from __future__ import annotations
 
 import functools
+import ipaddress
 import json
 import logging
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import yaml
 from ryu.app.wsgi import ControllerBase, Response, route
+
+from apps.context import NotFound, PolicyState
+from apps.inventory import VM, InventoryError, check_labels, check_name, normalize_mac, vm_from_json
+from apps.policy import PolicyError, Rule, evaluate, rule_from_json
+from apps.selectors import KEY_RE
+from apps.services import IP_PROTO
+from controller import audit, auth
+from controller.auth import Principal, TokenError
 
 LOG = logging.getLogger("goldilocks.rest")
 APP_KEY = "goldilocks"
+MAX_BODY_BYTES = 64 * 1024
+OPENAPI_FILE = Path(__file__).resolve().parent.parent / "docs" / "openapi.yaml"
+
+# Who may call an endpoint: anyone, any valid token, or an admin token.
+OPEN, READ, ADMIN = "open", "read", "admin"
+
+# /v1/policies/order and /v1/policies/default are not rules: a rule may not take those names,
+# and /v1/policies/{name} does not match them (so DELETE /v1/policies/order is a 405).
+RESERVED_RULE_NAMES = ("order", "default")
+RULE_NAME = {"name": r"(?!(?:order|default)$)[^/]+"}
 
 
 class ApiError(Exception):
-    """An error a client caused: becomes a 4xx JSON response."""
+    """An error a client caused: becomes a 4xx JSON response naming the field, if there is one."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, field: str | None = None, headers: Mapping[str, str] | None = None) -> None:
         super().__init__(message)
-        self.status = status
-        self.message = message
+        self.status, self.message, self.field = status, message, field
+        self.headers = dict(headers or {})
 
 
-def json_response(body: Any, status: int = 200) -> Response:
-    return Response(status=status, content_type="application/json", charset="utf-8", body=json.dumps(body, indent=1).encode())
+def json_response(body: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
+    response = Response(status=status, content_type="application/json", charset="utf-8", body=json.dumps(body, indent=1).encode())
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
 
 
-def api(handler: Callable) -> Callable:
-    """Map client errors to 4xx JSON and anything unexpected to a 500 JSON without internals."""
-
-    @functools.wraps(handler)
-    def wrapper(self, req, **kwargs):
-        try:
-            return handler(self, req, **kwargs)
-        except ApiError as exc:
-            return json_response({"error": exc.message}, exc.status)
-        except Exception:
-            LOG.exception("%s %s failed", req.method, req.path)
-            return json_response({"error": "internal error; see the controller log"}, 500)
-
-    return wrapper
+def no_content() -> Response:
+    return Response(status=204)
 
 
+def error_response(status: int, message: str, field: str | None = None, headers: Mapping[str, str] | None = None) -> Response:
+    body = {"error": message}
+    if field is not None:
+        body["field"] = field
+    return json_response(body, status, headers)
+
+
+# -- declaring endpoints ------------------------------------------------------------------
+@dataclass(frozen=True)
+class Endpoint:
+    method: str
+    path: str
+    action: str
+    access: str
+    query: frozenset[str] = frozenset()
+    body: bool = False
+    requirements: Mapping[str, str] = field(default_factory=dict)
+
+    def regex(self) -> re.Pattern:
+        """The path as a regular expression, for the 404/405 fallback."""
+        parts = re.split(r"\{(\w+)(?::[^}]*)?\}", self.path)
+        pattern = "".join(
+            re.escape(part) if i % 2 == 0 else f"(?:{self.requirements.get(part, '[^/]+')})" for i, part in enumerate(parts)
+        )
+        return re.compile(f"^{pattern}$")
+
+
+ENDPOINTS: list[Endpoint] = []
+
+
+@dataclass(frozen=True)
+class Call:
+    """One authorised request: the caller (None on open endpoints), its query parameters and JSON body."""
+
+    principal: Principal | None
+    query: Mapping[str, str]
+    body: Any
+
+    @property
+    def actor(self) -> str:
+        return self.principal.name if self.principal else "anonymous"
+
+
+def endpoint(
+    method: str,
+    path: str,
+    access: str,
+    query: tuple[str, ...] = (),
+    body: bool = False,
+    requirements: Mapping[str, str] | None = None,
+) -> Callable:
+    def decorate(handler: Callable) -> Callable:
+        declared = Endpoint(method, path, handler.__name__, access, frozenset(query), body, dict(requirements or {}))
+        ENDPOINTS.append(declared)
+
+        @functools.wraps(handler)
+        def wrapper(self, req, **urlvars):
+            return self.serve(declared, handler, req, urlvars)
+
+        return wrapper
+
+    return decorate
+
+
+# -- request checks -----------------------------------------------------------------------
+def authorize(store, declared: Endpoint, req) -> Principal | None:
+    if declared.access == OPEN:
+        return None
+    header = req.headers.get("Authorization")
+    principal = auth.authenticate(store, header)
+    if principal is None:
+        # The header's value is never echoed or logged: it may be a mistyped real token.
+        challenge = 'Bearer realm="goldilocks"' + (', error="invalid_token"' if header else "")
+        message = "the bearer token is not valid" if header else "a bearer token is required (Authorization: Bearer <token>)"
+        raise ApiError(401, message, headers={"WWW-Authenticate": challenge})
+    if declared.access == ADMIN and not principal.is_admin:
+        raise ApiError(
+            403, f"token {principal.name!r} is {principal.role}; {declared.method} {declared.path} needs an admin token"
+        )
+    return principal
+
+
+def parse_query(declared: Endpoint, req) -> dict[str, str]:
+    params: dict[str, str] = {}
+    for key, value in req.GET.items():
+        if key not in declared.query:
+            allowed = ", ".join(sorted(declared.query)) or "none"
+            raise ApiError(400, f"{key}: unknown query parameter (allowed: {allowed})", key)
+        if key in params:
+            raise ApiError(400, f"{key}: given more than once", key)
+        params[key] = value
+    return params
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict:
+    result = {}
+    for key, value in pairs:
+        if key in result:
+            raise _DuplicateKey(key)
+        result[key] = value
+    return result
+
+
+def _no_constants(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def read_json_body(req) -> Any:
+    """The request's JSON body: 415 for another content type, 413 when too large, 400 when malformed."""
+    if req.content_type != "application/json":
+        raise ApiError(415, f"Content-Type must be application/json, not {req.content_type or 'missing'}", "Content-Type")
+    if req.content_length is not None and req.content_length > MAX_BODY_BYTES:
+        raise ApiError(413, f"body: larger than {MAX_BODY_BYTES} bytes", "body")
+    raw = req.body_file.read(MAX_BODY_BYTES + 1) if req.is_body_readable else b""
+    if len(raw) > MAX_BODY_BYTES:  # chunked uploads give no length up front
+        raise ApiError(413, f"body: larger than {MAX_BODY_BYTES} bytes", "body")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ApiError(400, "body: is not UTF-8", "body") from None
+    if not text.strip():
+        raise ApiError(400, "body: required (a JSON object)", "body")
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constants)
+    except _DuplicateKey as exc:
+        raise ApiError(400, f"{exc.args[0]}: key given twice in the same object", str(exc.args[0])) from None
+    except json.JSONDecodeError as exc:
+        raise ApiError(400, f"body: malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}", "body") from None
+    except ValueError as exc:
+        raise ApiError(400, f"body: malformed JSON: {exc}", "body") from None
+
+
+def json_object(body: Any, allowed: frozenset[str]) -> dict:
+    if not isinstance(body, dict):
+        raise ApiError(400, "body: must be a JSON object", "body")
+    unknown = set(body) - allowed
+    if unknown:
+        name = sorted(unknown)[0]
+        raise ApiError(400, f"{name}: unknown field (allowed: {', '.join(sorted(allowed))})", name)
+    return body
+
+
+def flag(query: Mapping[str, str], name: str) -> bool:
+    value = query.get(name, "0").lower()
+    if value not in ("0", "1", "true", "false"):
+        raise ApiError(400, f"{name}: must be 1 or 0", name)
+    return value in ("1", "true")
+
+
+def integer(query: Mapping[str, str], name: str, low: int, high: int) -> int | None:
+    if name not in query:
+        return None
+    text = query[name]
+    if not text.isdigit() or not low <= int(text) <= high:
+        raise ApiError(400, f"{name}: must be an integer from {low} to {high}", name)
+    return int(text)
+
+
+# -- views ------------------------------------------------------------------------------
 def dpid_str(dpid: int) -> str:
     return f"{dpid:016x}"
 
@@ -56,6 +239,10 @@ def port_kind(port_no: int, inter: set[int], edge: set[int], fabric: set[int]) -
     if port_no in fabric:
         return "lost-link"
     return "edge" if port_no in edge else "pending"
+
+
+def host_view(host) -> dict:
+    return {"mac": host.mac, "ips": sorted(host.ips), "dpid": dpid_str(host.dpid), "port": host.port}
 
 
 def topology_view(app) -> dict:
@@ -88,23 +275,187 @@ def topology_view(app) -> dict:
         {"src": {"dpid": dpid_str(lk.a.dpid), "port": lk.a.port}, "dst": {"dpid": dpid_str(lk.b.dpid), "port": lk.b.port}}
         for lk in sorted(topo.links, key=lambda lk: (lk.a.dpid, lk.a.port, lk.b.dpid, lk.b.port))
     ]
-    hosts = [
-        {"mac": h.mac, "ips": sorted(h.ips), "dpid": dpid_str(h.dpid), "port": h.port}
-        for h in sorted(topo.hosts.values(), key=lambda h: h.mac)
-    ]
+    hosts = [host_view(h) for h in sorted(topo.hosts.values(), key=lambda h: h.mac)]
     return {"switches": switches, "links": links, "hosts": hosts}
 
 
+def vm_location(app, vm: VM) -> dict | None:
+    """Where the network saw the VM: the first of its MACs that was learned, or None."""
+    for mac in vm.macs:
+        host = app.topo.hosts.get(mac)
+        if host is not None:
+            return host_view(host)
+    return None
+
+
+def vm_view(app, vm: VM) -> dict:
+    return {**vm.to_json(), "location": vm_location(app, vm)}
+
+
+def unmanaged_hosts(app) -> list[dict]:
+    managed = app.policy.vm_by_mac()
+    return [host_view(h) for h in sorted(app.topo.hosts.values(), key=lambda h: h.mac) if h.mac not in managed]
+
+
+def rule_view(rule: Rule, position: int) -> dict:
+    return {**rule.to_json(), "position": position}
+
+
+def rules_view(policy: PolicyState) -> dict:
+    return {"default_action": policy.default_action, "policies": [rule_view(r, i) for i, r in enumerate(policy.rules)]}
+
+
+def token_view(token) -> dict:
+    return {"name": token.name, "role": token.role, "created": audit.iso_time(token.created), "fingerprint": token.fingerprint}
+
+
+# -- explain ----------------------------------------------------------------------------------
+def party(app, field_name: str, text: str) -> dict:
+    """Resolve one end of a flow: a VM name, or a MAC or IPv4 address (of a VM or an unmanaged host)."""
+    policy, topo = app.policy, app.topo
+
+    def managed(vm: VM) -> dict:
+        return {"query": text, "vm": vm.name, "labels": vm.label_map, "host": vm_location(app, vm)}
+
+    def unmanaged(host) -> dict:
+        return {"query": text, "vm": None, "labels": None, "host": host_view(host) if host else None}
+
+    if text in policy.vms:
+        return managed(policy.vms[text])
+    try:
+        mac = normalize_mac(text)
+    except InventoryError:
+        mac = None
+    if mac is not None:
+        vm = policy.vm_by_mac().get(mac)
+        return managed(vm) if vm else unmanaged(topo.hosts.get(mac))
+    try:
+        ip = str(ipaddress.IPv4Address(text))
+    except ValueError:
+        raise ApiError(404, f"{field_name}: no VM named {text!r}, and it is not a MAC or IPv4 address", field_name) from None
+    vm = next((vm for vm in policy.vms.values() if ip in vm.ips), None)
+    if vm is not None:
+        return managed(vm)
+    host = next((h for h in sorted(topo.hosts.values(), key=lambda h: h.mac) if ip in h.ips), None)
+    vm = policy.vm_by_mac().get(host.mac) if host else None
+    return managed(vm) if vm else unmanaged(host)
+
+
+def explain(app, query: Mapping[str, str]) -> dict:
+    for name in ("src", "dst"):
+        if not query.get(name):
+            raise ApiError(400, f"{name}: required (a VM name, MAC or IPv4 address)", name)
+    proto = query.get("proto")
+    if proto is not None and proto not in IP_PROTO:
+        raise ApiError(400, f"proto: must be one of {', '.join(IP_PROTO)}", "proto")
+    dport = integer(query, "dport", 1, 65535)
+    if dport is not None and proto not in ("tcp", "udp"):
+        raise ApiError(400, "dport: needs proto tcp or udp", "dport")
+    src, dst = party(app, "src", query["src"]), party(app, "dst", query["dst"])
+    policy = app.policy
+    decision = evaluate(policy.rules, policy.default_action, src["labels"], dst["labels"], proto, dport)
+    rule = decision.rule
+    match = None
+    if rule is not None:
+
+        def used(labels: dict | None, keys: frozenset[str]) -> dict | None:
+            return None if labels is None else {k: v for k, v in labels.items() if k in keys}
+
+        match = {
+            "src_selector": str(rule.src),
+            "dst_selector": str(rule.dst),
+            "service": str(decision.service),
+            "src_labels": used(src["labels"], rule.src.keys()),
+            "dst_labels": used(dst["labels"], rule.dst.keys()),
+        }
+    return {
+        "src": src,
+        "dst": dst,
+        "proto": proto,
+        "dport": dport,
+        "reason": "rule" if rule else "default",
+        "rule": rule_view(rule, policy.rules.index(rule)) if rule else None,
+        "match": match,
+        "action": decision.action,
+        "effective_action": decision.effective_action,
+        # Until the encryption issue lands, encrypt forwards like allow: say so.
+        "encryption": "pending" if decision.action == "encrypt" else None,
+        "default_action": policy.default_action,
+    }
+
+
+# -- request bodies ---------------------------------------------------------------------------
+def label_patch(body: Any) -> tuple[dict[str, str], list[str]]:
+    """{"set": {key: value}, "remove": [key]}: validated, and no key both set and removed."""
+    body = json_object(body, frozenset({"set", "remove"}))
+    if not body:
+        raise ApiError(400, 'body: give "set" and/or "remove"', "body")
+    add = dict(check_labels(body.get("set", {}), "set"))
+    remove = body.get("remove", [])
+    if not isinstance(remove, list) or not all(isinstance(k, str) for k in remove):
+        raise ApiError(400, "remove: must be a list of label keys", "remove")
+    for key in remove:
+        if not KEY_RE.match(key):
+            raise ApiError(400, f"remove: {key!r} is not a valid label key", "remove")
+        if key in add:
+            raise ApiError(400, f"remove: {key!r} is both set and removed", "remove")
+    return add, remove
+
+
+def checked_rule(body: Any, name: str | None = None) -> Rule:
+    rule = rule_from_json(body, name)
+    if rule.name in RESERVED_RULE_NAMES:
+        raise ApiError(400, f"name: {rule.name!r} is reserved (/v1/policies/{rule.name} is not a rule)", "name")
+    return rule
+
+
+_openapi_cache: dict[str, Any] = {}
+
+
+def openapi_document() -> dict:
+    if "doc" not in _openapi_cache:
+        try:
+            _openapi_cache["doc"] = yaml.safe_load(OPENAPI_FILE.read_text(encoding="utf-8"))
+        except OSError:
+            raise ApiError(404, "the OpenAPI document is not installed with this copy of the controller") from None
+    return _openapi_cache["doc"]
+
+
+# -- the endpoints ------------------------------------------------------------------------------
 class GoldilocksApi(ControllerBase):
-    """/v1 endpoints. Route methods are registered in name order; the catch-all lives apart."""
+    """/v1 endpoints and /metrics. Handlers take a Call and the path's variables."""
 
     def __init__(self, req, link, data, **config) -> None:
         super().__init__(req, link, data, **config)
         self.app = data[APP_KEY]
 
-    @route(APP_KEY, "/v1/health", methods=["GET"])
-    @api
-    def health(self, req, **_):
+    def serve(self, declared: Endpoint, handler: Callable, req, urlvars: dict) -> Response:
+        try:
+            principal = authorize(self.app.store, declared, req)
+            call = Call(principal, parse_query(declared, req), read_json_body(req) if declared.body else None)
+            return handler(self, call, **urlvars)
+        except ApiError as exc:
+            return error_response(exc.status, exc.message, exc.field, exc.headers)
+        except NotFound as exc:
+            return error_response(404, str(exc))
+        except (InventoryError, PolicyError, TokenError) as exc:
+            return error_response(400, str(exc), exc.field)
+        except Exception:
+            LOG.exception("%s %s failed", req.method, req.path)
+            return error_response(500, "internal error; see the controller log")
+
+    def change_policy(self, call: Call, new: PolicyState, action: str, target: str, summary: str) -> None:
+        """Persist the new policy and its audit entry in one transaction, then apply it. A request
+        that changes nothing writes nothing. No green thread can run between reading app.policy
+        and this call (nothing here does I/O that yields), so no concurrent change is lost."""
+        app = self.app
+        if new == app.policy:
+            return
+        app.apply_policy(new, write_more=lambda: audit.record(app.store, call.actor, action, target, summary))
+
+    # -- service ----------------------------------------------------------------------------
+    @endpoint("GET", "/v1/health", OPEN)
+    def health(self, call):
         app = self.app
         return json_response(
             {
@@ -117,18 +468,27 @@ class GoldilocksApi(ControllerBase):
             }
         )
 
-    @route(APP_KEY, "/v1/topology", methods=["GET"])
-    @api
-    def topology(self, req, **_):
+    @endpoint("GET", "/v1/openapi.json", OPEN)
+    def openapi(self, call):
+        return json_response(openapi_document())
+
+    @endpoint("GET", "/metrics", OPEN)
+    def metrics(self, call):
+        app = self.app
+        body = app.metrics.render(len(app.datapaths), len(app.topo.links), len(app.topo.hosts), app.desired_flow_count())
+        return Response(status=200, content_type="text/plain", charset="utf-8", body=body.encode())
+
+    # -- the network --------------------------------------------------------------------------
+    @endpoint("GET", "/v1/topology", READ)
+    def topology(self, call):
         return json_response(topology_view(self.app))
 
-    @route(APP_KEY, "/v1/switches/{dpid}/flows", methods=["GET"])
-    @api
-    def switch_flows(self, req, dpid, **_):
+    @endpoint("GET", "/v1/switches/{dpid}/flows", READ)
+    def switch_flows(self, call, dpid):
         try:
             dpid_int = int(dpid, 16)
         except ValueError:
-            raise ApiError(400, f"dpid {dpid!r} is not a hex datapath id") from None
+            raise ApiError(400, f"dpid: {dpid!r} is not a hex datapath id", "dpid") from None
         if dpid_int not in self.app.topo.switches:
             raise ApiError(404, f"no switch with dpid {dpid}")
         flows = [
@@ -139,32 +499,196 @@ class GoldilocksApi(ControllerBase):
                 "match": {k: (list(v) if isinstance(v, tuple) else v) for k, v in e.match},
                 "actions": [repr(a) for a in e.actions],
                 "goto": e.goto,
+                "write_metadata": list(e.metadata) if e.metadata else None,
             }
             for e in self.app.flows_for(dpid_int)
         ]
         return json_response({"dpid": dpid_str(dpid_int), "flows": flows})
 
-    @route(APP_KEY, "/metrics", methods=["GET"])
-    @api
-    def metrics(self, req, **_):
-        app = self.app
-        body = app.metrics.render(len(app.datapaths), len(app.topo.links), len(app.topo.hosts), app.desired_flow_count())
-        return Response(status=200, content_type="text/plain", charset="utf-8", body=body.encode())
+    # -- VM inventory ---------------------------------------------------------------------------
+    @endpoint("GET", "/v1/vms", READ, query=("unmanaged",))
+    def list_vms(self, call):
+        if flag(call.query, "unmanaged"):
+            return json_response({"unmanaged": unmanaged_hosts(self.app)})
+        policy = self.app.policy
+        return json_response({"vms": [vm_view(self.app, policy.vms[n]) for n in sorted(policy.vms)]})
 
+    @endpoint("GET", "/v1/vms/{name}", READ)
+    def get_vm(self, call, name):
+        return json_response(vm_view(self.app, self.app.policy.vm(name)))
 
-KNOWN_PATHS = ("/v1/health", "/v1/topology", "/metrics")
+    @endpoint("PUT", "/v1/vms/{name}", ADMIN, body=True)
+    def put_vm(self, call, name):
+        vm = vm_from_json(name, call.body)
+        old = self.app.policy
+        try:
+            new = old.with_vm(vm)
+        except InventoryError as exc:  # a MAC or IP another VM holds
+            raise ApiError(409, str(exc), exc.field) from None
+        created = name not in old.vms
+        self.change_policy(call, new, "vm.create" if created else "vm.replace", name, audit.describe_vm(vm))
+        if created:
+            return json_response(vm_view(self.app, vm), 201, {"Location": f"/v1/vms/{name}"})
+        return json_response(vm_view(self.app, vm))
+
+    @endpoint("DELETE", "/v1/vms/{name}", ADMIN)
+    def delete_vm(self, call, name):
+        old = self.app.policy
+        vm = old.vm(name)
+        self.change_policy(call, old.without_vm(name), "vm.delete", name, audit.describe_vm(vm))
+        return no_content()
+
+    @endpoint("PATCH", "/v1/vms/{name}/labels", ADMIN, body=True)
+    def patch_labels(self, call, name):
+        old = self.app.policy
+        before = old.vm(name).label_map
+        add, remove = label_patch(call.body)
+        new = old.with_labels(name, add, remove)
+        self.change_policy(call, new, "vm.labels", name, audit.describe_label_change(before, new.vms[name].label_map))
+        return json_response(vm_view(self.app, new.vms[name]))
+
+    # -- policy: fixed paths first, then /v1/policies/{name} ---------------------------------------
+    @endpoint("GET", "/v1/policies", READ)
+    def list_rules(self, call):
+        return json_response(rules_view(self.app.policy))
+
+    @endpoint("POST", "/v1/policies", ADMIN, query=("position",), body=True)
+    def add_rule(self, call):
+        old = self.app.policy
+        rule = checked_rule(call.body)
+        if any(r.name == rule.name for r in old.rules):
+            raise ApiError(409, f"name: a rule named {rule.name!r} exists (PUT /v1/policies/{rule.name} replaces it)", "name")
+        new = old.with_rule(rule, integer(call.query, "position", 0, len(old.rules)))
+        position = new.rules.index(rule)
+        self.change_policy(call, new, "rule.create", rule.name, audit.describe_rule(rule, position))
+        return json_response(rule_view(rule, position), 201, {"Location": f"/v1/policies/{rule.name}"})
+
+    @endpoint("GET", "/v1/policies/order", READ)
+    def get_order(self, call):
+        return json_response({"order": [r.name for r in self.app.policy.rules]})
+
+    @endpoint("PUT", "/v1/policies/order", ADMIN, body=True)
+    def put_order(self, call):
+        body = json_object(call.body, frozenset({"order"}))
+        names = body.get("order")
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ApiError(400, "order: must be a list of rule names", "order")
+        new = self.app.policy.reordered(names)
+        self.change_policy(call, new, "rule.order", "policies", " > ".join(names) or "(no rules)")
+        return json_response({"order": [r.name for r in new.rules]})
+
+    @endpoint("GET", "/v1/policies/default", READ)
+    def get_default(self, call):
+        return json_response({"default_action": self.app.policy.default_action})
+
+    @endpoint("PUT", "/v1/policies/default", ADMIN, body=True)
+    def put_default(self, call):
+        body = json_object(call.body, frozenset({"default_action"}))
+        old = self.app.policy
+        new = old.with_default(body.get("default_action"))
+        self.change_policy(call, new, "policy.default", "default_action", f"{old.default_action} -> {new.default_action}")
+        return json_response({"default_action": new.default_action})
+
+    @endpoint("GET", "/v1/policies/{name}", READ, requirements=RULE_NAME)
+    def get_rule(self, call, name):
+        policy = self.app.policy
+        rule = policy.rule(name)
+        return json_response(rule_view(rule, policy.rules.index(rule)))
+
+    @endpoint("PUT", "/v1/policies/{name}", ADMIN, query=("position",), body=True, requirements=RULE_NAME)
+    def put_rule(self, call, name):
+        old = self.app.policy
+        check_name(name)
+        rule = checked_rule(call.body, name)
+        created = all(r.name != name for r in old.rules)
+        limit = len(old.rules) if created else len(old.rules) - 1
+        new = old.with_rule(rule, integer(call.query, "position", 0, limit))
+        position = new.rules.index(rule)
+        self.change_policy(call, new, "rule.create" if created else "rule.replace", name, audit.describe_rule(rule, position))
+        if created:
+            return json_response(rule_view(rule, position), 201, {"Location": f"/v1/policies/{name}"})
+        return json_response(rule_view(rule, position))
+
+    @endpoint("DELETE", "/v1/policies/{name}", ADMIN, requirements=RULE_NAME)
+    def delete_rule(self, call, name):
+        old = self.app.policy
+        rule = old.rule(name)
+        self.change_policy(call, old.without_rule(name), "rule.delete", name, audit.describe_rule(rule, old.rules.index(rule)))
+        return no_content()
+
+    @endpoint("GET", "/v1/explain", READ, query=("src", "dst", "proto", "dport"))
+    def explain(self, call):
+        return json_response(explain(self.app, call.query))
+
+    # -- tokens and audit -------------------------------------------------------------------------
+    @endpoint("GET", "/v1/tokens", ADMIN)
+    def list_tokens(self, call):
+        return json_response({"tokens": [token_view(t) for t in self.app.store.tokens()]})
+
+    @endpoint("POST", "/v1/tokens", ADMIN, body=True)
+    def create_token(self, call):
+        name, role = auth.check_token_request(call.body)
+        store = self.app.store
+        if any(t.name == name for t in store.tokens()):
+            raise ApiError(409, f"name: a token named {name!r} exists", "name")
+        with store.transaction():
+            token, value = auth.issue(store, name, role)
+            audit.record(store, call.actor, "token.create", name, f"{role} token {token.fingerprint}")
+        # The value is shown this once; only its digest is kept.
+        return json_response({**token_view(token), "token": value}, 201, {"Location": f"/v1/tokens/{name}"})
+
+    @endpoint("GET", "/v1/tokens/{name}", ADMIN)
+    def get_token(self, call, name):
+        token = next((t for t in self.app.store.tokens() if t.name == name), None)
+        if token is None:
+            raise ApiError(404, f"no token named {name!r}")
+        return json_response(token_view(token))
+
+    @endpoint("DELETE", "/v1/tokens/{name}", ADMIN)
+    def delete_token(self, call, name):
+        store = self.app.store
+        tokens = store.tokens()
+        token = next((t for t in tokens if t.name == name), None)
+        if token is None:
+            raise ApiError(404, f"no token named {name!r}")
+        if token.role == auth.ADMIN and sum(t.role == auth.ADMIN for t in tokens) == 1:
+            raise ApiError(409, f"{name!r} is the last admin token; create another admin token first")
+        with store.transaction():
+            store.delete_token(name)
+            audit.record(store, call.actor, "token.delete", name, f"{token.role} token {token.fingerprint}")
+        return no_content()
+
+    @endpoint("GET", "/v1/audit", READ, query=("limit", "before"))
+    def audit_log(self, call):
+        limit = integer(call.query, "limit", 1, audit.MAX_PAGE) or audit.DEFAULT_PAGE
+        before = integer(call.query, "before", 1, 2**63 - 1)
+        entries = self.app.store.audit_entries(limit, before)
+        following = entries[-1].id if len(entries) == limit and entries[-1].id > 1 else None
+        return json_response({"entries": [audit.entry_json(e) for e in entries], "next_before": following})
 
 
 class NotFoundApi(ControllerBase):
-    """Anything no route took: 405 for a known path with the wrong method, else 404, as JSON."""
+    """Anything no route took: 405 (with Allow) for a known path with another method, else 404, as JSON."""
 
     @route("goldilocks-fallback", "/{path:.*}")
     def fallback(self, req, path, **_):
-        if req.path in KNOWN_PATHS:
-            return json_response({"error": f"method {req.method} not allowed on {req.path}"}, 405)
-        return json_response({"error": f"no such endpoint: {req.method} {req.path}"}, 404)
+        allowed = sorted({e.method for e in ENDPOINTS if e.regex().match(req.path_info)})
+        if allowed:
+            return error_response(405, f"method {req.method} not allowed on {req.path}", headers={"Allow": ", ".join(allowed)})
+        return error_response(404, f"no such endpoint: {req.method} {req.path}")
 
 
 def register(wsgi, app) -> None:
-    wsgi.register(GoldilocksApi, {APP_KEY: app})
-    wsgi.register(NotFoundApi, {})
+    """Connect the endpoints in declaration order (Ryu's own register sorts them by method name,
+    which would let /v1/policies/{name} shadow /v1/policies/order), then the fallback."""
+    for declared in ENDPOINTS:
+        wsgi.mapper.connect(
+            declared.action,
+            declared.path,
+            controller=GoldilocksApi,
+            action=declared.action,
+            requirements=dict(declared.requirements),
+            conditions={"method": [declared.method]},
+        )
+    wsgi.register(GoldilocksApi, {APP_KEY: app})  # no @route methods: this only hands the class its data
+    wsgi.register(NotFoundApi)

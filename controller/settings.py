@@ -14,6 +14,8 @@ class Settings:
     lldp_interval: float = 1.0
     audit_interval: float = 30.0
     settle_time: float = 3.0  # after a switch connects, stale flows are kept this long
+    inventory: str | None = None  # a JSON or YAML file of VMs, upserted at start
+    reset_admin_token: bool = False  # issue a new admin token and rewrite <state-dir>/admin.token
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -23,4 +25,6 @@ class Settings:
             lldp_interval=float(env.get("GOLDILOCKS_LLDP_INTERVAL", "1.0")),
             audit_interval=float(env.get("GOLDILOCKS_AUDIT_INTERVAL", "30")),
             settle_time=float(env.get("GOLDILOCKS_SETTLE_TIME", "3.0")),
+            inventory=env.get("GOLDILOCKS_INVENTORY") or None,
+            reset_admin_token=env.get("GOLDILOCKS_RESET_ADMIN_TOKEN", "") == "1",
         )

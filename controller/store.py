@@ -1,11 +1,11 @@
-"""SQLite state in the state dir: the learned topology survives a controller restart."""
+"""SQLite state in the state dir: topology, policy, API tokens and the audit log survive a controller restart."""
 
 from __future__ import annotations
 
 import json
 import os
 import sqlite3
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from apps.context import PolicyState
@@ -26,8 +26,34 @@ CREATE TABLE IF NOT EXISTS vms (name TEXT PRIMARY KEY, doc TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS rules (position INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL, doc TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS identities (labels TEXT PRIMARY KEY, id INTEGER UNIQUE NOT NULL);
+CREATE TABLE IF NOT EXISTS tokens (
+    name TEXT PRIMARY KEY, role TEXT NOT NULL, digest TEXT UNIQUE NOT NULL, fingerprint TEXT NOT NULL, created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL,
+    target TEXT NOT NULL, summary TEXT NOT NULL);
 """
 SCHEMA_VERSION = "1"
+
+
+@dataclass(frozen=True)
+class StoredToken:
+    """An API token as stored: its SHA-256 digest (hex), never its value."""
+
+    name: str
+    role: str
+    digest: str
+    fingerprint: str
+    created: float
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    id: int
+    at: float
+    actor: str
+    action: str
+    target: str
+    summary: str
 
 
 class StateError(RuntimeError):
@@ -96,6 +122,36 @@ class Store:
             self.db.executemany(
                 "INSERT OR IGNORE INTO identities VALUES (?, ?)", [(json.dumps(labels), n) for labels, n in added.items()]
             )
+
+    # -- API tokens (digests only) and the audit log -------------------------------------
+    # The writers run inside the caller's transaction, together with the change they belong to.
+    def add_token(self, token: StoredToken) -> None:
+        self.db.execute(
+            "INSERT INTO tokens VALUES (?, ?, ?, ?, ?)", (token.name, token.role, token.digest, token.fingerprint, token.created)
+        )
+
+    def delete_token(self, name: str) -> bool:
+        return self.db.execute("DELETE FROM tokens WHERE name = ?", (name,)).rowcount > 0
+
+    def tokens(self) -> list[StoredToken]:
+        return [
+            StoredToken(*row)
+            for row in self.db.execute("SELECT name, role, digest, fingerprint, created FROM tokens ORDER BY name")
+        ]
+
+    def add_audit(self, at: float, actor: str, action: str, target: str, summary: str) -> int:
+        cursor = self.db.execute(
+            "INSERT INTO audit (at, actor, action, target, summary) VALUES (?, ?, ?, ?, ?)", (at, actor, action, target, summary)
+        )
+        return cursor.lastrowid
+
+    def audit_entries(self, limit: int, before: int | None = None) -> list[AuditEntry]:
+        """Newest first; `before` (an entry id) continues a previous page."""
+        rows = self.db.execute(
+            "SELECT id, at, actor, action, target, summary FROM audit WHERE id < ? ORDER BY id DESC LIMIT ?",
+            (before if before is not None else 2**63 - 1, limit),
+        )
+        return [AuditEntry(*row) for row in rows]
 
     # -- topology -----------------------------------------------------------
     def save_topology(self, topo: Topology) -> None:
