@@ -16,6 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+# Admin token files of the controllers this process started, by REST URL: rest_get sends the
+# token, because everything under /v1 except /v1/health and /v1/openapi.json needs one.
+_TOKEN_FILES: dict[str, Path] = {}
 
 
 def free_port() -> int:
@@ -70,6 +73,7 @@ class ControllerProcess:
                 raise RuntimeError(f"controller exited with {self.proc.returncode}; log: {self.log_tail()}")
             try:
                 rest_get(self.rest_url, "/v1/health", timeout=1)
+                _TOKEN_FILES[self.rest_url] = Path(self.state_dir, "admin.token")
                 return self
             except OSError:
                 time.sleep(0.1)
@@ -125,13 +129,25 @@ def api_call(base_url: str, method: str, path: str, body=None, token: str | None
     return status, (json.loads(text) if kind == "application/json" and text else text)
 
 
-def rest_get(base_url: str, path: str, timeout: float = 5.0):
-    """GET a JSON (or text) document from the controller."""
-    with urllib.request.urlopen(base_url + path, timeout=timeout) as resp:
+def rest_get(base_url: str, path: str, timeout: float = 5.0, token: str | None = None):
+    """GET a JSON (or text) document from the controller, with the admin token of a controller
+    this process started (or $GOLDILOCKS_TOKEN for one started elsewhere)."""
+    token = token or _token_for(base_url)
+    request = urllib.request.Request(base_url + path)
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(request, timeout=timeout) as resp:
         body = resp.read().decode()
         if resp.headers.get_content_type() == "application/json":
             return json.loads(body)
         return body
+
+
+def _token_for(base_url: str) -> str | None:
+    path = _TOKEN_FILES.get(base_url)
+    if path is not None and path.exists():
+        return path.read_text().strip()
+    return os.environ.get("GOLDILOCKS_TOKEN") or None
 
 
 def wait_for(predicate, timeout: float, interval: float = 0.2, what: str = "condition"):
