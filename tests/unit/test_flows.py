@@ -7,7 +7,7 @@ import pytest
 from apps import pipeline
 from apps.desired import ConflictError, desired_tables, index_entries
 from apps.flows import FlowEntry, Output, PipelineError, app_of, is_ours
-from tests.fakeoftable import build_leaf_spine, check_entry
+from tests.fakeoftable import build_leaf_spine, check_entry, policy_state
 
 
 def test_a_match_field_the_table_does_not_own_is_refused_with_its_name():
@@ -84,8 +84,23 @@ def test_index_entries_accepts_the_same_entry_twice_and_entries_in_different_slo
 
 
 def test_every_compiled_flow_is_one_open_vswitch_accepts():
-    """Prerequisites (arp_* needs eth_type=ARP, ...), whole-field moves, forward-only gotos."""
-    for table in desired_tables(build_leaf_spine(dual_homed=True).topo).values():
+    """Prerequisites (arp_* needs eth_type=ARP, icmpv6_type needs ICMPv6 over IPv6, ...), whole-field
+    moves, forward-only gotos, conntrack only on IP; with a policy that uses every kind of rule."""
+    fabric = build_leaf_spine(dual_homed=True)
+    tiers = ["web", "db", "app"]
+    policy = policy_state(
+        {vm: {"tier": tiers[i % 3]} for i, vm in enumerate(fabric.vms[:-1])},  # the last VM is unmanaged
+        [
+            {"src": "tier=web", "dst": "tier=db", "services": ["tcp/5432", "udp/53", "icmp"], "action": "allow"},
+            {"src": "any", "dst": "tier=db", "services": ["tcp/8000-8100"], "action": "encrypt"},
+            {"src": "unmanaged", "dst": "any", "action": "deny"},
+            {"src": "tier in (web,app)", "dst": "unmanaged", "services": ["tcp", "any"], "action": "allow"},
+        ],
+        default_action="deny",
+    )
+    policy_tables = {pipeline.CLASSIFY, pipeline.POLICY, pipeline.EGRESS}
+    for table in desired_tables(fabric.topo, policy).values():
         for entry in table.values():
             check_entry(entry)
-            assert is_ours(entry.cookie) and app_of(entry.cookie) == "topology"
+            assert is_ours(entry.cookie) and app_of(entry.cookie) in ("topology", "policy")
+            assert app_of(entry.cookie) == "topology" or entry.table in policy_tables, entry
