@@ -72,9 +72,16 @@ def parse(path: str | os.PathLike) -> object:
             return json.loads(text, object_pairs_hook=_no_duplicate_keys)
         return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: builds plain data only
     except (ValueError, yaml.YAMLError) as exc:
-        raise InventoryFileError(
-            path, "file", f"is not valid {'JSON' if str(path).endswith('.json') else 'YAML'}: {exc}"
-        ) from None
+        kind = "JSON" if str(path).endswith(".json") else "YAML"
+        raise InventoryFileError(path, "file", f"is not valid {kind}: {_one_line(exc)}") from None
+
+
+def _one_line(exc: Exception) -> str:
+    """YAML errors span several lines, with the offending text quoted; a start-up message needs one."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        mark = exc.problem_mark
+        return f"{exc.problem} at line {mark.line + 1} column {mark.column + 1}"
+    return " ".join(str(exc).split())
 
 
 def read_vms(path: str | os.PathLike) -> list[VM]:

@@ -181,8 +181,13 @@ def read_json_body(req) -> Any:
         raise ApiError(415, f"Content-Type must be application/json, not {req.content_type or 'missing'}", "Content-Type")
     if req.content_length is not None and req.content_length > MAX_BODY_BYTES:
         raise ApiError(413, f"body: larger than {MAX_BODY_BYTES} bytes", "body")
-    raw = req.body_file.read(MAX_BODY_BYTES + 1) if req.is_body_readable else b""
-    if len(raw) > MAX_BODY_BYTES:  # chunked uploads give no length up front
+    if req.content_length is not None:
+        raw = req.body_file.read(MAX_BODY_BYTES + 1)
+    elif "chunked" in req.headers.get("Transfer-Encoding", "").lower():
+        raw = req.body_file_raw.read(MAX_BODY_BYTES + 1)  # the server de-chunks; read no more than we accept
+    else:
+        raw = b""
+    if len(raw) > MAX_BODY_BYTES:  # a chunked upload gives no length up front
         raise ApiError(413, f"body: larger than {MAX_BODY_BYTES} bytes", "body")
     try:
         text = raw.decode("utf-8")
