@@ -13,7 +13,7 @@ ROLE_FABRIC = "fabric"
 # A link not confirmed by LLDP for this long is dead (LLDP is sent every second).
 LINK_TIMEOUT = 3.5
 # A port up this long with no LLDP from another switch faces hosts.
-EDGE_CONFIRM_TIME = 0.15
+EDGE_CONFIRM_TIME = 0.1
 
 
 @dataclass(frozen=True)
