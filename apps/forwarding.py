@@ -53,10 +53,18 @@ def flood_flows(topo: Topology, dpid: int, flood_set: set[int]) -> list[FlowEntr
     """Broadcast, multicast and unknown unicast go out of every edge port and every tree port
     except the one they came in on. Frames arriving on a non-tree inter-switch port are
     dropped, so a looped fabric never storms."""
-    return [
+    flows = [
         FlowEntry.make(pipeline.FORWARD, pipeline.PRIO_FLOOD_UNKNOWN, {"in_port": port}, flood_actions(flood_set, port))
         for port in sorted(flood_set | topo.inter_switch_ports(dpid))
     ]
+    # An ARP request for an address no responder knows is flooded and also copied to the
+    # controller, which asks again for it when new edge ports come up: a request flooded
+    # while the target's port was still proving itself is not lost to a one-second retry.
+    for port in topo.edge_ports(dpid):
+        unanswered = {"in_port": port, "eth_type": pipeline.ETH_TYPE_ARP, "arp_op": 1}
+        actions = [*flood_actions(flood_set, port), Output(pipeline.OFPP_CONTROLLER, pipeline.PACKET_IN_BYTES)]
+        flows.append(FlowEntry.make(pipeline.FORWARD, pipeline.PRIO_ARP_UNANSWERED, unanswered, actions))
+    return flows
 
 
 def flood_ports(topo: Topology, dpid: int, view: GraphView) -> set[int]:

@@ -6,6 +6,7 @@ import logging
 import os
 import struct
 import time
+from collections import deque
 from collections.abc import Callable
 
 from ryu.app.wsgi import WSGIApplication
@@ -36,11 +37,14 @@ LOG = logging.getLogger("goldilocks.controller")
 MISS_COOKIE = next(e.cookie for e in base_flows() if e.table == pipeline.INGRESS and e.priority == pipeline.PRIO_MISS)
 
 
-EDGE_CHECK_INTERVAL = 0.1
+EDGE_CHECK_INTERVAL = 0.05
+EDGE_CONFIRM_MAX_BACKLOG = 4  # queued events above which no port is confirmed as an edge port
 # Frames that arrive on a port still proving it faces hosts are held, not dropped, and replayed
 # once it is confirmed: a VM's first ARP is then not lost to a one-second retry.
 HELD_FRAMES_PER_PORT = 16
 HELD_FRAME_MAX_AGE = 2.0
+UNANSWERED_ARP_KEEP = 1.0  # seconds an unanswered ARP request is asked again as ports come up
+UNANSWERED_ARP_MAX = 256
 
 
 LLDP_MAX_AGE_MS = 3000
@@ -102,6 +106,7 @@ class GoldilocksController(app_manager.RyuApp):
         self.sync: dict[int, SwitchSync] = {}
         self._stats_parts: dict[int, set[int]] = {}
         self._held: dict[PortRef, list[tuple[float, int, bytes]]] = {}  # pending port -> (time, cookie, frame)
+        self._unanswered_arp: deque[tuple[float, int, int, bytes]] = deque(maxlen=UNANSWERED_ARP_MAX)
         self.metrics = Metrics()
         self.lldp_key = os.urandom(32)
         self.desired: desired_mod.DesiredTables = {}
@@ -194,7 +199,10 @@ class GoldilocksController(app_manager.RyuApp):
         while True:
             hub.sleep(EDGE_CHECK_INTERVAL)
             try:
-                confirmed = self.topo.confirm_edge_ports(time.monotonic())
+                if self.events.qsize() > EDGE_CONFIRM_MAX_BACKLOG:
+                    continue  # LLDP replies may be waiting in the queue: do not judge ports now
+                probed = {dpid for dpid, sync in self.sync.items() if sync.probed}
+                confirmed = self.topo.confirm_edge_ports(time.monotonic(), probed=probed)
                 if confirmed:
                     self.model_changed(then=lambda c=confirmed: self._replay_held(c))
             except Exception:
@@ -202,6 +210,12 @@ class GoldilocksController(app_manager.RyuApp):
 
     def _replay_held(self, confirmed: set[PortRef]) -> None:
         now = time.monotonic()
+        # ARP requests flooded while these ports were pending never reached them: ask again.
+        recent, self._unanswered_arp = self._unanswered_arp, deque(maxlen=UNANSWERED_ARP_MAX)
+        for asked_at, dpid, in_port, frame in recent:
+            datapath = self.datapaths.get(dpid)
+            if datapath is not None and now - asked_at <= UNANSWERED_ARP_KEEP:
+                self._reinject(datapath, in_port, frame)
         for ref in confirmed:
             datapath = self.datapaths.get(ref.dpid)
             for held_at, cookie, frame in self._held.pop(ref, []):
@@ -267,7 +281,17 @@ class GoldilocksController(app_manager.RyuApp):
         self.datapaths[dpid] = datapath
         now = time.monotonic()
         self.sync[dpid] = SwitchSync(settle_until=now + self.settings.settle_time, connected_at=now)
+        first_seen = dpid not in self.topo.switches
         self.topo.switch_connected(dpid)
+        # The flows every switch holds whatever the model (LLDP and unknown sources to the
+        # controller) go in at once, before the table is read: frames sent in the first few
+        # milliseconds then reach the controller instead of being dropped in secure mode.
+        # They are part of the desired table, so the reconciler later finds them in place.
+        # Only for a switch the model has never seen: one we knew (a controller restart)
+        # already holds them, and re-adding would reset their counters and age.
+        if first_seen:
+            for entry in base_flows():
+                datapath.send_msg(ofmsg.flow_add(datapath, entry))
         datapath.send_msg(parser.OFPDescStatsRequest(datapath, 0))
         datapath.send_msg(parser.OFPPortDescStatsRequest(datapath, 0))
 
@@ -324,6 +348,7 @@ class GoldilocksController(app_manager.RyuApp):
         sync.converge_xid = barrier.xid
         datapath.send_msg(barrier)
         self._send_lldp(datapath.id, datapath)
+        sync.probed = True
 
     @set_ev_cls(ofp_event.EventOFPBarrierReply, MAIN_DISPATCHER)
     def barrier_reply(self, ev) -> None:
@@ -381,6 +406,9 @@ class GoldilocksController(app_manager.RyuApp):
                 held = self._held.setdefault(PortRef(datapath.id, in_port), [])
                 if len(held) < HELD_FRAMES_PER_PORT:
                     held.append((time.monotonic(), msg.cookie, frame))
+            return
+        if msg.table_id == pipeline.FORWARD:
+            self._unanswered_arp.append((time.monotonic(), datapath.id, in_port, frame))
             return
         self._learn_and_forward(datapath, in_port, frame, msg.cookie, received)
 

@@ -13,7 +13,7 @@ ROLE_FABRIC = "fabric"
 # A link not confirmed by LLDP for this long is dead (LLDP is sent every second).
 LINK_TIMEOUT = 3.5
 # A port up this long with no LLDP from another switch faces hosts.
-EDGE_CONFIRM_TIME = 0.5
+EDGE_CONFIRM_TIME = 0.1
 
 
 @dataclass(frozen=True)
@@ -174,12 +174,13 @@ class Topology:
             return True
         return False
 
-    def confirm_edge_ports(self, now: float, hold: float = EDGE_CONFIRM_TIME) -> set[PortRef]:
+    def confirm_edge_ports(self, now: float, hold: float = EDGE_CONFIRM_TIME, probed: set[int] | None = None) -> set[PortRef]:
         """Start the clock on new up ports of connected switches; confirm those whose clock ran
-        out with no LLDP from another switch, and return them. Call it after LLDP has been sent."""
+        out with no LLDP from another switch, and return them. `probed` limits this to switches
+        that have already sent LLDP out of their ports (default: every connected switch)."""
         confirmed: set[PortRef] = set()
         for sw in self.switches.values():
-            if not sw.connected:
+            if not sw.connected or (probed is not None and sw.dpid not in probed):
                 continue
             inter = self.inter_switch_ports(sw.dpid)
             for port_no in sw.live_ports():
@@ -187,7 +188,7 @@ class Topology:
                     sw.pending_since.pop(port_no, None)
                     continue
                 since = sw.pending_since.setdefault(port_no, now)
-                if now - since >= hold:
+                if now - since >= hold - 1e-9:  # float sums like 20.0 + 0.15 fall just short
                     del sw.pending_since[port_no]
                     sw.edge_confirmed.add(port_no)
                     confirmed.add(PortRef(sw.dpid, port_no))
