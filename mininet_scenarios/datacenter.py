@@ -105,6 +105,14 @@ class DataCentre:
             self.rest_url = self.controller_proc.rest_url
         roles = self.dp_desc_roles
 
+        class QuietRemoteController(RemoteController):
+            """Mininet probes a remote controller with telnet and decodes the reply as UTF-8; an
+            OpenFlow hello whose random xid is not valid UTF-8 then crashes the start. We have
+            already waited for the controller's REST API, so skip the probe."""
+
+            def checkListening(self) -> None:
+                return None
+
         class DataCentreSwitch(OVSSwitch):
             """A userspace bridge whose dp-desc declares its role when the scenario asks for it."""
 
@@ -118,7 +126,7 @@ class DataCentre:
         net = Mininet(switch=switch_cls, controller=None, build=False, autoSetMacs=False, waitConnected=False)
         self.net = net
         if of_port is not None:
-            net.addController("c0", controller=RemoteController, ip=of_host, port=of_port)
+            net.addController("c0", controller=QuietRemoteController, ip=of_host, port=of_port)
         for name, dpid in self.layout.switches.items():
             net.addSwitch(name, dpid=f"{dpid:016x}")
         for a, b in self.layout.switch_links:
