@@ -13,7 +13,8 @@ something on a real switch:
 - `Conntrack` models OVS connection tracking against one conntrack table per FakeNetwork, shared
   by every switch but separated by zone (like the single userspace datapath of a Mininet run).
   A connection is keyed by (zone, eth_type, ip_proto, source and destination address, source and
-  destination port; for ICMP the type). The state a frame gets is +trk+est when its own direction
+  destination port; for ICMP the type and the echo id, `icmp_id` in a frame, which no flow can
+  match). The state a frame gets is +trk+est when its own direction
   was committed, +trk+est+rpl when the reverse direction was, +trk+new when neither was and the
   frame may start a connection, and +trk+inv when it may not (an ICMP echo reply or error with
   no request; the fake does not model +rel). `commit` records the frame's direction (an untracked
@@ -260,7 +261,7 @@ def _check_conntrack(entry: FlowEntry, index: int, action: Conntrack, where: str
 # ---------------------------------------------------------------------------
 # Connection tracking.
 # ---------------------------------------------------------------------------
-FlowTuple = tuple  # (eth_type, ip_proto, src address, dst address, src port or ICMP type, dst port)
+FlowTuple = tuple  # (eth_type, ip_proto, src address, dst address, src port or ICMP type, dst port or ICMP id)
 
 
 def flow_tuple(headers: Mapping[str, Any]) -> FlowTuple | None:
@@ -285,9 +286,9 @@ def flow_tuple(headers: Mapping[str, Any]) -> FlowTuple | None:
     elif proto == IP_PROTO_UDP:
         ports = need("udp_src", "udp_dst")
     elif proto == IP_PROTO_ICMP and eth_type == pipeline.ETH_TYPE_IPV4:
-        ports = [*need("icmpv4_type"), None]
+        ports = [*need("icmpv4_type"), headers.get("icmp_id", 0)]
     elif proto == IP_PROTO_ICMPV6 and eth_type == pipeline.ETH_TYPE_IPV6:
-        ports = [*need("icmpv6_type"), None]
+        ports = [*need("icmpv6_type"), headers.get("icmp_id", 0)]
     else:
         ports = [None, None]
     return (eth_type, proto, src, dst, *ports)
@@ -306,7 +307,7 @@ def reply_tuple(direction: FlowTuple) -> FlowTuple | None:
     eth_type, proto, src, dst, sport, dport = direction
     replies = _icmp_replies(eth_type, proto)
     if replies is not None:
-        return (eth_type, proto, dst, src, replies[sport], None) if sport in replies else None
+        return (eth_type, proto, dst, src, replies[sport], dport) if sport in replies else None
     return (eth_type, proto, dst, src, dport, sport)
 
 
@@ -646,33 +647,27 @@ def udp_frame(src: Host, dst: Host, sport: int, dport: int, ipv6: bool = False) 
     return {**ip_frame(src, dst, ipv6), "ip_proto": IP_PROTO_UDP, "udp_src": sport, "udp_dst": dport}
 
 
-def icmp_frame(src: Host, dst: Host, icmp_type: int | None = None, ipv6: bool = False) -> dict[str, Any]:
-    """An ICMP (or ICMPv6) frame; by default an echo request (a ping)."""
+def icmp_frame(src: Host, dst: Host, icmp_type: int | None = None, ipv6: bool = False, ident: int = 0) -> dict[str, Any]:
+    """An ICMP (or ICMPv6) frame; by default an echo request (a ping). `ident` is the echo id:
+    conntrack tells pings apart by it (a new ping process uses a new one)."""
     if ipv6:
-        return {
-            **ip_frame(src, dst, True),
-            "ip_proto": IP_PROTO_ICMPV6,
-            "icmpv6_type": 128 if icmp_type is None else icmp_type,
-            "icmpv6_code": 0,
-        }
-    return {
-        **ip_frame(src, dst),
-        "ip_proto": IP_PROTO_ICMP,
-        "icmpv4_type": 8 if icmp_type is None else icmp_type,
-        "icmpv4_code": 0,
-    }
+        kind = {"ip_proto": IP_PROTO_ICMPV6, "icmpv6_type": 128 if icmp_type is None else icmp_type, "icmpv6_code": 0}
+    else:
+        kind = {"ip_proto": IP_PROTO_ICMP, "icmpv4_type": 8 if icmp_type is None else icmp_type, "icmpv4_code": 0}
+    return {**ip_frame(src, dst, ipv6), **kind, "icmp_id": ident}
 
 
 def service_frame(
     src: Host, dst: Host, proto: str, dport: int | None = None, sport: int = 40000, ipv6: bool = False
 ) -> dict[str, Any]:
-    """A frame for a service the way rules name it: proto 'tcp', 'udp' or 'icmp' (dport ignored)."""
+    """A frame for a service the way rules name it: proto 'tcp', 'udp' or 'icmp' (dport ignored, sport is
+    the echo id)."""
     if proto == "tcp":
         return tcp_frame(src, dst, sport, dport, ipv6)
     if proto == "udp":
         return udp_frame(src, dst, sport, dport, ipv6)
     if proto == "icmp":
-        return icmp_frame(src, dst, ipv6=ipv6)
+        return icmp_frame(src, dst, ipv6=ipv6, ident=sport)
     raise ValueError(f"no frame for protocol {proto!r}")
 
 

@@ -253,6 +253,7 @@ def test_icmp_echo_is_a_connection_and_an_unsolicited_reply_is_invalid():
     assert state_seen(net, a, icmp_frame(a, b)) == "+trk+new"
     assert state_seen(net, b, reply_frame(icmp_frame(a, b))) == "+trk+rpl+est"
     assert state_seen(net, b, icmp_frame(b, a)) == "+trk+new", "a ping the other way is a connection of its own"
+    assert state_seen(net, a, icmp_frame(a, b, ident=7)) == "+trk+new", "another ping process, another echo id"
     assert state_seen(net, a, icmp_frame(a, b, icmp_type=3)) == "+trk+inv", "an ICMP error relating to nothing"
 
 
