@@ -76,10 +76,10 @@ def policy_flows(
     for index, rule in enumerate(rules[: pipeline.MAX_RULES]):
         priority = pipeline.PRIO_RULE_TOP - index
         sources = _matching(rule.src, local_identities, identity_labels)
-        if not sources:
-            continue  # no VM on this hypervisor can send traffic this rule decides
+        if sources == []:
+            continue  # no VM on this hypervisor can send traffic this rule decides (None is `any`)
         destinations = _matching(rule.dst, set(all_dst), all_dst)
-        if not destinations:
+        if destinations == []:
             continue
         actions, goto = _verdict(rule.action, zone)
         for value, mask in _metadata_matches(sources, destinations, rule):
