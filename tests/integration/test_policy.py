@@ -34,7 +34,7 @@ def dc():
         ctl = dc.controller_proc
         for name, labels in LABELS.items():
             _, ip, mac = dc.layout.vms[name]
-            ctl.api("PUT", f"/v1/vms/{name}", {"macs": [mac], "ips": [ip], "labels": labels}, expect=200)
+            ctl.api("PUT", f"/v1/vms/{name}", {"macs": [mac], "ips": [ip], "labels": labels}, expect=201)
         # Every VM listens on a few TCP ports and announces itself once.
         import sys
 
