@@ -23,7 +23,7 @@ import yaml
 from ryu.app.wsgi import ControllerBase, Response, route
 
 from apps.context import NotFound, PolicyState
-from apps.inventory import VM, InventoryError, check_labels, check_name, normalize_mac, vm_from_json
+from apps.inventory import VM, InventoryError, check_labels, normalize_mac, vm_from_json
 from apps.policy import PolicyError, Rule, evaluate, rule_from_json
 from apps.selectors import KEY_RE
 from apps.services import IP_PROTO
@@ -603,7 +603,6 @@ class GoldilocksApi(ControllerBase):
     @endpoint("PUT", "/v1/policies/{name}", ADMIN, query=("position",), body=True, requirements=RULE_NAME)
     def put_rule(self, call, name):
         old = self.app.policy
-        check_name(name)
         rule = checked_rule(call.body, name)
         created = all(r.name != name for r in old.rules)
         limit = len(old.rules) if created else len(old.rules) - 1
