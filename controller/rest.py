@@ -420,7 +420,8 @@ _openapi_cache: dict[str, Any] = {}
 def openapi_document() -> dict:
     if "doc" not in _openapi_cache:
         try:
-            _openapi_cache["doc"] = yaml.safe_load(OPENAPI_FILE.read_text(encoding="utf-8"))
+            loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present: ten times faster
+            _openapi_cache["doc"] = yaml.load(OPENAPI_FILE.read_text(encoding="utf-8"), Loader=loader)
         except OSError:
             raise ApiError(404, "the OpenAPI document is not installed with this copy of the controller") from None
     return _openapi_cache["doc"]

@@ -8,6 +8,7 @@ records which (method, path template) it exercised."""
 
 from __future__ import annotations
 
+import functools
 import http.client
 import json
 import re
@@ -23,8 +24,14 @@ SPEC_FILE = Path(__file__).resolve().parent.parent / "docs" / "openapi.yaml"
 METHODS = ("get", "put", "post", "delete", "patch")
 
 
+@functools.cache
+def _spec_text_parsed() -> str:
+    return json.dumps(yaml.load(SPEC_FILE.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)))
+
+
 def load_spec() -> dict:
-    return yaml.safe_load(SPEC_FILE.read_text())
+    """A fresh copy of the document (parsed once per test run)."""
+    return json.loads(_spec_text_parsed())
 
 
 @dataclass
