@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
-from apps.inventory import VM, InventoryError, check_unique
+from apps.inventory import VM, InventoryError, check_labels, check_unique
 from apps.policy import DEFAULT_ACTIONS, PolicyError, Rule
 
 
@@ -71,7 +71,7 @@ class PolicyState:
     def with_labels(self, name: str, add: Mapping[str, str], remove: Sequence[str]) -> PolicyState:
         vm = self.vm(name)
         labels = {k: v for k, v in vm.labels if k not in set(remove)}
-        labels.update(add)
+        labels.update(check_labels(add))
         return self.with_vm(replace(vm, labels=tuple(sorted(labels.items()))))
 
     def with_rule(self, rule: Rule, position: int | None = None) -> PolicyState:
