@@ -289,11 +289,14 @@ def _halves(entry: FlowEntry) -> set[int]:
 
 
 def _changed(before: dict, after: dict) -> dict[int, list[FlowEntry]]:
-    """Entries added or removed per switch (a changed entry is a different cookie)."""
+    """Entries removed or added per switch (a changed entry is a different cookie)."""
     assert before.keys() == after.keys()
-    return {dpid: [t[c] for t, cs in ((before[dpid], before[dpid].keys() - after[dpid].keys()),
-                                      (after[dpid], after[dpid].keys() - before[dpid].keys())) for c in cs]
-            for dpid in before}  # fmt: skip
+    changed = {}
+    for dpid in before:
+        removed = [before[dpid][c] for c in before[dpid].keys() - after[dpid].keys()]
+        added = [after[dpid][c] for c in after[dpid].keys() - before[dpid].keys()]
+        changed[dpid] = removed + added
+    return changed
 
 
 @pytest.mark.parametrize("new_tier", ["db", "cache"], ids=["to-existing-label-set", "to-new-label-set"])
