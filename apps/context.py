@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
 from apps.inventory import VM, InventoryError, check_labels, check_unique
+from apps.pipeline import MAX_RULES
 from apps.policy import DEFAULT_ACTIONS, PolicyError, Rule
 
 
@@ -84,6 +85,8 @@ class PolicyState:
                 rules[index] = rule
                 return replace(self, rules=tuple(rules))
             del rules[index]
+        if len(rules) >= MAX_RULES:
+            raise PolicyError("rules", f"at most {MAX_RULES} rules")
         if position is None:
             position = len(rules)
         if not 0 <= position <= len(rules):
