@@ -43,14 +43,15 @@ def desired_tables(topo: Topology, policy: PolicyState | None = None, identities
         entries += forwarding.ingress_flows(topo, dpid, local, identity_of)
         flood_set = forwarding.flood_ports(topo, dpid, view)
         entries += forwarding.flood_flows(topo, dpid, flood_set)
-        entries += forwarding.unicast_flows(dpid, view, hosts)
+        entries += forwarding.unicast_flows(topo, dpid, view, hosts, local)
         if topo.role(dpid) == ROLE_HYPERVISOR:
             entries += responders
             flood = functools.partial(forwarding.flood_actions, flood_set)
             entries += arp_responder.owner_bypass_flows(by_switch.get(dpid, []), flood)
             entries += arp_responder.fabric_bypass_flows(topo.inter_switch_ports(dpid), flood)
-            entries += destinations
             local_ids = {identity_of[h.mac] for h in local}
+            for identity in sorted(policy_flows.referenced_destinations(local_ids, labels, policy.rules)):
+                entries += destinations.get(identity, [])
             entries += policy_flows.policy_flows(dpid, local_ids, labels, policy.rules, policy.default_action)
             entries += policy_flows.egress_flows(local, policy_flows.conntrack_zone(dpid))
         tables[dpid] = index_entries(entries)

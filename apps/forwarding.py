@@ -10,6 +10,7 @@ from apps.flows import FlowEntry, Output
 from topology.graph import GraphView
 from topology.model import Host, Topology
 
+UNICAST = ("00:00:00:00:00:00", "01:00:00:00:00:00")  # the group bit clear
 TO_CONTROLLER = Output(pipeline.OFPP_CONTROLLER, pipeline.PACKET_IN_BYTES)
 
 
@@ -77,17 +78,29 @@ def flood_actions(flood_set: set[int], in_port: int) -> list[Output]:
     return [Output(p) for p in sorted(flood_set - {in_port})] if in_port in flood_set else []
 
 
-def unicast_flows(dpid: int, view: GraphView, hosts: list[Host]) -> list[FlowEntry]:
+def unicast_flows(topo: Topology, dpid: int, view: GraphView, hosts: list[Host], local: list[Host]) -> list[FlowEntry]:
     """Known destination MACs: local ones go to the egress table, remote ones out of the port
-    toward the destination's switch along the shortest path."""
+    toward the destination's switch along the shortest path.
+
+    A switch with a single uplink (a typical hypervisor) needs no entry per remote host: every
+    unicast frame from its edge ports that is not for a local VM goes up. That keeps a
+    hypervisor's table proportional to its own VMs, not to the data centre."""
     flows = []
-    for host in hosts:
+    for host in local:
         match = {"eth_dst": host.mac}
+        flows.append(FlowEntry.make(pipeline.FORWARD, pipeline.PRIO_UNICAST, match, goto=pipeline.EGRESS))
+        flows.append(FlowEntry.make(pipeline.EGRESS, pipeline.PRIO_UNICAST, match, (Output(host.port),)))
+    uplinks = topo.inter_switch_ports(dpid)
+    if len(uplinks) == 1:
+        (uplink,) = uplinks
+        for port in topo.edge_ports(dpid):
+            to_any_unicast = {"in_port": port, "eth_dst": UNICAST}
+            flows.append(FlowEntry.make(pipeline.FORWARD, pipeline.PRIO_UNICAST_UPLINK, to_any_unicast, (Output(uplink),)))
+        return flows
+    for host in hosts:
         if host.dpid == dpid:
-            flows.append(FlowEntry.make(pipeline.FORWARD, pipeline.PRIO_UNICAST, match, goto=pipeline.EGRESS))
-            flows.append(FlowEntry.make(pipeline.EGRESS, pipeline.PRIO_UNICAST, match, (Output(host.port),)))
             continue
         port = view.next_hop.get(host.dpid, {}).get(dpid)
         if port is not None:
-            flows.append(FlowEntry.make(pipeline.FORWARD, pipeline.PRIO_UNICAST, match, (Output(port),)))
+            flows.append(FlowEntry.make(pipeline.FORWARD, pipeline.PRIO_UNICAST, {"eth_dst": host.mac}, (Output(port),)))
     return flows

@@ -105,6 +105,7 @@ PRIO_FLOOD_UNKNOWN = 100  # unknown unicast destination
 PRIO_FLOOD = 300  # broadcast / multicast along the tree
 PRIO_ARP_UNANSWERED = 150  # an ARP request from an edge port that no responder answered
 PRIO_UNICAST = 500
+PRIO_UNICAST_UPLINK = 400  # single-uplink switch: any other unicast from an edge port goes up
 PRIO_ARP_RESPONDER = 900
 PRIO_ARP_OWNER = 910  # a host's ARP for its own address bypasses the responder
 PRIO_ARP_FROM_FABRIC = 920  # ARP requests flooded by another switch bypass it too

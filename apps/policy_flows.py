@@ -35,21 +35,24 @@ def source_identity_metadata(identity: int) -> tuple[int, int]:
     return (identity, pipeline.META_SRC_MASK)
 
 
-def destination_flows(hosts: Iterable[Host], identity_of: Mapping[str, int]) -> list[FlowEntry]:
-    """Classify: destination MAC -> destination identity. Anything else keeps identity 0 (the
-    table's miss entry, in forwarding.base_flows, goes on to the policy table)."""
-    flows = [
-        FlowEntry.make(
-            pipeline.CLASSIFY,
-            pipeline.PRIO_UNICAST,
-            {"eth_dst": host.mac},
-            goto=pipeline.POLICY,
-            app=APP,
-            metadata=(identity_of[host.mac] << pipeline.META_DST_SHIFT, pipeline.META_DST_MASK),
+def destination_flows(hosts: Iterable[Host], identity_of: Mapping[str, int]) -> dict[int, list[FlowEntry]]:
+    """Classify: destination MAC -> destination identity, grouped by identity (a hypervisor
+    holds only the groups its rules refer to; see referenced_destinations). Anything else
+    keeps identity 0: the table's miss entry, in forwarding.base_flows, goes on to policy."""
+    groups: dict[int, list[FlowEntry]] = {}
+    for host in hosts:
+        identity = identity_of[host.mac]
+        groups.setdefault(identity, []).append(
+            FlowEntry.make(
+                pipeline.CLASSIFY,
+                pipeline.PRIO_UNICAST,
+                {"eth_dst": host.mac},
+                goto=pipeline.POLICY,
+                app=APP,
+                metadata=(identity << pipeline.META_DST_SHIFT, pipeline.META_DST_MASK),
+            )
         )
-        for host in hosts
-    ]
-    return flows
+    return groups
 
 
 def _verdict(action: str, zone: int) -> tuple[tuple, int | None]:
@@ -58,6 +61,22 @@ def _verdict(action: str, zone: int) -> tuple[tuple, int | None]:
         return (), None
     # Until the encryption issue lands, encrypt forwards like allow.
     return (Conntrack(zone, commit=True),), pipeline.FORWARD
+
+
+def referenced_destinations(
+    local_identities: set[int], identity_labels: Mapping[int, Mapping[str, str] | None], rules: Sequence[Rule]
+) -> set[int]:
+    """Destination identities some rule names for a source on this hypervisor. Only these need
+    a classify entry there: for any other destination, every applicable rule with a label
+    selector fails to match it, exactly as it fails to match an unknown destination."""
+    needed: set[int] = set()
+    for rule in rules[: pipeline.MAX_RULES]:
+        if _matching(rule.src, local_identities, identity_labels) == []:
+            continue
+        destinations = _matching(rule.dst, set(identity_labels), identity_labels)
+        if destinations:
+            needed.update(destinations)
+    return needed
 
 
 def policy_flows(

@@ -135,9 +135,21 @@ def test_an_isolated_hypervisor_is_unreachable_but_nothing_storms(fabric):
             assert (dst.dpid, dst.port) not in trace.delivered_to()
 
 
-def test_unknown_unicast_floods_on_the_tree(fabric, net):
+def test_unknown_unicast_goes_up_and_floods_on_the_tree_beyond_the_senders_hypervisor(fabric, net):
+    """A single-uplink hypervisor sends every unicast not for a local VM up; the fabric floods
+    an unknown one on the tree. The sender's local neighbours are known VMs, so they don't get it."""
     src = fabric.vms[0]
-    assert_flooded_once_everywhere(net, src, ipv4_frame(src, "02:99:99:99:99:99"))
+    trace = net.send(src, ipv4_frame(src, "02:99:99:99:99:99"))
+    assert not trace.loops
+    assert trace.delivered_to() == sorted(p for p in edge_ports(net.wiring) if p[0] != src.dpid)
+
+
+def test_a_single_uplink_hypervisor_holds_no_entry_per_remote_vm(fabric):
+    tables = desired_tables(fabric.topo)
+    for dpid in fabric.hypervisors:
+        remote = {h.mac for h in fabric.vms if h.dpid != dpid}
+        named = {v for e in tables[dpid].values() for k, v in e.match if k == "eth_dst" and isinstance(v, str)}
+        assert not (named & remote), f"hypervisor {dpid:x} still has per-VM entries for remote VMs"
 
 
 # ---------------------------------------------------------------------------
