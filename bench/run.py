@@ -279,6 +279,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--budget", type=float, default=870, help="seconds; scaling runs that would not fit are skipped")
     parser.add_argument("--no-headline", action="store_true", help="skip the headline and looped runs")
     parser.add_argument("--no-scaling", action="store_true", help="skip the scaling runs")
+    parser.add_argument("--no-policy", action="store_true", help="skip the policy compile benchmark (no switches)")
     parser.add_argument("--output", default=str(REPO / "docs" / "benchmarks.md"))
     parser.add_argument("--json", default=str(OUT_DIR / "results.json"))
     parser.add_argument("--render-only", action="store_true",
@@ -336,6 +337,11 @@ def main(argv=None) -> int:
                 lay = layout_of(shape)
                 entry = {"shape": shape, "switches": len(lay.switches), "links": len(lay.switch_links), "vms": len(lay.vms)}
                 results["scaling"].setdefault(key, {**entry, "runs": []})["runs"].append(res)
+
+    if not args.no_policy:
+        from bench.policy_scale import run_all
+
+        results["policy_scale"] = run_all(log)
 
     results["total_seconds"] = time.monotonic() - started
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
