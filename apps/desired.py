@@ -9,10 +9,15 @@ from apps import arp_responder, forwarding, policy_flows
 from apps.context import PolicyState
 from apps.flows import FlowEntry
 from apps.identity import Identities, host_identities, identity_labels
+from apps.switch_table import GroupCache, SwitchTable
 from topology import graph
-from topology.model import ROLE_HYPERVISOR, Host, Topology
+from topology.model import ROLE_HYPERVISOR, Host, Topology, snapshot
 
-DesiredTables = dict[int, dict[int, FlowEntry]]  # dpid -> cookie -> entry
+DesiredTables = dict[int, SwitchTable]  # dpid -> table (a Mapping cookie -> entry)
+
+# Groups are rebuilt only when their inputs change; the same inputs give the same object,
+# which the reconciler skips without looking inside.
+_GROUPS = GroupCache()
 
 
 class ConflictError(RuntimeError):
@@ -24,6 +29,7 @@ def desired_tables(topo: Topology, policy: PolicyState | None = None, identities
     `identities` hands out identity numbers to new label sets (the caller persists them)."""
     policy = policy if policy is not None else PolicyState()
     identities = identities if identities is not None else Identities()
+    topo = snapshot(topo)
     view = graph.view(topo)
     hosts = sorted(
         (h for h in topo.hosts.values() if h.dpid in topo.switches and topo.is_edge_port(h.dpid, h.port)),
@@ -32,30 +38,81 @@ def desired_tables(topo: Topology, policy: PolicyState | None = None, identities
     by_switch: dict[int, list[Host]] = defaultdict(list)
     for host in hosts:
         by_switch[host.dpid].append(host)
-    responders = arp_responder.responder_flows(hosts)
     identity_of = host_identities({h.mac: h for h in hosts}, policy, identities)
     labels = identity_labels(set(identity_of.values()), identities)
-    destinations = policy_flows.destination_flows(hosts, identity_of)
+    labels_key = tuple(sorted((i, tuple(sorted(v.items())) if v is not None else None) for i, v in labels.items()))
+
+    responders_key = ("responders", tuple((h.mac, tuple(sorted(h.ips))) for h in hosts))
+    responders = _GROUPS.get(responders_key, lambda: arp_responder.responder_flows(hosts))
+    by_identity: dict[int, list[Host]] = defaultdict(list)
+    for host in hosts:
+        by_identity[identity_of[host.mac]].append(host)
+
+    @functools.cache
+    def classify_group(identity: int):
+        members = by_identity.get(identity, [])
+        key = ("classify", identity, tuple(h.mac for h in members))
+        return _GROUPS.get(key, lambda: policy_flows.destination_flows(members, identity_of).get(identity, []))
+
+    @functools.cache
+    def route_group(dst: int, port: int):
+        members = by_switch.get(dst, [])
+        key = ("route", dst, port, tuple(h.mac for h in members))
+        return _GROUPS.get(key, lambda: forwarding.route_flows(members, port))
+
     tables: DesiredTables = {}
     for dpid in sorted(topo.switches):
         local = by_switch.get(dpid, [])
+        groups = {}
         entries = forwarding.base_flows()
         entries += forwarding.ingress_flows(topo, dpid, local, identity_of)
         flood_set = forwarding.flood_ports(topo, dpid, view)
         entries += forwarding.flood_flows(topo, dpid, flood_set)
-        entries += forwarding.unicast_flows(topo, dpid, view, hosts, local)
+        entries += forwarding.unicast_flows(topo, dpid, view, [], local)
+        if forwarding.needs_routes(topo, dpid):
+            for dst in sorted(by_switch):
+                port = view.next_hop.get(dst, {}).get(dpid)
+                if dst != dpid and port is not None:
+                    groups[("route", dst)] = route_group(dst, port)
         if topo.role(dpid) == ROLE_HYPERVISOR:
-            entries += responders
+            groups["responders"] = responders
             flood = functools.partial(forwarding.flood_actions, flood_set)
-            entries += arp_responder.owner_bypass_flows(by_switch.get(dpid, []), flood)
+            entries += arp_responder.owner_bypass_flows(local, flood)
             entries += arp_responder.fabric_bypass_flows(topo.inter_switch_ports(dpid), flood)
-            local_ids = {identity_of[h.mac] for h in local}
+            local_ids = frozenset(identity_of[h.mac] for h in local)
             for identity in sorted(policy_flows.referenced_destinations(local_ids, labels, policy.rules)):
-                entries += destinations.get(identity, [])
-            entries += policy_flows.policy_flows(dpid, local_ids, labels, policy.rules, policy.default_action)
+                groups[("classify", identity)] = classify_group(identity)
+            entries += _policy_table(dpid, local_ids, labels, labels_key, policy)
             entries += policy_flows.egress_flows(local, policy_flows.conntrack_zone(dpid))
-        tables[dpid] = index_entries(entries)
+        tables[dpid] = SwitchTable(index_entries(entries), groups)
     return tables
+
+
+def _policy_table(dpid: int, local_ids: frozenset[int], labels, labels_key, policy: PolicyState) -> list[FlowEntry]:
+    """The policy table depends on the hypervisor only through its zone and its VMs' identities."""
+    return _policy_table_cached(
+        policy_flows.conntrack_zone(dpid), local_ids, labels_key, policy.rules, policy.default_action, _Frozen(labels)
+    )
+
+
+class _Frozen:
+    """Carries the labels mapping through the cache without being part of its key (labels_key is)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value) -> None:
+        self.value = value
+
+    def __hash__(self) -> int:
+        return 0
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Frozen)
+
+
+@functools.lru_cache(maxsize=4096)
+def _policy_table_cached(zone, local_ids, labels_key, rules, default_action, labels) -> list[FlowEntry]:
+    return policy_flows.policy_flows_for_zone(zone, local_ids, labels.value, rules, default_action)
 
 
 def index_entries(entries: list[FlowEntry]) -> dict[int, FlowEntry]:

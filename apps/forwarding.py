@@ -78,13 +78,25 @@ def flood_actions(flood_set: set[int], in_port: int) -> list[Output]:
     return [Output(p) for p in sorted(flood_set - {in_port})] if in_port in flood_set else []
 
 
+def needs_routes(topo: Topology, dpid: int) -> bool:
+    """Does this switch need an entry per remote host (see unicast_flows)?"""
+    return len(topo.inter_switch_ports(dpid)) != 1
+
+
+def route_flows(hosts: list[Host], port: int) -> list[FlowEntry]:
+    """Unicast to these hosts (all behind one switch) out of `port`: the same entries on every
+    switch that reaches that switch through a port of that number."""
+    return [FlowEntry.make(pipeline.FORWARD, pipeline.PRIO_UNICAST, {"eth_dst": h.mac}, (Output(port),)) for h in hosts]
+
+
 def unicast_flows(topo: Topology, dpid: int, view: GraphView, hosts: list[Host], local: list[Host]) -> list[FlowEntry]:
     """Known destination MACs: local ones go to the egress table, remote ones out of the port
     toward the destination's switch along the shortest path.
 
     A switch with a single uplink (a typical hypervisor) needs no entry per remote host: every
     unicast frame from its edge ports that is not for a local VM goes up. That keeps a
-    hypervisor's table proportional to its own VMs, not to the data centre."""
+    hypervisor's table proportional to its own VMs, not to the data centre. With hosts=[],
+    only the local part is returned (the compiler shares the remote routes between switches)."""
     flows = []
     for host in local:
         match = {"eth_dst": host.mac}

@@ -55,6 +55,20 @@ def host_identities(hosts: Mapping[str, Host], policy: PolicyState, identities: 
     return result
 
 
-def identity_labels(numbers: set[int], identities: Identities) -> dict[int, dict[str, str] | None]:
+class IdentityLabels(dict):
+    """identity -> labels (None for unmanaged), remembering which identities each selector
+    selects: a compile asks the same question for every hypervisor."""
+
+    def selected(self, selector) -> frozenset[int]:
+        cache = self.__dict__.setdefault("_selected", {})
+        found = cache.get(selector)
+        if found is None:
+            found = cache[selector] = frozenset(i for i, lbl in self.items() if i != UNKNOWN and selector.matches(lbl))
+        return found
+
+
+def identity_labels(numbers: set[int], identities: Identities) -> IdentityLabels:
     """Labels per identity in use; None for unmanaged (and unknown) identities."""
-    return {n: (None if n in (UNKNOWN, UNMANAGED) else dict(identities.labels_of(n) or ())) for n in numbers}
+    return IdentityLabels(
+        {n: (None if n in (UNKNOWN, UNMANAGED) else dict(identities.labels_of(n) or ())) for n in numbers}
+    )

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from apps import pipeline
 from apps.flows import Conntrack, FlowEntry, Output
-from apps.identity import UNKNOWN
+from apps.identity import UNKNOWN, IdentityLabels
 from apps.policy import Rule
 from apps.selectors import ANY
 from topology.model import Host
@@ -88,7 +88,16 @@ def policy_flows(
 ) -> list[FlowEntry]:
     """The policy table of one hypervisor. local_identities are those of its VMs; identity_labels
     covers every identity in use (None for unmanaged)."""
-    zone = conntrack_zone(dpid)
+    return policy_flows_for_zone(conntrack_zone(dpid), local_identities, identity_labels, rules, default_action)
+
+
+def policy_flows_for_zone(
+    zone: int,
+    local_identities: set[int] | frozenset[int],
+    identity_labels: Mapping[int, Mapping[str, str] | None],
+    rules: Sequence[Rule],
+    default_action: str,
+) -> list[FlowEntry]:
     flows = _bypass_and_conntrack(zone)
     all_dst = dict(identity_labels)
     all_dst.setdefault(UNKNOWN, None)
@@ -97,7 +106,7 @@ def policy_flows(
         sources = _matching(rule.src, local_identities, identity_labels)
         if sources == []:
             continue  # no VM on this hypervisor can send traffic this rule decides (None is `any`)
-        destinations = _matching(rule.dst, set(all_dst), all_dst)
+        destinations = _matching(rule.dst, set(all_dst), identity_labels)
         if destinations == []:
             continue
         actions, goto = _verdict(rule.action, zone)
@@ -155,6 +164,8 @@ def _matching(selector, candidates: set[int], labels: Mapping[int, Mapping[str, 
     """The identities among candidates that the selector selects, or None meaning 'all' (any)."""
     if selector.kind == ANY:
         return None
+    if isinstance(labels, IdentityLabels):
+        return sorted(labels.selected(selector) & set(candidates)) or []
     return sorted(i for i in candidates if i != UNKNOWN and selector.matches(labels.get(i))) or []
 
 

@@ -173,14 +173,14 @@ class GoldilocksController(app_manager.RyuApp):
         datapath, sync = self.datapaths.get(dpid), self.sync.get(dpid)
         if datapath is None or sync is None or not sync.synced or dpid not in self.desired:
             return 0
-        plan = sync.next_plan(self.desired.get(dpid, {}), time.monotonic())
+        plan = sync.next_plan(self.desired[dpid], time.monotonic())
+        sync.applied(plan)  # even when empty: it records that the switch is at this table
         if not plan:
             return 0
         for entry in plan.adds:
             datapath.send_msg(ofmsg.flow_add(datapath, entry))
         for cookie in plan.deletes:
             datapath.send_msg(ofmsg.flow_delete(datapath, cookie))
-        sync.applied(plan)
         sent = len(plan.adds) + len(plan.deletes)
         self.metrics.flow_mods += sent
         LOG.debug("switch %016x: %d adds, %d deletes", dpid, len(plan.adds), len(plan.deletes))

@@ -308,3 +308,49 @@ class Topology:
         if sw is not None and sw.role_override:
             return sw.role_override
         return ROLE_HYPERVISOR if any(h.dpid == dpid for h in self.hosts.values()) else ROLE_FABRIC
+
+
+class TopologySnapshot:
+    """A read-only view of a Topology for one compile, answering the per-switch questions
+    (inter-switch ports, edge ports, role) once instead of scanning every link and host for
+    every switch and host."""
+
+    def __init__(self, topo: Topology) -> None:
+        self.switches = topo.switches
+        self.links = topo.links
+        self.hosts = topo.hosts
+        inter: dict[int, set[int]] = {}
+        for link in topo.links:
+            for end in link.ends():
+                inter.setdefault(end.dpid, set()).add(end.port)
+        self._inter = {dpid: frozenset(ports) for dpid, ports in inter.items()}
+        self._edge: dict[int, list[int]] = {}
+        self._edge_sets: dict[int, frozenset[int]] = {}
+        self._with_hosts = {h.dpid for h in topo.hosts.values()}
+
+    def inter_switch_ports(self, dpid: int) -> frozenset[int]:
+        return self._inter.get(dpid, frozenset())
+
+    def edge_ports(self, dpid: int) -> list[int]:
+        ports = self._edge.get(dpid)
+        if ports is None:
+            sw = self.switches.get(dpid)
+            inter = self.inter_switch_ports(dpid)
+            ports = [] if sw is None else [p for p in sw.live_ports() if p in sw.edge_confirmed and p not in inter]
+            self._edge[dpid] = ports
+            self._edge_sets[dpid] = frozenset(ports)
+        return ports
+
+    def is_edge_port(self, dpid: int, port_no: int) -> bool:
+        self.edge_ports(dpid)
+        return port_no in self._edge_sets[dpid]
+
+    def role(self, dpid: int) -> str:
+        sw = self.switches.get(dpid)
+        if sw is not None and sw.role_override:
+            return sw.role_override
+        return ROLE_HYPERVISOR if dpid in self._with_hosts else ROLE_FABRIC
+
+
+def snapshot(topo: Topology | TopologySnapshot) -> TopologySnapshot:
+    return topo if isinstance(topo, TopologySnapshot) else TopologySnapshot(topo)
