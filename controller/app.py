@@ -117,6 +117,9 @@ class GoldilocksController(app_manager.RyuApp):
         from controller.rest import register as register_rest
 
         register_rest(kwargs["wsgi"], self)
+        from controller import ovsdb_inventory
+
+        self.ovsdb_inventory = ovsdb_inventory.start(self)  # VMs the hypervisor publishes in OVSDB
         self.threads.append(hub.spawn(self._tick_loop))
         self.threads.append(hub.spawn(self._edge_loop))
 
@@ -227,6 +230,7 @@ class GoldilocksController(app_manager.RyuApp):
 
     def _tick(self) -> None:
         now = time.monotonic()
+        self.ovsdb_inventory.tick(now)
         for dpid, datapath in list(self.datapaths.items()):
             if self.sync.get(dpid) and self.sync[dpid].synced:
                 self._send_lldp(dpid, datapath)
@@ -369,6 +373,8 @@ class GoldilocksController(app_manager.RyuApp):
         msg = ev.msg
         ofp = msg.datapath.ofproto
         port = self._port(msg.desc)
+        if msg.reason in (ofp.OFPPR_ADD, ofp.OFPPR_DELETE):
+            self.ovsdb_inventory.ports_changed()
         if msg.reason == ofp.OFPPR_DELETE:
             changed = self.topo.delete_port(msg.datapath.id, port.port_no)
         else:

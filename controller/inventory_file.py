@@ -21,7 +21,7 @@ import yaml
 from apps.context import PolicyState
 from apps.inventory import VM, InventoryError, vm_from_json
 from controller import audit
-from controller.store import Store
+from controller.store import SOURCE_FILE, Store
 
 FILE_FIELDS = frozenset({"vms"})
 ACTOR = "inventory-file"
@@ -125,13 +125,16 @@ def check(path: str | os.PathLike, store: Store) -> None:
 
 
 def apply_at_start(store: Store, state: PolicyState, path: str | os.PathLike) -> PolicyState:
-    """Upsert the file's VMs in one transaction with an audit entry; return the new state."""
+    """Upsert the file's VMs in one transaction with an audit entry; return the new state. The
+    file becomes the source of its VMs, even of unchanged ones: OVSDB no longer updates them."""
     vms = read_vms(path)
     new = merged(path, state, vms)
-    if new == state:
+    sources = store.vm_sources()
+    changed = sorted(vm.name for vm in vms if state.vms.get(vm.name) != vm or sources.get(vm.name) != SOURCE_FILE)
+    if not changed:
         return state
-    changed = sorted(vm.name for vm in vms if state.vms.get(vm.name) != vm)
     with store.transaction():
         store.write_policy(state, new)
+        store.set_vm_sources(changed, SOURCE_FILE)
         audit.record(store, ACTOR, "inventory.load", str(path), f"upserted {len(changed)} VMs: {', '.join(changed)}")
     return new

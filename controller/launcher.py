@@ -7,6 +7,8 @@ import logging
 import os
 import sys
 
+from controller import settings
+
 APPS = ["controller.app"]
 LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
@@ -33,6 +35,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--inventory",
         metavar="FILE",
         help="JSON or YAML file of VMs upserted into the inventory at start (see docs/api.md); a bad file stops the start",
+    )
+    parser.add_argument(
+        "--ovsdb-inventory",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="read VMs that OVS publishes in Interface external_ids (vm-id, attached-mac, goldilocks-labels; "
+        "see docs/api.md). Default: on when ovs-vsctl is installed",
     )
     parser.add_argument(
         "--reset-admin-token",
@@ -75,6 +84,8 @@ def main(argv: list[str] | None = None) -> None:
     # The flags decide: nothing left in the caller's environment re-applies a file or a reset.
     os.environ["GOLDILOCKS_INVENTORY"] = os.path.abspath(args.inventory) if args.inventory else ""
     os.environ["GOLDILOCKS_RESET_ADMIN_TOKEN"] = "1" if args.reset_admin_token else "0"
+    ovsdb_inventory = settings.ovsdb_inventory_default() if args.ovsdb_inventory is None else args.ovsdb_inventory
+    os.environ["GOLDILOCKS_OVSDB_INVENTORY"] = "1" if ovsdb_inventory else "0"
     patch_eventlet()
     from ryu.cmd import manager
 

@@ -29,6 +29,7 @@ from apps.selectors import KEY_RE
 from apps.services import IP_PROTO
 from controller import audit, auth
 from controller.auth import Principal, TokenError
+from controller.store import SOURCE_API
 
 LOG = logging.getLogger("goldilocks.rest")
 APP_KEY = "goldilocks"
@@ -293,8 +294,11 @@ def vm_location(app, vm: VM) -> dict | None:
     return None
 
 
-def vm_view(app, vm: VM) -> dict:
-    return {**vm.to_json(), "location": vm_location(app, vm)}
+def vm_view(app, vm: VM, source: str | None = None) -> dict:
+    """The VM, where the network saw it, and who last wrote it: api, file or ovsdb."""
+    if source is None:
+        source = app.store.vm_source(vm.name)
+    return {**vm.to_json(), "location": vm_location(app, vm), "source": source}
 
 
 def unmanaged_hosts(app) -> list[dict]:
@@ -450,14 +454,27 @@ class GoldilocksApi(ControllerBase):
             LOG.exception("%s %s failed", req.method, req.path)
             return error_response(500, "internal error; see the controller log")
 
-    def change_policy(self, call: Call, new: PolicyState, action: str, target: str, summary: str) -> None:
+    def change_policy(
+        self, call: Call, new: PolicyState, action: str, target: str, summary: str, defines_vm: str | None = None
+    ) -> None:
         """Persist the new policy and its audit entry in one transaction, then apply it. A request
         that changes nothing writes nothing. No green thread can run between reading app.policy
-        and this call (nothing here does I/O that yields), so no concurrent change is lost."""
+        and this call (nothing here does I/O that yields), so no concurrent change is lost.
+
+        `defines_vm` names a VM this request writes: the API becomes its source, so the VM is
+        no longer the hypervisor's (OVSDB) to update or remove. That holds even when the
+        content is unchanged: PUTting exactly what OVS publishes pins the VM."""
         app = self.app
-        if new == app.policy:
+        takes_over = defines_vm is not None and app.store.vm_source(defines_vm) != SOURCE_API
+        if new == app.policy and not takes_over:
             return
-        app.apply_policy(new, write_more=lambda: audit.record(app.store, call.actor, action, target, summary))
+
+        def write_more() -> None:
+            audit.record(app.store, call.actor, action, target, summary)
+            if defines_vm is not None:
+                app.store.set_vm_sources([defines_vm], SOURCE_API)
+
+        app.apply_policy(new, write_more=write_more)
 
     # -- service ----------------------------------------------------------------------------
     @endpoint("GET", "/v1/health", OPEN)
@@ -516,8 +533,8 @@ class GoldilocksApi(ControllerBase):
     def list_vms(self, call):
         if flag(call.query, "unmanaged"):
             return json_response({"unmanaged": unmanaged_hosts(self.app)})
-        policy = self.app.policy
-        return json_response({"vms": [vm_view(self.app, policy.vms[n]) for n in sorted(policy.vms)]})
+        policy, sources = self.app.policy, self.app.store.vm_sources()
+        return json_response({"vms": [vm_view(self.app, policy.vms[n], sources.get(n, SOURCE_API)) for n in sorted(policy.vms)]})
 
     @endpoint("GET", "/v1/vms/{name}", READ)
     def get_vm(self, call, name):
@@ -532,7 +549,7 @@ class GoldilocksApi(ControllerBase):
         except InventoryError as exc:  # a MAC or IP another VM holds
             raise ApiError(409, str(exc), exc.field) from None
         created = name not in old.vms
-        self.change_policy(call, new, "vm.create" if created else "vm.replace", name, audit.describe_vm(vm))
+        self.change_policy(call, new, "vm.create" if created else "vm.replace", name, audit.describe_vm(vm), defines_vm=name)
         if created:
             return json_response(vm_view(self.app, vm), 201, {"Location": f"/v1/vms/{name}"})
         return json_response(vm_view(self.app, vm))
@@ -550,7 +567,8 @@ class GoldilocksApi(ControllerBase):
         before = old.vm(name).label_map
         add, remove = label_patch(call.body)
         new = old.with_labels(name, add, remove)
-        self.change_policy(call, new, "vm.labels", name, audit.describe_label_change(before, new.vms[name].label_map))
+        summary = audit.describe_label_change(before, new.vms[name].label_map)
+        self.change_policy(call, new, "vm.labels", name, summary, defines_vm=name)
         return json_response(vm_view(self.app, new.vms[name]))
 
     # -- policy: fixed paths first, then /v1/policies/{name} ---------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass
 
 DEFAULT_STATE_DIR = "/var/lib/goldilocks"
@@ -16,10 +17,15 @@ class Settings:
     settle_time: float = 3.0  # after a switch connects, stale flows are kept this long
     inventory: str | None = None  # a JSON or YAML file of VMs, upserted at start
     reset_admin_token: bool = False  # issue a new admin token and rewrite <state-dir>/admin.token
+    # Read VMs that OVS publishes in Interface external_ids (controller/ovsdb_inventory.py).
+    # GOLDILOCKS_OVSDB_INVENTORY=1 or 0; unset: on when ovs-vsctl is installed.
+    ovsdb_inventory: bool = False
+    ovsdb_interval: float = 5.0  # seconds between reads of the Interface table
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
+        ovsdb_inventory = env.get("GOLDILOCKS_OVSDB_INVENTORY", "")
         return cls(
             state_dir=env.get("GOLDILOCKS_STATE_DIR", DEFAULT_STATE_DIR),
             lldp_interval=float(env.get("GOLDILOCKS_LLDP_INTERVAL", "1.0")),
@@ -27,4 +33,11 @@ class Settings:
             settle_time=float(env.get("GOLDILOCKS_SETTLE_TIME", "3.0")),
             inventory=env.get("GOLDILOCKS_INVENTORY") or None,
             reset_admin_token=env.get("GOLDILOCKS_RESET_ADMIN_TOKEN", "") == "1",
+            ovsdb_inventory=ovsdb_inventory == "1" if ovsdb_inventory else ovsdb_inventory_default(),
+            ovsdb_interval=float(env.get("GOLDILOCKS_OVSDB_INTERVAL", "5.0")),
         )
+
+
+def ovsdb_inventory_default() -> bool:
+    """The OVSDB inventory source is on by default where there is an ovs-vsctl to read with."""
+    return shutil.which("ovs-vsctl") is not None

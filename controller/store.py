@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -23,6 +24,7 @@ CREATE TABLE IF NOT EXISTS links (
 CREATE TABLE IF NOT EXISTS hosts (
     mac TEXT PRIMARY KEY, ips TEXT NOT NULL, dpid INTEGER NOT NULL, port INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS vms (name TEXT PRIMARY KEY, doc TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS vm_sources (name TEXT PRIMARY KEY, source TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS rules (position INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL, doc TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS identities (labels TEXT PRIMARY KEY, id INTEGER UNIQUE NOT NULL);
@@ -33,6 +35,11 @@ CREATE TABLE IF NOT EXISTS audit (
     target TEXT NOT NULL, summary TEXT NOT NULL);
 """
 SCHEMA_VERSION = "1"
+
+# Who last wrote a VM: the REST API, the --inventory file, or the hypervisor's OVSDB. Only VMs
+# whose source is "ovsdb" are updated and removed by what OVS publishes. A VM without a row
+# (stored before sources were kept) counts as the API's.
+SOURCE_API, SOURCE_FILE, SOURCE_OVSDB = "api", "file", "ovsdb"
 
 
 @dataclass(frozen=True)
@@ -97,6 +104,7 @@ class Store:
         of the same request, such as its audit entry)."""
         for name in old.vms.keys() - new.vms.keys():
             self.db.execute("DELETE FROM vms WHERE name = ?", (name,))
+            self.db.execute("DELETE FROM vm_sources WHERE name = ?", (name,))
         for name, vm in new.vms.items():
             if old.vms.get(name) != vm:
                 body = vm.to_json()
@@ -109,6 +117,17 @@ class Store:
             )
         if old.default_action != new.default_action:
             self.db.execute("INSERT OR REPLACE INTO settings VALUES ('default_action', ?)", (new.default_action,))
+
+    def vm_sources(self) -> dict[str, str]:
+        return dict(self.db.execute("SELECT name, source FROM vm_sources"))
+
+    def vm_source(self, name: str) -> str:
+        row = self.db.execute("SELECT source FROM vm_sources WHERE name = ?", (name,)).fetchone()
+        return row[0] if row else SOURCE_API
+
+    def set_vm_sources(self, names: Iterable[str], source: str) -> None:
+        """Record who wrote these VMs. Call inside the transaction that writes them."""
+        self.db.executemany("INSERT OR REPLACE INTO vm_sources VALUES (?, ?)", [(name, source) for name in names])
 
     # -- identities: label set -> number, never renumbered ---------------------------------
     def load_identities(self) -> dict[tuple, int]:

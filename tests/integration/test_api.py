@@ -108,7 +108,7 @@ def test_requests_without_a_valid_token_get_401_and_read_only_tokens_get_403_on_
 def test_vm_rule_and_token_round_trips(client):
     vm = {"macs": ["02:00:00:00:00:31"], "ips": ["10.0.0.31"], "labels": {"tenant": "red", "tier": "app"}}
     assert client.call("PUT", "/v1/vms/app1", vm).status == 201
-    assert client.call("GET", "/v1/vms/app1").json == {"name": "app1", **vm, "location": None}
+    assert client.call("GET", "/v1/vms/app1").json == {"name": "app1", **vm, "location": None, "source": "api"}
     patched = client.call("PATCH", "/v1/vms/app1/labels", {"set": {"tier": "cache"}, "remove": ["tenant"]})
     assert patched.json["labels"] == {"tier": "cache"}
     assert client.call("PUT", "/v1/vms/app1", {**vm, "labels": {"tier": "app"}}).status == 200

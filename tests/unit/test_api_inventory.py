@@ -30,7 +30,7 @@ def test_put_creates_then_replaces_and_get_shows_the_vm(api):
     app, client = api
     created = client.call("PUT", "/v1/vms/web1", WEB)
     assert created.status == 201 and created.headers["location"].endswith("/v1/vms/web1")
-    assert created.json == {"name": "web1", **WEB, "location": None}
+    assert created.json == {"name": "web1", **WEB, "location": None, "source": "api"}
     replaced = client.call("PUT", "/v1/vms/web1", {**WEB, "labels": {"tier": "app"}})
     assert replaced.status == 200 and replaced.json["labels"] == {"tier": "app"}
     assert client.call("GET", "/v1/vms/web1").json["labels"] == {"tier": "app"}
