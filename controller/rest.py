@@ -491,7 +491,7 @@ class GoldilocksApi(ControllerBase):
             }
         )
 
-    @endpoint("GET", "/v1/openapi.json", OPEN)
+    @endpoint("GET", "/v1/openapi.json", READ)
     def openapi(self, call):
         return json_response(openapi_document())
 

@@ -80,7 +80,8 @@ def test_the_document_lists_exactly_the_routes_the_controller_serves_and_who_may
 
 def test_the_served_document_is_the_file(tmp_path):
     _, client = make_api(tmp_path)
-    assert client.call("GET", "/v1/openapi.json", token="").json == load_spec()
+    assert client.call("GET", "/v1/openapi.json").json == load_spec()
+    assert client.call("GET", "/v1/openapi.json", token="").status == 401, "every /v1 endpoint but health needs a token"
 
 
 @pytest.fixture
