@@ -155,7 +155,8 @@ def test_a_migrated_vm_keeps_its_policy_and_the_old_location_is_cleaned(dc):
     out = dc.host("vm2").cmd(f"ping -D -n -c 60 -i 0.05 -W 1 {dc.layout.vms['vm7'][1]}")
     replies = reply_times(out)
     assert replies, "the migrated VM never reached an allowed peer"
-    assert replies[0] - plugged < 1.5, f"first reply {replies[0] - plugged:.2f}s after plugging in"
+    print(f"migrated VM: first reply {replies[0] - plugged:.3f} s after plugging in")
+    assert replies[0] - plugged < 1.0, f"first reply {replies[0] - plugged:.2f}s after plugging in: policy must follow within 1 s"
     assert not pings(dc, "vm2", "vm5"), "web -> db must stay denied at the new location"
     assert not pings(dc, "vm2", "vm3")
     stale = [f["line"] for f in switch_flows(old_hv) if f"dl_src={mac}" in f["line"]]
