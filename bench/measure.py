@@ -7,7 +7,6 @@ from __future__ import annotations
 import itertools
 import os
 import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -16,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mininet_scenarios.harness import REPO, free_port, rest_get
+from mininet_scenarios.harness import REPO, ManagedProcess, free_port, rest_get
 
 PINGALL_BUDGET = 60.0  # seconds from net.start() to give up on a clean pingall
 ALL_PAIRS_MAX_VMS = 12  # above this, each VM pings a sample of SAMPLE_PEERS others
@@ -151,7 +150,7 @@ def _listening(port: int) -> bool:
 
 
 @dataclass
-class RyuSimpleSwitch:
+class RyuSimpleSwitch(ManagedProcess):
     """`ryu.app.simple_switch_13` in its own process (process group), on a port of its own."""
 
     of_port: int = 0
@@ -189,27 +188,6 @@ class RyuSimpleSwitch:
                 return self
             time.sleep(0.02)
         raise RuntimeError(f"simple_switch_13 did not listen on {self.of_port} within {wait}s: {self.log_tail()}")
-
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, sig)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-
-    def stop(self) -> None:
-        self.kill(signal.SIGTERM)
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None
-
-    def log_tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(Path(self.log_path).read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
 
 
 # -- Goldilocks' own figures ---------------------------------------------------------------------

@@ -27,8 +27,39 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+class ManagedProcess:
+    """A child process in its own session, with an optional temporary directory: kill it (the
+    whole process group), stop it and clean up, read the end of its log. Subclasses set
+    `proc`, `_tmp` and `log_path`."""
+
+    proc: subprocess.Popen | None
+    _tmp: tempfile.TemporaryDirectory | None
+    log_path: str
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+
+    def stop(self) -> None:
+        self.kill(signal.SIGTERM)
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(Path(self.log_path).read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
 @dataclass
-class ControllerProcess:
+class ControllerProcess(ManagedProcess):
     """A `python -m controller` child process with its own ports and state dir."""
 
     state_dir: str = ""
@@ -79,21 +110,6 @@ class ControllerProcess:
                 time.sleep(0.1)
         raise RuntimeError(f"controller REST did not come up in {wait}s; log: {self.log_tail()}")
 
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, sig)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-
-    def stop(self) -> None:
-        self.kill(signal.SIGTERM)
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None
-
     @property
     def admin_token(self) -> str:
         """The admin token the controller wrote on first start (<state-dir>/admin.token)."""
@@ -105,12 +121,6 @@ class ControllerProcess:
         if expect is not None and status != expect:
             raise AssertionError(f"{method} {path} gave {status}, expected {expect}: {doc}")
         return doc
-
-    def log_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(Path(self.log_path).read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
 
 
 def api_call(base_url: str, method: str, path: str, body=None, token: str | None = None, timeout: float = 10.0):
