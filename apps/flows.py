@@ -76,6 +76,7 @@ class FlowEntry:
     goto: int | None = None
     app: int = pipeline.APP_TOPOLOGY
     metadata: tuple[int, int] | None = None  # write-metadata instruction: (value, mask)
+    meter: int | None = None  # meter instruction; set by make() for every entry that punts to the controller
     cookie: int = field(default=0, compare=False)
 
     @classmethod
@@ -105,6 +106,8 @@ class FlowEntry:
         content = (self.table, self.priority, self.match, self.actions, self.goto)
         if self.metadata is not None:
             content += (self.metadata,)
+        if self.meter is not None:
+            content += (("meter", self.meter),)
         digest = hashlib.blake2b(repr(content).encode(), digest_size=6)
         return (
             (pipeline.COOKIE_MAGIC << pipeline.COOKIE_MAGIC_SHIFT)
@@ -129,7 +132,14 @@ def _make_entry(
 ) -> FlowEntry:
     """Entries are immutable, so the same content is built (validated and hashed) only once:
     a compile of a large fabric repeats most entries across switches and across compiles."""
-    entry = FlowEntry(table, priority, match, actions, goto, app, metadata)
+    meter = None
+    if any(isinstance(a, Output) and a.port == pipeline.OFPP_CONTROLLER for a in actions):
+        # Every entry that punts to the controller is rate-limited on the switch, so that a VM
+        # flooding frames cannot flood the controller. LLDP has a meter of its own, so that
+        # such a flood cannot starve link discovery either.
+        lldp = dict(match).get("eth_type") == pipeline.ETH_TYPE_LLDP
+        meter = pipeline.METER_LLDP if lldp else pipeline.METER_PACKET_IN
+    entry = FlowEntry(table, priority, match, actions, goto, app, metadata, meter)
     entry.validate()
     object.__setattr__(entry, "cookie", entry.content_cookie())
     return entry

@@ -146,5 +146,10 @@ OFPP_CONTROLLER = 0xFFFFFFFD
 OFPP_LOCAL = 0xFFFFFFFE
 OFPP_MAX = 0xFFFFFF00
 
+# Meters on the packet-in path (per switch), in packets per second with a burst allowance.
+METER_PACKET_IN = 1  # unknown sources, ARP copies, unanswered ARP
+METER_LLDP = 2
+METERS = {METER_PACKET_IN: (500, 250), METER_LLDP: (200, 200)}  # id -> (rate pps, burst packets)
+
 # How many bytes of a packet-in we need (headers only).
 PACKET_IN_BYTES = 128

@@ -287,6 +287,8 @@ class GoldilocksController(app_manager.RyuApp):
         self.sync[dpid] = SwitchSync(settle_until=now + self.settings.settle_time, connected_at=now)
         first_seen = dpid not in self.topo.switches
         self.topo.switch_connected(dpid)
+        for message in ofmsg.meter_mods(datapath):  # before any flow that uses them
+            datapath.send_msg(message)
         # The flows every switch holds whatever the model (LLDP and unknown sources to the
         # controller) go in at once, before the table is read: frames sent in the first few
         # milliseconds then reach the controller instead of being dropped in secure mode.
@@ -365,6 +367,9 @@ class GoldilocksController(app_manager.RyuApp):
     @set_ev_cls(ofp_event.EventOFPErrorMsg, [CONFIG_DISPATCHER, MAIN_DISPATCHER])
     def error_msg(self, ev) -> None:
         msg = ev.msg
+        ofp = msg.datapath.ofproto
+        if msg.type == ofp.OFPET_METER_MOD_FAILED and msg.code == ofp.OFPMMFC_METER_EXISTS:
+            return  # expected on reconnect: the MODIFY that follows applies the current rate
         self.metrics.switch_errors += 1
         LOG.error("switch %016x refused a message: type %d code %d", msg.datapath.id, msg.type, msg.code)
 

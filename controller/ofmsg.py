@@ -39,6 +39,8 @@ def actions_to_ryu(parser: Any, actions: tuple) -> list:
 def flow_add(datapath: Any, entry: FlowEntry) -> Any:
     ofp, parser = datapath.ofproto, datapath.ofproto_parser
     instructions = []
+    if entry.meter is not None:
+        instructions.append(parser.OFPInstructionMeter(entry.meter))
     if entry.actions:
         instructions.append(parser.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, actions_to_ryu(parser, entry.actions)))
     if entry.metadata is not None:
@@ -84,3 +86,17 @@ def our_flow_stats_request(datapath: Any) -> Any:
         pipeline.COOKIE_MAGIC_MASK,
         parser.OFPMatch(),
     )
+
+
+def meter_mods(datapath: Any) -> list:
+    """Create the packet-in meters, or update them if they exist: an ADD (refused with
+    METER_EXISTS when the switch already has the meter, which the caller ignores) and a
+    MODIFY that then always applies the current rate."""
+    ofp, parser = datapath.ofproto, datapath.ofproto_parser
+    messages = []
+    for meter_id, (rate, burst) in sorted(pipeline.METERS.items()):
+        bands = [parser.OFPMeterBandDrop(rate=rate, burst_size=burst)]
+        flags = ofp.OFPMF_PKTPS | ofp.OFPMF_BURST
+        for command in (ofp.OFPMC_ADD, ofp.OFPMC_MODIFY):
+            messages.append(parser.OFPMeterMod(datapath, command=command, flags=flags, meter_id=meter_id, bands=bands))
+    return messages

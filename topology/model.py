@@ -12,6 +12,9 @@ ROLE_FABRIC = "fabric"
 
 # A link not confirmed by LLDP for this long is dead (LLDP is sent every second).
 LINK_TIMEOUT = 3.5
+# A VM port rarely carries more than a few MACs; a port claiming more is flooding us with
+# made-up sources, and the model would grow without bound. Past this, new MACs are ignored.
+MAX_HOSTS_PER_PORT = 64
 # A port up this long with no LLDP from another switch faces hosts.
 EDGE_CONFIRM_TIME = 0.1
 
@@ -279,6 +282,10 @@ class Topology:
         """A frame from `mac` (and, for ARP/IPv4, sender `ip`) arrived on an edge port."""
         mac = mac.lower()
         old = self.hosts.get(mac)
+        if old is None or (old.dpid, old.port) != (dpid, port):
+            on_port = sum(1 for h in self.hosts.values() if h.dpid == dpid and h.port == port)
+            if on_port >= MAX_HOSTS_PER_PORT:
+                return False
         ips = set(old.ips) if old else set()
         if ip and ip != "0.0.0.0":
             # An IPv4 address belongs to one host: the newest claim wins.

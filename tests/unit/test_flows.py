@@ -104,3 +104,21 @@ def test_every_compiled_flow_is_one_open_vswitch_accepts():
             check_entry(entry)
             assert is_ours(entry.cookie) and app_of(entry.cookie) in ("topology", "policy")
             assert app_of(entry.cookie) == "topology" or entry.table in policy_tables, entry
+
+
+def test_every_entry_that_punts_to_the_controller_is_metered():
+    from apps.desired import desired_tables
+    from tests.fakeoftable import build_leaf_spine
+
+    fabric = build_leaf_spine(spines=2, leaves=2, hypervisors_per_leaf=2, vms_per_hypervisor=2)
+    punting = [
+        e
+        for table in desired_tables(fabric.topo).values()
+        for e in table.values()
+        if any(isinstance(a, Output) and a.port == pipeline.OFPP_CONTROLLER for a in e.actions)
+    ]
+    assert punting
+    for entry in punting:
+        lldp = entry.match_dict.get("eth_type") == pipeline.ETH_TYPE_LLDP
+        assert entry.meter == (pipeline.METER_LLDP if lldp else pipeline.METER_PACKET_IN), entry
+    assert all(e.meter is None for e in desired_tables(fabric.topo)[fabric.hypervisors[0]].values() if e not in punting)
