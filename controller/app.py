@@ -211,14 +211,19 @@ class GoldilocksController(app_manager.RyuApp):
             except Exception:
                 LOG.exception("edge port confirmation failed")
 
-    def _replay_held(self, confirmed: set[PortRef]) -> None:
+    def _ask_again(self) -> None:
+        """ARP requests flooded before the network reached their target (its port was still
+        proving itself, or the link toward it was not discovered yet) are asked again."""
         now = time.monotonic()
-        # ARP requests flooded while these ports were pending never reached them: ask again.
         recent, self._unanswered_arp = self._unanswered_arp, deque(maxlen=UNANSWERED_ARP_MAX)
         for asked_at, dpid, in_port, frame in recent:
             datapath = self.datapaths.get(dpid)
             if datapath is not None and now - asked_at <= UNANSWERED_ARP_KEEP:
                 self._reinject(datapath, in_port, frame)
+
+    def _replay_held(self, confirmed: set[PortRef]) -> None:
+        now = time.monotonic()
+        self._ask_again()
         for ref in confirmed:
             datapath = self.datapaths.get(ref.dpid)
             for held_at, cookie, frame in self._held.pop(ref, []):
@@ -471,7 +476,7 @@ class GoldilocksController(app_manager.RyuApp):
             return
         if self.topo.link_seen(src, PortRef(dpid, in_port), time.monotonic()):
             LOG.info("link %016x:%d <-> %016x:%d", src.dpid, src.port, dpid, in_port)
-            self.model_changed()
+            self.model_changed(then=self._ask_again)  # the flooding tree just grew
 
     # -- views for REST ---------------------------------------------------------------
     def desired_flow_count(self) -> int:
