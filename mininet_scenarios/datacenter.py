@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -151,12 +153,36 @@ class DataCentre:
     def stop(self) -> None:
         try:
             if self.net is not None:
+                self._kill_host_processes()
                 self.net.stop()
                 self.net = None
         finally:
             if self.controller_proc is not None:
                 self.controller_proc.stop()
                 self.controller_proc = None
+
+    def _kill_host_processes(self) -> None:
+        """Kill whatever still runs in the VMs' namespaces (listeners, iperf3 servers, pings
+        started with popen): Mininet's stop kills only each host's shell, and the rest would
+        outlive the run."""
+        namespaces = {}
+        for host in self.net.hosts:
+            try:
+                namespaces[os.readlink(f"/proc/{host.pid}/ns/net")] = host.pid
+            except OSError:
+                continue
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                namespace = os.readlink(f"/proc/{entry}/ns/net")
+            except OSError:
+                continue
+            if namespace in namespaces and int(entry) != namespaces[namespace]:
+                try:
+                    os.kill(int(entry), signal.SIGKILL)
+                except OSError:
+                    pass
 
     # -- what the controller learned ----------------------------------------------------
     def topology(self) -> dict:
