@@ -7,6 +7,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from apps.errors import FieldError
 from apps.selectors import KEY_RE, VALUE_RE
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][-A-Za-z0-9_.]{0,62}$")
@@ -14,12 +15,8 @@ MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 VM_FIELDS = frozenset({"macs", "ips", "labels"})
 
 
-class InventoryError(ValueError):
+class InventoryError(FieldError):
     """Bad VM data; `field` names the offending field for the API's 400 response."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from apps.errors import FieldError
 from apps.selectors import Selector, SelectorError, parse_selector
 from apps.services import Service, ServiceError, parse_service
 
@@ -15,12 +16,8 @@ RULE_FIELDS = frozenset({"name", "src", "dst", "services", "action"})
 RULE_NAME_RE = re.compile(r"^[A-Za-z0-9][-A-Za-z0-9_.]{0,62}$")
 
 
-class PolicyError(ValueError):
+class PolicyError(FieldError):
     """A bad rule; `field` names the offending field."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from apps.errors import FieldError
 from controller.store import Store, StoredToken
 
 LOG = logging.getLogger("goldilocks.auth")
@@ -26,12 +27,8 @@ TOKEN_NAME_RE = re.compile(r"^[A-Za-z0-9][-A-Za-z0-9_.]{0,62}$")
 _BEARER_RE = re.compile(r"^Bearer +([A-Za-z0-9\-._~+/]+=*) *$", re.IGNORECASE)
 
 
-class TokenError(ValueError):
+class TokenError(FieldError):
     """A bad token request; `field` names the offending field."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
 
 
 @dataclass(frozen=True)

@@ -23,12 +23,13 @@ import yaml
 from ryu.app.wsgi import ControllerBase, Response, route
 
 from apps.context import NotFound, PolicyState
+from apps.errors import FieldError
 from apps.inventory import VM, InventoryError, check_labels, normalize_mac, vm_from_json
-from apps.policy import PolicyError, Rule, evaluate, rule_from_json
+from apps.policy import Rule, evaluate, rule_from_json
 from apps.selectors import KEY_RE
 from apps.services import IP_PROTO
 from controller import audit, auth
-from controller.auth import Principal, TokenError
+from controller.auth import Principal
 from controller.store import SOURCE_API
 
 LOG = logging.getLogger("goldilocks.rest")
@@ -448,7 +449,7 @@ class GoldilocksApi(ControllerBase):
             return error_response(exc.status, exc.message, exc.field, exc.headers)
         except NotFound as exc:
             return error_response(404, str(exc))
-        except (InventoryError, PolicyError, TokenError) as exc:
+        except FieldError as exc:
             return error_response(400, str(exc), exc.field)
         except Exception:
             LOG.exception("%s %s failed", req.method, req.path)
