@@ -142,6 +142,17 @@ def _explanations(reps: int) -> list[str]:
     ]
 
 
+def _figures_table(g: dict) -> list[str]:
+    """The header of a figures table and Goldilocks' row in it."""
+    return [
+        "| | first 0%-loss pingall (s) | iperf3 (Mbit/s) | iperf3 ratio vs OVS NORMAL | ping gap across SIGKILL + restart (s) "
+        "| replies of 160 |",
+        "|---|---|---|---|---|---|",
+        f"| **Goldilocks** | {with_runs(g['pingall'])} | {with_runs(g['mbps'], 0)} | {with_runs(g['ratio'])} "
+        f"| {with_runs(g['gap'], 3)} | {with_runs(g['replies'], 0)} |",
+    ]
+
+
 def _headline(rows: list[dict], reps: int) -> list[str]:
     g, r, s = _headline_series(rows, "goldilocks"), _headline_series(rows, "ryu"), _headline_series(rows, "standalone")
     out = [
@@ -149,11 +160,7 @@ def _headline(rows: list[dict], reps: int) -> list[str]:
         "",
         "`Layout(1, 3, 2, 2)`. All three were measured here, in the same run:",
         "",
-        "| | first 0%-loss pingall (s) | iperf3 (Mbit/s) | iperf3 ratio vs OVS NORMAL | ping gap across SIGKILL + restart (s) "
-        "| replies of 160 |",
-        "|---|---|---|---|---|---|",
-        f"| **Goldilocks** | {with_runs(g['pingall'])} | {with_runs(g['mbps'], 0)} | {with_runs(g['ratio'])} "
-        f"| {with_runs(g['gap'], 3)} | {with_runs(g['replies'], 0)} |",
+        *_figures_table(g),
         f"| Ryu simple_switch_13 (in-run baseline) | {with_runs(r['pingall'])} | {with_runs(r['mbps'], 0)} "
         f"| {with_runs(r['ratio'])} | {with_runs(r['gap'], 3)} | {with_runs(r['replies'], 0)} |",
         f"| OVS NORMAL, `fail_mode=standalone`, no controller (baseline) | {with_runs(s['pingall'])} "
@@ -231,11 +238,7 @@ def _looped(rows: list[dict]) -> list[str]:
         "",
         "`Layout(2, 3, 2, 2)`: every pair of leaves is joined through two spines, so the fabric has loops.",
         "",
-        "| | first 0%-loss pingall (s) | iperf3 (Mbit/s) | iperf3 ratio vs OVS NORMAL | ping gap across SIGKILL + restart (s) "
-        "| replies of 160 |",
-        "|---|---|---|---|---|---|",
-        f"| **Goldilocks** | {with_runs(g['pingall'])} | {with_runs(g['mbps'], 0)} | {with_runs(g['ratio'])} "
-        f"| {with_runs(g['gap'], 3)} | {with_runs(g['replies'], 0)} |",
+        *_figures_table(g),
         "",
         "- Ryu simple_switch_13 is **not run on loops**. It floods unknown destinations and broadcasts out of every "
         "port and has no loop prevention, so a looped fabric turns the first ARP into a broadcast storm.",
