@@ -174,3 +174,9 @@ class HttpClient:
         if check:
             self.contract.check(method, path, answer)
         return answer
+
+
+def visible_state(client) -> tuple:
+    """Everything a change through the API could touch, as a client sees it: compared before
+    and after a refused request, it proves nothing was half-applied."""
+    return tuple(client.call("GET", path).json for path in ("/v1/vms", "/v1/policies", "/v1/tokens", "/v1/audit?limit=1000"))

@@ -16,7 +16,7 @@ from apps.context import PolicyState
 from apps.inventory import vm_from_json
 from controller.store import Store
 from mininet_scenarios.harness import ControllerProcess
-from tests.api_contract import Contract, HttpClient
+from tests.api_contract import Contract, HttpClient, visible_state
 
 INVENTORY = """\
 # VMs known before the network sees them
@@ -56,11 +56,6 @@ def client(controller):
     return HttpClient(controller.rest_url, Contract(), controller.admin_token)
 
 
-def snapshot(client: HttpClient) -> tuple:
-    """Everything a change could touch."""
-    return tuple(client.call("GET", path).json for path in ("/v1/vms", "/v1/policies", "/v1/tokens", "/v1/audit?limit=1000"))
-
-
 def test_the_inventory_file_is_loaded_at_start(controller, client):
     vms = {vm["name"]: vm for vm in client.call("GET", "/v1/vms").json["vms"]}
     assert vms["web1"]["labels"] == {"tenant": "blue", "tier": "web"} and vms["web1"]["ips"] == ["10.0.0.1"]
@@ -87,7 +82,7 @@ def test_requests_without_a_valid_token_get_401_and_read_only_tokens_get_403_on_
             assert answer.headers["www-authenticate"].startswith('Bearer realm="goldilocks"')
     issued = client.call("POST", "/v1/tokens", {"name": "viewer", "role": "read-only"})
     reader = issued.json["token"]
-    before = snapshot(client)
+    before = visible_state(client)
     for method, path, body in (
         ("PUT", "/v1/vms/web9", {"macs": ["02:00:00:00:00:09"]}),
         ("PATCH", "/v1/vms/web1/labels", {"set": {"x": "y"}}),
@@ -99,7 +94,7 @@ def test_requests_without_a_valid_token_get_401_and_read_only_tokens_get_403_on_
         ("GET", "/v1/tokens", None),
     ):
         assert client.call(method, path, body, token=reader).status == 403, (method, path)
-    assert snapshot(client) == before
+    assert visible_state(client) == before
     assert client.call("GET", "/v1/vms", token=reader).status == 200
     assert client.call("GET", "/v1/explain?src=web1&dst=db1", token=reader).status == 200
     assert client.call("DELETE", "/v1/tokens/viewer").status == 204
@@ -175,18 +170,18 @@ BAD_REQUESTS = [
 
 
 def test_bad_input_gets_a_4xx_naming_the_field_and_changes_nothing(client):
-    before = snapshot(client)
+    before = visible_state(client)
     for method, path, body, content_type, status, field in BAD_REQUESTS:
         raw = body if isinstance(body, bytes) else None
         headers = {"Content-Type": content_type} if content_type else {}
         answer = client.call(method, path, None if raw else body, raw=raw, headers=headers)
         assert (answer.status, answer.json.get("field")) == (status, field), (method, path, answer.json)
         assert field in answer.json["error"]
-    assert snapshot(client) == before
+    assert visible_state(client) == before
 
 
 def test_oversized_bodies_get_413_with_or_without_a_length(client):
-    before = snapshot(client)
+    before = visible_state(client)
     padding = "x" * 100_000
     body = json.dumps({"macs": ["02:00:00:00:00:41"], "labels": {"pad": padding}}).encode()
     assert client.call("PUT", "/v1/vms/big", raw=body, headers={"Content-Type": "application/json"}).status == 413
@@ -197,7 +192,7 @@ def test_oversized_bodies_get_413_with_or_without_a_length(client):
     accepted = client.call("PUT", "/v1/vms/small", headers={"Content-Type": "application/json"}, chunks=[small[:10], small[10:]])
     assert accepted.status == 201, "a chunked body within the limit is read whole"
     assert client.call("DELETE", "/v1/vms/small").status == 204
-    assert snapshot(client)[:3] == before[:3]
+    assert visible_state(client)[:3] == before[:3]
 
 
 def test_explain_over_http(client):
@@ -260,7 +255,7 @@ def test_a_restart_keeps_inventory_rules_default_tokens_and_audit(tmp_path):
         client.call("POST", "/v1/policies?position=0", {"name": "pci", "src": "any", "dst": "sensitivity", "action": "deny"})
         client.call("PUT", "/v1/policies/default", {"default_action": "deny"})
         reader = client.call("POST", "/v1/tokens", {"name": "reader"}).json["token"]
-        before = snapshot(client)
+        before = visible_state(client)
         admin_token = first.admin_token
     finally:
         first.kill(signal.SIGKILL)  # no clean shutdown: every answered write is already on disk
@@ -268,7 +263,7 @@ def test_a_restart_keeps_inventory_rules_default_tokens_and_audit(tmp_path):
     try:
         assert second.admin_token == admin_token, "the admin token is not reissued"
         client = HttpClient(second.rest_url, Contract(), admin_token)
-        assert snapshot(client) == before
+        assert visible_state(client) == before
         assert client.call("GET", "/v1/vms", token=reader).status == 200, "tokens survive"
         assert client.call("GET", "/v1/explain?src=web1&dst=db1&proto=tcp&dport=5432").json["rule"]["name"] == "pci"
     finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.api_contract import visible_state
 from tests.api_stub import make_api
 from tests.fakeoftable import build_leaf_spine
 
@@ -15,15 +16,6 @@ DB = {"macs": ["02:00:00:00:00:02"], "ips": ["10.0.0.2"], "labels": {"tenant": "
 @pytest.fixture
 def api(tmp_path):
     return make_api(tmp_path)
-
-
-def snapshot(client) -> tuple:
-    """Everything a client could see change."""
-    return (
-        client.call("GET", "/v1/vms").json,
-        client.call("GET", "/v1/policies").json,
-        client.call("GET", "/v1/audit?limit=1000").json,
-    )
 
 
 def test_put_creates_then_replaces_and_get_shows_the_vm(api):
@@ -92,10 +84,10 @@ def test_patch_sets_and_removes_labels(api):
 def test_bad_label_patches_name_the_field_and_change_nothing(api, body, field):
     _, client = api
     client.call("PUT", "/v1/vms/db1", DB)
-    before = snapshot(client)
+    before = visible_state(client)
     answer = client.call("PATCH", "/v1/vms/db1/labels", body)
     assert answer.status == 400 and answer.json["field"] == field and field in answer.json["error"]
-    assert snapshot(client) == before
+    assert visible_state(client) == before
 
 
 def test_patching_a_missing_vm_is_404(api):
@@ -124,11 +116,11 @@ def test_patching_a_missing_vm_is_404(api):
 def test_bad_vm_documents_name_the_field_and_change_nothing(api, body, field):
     app, client = api
     client.call("PUT", "/v1/vms/web1", WEB)
-    before, compiles = snapshot(client), app.compiles
+    before, compiles = visible_state(client), app.compiles
     answer = client.call("PUT", "/v1/vms/new1", body)
     assert answer.status == 400, answer.json
     assert answer.json["field"] == field and answer.json["error"].startswith(f"{field}:")
-    assert snapshot(client) == before and app.compiles == compiles
+    assert visible_state(client) == before and app.compiles == compiles
 
 
 def test_a_bad_vm_name_is_400(api):
@@ -140,12 +132,12 @@ def test_a_bad_vm_name_is_400(api):
 def test_an_address_of_another_vm_is_a_409_conflict(api, field, value):
     _, client = api
     client.call("PUT", "/v1/vms/web1", WEB)
-    before = snapshot(client)
+    before = visible_state(client)
     body = {"macs": ["02:00:00:00:00:09"], field: value} if field == "ips" else {"macs": value}
     answer = client.call("PUT", "/v1/vms/web2", body)
     assert answer.status == 409 and answer.json["field"] == field
     assert "web1" in answer.json["error"] and "web2" in answer.json["error"]
-    assert snapshot(client) == before
+    assert visible_state(client) == before
 
 
 @pytest.mark.parametrize(
@@ -163,10 +155,10 @@ def test_an_address_of_another_vm_is_a_409_conflict(api, field, value):
 )
 def test_malformed_bodies_are_refused_before_anything_changes(api, raw, content_type, status, field):
     _, client = api
-    before = snapshot(client)
+    before = visible_state(client)
     answer = client.call("PUT", "/v1/vms/web9", raw=raw, headers={"Content-Type": content_type} if content_type else {})
     assert answer.status == status and answer.json["field"] == field, answer.json
-    assert snapshot(client) == before
+    assert visible_state(client) == before
 
 
 def test_a_json_content_type_with_a_charset_is_accepted(api):

@@ -8,6 +8,7 @@ import sqlite3
 import pytest
 
 from controller.store import Store
+from tests.api_contract import visible_state
 from tests.api_stub import make_api
 from tests.fakeoftable import build_leaf_spine
 
@@ -31,14 +32,6 @@ def api(tmp_path):
 
 def names(client) -> list[str]:
     return [r["name"] for r in client.call("GET", "/v1/policies").json["policies"]]
-
-
-def snapshot(client) -> tuple:
-    return (
-        client.call("GET", "/v1/policies").json,
-        client.call("GET", "/v1/vms").json,
-        client.call("GET", "/v1/audit?limit=1000").json,
-    )
 
 
 def test_rules_are_added_in_order_or_at_a_position(api):
@@ -88,7 +81,7 @@ def test_reorder_names_every_rule_once(api):
         "order": ["red", "web-db", "deny-pci"]
     }
     assert names(client) == ["red", "web-db", "deny-pci"]
-    before = snapshot(client)
+    before = visible_state(client)
     for body in (
         {"order": ["red", "web-db"]},
         {"order": ["red", "web-db", "deny-pci", "red"]},
@@ -98,7 +91,7 @@ def test_reorder_names_every_rule_once(api):
         assert answer.status == 400 and answer.json["field"] == "order"
     for body, field in (({"order": "red"}, "order"), ({"order": [1, 2, 3]}, "order"), ({"names": []}, "names")):
         assert client.call("PUT", "/v1/policies/order", body).json["field"] == field
-    assert snapshot(client) == before
+    assert visible_state(client) == before
 
 
 def test_default_action(api):
@@ -106,7 +99,7 @@ def test_default_action(api):
     assert client.call("GET", "/v1/policies/default").json == {"default_action": "allow"}
     assert client.call("PUT", "/v1/policies/default", {"default_action": "deny"}).json == {"default_action": "deny"}
     assert app.policy.default_action == "deny" and client.call("GET", "/v1/policies").json["default_action"] == "deny"
-    before = snapshot(client)
+    before = visible_state(client)
     for body, field in (
         ({"default_action": "encrypt"}, "default_action"),
         ({}, "default_action"),
@@ -114,7 +107,7 @@ def test_default_action(api):
     ):
         answer = client.call("PUT", "/v1/policies/default", body)
         assert answer.status == 400 and answer.json["field"] == field
-    assert snapshot(client) == before
+    assert visible_state(client) == before
 
 
 def test_order_and_default_are_not_rule_names(api):
@@ -146,18 +139,18 @@ def test_order_and_default_are_not_rule_names(api):
 def test_bad_rules_name_the_field_and_change_nothing(api, change, field):
     app, client = api
     client.call("POST", "/v1/policies", RED)
-    before, compiles = snapshot(client), app.compiles
+    before, compiles = visible_state(client), app.compiles
     answer = client.call("POST", "/v1/policies", {**WEB_TO_DB, **change})
     assert answer.status == 400 and answer.json["field"] == field and answer.json["error"].startswith(f"{field}:")
     answer = client.call("PUT", "/v1/policies/red", {**RED, **change})
     assert answer.status == 400 and answer.json["field"] == field
-    assert snapshot(client) == before and app.compiles == compiles
+    assert visible_state(client) == before and app.compiles == compiles
 
 
 def test_conflicts_and_bad_positions(api):
     _, client = api
     client.call("POST", "/v1/policies", RED)
-    before = snapshot(client)
+    before = visible_state(client)
     duplicate = client.call("POST", "/v1/policies", {**RED, "action": "deny"})
     assert duplicate.status == 409 and duplicate.json["field"] == "name"
     for query in ("?position=2", "?position=-1", "?position=x"):
@@ -166,14 +159,14 @@ def test_conflicts_and_bad_positions(api):
     assert client.call("PUT", "/v1/policies/red?position=1", RED).json["field"] == "position"
     mismatch = client.call("PUT", "/v1/policies/red", {**RED, "name": "blue"})
     assert mismatch.status == 400 and mismatch.json["field"] == "name"
-    assert snapshot(client) == before
+    assert visible_state(client) == before
 
 
 def test_a_failed_write_leaves_memory_and_disk_as_they_were(api, tmp_path, monkeypatch):
     """The audit row is written in the same transaction as the change: if it fails, so does the change."""
     app, client = api
     client.call("POST", "/v1/policies", RED)
-    before, compiles = snapshot(client), app.compiles
+    before, compiles = visible_state(client), app.compiles
 
     def broken(*_args):
         raise sqlite3.OperationalError("disk I/O error")
@@ -185,7 +178,7 @@ def test_a_failed_write_leaves_memory_and_disk_as_they_were(api, tmp_path, monke
     failed = client.call("DELETE", "/v1/vms/db1", check=False)
     assert failed.status == 500 and failed.json == {"error": "internal error; see the controller log"}
     monkeypatch.undo()
-    assert snapshot(client) == before and app.compiles == compiles
+    assert visible_state(client) == before and app.compiles == compiles
     on_disk = Store(tmp_path).load_policy()
     assert on_disk == app.policy
 
