@@ -68,7 +68,7 @@ def desired_tables(topo: Topology, policy: PolicyState | None = None, identities
         entries += forwarding.ingress_flows(topo, dpid, local, identity_of)
         flood_set = forwarding.flood_ports(topo, dpid, view)
         entries += forwarding.flood_flows(topo, dpid, flood_set)
-        entries += forwarding.unicast_flows(topo, dpid, view, [], local)
+        entries += forwarding.unicast_flows(topo, dpid, local)
         if forwarding.needs_routes(topo, dpid):
             for dst in sorted(by_switch):
                 port = view.next_hop.get(dst, {}).get(dpid)
@@ -112,7 +112,7 @@ class _Frozen:
 
 @functools.lru_cache(maxsize=4096)
 def _policy_table_cached(zone, local_ids, labels_key, rules, default_action, labels) -> list[FlowEntry]:
-    return policy_flows.policy_flows_for_zone(zone, local_ids, labels.value, rules, default_action)
+    return policy_flows.policy_flows(zone, local_ids, labels.value, rules, default_action)
 
 
 def index_entries(entries: list[FlowEntry]) -> dict[int, FlowEntry]:

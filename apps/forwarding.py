@@ -89,14 +89,13 @@ def route_flows(hosts: list[Host], port: int) -> list[FlowEntry]:
     return [FlowEntry.make(pipeline.FORWARD, pipeline.PRIO_UNICAST, {"eth_dst": h.mac}, (Output(port),)) for h in hosts]
 
 
-def unicast_flows(topo: Topology, dpid: int, view: GraphView, hosts: list[Host], local: list[Host]) -> list[FlowEntry]:
-    """Known destination MACs: local ones go to the egress table, remote ones out of the port
-    toward the destination's switch along the shortest path.
+def unicast_flows(topo: Topology, dpid: int, local: list[Host]) -> list[FlowEntry]:
+    """Known local destination MACs go to the egress table.
 
     A switch with a single uplink (a typical hypervisor) needs no entry per remote host: every
     unicast frame from its edge ports that is not for a local VM goes up. That keeps a
-    hypervisor's table proportional to its own VMs, not to the data centre. With hosts=[],
-    only the local part is returned (the compiler shares the remote routes between switches)."""
+    hypervisor's table proportional to its own VMs, not to the data centre. Other switches get
+    per-host routes (route_flows), which the compiler shares between switches as groups."""
     flows = []
     for host in local:
         match = {"eth_dst": host.mac}
@@ -108,11 +107,4 @@ def unicast_flows(topo: Topology, dpid: int, view: GraphView, hosts: list[Host],
         for port in topo.edge_ports(dpid):
             to_any_unicast = {"in_port": port, "eth_dst": UNICAST}
             flows.append(FlowEntry.make(pipeline.FORWARD, pipeline.PRIO_UNICAST_UPLINK, to_any_unicast, (Output(uplink),)))
-        return flows
-    for host in hosts:
-        if host.dpid == dpid:
-            continue
-        port = view.next_hop.get(host.dpid, {}).get(dpid)
-        if port is not None:
-            flows.append(FlowEntry.make(pipeline.FORWARD, pipeline.PRIO_UNICAST, {"eth_dst": host.mac}, (Output(port),)))
     return flows

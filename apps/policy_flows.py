@@ -80,24 +80,14 @@ def referenced_destinations(
 
 
 def policy_flows(
-    dpid: int,
-    local_identities: set[int],
-    identity_labels: Mapping[int, Mapping[str, str] | None],
-    rules: Sequence[Rule],
-    default_action: str,
-) -> list[FlowEntry]:
-    """The policy table of one hypervisor. local_identities are those of its VMs; identity_labels
-    covers every identity in use (None for unmanaged)."""
-    return policy_flows_for_zone(conntrack_zone(dpid), local_identities, identity_labels, rules, default_action)
-
-
-def policy_flows_for_zone(
     zone: int,
     local_identities: set[int] | frozenset[int],
     identity_labels: Mapping[int, Mapping[str, str] | None],
     rules: Sequence[Rule],
     default_action: str,
 ) -> list[FlowEntry]:
+    """The policy table of the hypervisor with conntrack zone `zone`. local_identities are those
+    of its VMs; identity_labels covers every identity in use (None for unmanaged)."""
     flows = _bypass_and_conntrack(zone)
     all_dst = dict(identity_labels)
     all_dst.setdefault(UNKNOWN, None)
