@@ -28,7 +28,7 @@ from controller.reconciler import SwitchSync
 from controller.settings import Settings
 from controller.store import Store
 from topology import lldp
-from topology.model import Port, PortRef
+from topology.model import Link, Port, PortRef
 
 LOG = logging.getLogger("goldilocks.controller")
 
@@ -466,9 +466,13 @@ class GoldilocksController(app_manager.RyuApp):
 
     def _lldp_in(self, dpid: int, in_port: int, frame: bytes) -> None:
         origin = lldp.parse_probe(self.lldp_key, frame, _now_ms(), LLDP_MAX_AGE_MS)
-        if origin is None or self.topo.has_hosts_on(dpid, in_port):
-            # Forged, replayed, or arriving on a port with hosts learned on it: a VM relaying
-            # a probe must not turn its port into a fabric port that skips admission.
+        here = PortRef(dpid, in_port)
+        known = origin is not None and Link.between(PortRef(*origin), here) in self.topo.links
+        if origin is None or (not known and self.topo.has_hosts_on(dpid, in_port)):
+            # Forged, replayed, or a new link on a port with hosts learned on it: a VM relaying
+            # a probe must not turn its port into a fabric port that skips admission. (A known
+            # link's ports never have hosts: nothing is learned on an inter-switch port, so the
+            # scan of every host is skipped for the probes that merely refresh a link.)
             self.metrics.lldp_rejected += 1
             return
         src = PortRef(*origin)

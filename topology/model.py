@@ -107,6 +107,7 @@ class Topology:
         self.switches: dict[int, Switch] = {}
         self.links: dict[Link, float] = {}  # link -> last time LLDP confirmed it
         self.hosts: dict[str, Host] = {}  # mac -> host
+        self._switch_macs: frozenset[str] | None = None  # derived from ports; reset when ports change
 
     # -- switches and ports -------------------------------------------------
     def switch_connected(self, dpid: int) -> bool:
@@ -124,6 +125,7 @@ class Topology:
         return True
 
     def remove_switch(self, dpid: int) -> bool:
+        self._switch_macs = None
         if dpid not in self.switches:
             return False
         del self.switches[dpid]
@@ -134,6 +136,7 @@ class Topology:
         return True
 
     def set_ports(self, dpid: int, ports: Iterable[Port]) -> bool:
+        self._switch_macs = None
         sw = self.switches.setdefault(dpid, Switch(dpid))
         new = {p.port_no: p for p in ports}
         local = new.get(pipeline.OFPP_LOCAL)
@@ -148,6 +151,7 @@ class Topology:
         return changed
 
     def set_port(self, dpid: int, port: Port) -> bool:
+        self._switch_macs = None
         sw = self.switches.setdefault(dpid, Switch(dpid))
         if sw.ports.get(port.port_no) == port:
             return False
@@ -159,6 +163,7 @@ class Topology:
         return True
 
     def delete_port(self, dpid: int, port_no: int) -> bool:
+        self._switch_macs = None
         sw = self.switches.get(dpid)
         if sw is None or port_no not in sw.ports:
             return False
@@ -302,9 +307,14 @@ class Topology:
     def has_hosts_on(self, dpid: int, port_no: int) -> bool:
         return any(h.dpid == dpid and h.port == port_no for h in self.hosts.values())
 
-    def switch_macs(self) -> set[str]:
-        """MAC addresses of switch ports: frames from them are never hosts."""
-        return {p.hw_addr.lower() for sw in self.switches.values() for p in sw.ports.values() if p.hw_addr}
+    def switch_macs(self) -> frozenset[str]:
+        """MAC addresses of switch ports: frames from them are never hosts. Asked on every
+        learning packet-in, so it is kept until a port changes."""
+        if self._switch_macs is None:
+            self._switch_macs = frozenset(
+                p.hw_addr.lower() for sw in self.switches.values() for p in sw.ports.values() if p.hw_addr
+            )
+        return self._switch_macs
 
     def remove_host(self, mac: str) -> bool:
         return self.hosts.pop(mac.lower(), None) is not None

@@ -106,6 +106,11 @@ def test_switch_port_macs_are_known_so_they_are_never_learned_as_hosts():
     topo = two_switches()
     assert "aa:00:00:00:01:02" in topo.switch_macs()
     assert MAC_A not in topo.switch_macs()
+    # The answer is kept between packet-ins, but follows port changes.
+    topo.set_port(1, Port(9, "s1-eth9", "aa:00:00:00:01:09"))
+    assert "aa:00:00:00:01:09" in topo.switch_macs()
+    topo.delete_port(1, 9)
+    assert "aa:00:00:00:01:09" not in topo.switch_macs()
 
 
 # ---------------------------------------------------------------------------
