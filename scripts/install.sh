@@ -41,7 +41,9 @@ install_system_packages() {
     [ "$(id -u)" -eq 0 ] || die "missing packages (${missing[*]}); run as root"
     say "system packages: installing ${missing[*]}"
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+    # --no-install-recommends: wireguard-tools recommends wireguard-modules, which on Debian 12
+    # pulls in a whole real-time kernel image and repoints /vmlinuz. We change no kernel.
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
     if ! python_can_venv; then
         # pyenv's python3 may be gone on this machine: fall back to Debian's.
         PYTHON=/usr/bin/python3
