@@ -142,6 +142,7 @@ MULTICAST_BIT = ("01:00:00:00:00:00", "01:00:00:00:00:00")
 
 # OpenFlow reserved ports (OF 1.3 numbers) used in plain data.
 OFPP_IN_PORT = 0xFFFFFFF8
+OFPP_TABLE = 0xFFFFFFF9  # packet-out only: run the frame through the pipeline from table 0
 OFPP_CONTROLLER = 0xFFFFFFFD
 OFPP_LOCAL = 0xFFFFFFFE
 OFPP_MAX = 0xFFFFFF00

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import logging
-import os
-import struct
 import time
-from collections import deque
 from collections.abc import Callable
 
 from ryu.app.wsgi import WSGIApplication
@@ -27,8 +24,8 @@ from controller.metrics import Metrics
 from controller.reconciler import SwitchSync
 from controller.settings import Settings
 from controller.store import Store
-from topology import lldp
-from topology.model import Link, Port, PortRef
+from topology.learner import Learner, Outcome, PacketOut, Punt
+from topology.model import Port
 
 LOG = logging.getLogger("goldilocks.controller")
 
@@ -38,42 +35,15 @@ MISS_COOKIE = next(e.cookie for e in base_flows() if e.table == pipeline.INGRESS
 
 
 EDGE_CHECK_INTERVAL = 0.05
-EDGE_CONFIRM_MAX_BACKLOG = 4  # queued events above which no port is confirmed as an edge port
-# Frames that arrive on a port still proving it faces hosts are held, not dropped, and replayed
-# once it is confirmed: a VM's first ARP is then not lost to a one-second retry.
-HELD_FRAMES_PER_PORT = 16
-HELD_FRAME_MAX_AGE = 2.0
-UNANSWERED_ARP_KEEP = 1.0  # seconds an unanswered ARP request is asked again as ports come up
-UNANSWERED_ARP_MAX = 256
 
 
-LLDP_MAX_AGE_MS = 3000
-
-
-def _now_ms() -> int:
-    return int(time.monotonic() * 1000)
-
-
-def _mac(raw: bytes) -> str:
-    return ":".join(f"{b:02x}" for b in raw)
-
-
-def _ipv4(raw: bytes) -> str:
-    return ".".join(str(b) for b in raw)
-
-
-def sender_ip(frame: bytes) -> tuple[str, str | None]:
-    """(source MAC, sender IPv4 from ARP or IPv4 header, if any) of an Ethernet frame."""
-    src = _mac(frame[6:12])
-    eth_type = struct.unpack("!H", frame[12:14])[0] if len(frame) >= 14 else 0
-    offset = 14
-    if eth_type == 0x8100 and len(frame) >= 18:
-        eth_type, offset = struct.unpack("!H", frame[16:18])[0], 18
-    if eth_type == pipeline.ETH_TYPE_ARP and len(frame) >= offset + 28:
-        return src, _ipv4(frame[offset + 14 : offset + 18])
-    if eth_type == pipeline.ETH_TYPE_IPV4 and len(frame) >= offset + 20:
-        return src, _ipv4(frame[offset + 12 : offset + 16])
-    return src, None
+def punt_reason(table_id: int, cookie: int) -> Punt:
+    """Why a frame reached the controller, from the entry that sent it."""
+    if cookie == MISS_COOKIE:
+        return Punt.MISS
+    if table_id == pipeline.FORWARD:
+        return Punt.UNANSWERED_ARP
+    return Punt.COPY
 
 
 class GoldilocksController(app_manager.RyuApp):
@@ -87,7 +57,8 @@ class GoldilocksController(app_manager.RyuApp):
         self.settings = Settings.from_env()
         self.started_at = time.time()
         self.store = Store(self.settings.state_dir)
-        self.topo = self.store.load_topology(time.monotonic())
+        self.learner = Learner(self.store.load_topology(time.monotonic()), now=time.monotonic())
+        self.topo = self.learner.topo
         self.policy: PolicyState = self.store.load_policy()
         from controller import auth, inventory_file
 
@@ -102,13 +73,11 @@ class GoldilocksController(app_manager.RyuApp):
             len(self.topo.links),
             len(self.topo.hosts),
         )
+        self.learner.set_inventory_macs({mac: vm.name for mac, vm in self.policy.vm_by_mac().items()})
         self.datapaths: dict[int, object] = {}
         self.sync: dict[int, SwitchSync] = {}
         self._stats_parts: dict[int, set[int]] = {}
-        self._held: dict[PortRef, list[tuple[float, int, bytes]]] = {}  # pending port -> (time, cookie, frame)
-        self._unanswered_arp: deque[tuple[float, int, int, bytes]] = deque(maxlen=UNANSWERED_ARP_MAX)
         self.metrics = Metrics()
-        self.lldp_key = os.urandom(32)
         self.desired: desired_mod.DesiredTables = {}
         self._dirty = False
         self._compile_pending = False
@@ -133,7 +102,55 @@ class GoldilocksController(app_manager.RyuApp):
             if write_more is not None:
                 write_more()
         self.policy = new
+        self.learner.set_inventory_macs({mac: vm.name for mac, vm in new.vm_by_mac().items()})
         self.model_changed()
+
+    def set_declared_vm_interfaces(self, names) -> None:
+        """Interfaces the hypervisor declares as VM ports (from OVSDB external_ids)."""
+        self.carry_out(self.learner.set_declared_vm_interfaces(names, time.monotonic()))
+
+    # -- carrying out what the learner decided ------------------------------------------------
+    def carry_out(self, outcome: Outcome, received: float | None = None) -> None:
+        """Send what the learner asks for now; recompile if the model changed, and then send and
+        run what waits for the new flows."""
+        for packet in outcome.send:
+            self._packet_out(packet)
+        if not (outcome.send_after or outcome.after):
+            if outcome.changed:
+                self.model_changed()
+            return
+
+        def then() -> None:
+            if outcome.learned and received is not None:
+                self.metrics.observe_learning(time.perf_counter() - received)
+            for packet in outcome.send_after:
+                self._packet_out(packet)
+            now = time.monotonic()
+            for step in outcome.after:
+                self.carry_out(step(now))
+
+        if outcome.changed:
+            self.model_changed(then=then)
+        else:
+            then()
+
+    def _packet_out(self, packet: PacketOut) -> None:
+        datapath = self.datapaths.get(packet.dpid)
+        if datapath is None:
+            return
+        ofp, parser = datapath.ofproto, datapath.ofproto_parser
+        if packet.out_port == pipeline.OFPP_TABLE:
+            # Re-injection through the pipeline: the flow-mods sent before it must be in place.
+            datapath.send_msg(parser.OFPBarrierRequest(datapath))
+        datapath.send_msg(
+            parser.OFPPacketOut(
+                datapath=datapath,
+                buffer_id=ofp.OFP_NO_BUFFER,
+                in_port=packet.in_port,
+                actions=[parser.OFPActionOutput(packet.out_port)],
+                data=packet.frame,
+            )
+        )
 
     # -- compile and reconcile ---------------------------------------------------
     def model_changed(self, then: Callable[[], None] | None = None) -> None:
@@ -202,48 +219,16 @@ class GoldilocksController(app_manager.RyuApp):
         while True:
             hub.sleep(EDGE_CHECK_INTERVAL)
             try:
-                if self.events.qsize() > EDGE_CONFIRM_MAX_BACKLOG:
-                    continue  # LLDP replies may be waiting in the queue: do not judge ports now
-                probed = {dpid for dpid, sync in self.sync.items() if sync.probed}
-                confirmed = self.topo.confirm_edge_ports(time.monotonic(), probed=probed)
-                if confirmed:
-                    self.model_changed(then=lambda c=confirmed: self._replay_held(c))
+                self.carry_out(self.learner.check_edges(time.monotonic(), backlog=self.events.qsize()))
             except Exception:
                 LOG.exception("edge port confirmation failed")
-
-    def _ask_again(self) -> None:
-        """ARP requests flooded before the network reached their target (its port was still
-        proving itself, or the link toward it was not discovered yet) are asked again."""
-        now = time.monotonic()
-        recent, self._unanswered_arp = self._unanswered_arp, deque(maxlen=UNANSWERED_ARP_MAX)
-        for asked_at, dpid, in_port, frame in recent:
-            datapath = self.datapaths.get(dpid)
-            if datapath is not None and now - asked_at <= UNANSWERED_ARP_KEEP:
-                self._reinject(datapath, in_port, frame)
-
-    def _replay_held(self, confirmed: set[PortRef]) -> None:
-        now = time.monotonic()
-        self._ask_again()
-        for ref in confirmed:
-            datapath = self.datapaths.get(ref.dpid)
-            for held_at, cookie, frame in self._held.pop(ref, []):
-                if datapath is not None and now - held_at <= HELD_FRAME_MAX_AGE:
-                    self._learn_and_forward(datapath, ref.port, frame, cookie, time.perf_counter())
-        # Frames held on ports that turned out to be inter-switch are dropped.
-        for ref in [r for r in self._held if not self.topo.is_pending_port(r.dpid, r.port)]:
-            del self._held[ref]
 
     def _tick(self) -> None:
         now = time.monotonic()
         self.ovsdb_inventory.tick(now)
-        for dpid, datapath in list(self.datapaths.items()):
-            if self.sync.get(dpid) and self.sync[dpid].synced:
-                self._send_lldp(dpid, datapath)
-        expired = self.topo.expire_links(now)
-        if expired:
-            LOG.info("links timed out; %d left", len(self.topo.links))
-            self.model_changed()
-        else:
+        outcome = self.learner.tick(now)
+        self.carry_out(outcome)
+        if not outcome.changed:
             for dpid in list(self.datapaths):
                 self.reconcile(dpid)  # picks up deletes deferred while a switch settled
         for dpid, sync in list(self.sync.items()):
@@ -258,23 +243,6 @@ class GoldilocksController(app_manager.RyuApp):
                 self._request_flows(datapath)
                 # A changed dp-desc (role override) is picked up here too.
                 datapath.send_msg(datapath.ofproto_parser.OFPDescStatsRequest(datapath, 0))
-
-    def _send_lldp(self, dpid: int, datapath) -> None:
-        sw = self.topo.switches.get(dpid)
-        if sw is None:
-            return
-        ofp, parser = datapath.ofproto, datapath.ofproto_parser
-        for port_no in sw.live_ports():
-            frame = lldp.build_probe(self.lldp_key, dpid, port_no, sw.ports[port_no].hw_addr, _now_ms())
-            datapath.send_msg(
-                parser.OFPPacketOut(
-                    datapath=datapath,
-                    buffer_id=ofp.OFP_NO_BUFFER,
-                    in_port=ofp.OFPP_CONTROLLER,
-                    actions=[parser.OFPActionOutput(port_no)],
-                    data=frame,
-                )
-            )
 
     def _request_flows(self, datapath) -> None:
         self._stats_parts[datapath.id] = set()
@@ -291,7 +259,7 @@ class GoldilocksController(app_manager.RyuApp):
         now = time.monotonic()
         self.sync[dpid] = SwitchSync(settle_until=now + self.settings.settle_time, connected_at=now)
         first_seen = dpid not in self.topo.switches
-        self.topo.switch_connected(dpid)
+        self.carry_out(self.learner.switch_connected(dpid, now))
         for message in ofmsg.meter_mods(datapath):  # before any flow that uses them
             datapath.send_msg(message)
         # The flows every switch holds whatever the model (LLDP and unknown sources to the
@@ -314,21 +282,19 @@ class GoldilocksController(app_manager.RyuApp):
         LOG.info("switch %016x disconnected", dpid)
         del self.datapaths[dpid]
         self.sync.pop(dpid, None)
-        self.topo.switch_disconnected(dpid)
+        self.carry_out(self.learner.switch_disconnected(dpid, time.monotonic()))
 
     @set_ev_cls(ofp_event.EventOFPDescStatsReply, MAIN_DISPATCHER)
     def desc_reply(self, ev) -> None:
         dp_desc = ev.msg.body.dp_desc
         dp_desc = dp_desc.decode(errors="replace") if isinstance(dp_desc, bytes) else str(dp_desc)
-        if self.topo.set_role_override(ev.msg.datapath.id, dp_desc.strip("\x00 ")):
-            self.model_changed()
+        self.carry_out(self.learner.role_described(ev.msg.datapath.id, dp_desc.strip("\x00 ")))
 
     @set_ev_cls(ofp_event.EventOFPPortDescStatsReply, MAIN_DISPATCHER)
     def port_desc_reply(self, ev) -> None:
         datapath = ev.msg.datapath
         ports = [self._port(p) for p in ev.msg.body]
-        if self.topo.set_ports(datapath.id, ports):
-            self.model_changed()
+        self.carry_out(self.learner.ports_described(datapath.id, ports, time.monotonic()))
         self._request_flows(datapath)
 
     @set_ev_cls(ofp_event.EventOFPFlowStatsReply, MAIN_DISPATCHER)
@@ -358,8 +324,7 @@ class GoldilocksController(app_manager.RyuApp):
         datapath.set_xid(barrier)
         sync.converge_xid = barrier.xid
         datapath.send_msg(barrier)
-        self._send_lldp(datapath.id, datapath)
-        sync.probed = True
+        self.carry_out(self.learner.switch_synced(datapath.id, time.monotonic()))
 
     @set_ev_cls(ofp_event.EventOFPBarrierReply, MAIN_DISPATCHER)
     def barrier_reply(self, ev) -> None:
@@ -385,15 +350,8 @@ class GoldilocksController(app_manager.RyuApp):
         port = self._port(msg.desc)
         if msg.reason in (ofp.OFPPR_ADD, ofp.OFPPR_DELETE):
             self.ovsdb_inventory.ports_changed()
-        if msg.reason == ofp.OFPPR_DELETE:
-            changed = self.topo.delete_port(msg.datapath.id, port.port_no)
-        else:
-            changed = self.topo.set_port(msg.datapath.id, port)
-        if changed:
-            LOG.info("switch %016x port %d %s", msg.datapath.id, port.port_no, "up" if port.up else "down")
-            self.model_changed()
-            if port.up and msg.datapath.id in self.datapaths:
-                self._send_lldp(msg.datapath.id, msg.datapath)
+        deleted = msg.reason == ofp.OFPPR_DELETE
+        self.carry_out(self.learner.port_changed(msg.datapath.id, port, time.monotonic(), deleted=deleted))
 
     @staticmethod
     def _port(desc) -> Port:
@@ -406,81 +364,13 @@ class GoldilocksController(app_manager.RyuApp):
     def packet_in(self, ev) -> None:
         received = time.perf_counter()
         msg = ev.msg
-        datapath = msg.datapath
         self.metrics.packet_ins += 1
         in_port = msg.match.get("in_port")
-        frame = bytes(msg.data)
-        if len(frame) < 14 or in_port is None:
+        if in_port is None:
             return
-        if struct.unpack("!H", frame[12:14])[0] == pipeline.ETH_TYPE_LLDP:
-            self._lldp_in(datapath.id, in_port, frame)
-            return
-        if in_port >= pipeline.OFPP_MAX:
-            return
-        if not self.topo.is_edge_port(datapath.id, in_port):
-            if self.topo.is_pending_port(datapath.id, in_port):
-                held = self._held.setdefault(PortRef(datapath.id, in_port), [])
-                if len(held) < HELD_FRAMES_PER_PORT:
-                    held.append((time.monotonic(), msg.cookie, frame))
-            return
-        if msg.table_id == pipeline.FORWARD:
-            self._unanswered_arp.append((time.monotonic(), datapath.id, in_port, frame))
-            return
-        self._learn_and_forward(datapath, in_port, frame, msg.cookie, received)
-
-    def _learn_and_forward(self, datapath, in_port: int, frame: bytes, cookie: int, received: float) -> None:
-        """Learn the sender of a frame from an edge port; if it came from the table-miss entry,
-        re-inject it at table 0, where the flows just installed carry it."""
-        mac, ip = sender_ip(frame)
-        if frame[6] & 1 or mac in self.topo.switch_macs():  # never a host
-            return
-        reinject = cookie == MISS_COOKIE
-        if self.topo.host_seen(mac, datapath.id, in_port, ip):
-            LOG.info("host %s ip %s at switch %016x port %d", mac, ip, datapath.id, in_port)
-
-            def learned() -> None:
-                self.metrics.observe_learning(time.perf_counter() - received)
-                if reinject:
-                    self._reinject(datapath, in_port, frame)
-
-            self.model_changed(then=learned)
-        elif reinject and mac in self.topo.hosts:
-            self._reinject(datapath, in_port, frame)
-
-    def _reinject(self, datapath, in_port: int, frame: bytes) -> None:
-        """Send a frame through the switch's pipeline from table 0, as if it had just arrived:
-        the flows installed for its sender now carry it."""
-        if self.datapaths.get(datapath.id) is not datapath:
-            return
-        ofp, parser = datapath.ofproto, datapath.ofproto_parser
-        datapath.send_msg(parser.OFPBarrierRequest(datapath))
-        datapath.send_msg(
-            parser.OFPPacketOut(
-                datapath=datapath,
-                buffer_id=ofp.OFP_NO_BUFFER,
-                in_port=in_port,
-                actions=[parser.OFPActionOutput(ofp.OFPP_TABLE)],
-                data=frame,
-            )
-        )
-
-    def _lldp_in(self, dpid: int, in_port: int, frame: bytes) -> None:
-        origin = lldp.parse_probe(self.lldp_key, frame, _now_ms(), LLDP_MAX_AGE_MS)
-        here = PortRef(dpid, in_port)
-        known = origin is not None and Link.between(PortRef(*origin), here) in self.topo.links
-        if origin is None or (not known and self.topo.has_hosts_on(dpid, in_port)):
-            # Forged, replayed, or a new link on a port with hosts learned on it: a VM relaying
-            # a probe must not turn its port into a fabric port that skips admission. (A known
-            # link's ports never have hosts: nothing is learned on an inter-switch port, so the
-            # scan of every host is skipped for the probes that merely refresh a link.)
-            self.metrics.lldp_rejected += 1
-            return
-        src = PortRef(*origin)
-        if src.dpid not in self.topo.switches:
-            return
-        if self.topo.link_seen(src, PortRef(dpid, in_port), time.monotonic()):
-            LOG.info("link %016x:%d <-> %016x:%d", src.dpid, src.port, dpid, in_port)
-            self.model_changed(then=self._ask_again)  # the flooding tree just grew
+        punt = punt_reason(msg.table_id, msg.cookie)
+        outcome = self.learner.packet_in(msg.datapath.id, in_port, bytes(msg.data), punt, time.monotonic())
+        self.carry_out(outcome, received)
 
     # -- views for REST ---------------------------------------------------------------
     def desired_flow_count(self) -> int:

@@ -16,7 +16,6 @@ class Metrics:
     reconcile_seconds_last: float = 0.0
     packet_in_to_flow_mod_seconds_sum: float = 0.0
     packet_in_to_flow_mod_count: int = 0
-    lldp_rejected: int = 0
     switch_errors: int = 0
     learning_samples: deque = field(default_factory=lambda: deque(maxlen=1000))
     convergence_samples: deque = field(default_factory=lambda: deque(maxlen=1000))
@@ -34,7 +33,7 @@ class Metrics:
         self.reconcile_seconds_sum += seconds
         self.reconcile_seconds_last = seconds
 
-    def render(self, switches_connected: int, links: int, hosts: int, flows: int) -> str:
+    def render(self, switches_connected: int, links: int, hosts: int, flows: int, learner=None) -> str:
         rows = [
             ("goldilocks_switches_connected", "gauge", "Switches with a live OpenFlow connection", switches_connected),
             ("goldilocks_links", "gauge", "Inter-switch links known from LLDP", links),
@@ -42,13 +41,25 @@ class Metrics:
             ("goldilocks_flows_desired", "gauge", "Flow entries the controller wants on all switches", flows),
             ("goldilocks_packet_ins_total", "counter", "Packet-in messages received", self.packet_ins),
             ("goldilocks_flow_mods_total", "counter", "Flow-mod messages sent", self.flow_mods),
-            ("goldilocks_lldp_rejected_total", "counter", "LLDP frames with a bad or missing signature", self.lldp_rejected),
+            ("goldilocks_lldp_rejected_total", "counter", "LLDP frames with a bad or missing signature, stale or replayed",
+             learner.lldp_rejected if learner else 0),
+            ("goldilocks_probes_refused_total", "counter", "Valid probes refused because an end is a declared VM port",
+             learner.probes_refused if learner else 0),
+            ("goldilocks_hosts_forgotten_total", "counter", "Hosts forgotten because their port turned out to face a switch",
+             learner.hosts_forgotten if learner else 0),
             ("goldilocks_switch_errors_total", "counter", "OpenFlow errors from switches", self.switch_errors),
             ("goldilocks_reconcile_seconds_last", "gauge", "Last compile and reconcile", self.reconcile_seconds_last),
         ]
         lines = []
         for name, kind, help_text, value in rows:
             lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {value}"]
+        lines += [
+            "# HELP goldilocks_port_kind_changes_total Port kind changes (down, pending, edge, inter-switch, lost-link)",
+            "# TYPE goldilocks_port_kind_changes_total counter",
+        ]
+        if learner is not None:
+            for (old, new), count in sorted(learner.kind_changes.items()):
+                lines.append(f'goldilocks_port_kind_changes_total{{from="{old}",to="{new}"}} {count}')
         lines += [
             "# HELP goldilocks_reconcile_seconds Compile and reconcile durations",
             "# TYPE goldilocks_reconcile_seconds summary",

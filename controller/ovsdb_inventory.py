@@ -39,6 +39,9 @@ from controller.store import SOURCE_OVSDB
 LOG = logging.getLogger("goldilocks.ovsdb_inventory")
 
 VM_ID, ATTACHED_MAC = "vm-id", "attached-mac"
+IFACE_ID = "iface-id"  # OpenStack and OVN name the logical port behind an interface with it
+# Any of these in an Interface's external_ids declares it a VM port: it never becomes inter-switch.
+VM_PORT_KEYS = (VM_ID, IFACE_ID, ATTACHED_MAC)
 LABELS_KEY, IPS_KEY = "goldilocks-labels", "goldilocks-ips"
 ACTOR = "ovsdb"
 
@@ -76,6 +79,8 @@ class Published:
     interfaces: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # VM name -> its interfaces
     broken: frozenset[str] = frozenset()
     errors: tuple[PublishError, ...] = ()
+    # Every interface the hypervisor declares as a VM port (any of VM_PORT_KEYS), ours or not.
+    vm_interfaces: frozenset[str] = frozenset()
 
 
 # -- parsing: ovs-vsctl JSON -> VMs ----------------------------------------------------------------
@@ -138,11 +143,14 @@ def parse_interfaces(text: str) -> Published:
     errors: list[PublishError] = []
     broken: set[str] = set()
     parts: dict[str, list[tuple[str, VM]]] = defaultdict(list)  # VM name -> (interface, its share)
+    vm_interfaces: set[str] = set()
     for row in interface_rows(text):
         interface = str(row.get("name", "?"))
         ids = row.get("external_ids")
         if not isinstance(ids, dict):
             continue
+        if any(key in ids for key in VM_PORT_KEYS):
+            vm_interfaces.add(interface)
         vm_id = ids.get(VM_ID)
         if vm_id is None:
             # attached-mac alone is common (OpenStack sets it with iface-id): not for us. Our
@@ -205,6 +213,7 @@ def parse_interfaces(text: str) -> Published:
         interfaces={n: tuple(sorted(i for i, _ in shares)) for n, shares in sorted(parts.items())},
         broken=frozenset(broken),
         errors=tuple(sorted(set(errors))),
+        vm_interfaces=frozenset(vm_interfaces),
     )
 
 
@@ -373,6 +382,10 @@ class OvsdbInventory:
         if self._failing:
             self._failing = False
             LOG.info("OVSDB can be read again")
+        try:
+            self.app.set_declared_vm_interfaces(published.vm_interfaces)
+        except Exception:
+            LOG.exception("applying the VM ports OVSDB declares failed")
         try:
             return self.apply(published)
         except Exception:

@@ -238,26 +238,32 @@ def dpid_str(dpid: int) -> str:
     return f"{dpid:016x}"
 
 
-def port_kind(port_no: int, inter: set[int], edge: set[int], fabric: set[int]) -> str:
-    """inter-switch (LLDP seen), lost-link (was inter-switch, LLDP stopped, port still up: held
-    until it goes down), edge (confirmed to face hosts) or pending (not known yet)."""
-    if port_no in inter:
-        return "inter-switch"
-    if port_no in fabric:
-        return "lost-link"
-    return "edge" if port_no in edge else "pending"
-
-
 def host_view(host) -> dict:
     return {"mac": host.mac, "ips": sorted(host.ips), "dpid": dpid_str(host.dpid), "port": host.port}
 
 
+def port_view(app, dpid: int, port, now: float) -> dict:
+    """A port with its kind (down, pending, edge, inter-switch or lost-link), how often the kind
+    changed, since when it holds (seconds), and whether the hypervisor declares it a VM port."""
+    history = app.learner.port_history(dpid, port.port_no)
+    return {
+        "port_no": port.port_no,
+        "name": port.name,
+        "hw_addr": port.hw_addr,
+        "up": port.up,
+        "kind": history.kind,
+        "kind_changes": history.changes,
+        "kind_seconds": round(max(0.0, now - history.since), 3),
+        "declared_vm": port.name in app.learner.declared_vm_interfaces,
+    }
+
+
 def topology_view(app) -> dict:
     topo = app.topo
+    now = time.monotonic()
     switches = []
     for dpid in sorted(topo.switches):
         sw = topo.switches[dpid]
-        inter = topo.inter_switch_ports(dpid)
         switches.append(
             {
                 "dpid": dpid_str(dpid),
@@ -266,13 +272,7 @@ def topology_view(app) -> dict:
                 "connected": sw.connected,
                 "converge_seconds": app.sync[dpid].converge_seconds if dpid in app.sync else None,
                 "ports": [
-                    {
-                        "port_no": p.port_no,
-                        "name": p.name,
-                        "hw_addr": p.hw_addr,
-                        "up": p.up,
-                        "kind": port_kind(p.port_no, inter, sw.edge_confirmed, sw.fabric_ports),
-                    }
+                    port_view(app, dpid, p, now)
                     for p in sorted(sw.ports.values(), key=lambda p: p.port_no)
                     if p.port_no < 0xFFFFFF00
                 ],
@@ -499,7 +499,9 @@ class GoldilocksApi(ControllerBase):
     @endpoint("GET", "/metrics", OPEN)
     def metrics(self, call):
         app = self.app
-        body = app.metrics.render(len(app.datapaths), len(app.topo.links), len(app.topo.hosts), app.desired_flow_count())
+        body = app.metrics.render(
+            len(app.datapaths), len(app.topo.links), len(app.topo.hosts), app.desired_flow_count(), app.learner
+        )
         return Response(status=200, content_type="text/plain", charset="utf-8", body=body.encode())
 
     # -- the network --------------------------------------------------------------------------

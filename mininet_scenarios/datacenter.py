@@ -1,17 +1,56 @@
-"""A leaf-spine data centre in Mininet: OVS userspace bridges in secure fail mode, driven by Goldilocks.
+"""A data centre in Mininet: OVS userspace bridges in secure fail mode, driven by Goldilocks.
 
     python -m mininet_scenarios.datacenter --spines 2 --leaves 2 --hypervisors-per-leaf 2 --vms-per-hypervisor 2 --check
+    python -m mininet_scenarios.datacenter --topology fabric.yaml --info /tmp/dc.json --cli
+
+The fabric is a leaf-spine built from the four size flags, or, with `--topology FILE`, any fabric
+described in a JSON or YAML file (YAML when the name ends .yaml or .yml):
+
+    switches:                                     # name and role (fabric | hypervisor) required
+      - {name: sp1, role: fabric, dpid: 0x101}    # dpid optional: int, "0x101" or "0000000000000101"
+      - {name: sp2, role: fabric}
+      - {name: lf1, role: fabric}
+      - {name: hv1, role: hypervisor}
+    links:                                        # inter-switch cables, any graph
+      - [sp1, lf1]
+      - {a: sp2, b: lf1}
+      - [sp1, sp2]                                # a cross link between the spines
+      - [lf1, hv1]
+    vms:                                          # every field required; ip is /16 unless CIDR
+      - {name: vm1, hypervisor: hv1, ip: 10.0.0.1, mac: "02:00:00:00:00:01"}
+      - {name: vm2, hypervisor: hv1, ip: 10.0.0.2, mac: "02:00:00:00:00:02"}
+
+`mininet_scenarios/topology_file.py` has the full rules. A bad file stops the run with status 2
+and one line on stderr naming the file and the field, before anything is built.
+
+Other options:
+- `--info FILE`: right after the network starts, write (atomically) a JSON document with
+  `rest_url`, `admin_token_file` (null for an external controller), `openflow` ("host:port"),
+  `vms` [{name, ip, mac, hypervisor, pid, intf}], `switches` [{name, dpid (16 hex digits),
+  role}] and `links` [[a, b]]. `pid` is the VM shell's PID, so `mnexec -a PID cmd` or
+  `nsenter -t PID -n cmd` runs inside the VM. The file is removed when the network stops.
+- `--connect-late NAME=SECONDS` (repeatable): switch NAME starts with its ports up but no
+  controller (so, in secure fail mode, it forwards nothing) and is given the controller SECONDS
+  after the network starts: a hypervisor that boots after its leaf.
+
+Mininet runs share one Open vSwitch and one set of interface names, so a run holds an exclusive
+flock on /run/lock/goldilocks-mininet.lock for the life of its network, and waits for it if
+another run holds it.
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
+import math
 import os
 import re
 import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,15 +58,28 @@ from dataclasses import dataclass, field
 from functools import partial
 
 from mininet_scenarios.harness import ControllerProcess, rest_get, wait_for
+from mininet_scenarios.topology_file import (
+    CONTROLLER_NODE,
+    DEFAULT_PREFIX_LENGTH,
+    Fabric,
+    TopologyFileError,
+    load_fabric,
+    parse_fabric,
+)
 
 # Mininet is imported lazily so that `--help` works without it.
 
 SPINE_BASE, LEAF_BASE, HV_BASE = 0x100, 0x200, 0x300
+LOCK_PATH = "/run/lock/goldilocks-mininet.lock"
+LEAF_SPINE_FLAGS = ("spines", "leaves", "hypervisors_per_leaf", "vms_per_hypervisor")
+LEAF_SPINE_DEFAULT = 2
+RECONNECT_MS = 1000  # a switch retries its controller at least once a second
 
 
 @dataclass
 class Layout:
-    """What we build: names, dpids, links and VM addresses."""
+    """What we build: names, dpids, links and VM addresses. The four counts describe a
+    leaf-spine; a layout read from a topology file has them all 0."""
 
     spines: int = 2
     leaves: int = 2
@@ -37,6 +89,7 @@ class Layout:
     roles: dict[str, str] = field(default_factory=dict)  # name -> hypervisor | fabric
     switch_links: list[tuple[str, str]] = field(default_factory=list)
     vms: dict[str, tuple[str, str, str]] = field(default_factory=dict)  # name -> (hypervisor, ip, mac)
+    prefix_lengths: dict[str, int] = field(default_factory=dict)  # VM name -> prefix length; absent: 16
 
     def __post_init__(self) -> None:
         for s in range(1, self.spines + 1):
@@ -60,6 +113,145 @@ class Layout:
         self.switches[name] = dpid
         self.roles[name] = role
 
+    # -- a user's own fabric --------------------------------------------------------------
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> Layout:
+        """The fabric of a JSON or YAML topology file; TopologyFileError names the file and the field."""
+        return cls._from_fabric(load_fabric(path))
+
+    @classmethod
+    def from_document(cls, doc: object, source: str = "<document>") -> Layout:
+        """The fabric of an already parsed topology document; errors name `source` and the field."""
+        return cls._from_fabric(parse_fabric(doc, source))
+
+    @classmethod
+    def _from_fabric(cls, fabric: Fabric) -> Layout:
+        return cls(
+            0,
+            0,
+            0,
+            0,
+            switches={s.name: s.dpid for s in fabric.switches},
+            roles={s.name: s.role for s in fabric.switches},
+            switch_links=list(fabric.links),
+            vms={vm.name: (vm.hypervisor, vm.ip, vm.mac) for vm in fabric.vms},
+            prefix_lengths={vm.name: vm.prefix_length for vm in fabric.vms},
+        )
+
+    def to_document(self) -> dict:
+        """This layout as a topology document (what --topology reads): a starting point for a user's own file."""
+        return {
+            "switches": [
+                {"name": name, "role": self.roles[name], "dpid": f"{dpid:016x}"} for name, dpid in self.switches.items()
+            ],
+            "links": [[a, b] for a, b in self.switch_links],
+            "vms": [
+                {"name": name, "hypervisor": hv, "ip": f"{ip}/{self.prefix_length(name)}", "mac": mac}
+                for name, (hv, ip, mac) in self.vms.items()
+            ],
+        }
+
+    def prefix_length(self, vm: str) -> int:
+        return self.prefix_lengths.get(vm, DEFAULT_PREFIX_LENGTH)
+
+
+class MininetLock:
+    """The machine-wide lock that serialises Mininet runs: they share one Open vSwitch and one
+    set of interface names. An exclusive flock, held from start to stop."""
+
+    def __init__(self, path: str = LOCK_PATH) -> None:
+        self.path = path
+        self._fd: int | None = None
+        self._held_by_wrapper = False
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None or self._held_by_wrapper
+
+    def acquire(self) -> None:
+        """Take the lock, waiting (with one line on stderr) while another run holds it."""
+        if self.held:
+            return
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _flock_holder(fd)
+                if holder == os.getpid():
+                    raise RuntimeError(
+                        f"this process already runs a Mininet network (it holds {self.path}); stop that one first"
+                    ) from None
+                if _locked_through_inherited_fd(fd):
+                    # `flock LOCK cmd` around us: the lock is held on our behalf, and would never be
+                    # released while we waited for it.
+                    self._held_by_wrapper = True
+                    os.close(fd)
+                    return
+                who = f"process {holder}" if holder is not None else "another process"
+                print(f"waiting for the Mininet run of {who} to finish ({self.path} is locked)", file=sys.stderr, flush=True)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+
+    def release(self) -> None:
+        fd, self._fd, self._held_by_wrapper = self._fd, None, False
+        if fd is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            finally:
+                os.close(fd)
+
+
+def _flock_holder(fd: int) -> int | None:
+    """The PID that holds a flock on fd's file, from /proc/locks (None if it cannot be told)."""
+    stat = os.fstat(fd)
+    file_id = f"{os.major(stat.st_dev):02x}:{os.minor(stat.st_dev):02x}:{stat.st_ino}"
+    try:
+        with open("/proc/locks") as locks:
+            for line in locks:
+                fields = line.split()  # "3: FLOCK  ADVISORY  WRITE 1234 00:19:2047 0 EOF"; waiters have "->"
+                if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == file_id:
+                    return int(fields[4])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def _locked_through_inherited_fd(fd: int) -> bool:
+    """Whether the lock on fd's file is held through another descriptor of this process, one
+    inherited from a wrapper such as flock(1): flock on the open file that holds it succeeds."""
+    wanted = os.fstat(fd)
+    for entry in os.listdir("/proc/self/fd"):
+        other = int(entry)
+        if other == fd:
+            continue
+        try:
+            stat = os.fstat(other)
+            if (stat.st_dev, stat.st_ino) != (wanted.st_dev, wanted.st_ino):
+                continue
+            fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except OSError:
+            continue
+    return False
+
+
+def _vsctl(*args: str) -> None:
+    """Run ovs-vsctl directly, not through a Mininet node's shell, which belongs to the thread that made it."""
+    result = subprocess.run(["ovs-vsctl", "--timeout=10", *args], capture_output=True, text=True)
+    if result.returncode:
+        raise RuntimeError(f"ovs-vsctl {' '.join(args)} failed: {' '.join(result.stderr.split())}")
+
+
+def _remove(path: str | os.PathLike) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
 
 class DataCentre:
     """The running Mininet network plus the controller that drives it."""
@@ -73,9 +265,15 @@ class DataCentre:
         role_overrides: dict[str, str] | None = None,
         fail_mode: str = "secure",
         with_controller: bool = True,
+        connect_delays: dict[str, float] | None = None,
+        info_path: str | os.PathLike | None = None,
     ):
         """fail_mode="standalone" with with_controller=False builds plain OVS NORMAL learning
-        bridges (loop-free layouts only: there is no STP), the baseline for benchmarks."""
+        bridges (loop-free layouts only: there is no STP), the baseline for benchmarks.
+
+        connect_delays: switch name -> seconds after start before the switch is given its
+        controller (until then it has none and, in secure fail mode, forwards nothing).
+        info_path: where start() writes the run's info document (see info())."""
         self.layout = layout
         self.controller_proc: ControllerProcess | None = None
         self.external = controller
@@ -85,16 +283,43 @@ class DataCentre:
         # Roles written into each bridge's dp-desc before it first connects.
         self.dp_desc_roles = dict(layout.roles) if declare_roles else {}
         self.dp_desc_roles.update(role_overrides or {})
+        self.connect_delays = dict(connect_delays or {})
+        for name, delay in self.connect_delays.items():
+            if name not in layout.switches:
+                raise ValueError(f"connect_delays: {name!r} is not a switch of the layout")
+            if not (math.isfinite(delay) and delay >= 0):
+                raise ValueError(f"connect_delays: {name}: the delay must be a number of seconds >= 0, not {delay!r}")
+        if self.connect_delays and not with_controller:
+            raise ValueError("connect_delays needs a controller to connect to (with_controller=False)")
+        self.info_path = os.fspath(info_path) if info_path is not None else None
+        self.openflow: str | None = None  # "host:port" of the controller, once started
+        self.lock = MininetLock()
         self.net = None
         self.net_start_at: float | None = None  # time.monotonic() just before net.start()
+        self._pending_connects: dict[str, threading.Timer] = {}
+        self._connects_lock = threading.Lock()  # the timers' thread against connect/disconnect/stop
+        self._info_written = False
 
     # -- lifecycle ------------------------------------------------------------------
     def start(self) -> DataCentre:
+        """Take the machine-wide Mininet lock (waiting for it), start the controller and the
+        network. On failure everything started is stopped again and the lock released."""
+        self.lock.acquire()
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self) -> None:
         from mininet.log import setLogLevel
         from mininet.net import Mininet
         from mininet.node import OVSSwitch, RemoteController
 
         setLogLevel("warning")
+        if self.info_path is not None:
+            _remove(self.info_path)  # a crashed run's: its PIDs are gone
         if not self.with_controller:
             of_host, of_port = None, None
         elif self.external:
@@ -105,7 +330,9 @@ class DataCentre:
             self.controller_proc = ControllerProcess().start()
             of_host, of_port = "127.0.0.1", self.controller_proc.of_port
             self.rest_url = self.controller_proc.rest_url
+        self.openflow = f"{of_host}:{of_port}" if of_port is not None else None
         roles = self.dp_desc_roles
+        late = set(self.connect_delays)
 
         class QuietRemoteController(RemoteController):
             """Mininet probes a remote controller with telnet and decodes the reply as UTF-8; an
@@ -116,7 +343,8 @@ class DataCentre:
                 return None
 
         class DataCentreSwitch(OVSSwitch):
-            """A userspace bridge whose dp-desc declares its role when the scenario asks for it."""
+            """A userspace bridge whose dp-desc declares its role when the scenario asks for it,
+            and which comes up without a controller when it is to connect late."""
 
             def bridgeOpts(self) -> str:
                 opts = super().bridgeOpts()
@@ -124,42 +352,147 @@ class DataCentre:
                     opts = opts.replace(f"other-config:dp-desc={self.name}", f"other-config:dp-desc=role={roles[self.name]}")
                 return opts
 
-        switch_cls = partial(DataCentreSwitch, datapath="user", failMode=self.fail_mode, protocols="OpenFlow13", reconnectms=1000)
+            def start(self, controllers: list) -> None:
+                # Mininet writes the controllers into the same ovs-vsctl call that creates the
+                # bridge; a late switch gets none there, and the scenario sets it later.
+                super().start([] if self.name in late else controllers)
+
+        switch_cls = partial(
+            DataCentreSwitch, datapath="user", failMode=self.fail_mode, protocols="OpenFlow13", reconnectms=RECONNECT_MS
+        )
         net = Mininet(switch=switch_cls, controller=None, build=False, autoSetMacs=False, waitConnected=False)
         self.net = net
         if of_port is not None:
-            net.addController("c0", controller=QuietRemoteController, ip=of_host, port=of_port)
+            net.addController(CONTROLLER_NODE, controller=QuietRemoteController, ip=of_host, port=of_port)
         for name, dpid in self.layout.switches.items():
             net.addSwitch(name, dpid=f"{dpid:016x}")
         for a, b in self.layout.switch_links:
             net.addLink(a, b)
         for name, (hv, ip, mac) in self.layout.vms.items():
-            net.addHost(name, ip=f"{ip}/16", mac=mac)
+            net.addHost(name, ip=f"{ip}/{self.layout.prefix_length(name)}", mac=mac)
             net.addLink(name, hv)
         net.build()
-        # Switch ports live in the root namespace, where the kernel would send IPv6 router
-        # solicitations out of them; a real bridge port emits nothing of its own.
-        for switch in net.switches:
-            for intf in switch.intfList():
-                if intf.name != "lo":
-                    subprocess.run(["sysctl", "-qw", f"net.ipv6.conf.{intf.name}.disable_ipv6=1"], check=False)
         self.net_start_at = time.monotonic()
         net.start()
         for host in net.hosts:
             for intf in host.intfList():
                 host.cmd(f"ethtool -K {intf.name} tx off")
-        return self
+        self._schedule_late_connects()
+        if self.info_path is not None:
+            self.write_info(self.info_path)
+            self._info_written = True
 
     def stop(self) -> None:
+        """Stop everything start() started; idempotent. The lock is released whatever fails."""
         try:
+            self._cancel_pending_connects()
+            if self._info_written and self.info_path is not None:
+                _remove(self.info_path)
+                self._info_written = False
             if self.net is not None:
                 self._kill_host_processes()
                 self.net.stop()
                 self.net = None
         finally:
-            if self.controller_proc is not None:
-                self.controller_proc.stop()
-                self.controller_proc = None
+            try:
+                if self.controller_proc is not None:
+                    self.controller_proc.stop()
+                    self.controller_proc = None
+            finally:
+                self.lock.release()
+
+    # -- switches that connect late, disconnect and reconnect ---------------------------------
+    def _schedule_late_connects(self) -> None:
+        with self._connects_lock:
+            for name, delay in self.connect_delays.items():
+                timer = threading.Timer(delay, self._connect_when_due, args=(name,))
+                timer.daemon = True
+                self._pending_connects[name] = timer
+                timer.start()
+
+    def _connect_when_due(self, name: str) -> None:
+        with self._connects_lock:
+            if self._pending_connects.pop(name, None) is None:
+                return  # cancelled: stopped, or connected or disconnected by hand meanwhile
+            try:
+                self._set_controller(name)
+            except (OSError, RuntimeError) as exc:
+                print(f"late switch {name}: could not set its controller: {exc}", file=sys.stderr, flush=True)
+
+    def _cancel_pending_connects(self) -> None:
+        with self._connects_lock:
+            for timer in self._pending_connects.values():
+                timer.cancel()
+            self._pending_connects.clear()
+
+    def connect_switch(self, name: str) -> None:
+        """Give the switch the scenario's controller now (cancelling a pending late connect)."""
+        self._require_switch(name)
+        if self.openflow is None:
+            raise RuntimeError("this data centre has no controller to connect to")
+        with self._connects_lock:
+            pending = self._pending_connects.pop(name, None)
+            if pending is not None:
+                pending.cancel()
+            self._set_controller(name)
+
+    def disconnect_switch(self, name: str) -> None:
+        """Remove the switch's controller (cancelling a pending late connect): in secure fail
+        mode it keeps its flows and asks no one about new traffic."""
+        self._require_switch(name)
+        with self._connects_lock:
+            pending = self._pending_connects.pop(name, None)
+            if pending is not None:
+                pending.cancel()
+            _vsctl("del-controller", name)
+
+    def _require_switch(self, name: str) -> None:
+        if name not in self.layout.switches:
+            raise ValueError(f"{name!r} is not a switch of this data centre")
+        if self.net is None:
+            raise RuntimeError("the data centre is not running")
+
+    def _set_controller(self, name: str) -> None:
+        # What Mininet's OVSSwitch.start writes, so a late switch backs off like the others.
+        _vsctl(
+            "--", "--id=@c", "create", "Controller", f'target="tcp:{self.openflow}"', f"max_backoff={RECONNECT_MS}",
+            "--", "set", "Bridge", name, "controller=[@c]",
+        )  # fmt: skip
+
+    # -- for scripts and tests outside this process -----------------------------------------
+    def info(self) -> dict:
+        """What a script needs to drive the running network from outside: the controller's
+        addresses, and every switch, link and VM, with the PID of each VM's shell."""
+        token_file = os.path.join(self.controller_proc.state_dir, "admin.token") if self.controller_proc else None
+        vms = []
+        for name, (hv, ip, mac) in self.layout.vms.items():
+            host = self.net.get(name)
+            vms.append({"name": name, "ip": ip, "mac": mac, "hypervisor": hv, "pid": host.pid, "intf": host.defaultIntf().name})
+        return {
+            "rest_url": self.rest_url,
+            "admin_token_file": token_file,
+            "openflow": self.openflow,
+            "vms": vms,
+            "switches": [
+                {"name": name, "dpid": f"{dpid:016x}", "role": self.layout.roles[name]}
+                for name, dpid in self.layout.switches.items()
+            ],
+            "links": [[a, b] for a, b in self.layout.switch_links],
+        }
+
+    def write_info(self, path: str | os.PathLike) -> None:
+        """Write info() as JSON, atomically: a reader sees the whole document or none."""
+        directory = os.path.dirname(os.path.abspath(path))
+        fd, tmp = tempfile.mkstemp(prefix=".goldilocks-info-", suffix=".tmp", dir=directory)
+        try:
+            with os.fdopen(fd, "w") as out:
+                json.dump(self.info(), out, indent=1)
+                out.write("\n")
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        except BaseException:
+            _remove(tmp)
+            raise
 
     def _kill_host_processes(self) -> None:
         """Kill whatever still runs in the VMs' namespaces (listeners, iperf3 servers, pings
@@ -253,7 +586,8 @@ class DataCentre:
 
 @contextmanager
 def running(layout: Layout, **kwargs) -> Iterator[DataCentre]:
-    """A data centre that is always torn down, whatever happens inside."""
+    """A data centre that is always torn down, whatever happens inside. It holds the machine-wide
+    Mininet lock from start to stop, so runs in other processes wait for it."""
     dc = DataCentre(layout, **kwargs)
     try:
         yield dc.start()
@@ -304,31 +638,90 @@ def human_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def _late_connect(text: str) -> tuple[str, float]:
+    name, sep, seconds = text.partition("=")
+    try:
+        delay = float(seconds)
+    except ValueError:
+        delay = math.nan
+    if not sep or not name or not (math.isfinite(delay) and delay >= 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=SECONDS (seconds >= 0)")
+    return name, delay
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m mininet_scenarios.datacenter", description=__doc__.splitlines()[0])
-    parser.add_argument("--spines", type=int, default=2)
-    parser.add_argument("--leaves", type=int, default=2)
-    parser.add_argument("--hypervisors-per-leaf", type=int, default=2)
-    parser.add_argument("--vms-per-hypervisor", type=int, default=2)
+    shape = parser.add_argument_group("a leaf-spine fabric (default), each 2 unless given")
+    shape.add_argument("--spines", type=int)
+    shape.add_argument("--leaves", type=int)
+    shape.add_argument("--hypervisors-per-leaf", type=int)
+    shape.add_argument("--vms-per-hypervisor", type=int)
+    parser.add_argument(
+        "--topology",
+        metavar="FILE",
+        help="build the fabric described in FILE (JSON, or YAML for .yaml/.yml) instead of a leaf-spine",
+    )
     parser.add_argument("--controller", metavar="HOST:PORT", help="use a running controller (default: start our own)")
     parser.add_argument("--rest", metavar="URL", help="REST URL of that controller (default http://HOST:8080)")
     parser.add_argument("--declare-roles", action="store_true", help="set dp-desc role=... on every bridge")
+    parser.add_argument(
+        "--info",
+        metavar="FILE",
+        help="once the network runs, write its controller, switches, links and VMs (with PIDs) to FILE as JSON",
+    )
+    parser.add_argument(
+        "--connect-late",
+        metavar="NAME=SECONDS",
+        type=_late_connect,
+        action="append",
+        default=[],
+        help="give switch NAME its controller only SECONDS after the network starts (repeatable)",
+    )
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--cli", action="store_true", help="open the Mininet CLI")
     mode.add_argument("--check", action="store_true", help="verify learning, pingall and iperf3; print JSON")
     args = parser.parse_args(argv)
-    for name in ("spines", "leaves", "hypervisors_per_leaf", "vms_per_hypervisor"):
+    given = [name for name in LEAF_SPINE_FLAGS if getattr(args, name) is not None]
+    if args.topology and given:
+        parser.error(f"--topology describes the whole fabric: drop --{given[0].replace('_', '-')}")
+    for name in LEAF_SPINE_FLAGS:
+        if getattr(args, name) is None:
+            setattr(args, name, LEAF_SPINE_DEFAULT)
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.controller and ":" not in args.controller:
         parser.error("--controller must be HOST:PORT")
+    late = [name for name, _ in args.connect_late]
+    if len(set(late)) != len(late):
+        parser.error("--connect-late names a switch more than once")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    layout = Layout(args.spines, args.leaves, args.hypervisors_per_leaf, args.vms_per_hypervisor)
-    with running(layout, controller=args.controller, rest_url=args.rest, declare_roles=args.declare_roles) as dc:
+    try:
+        if args.topology:
+            layout = Layout.from_file(args.topology)
+        else:
+            layout = Layout(args.spines, args.leaves, args.hypervisors_per_leaf, args.vms_per_hypervisor)
+    except TopologyFileError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for name, _ in args.connect_late:
+        if name not in layout.switches:
+            print(f"error: --connect-late: {name!r} is not a switch of this fabric", file=sys.stderr)
+            return 2
+    if not args.cli and not layout.vms:
+        print(f"error: {args.topology}: vms: the check needs at least one VM (or use --cli)", file=sys.stderr)
+        return 2
+    with running(
+        layout,
+        controller=args.controller,
+        rest_url=args.rest,
+        declare_roles=args.declare_roles,
+        connect_delays=dict(args.connect_late),
+        info_path=args.info,
+    ) as dc:
         if args.cli:
             from mininet.cli import CLI
 

@@ -22,6 +22,7 @@ from controller.app import GoldilocksController  # noqa: E402
 from controller.metrics import Metrics  # noqa: E402
 from controller.store import Store  # noqa: E402
 from tests.api_contract import Contract, InProcessClient  # noqa: E402
+from topology.learner import Learner  # noqa: E402
 from topology.model import Topology  # noqa: E402
 
 
@@ -34,6 +35,8 @@ class StubController:
         self.state_dir = state_dir
         self.store = Store(state_dir)
         self.topo = topo or Topology()
+        self.learner = Learner(self.topo)
+        self.declared_vm_interfaces: frozenset[str] = frozenset()
         self.policy = self.store.load_policy()
         self.started_at = time.time()
         self.datapaths: dict = {}
@@ -45,6 +48,9 @@ class StubController:
 
     def model_changed(self, then=None) -> None:
         self.compiles += 1
+
+    def set_declared_vm_interfaces(self, names) -> None:
+        self.declared_vm_interfaces = frozenset(names)
 
     def desired_flow_count(self) -> int:
         return len(base_flows()) * len(self.topo.switches)

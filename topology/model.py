@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field, replace
 
 from apps import pipeline
@@ -17,6 +17,13 @@ LINK_TIMEOUT = 3.5
 MAX_HOSTS_PER_PORT = 64
 # A port up this long with no LLDP from another switch faces hosts.
 EDGE_CONFIRM_TIME = 0.1
+
+# What a port is, as /v1/topology shows it and the learner counts its changes.
+KIND_DOWN = "down"
+KIND_PENDING = "pending"  # up, not proven yet: nothing is flooded to it or learned from it
+KIND_EDGE = "edge"  # proven to face hosts
+KIND_INTER_SWITCH = "inter-switch"  # a link, with probes seen both ways
+KIND_LOST_LINK = "lost-link"  # carried a link whose probes stopped while it stayed up: held
 
 
 @dataclass(frozen=True)
@@ -108,6 +115,17 @@ class Topology:
         self.links: dict[Link, float] = {}  # link -> last time LLDP confirmed it
         self.hosts: dict[str, Host] = {}  # mac -> host
         self._switch_macs: frozenset[str] | None = None  # derived from ports; reset when ports change
+        # Derived indexes, rebuilt on demand after the links or hosts they index change.
+        self._inter: dict[int, frozenset[int]] | None = None
+        self._hosts_by_port: dict[PortRef, set[str]] | None = None
+
+    def links_changed(self) -> None:
+        """Call after changing `links` directly (store loads do)."""
+        self._inter = None
+
+    def hosts_changed(self) -> None:
+        """Call after changing `hosts` directly."""
+        self._hosts_by_port = None
 
     # -- switches and ports -------------------------------------------------
     def switch_connected(self, dpid: int) -> bool:
@@ -133,6 +151,8 @@ class Topology:
             del self.links[link]
         for mac in [m for m, h in self.hosts.items() if h.dpid == dpid]:
             del self.hosts[mac]
+        self.links_changed()
+        self.hosts_changed()
         return True
 
     def set_ports(self, dpid: int, ports: Iterable[Port]) -> bool:
@@ -182,25 +202,53 @@ class Topology:
             return True
         return False
 
-    def confirm_edge_ports(self, now: float, hold: float = EDGE_CONFIRM_TIME, probed: set[int] | None = None) -> set[PortRef]:
+    def confirm_edge_ports(
+        self,
+        now: float,
+        hold: float = EDGE_CONFIRM_TIME,
+        probed: set[int] | None = None,
+        hold_back: Collection[PortRef] = (),
+        declared: Collection[str] = (),
+    ) -> set[PortRef]:
         """Start the clock on new up ports of connected switches; confirm those whose clock ran
         out with no LLDP from another switch, and return them. `probed` limits this to switches
-        that have already sent LLDP out of their ports (default: every connected switch)."""
+        that have already sent LLDP out of their ports (default: every connected switch).
+        Ports in `hold_back` (one end of a one-way probe: a switch may be behind them) stay
+        pending; ports whose interface name is in `declared` (declared VM ports) need no proving."""
         confirmed: set[PortRef] = set()
         for sw in self.switches.values():
-            if not sw.connected or (probed is not None and sw.dpid not in probed):
+            if not sw.connected:
                 continue
+            probing_done = probed is None or sw.dpid in probed
             inter = self.inter_switch_ports(sw.dpid)
             for port_no in sw.live_ports():
                 if port_no in sw.edge_confirmed or port_no in inter or port_no in sw.fabric_ports:
                     sw.pending_since.pop(port_no, None)
                     continue
+                ref = PortRef(sw.dpid, port_no)
+                if declared and sw.ports[port_no].name in declared:
+                    sw.pending_since.pop(port_no, None)
+                    sw.edge_confirmed.add(port_no)
+                    confirmed.add(ref)
+                    continue
+                if not probing_done:
+                    continue
+                if ref in hold_back:
+                    sw.pending_since[port_no] = now  # the clock starts again once the probe is stale
+                    continue
                 since = sw.pending_since.setdefault(port_no, now)
                 if now - since >= hold - 1e-9:  # float sums like 20.0 + 0.15 fall just short
                     del sw.pending_since[port_no]
                     sw.edge_confirmed.add(port_no)
-                    confirmed.add(PortRef(sw.dpid, port_no))
+                    confirmed.add(ref)
         return confirmed
+
+    def restart_proving(self, now: float) -> None:
+        """Pending ports start their proving time again: the controller was too busy to read
+        the probes that would have shown a switch behind them, so that time proves nothing."""
+        for sw in self.switches.values():
+            for port_no in sw.pending_since:
+                sw.pending_since[port_no] = now
 
     def is_pending_port(self, dpid: int, port_no: int) -> bool:
         """Up, but neither a known inter-switch port nor a confirmed edge port yet."""
@@ -227,6 +275,8 @@ class Topology:
         dead = [lk for lk in self.links if any(e.dpid == dpid and not self._port_up(e) for e in lk.ends())]
         for link in dead:
             del self.links[link]
+        if dead:
+            self.links_changed()
         return bool(dead)
 
     # -- links ----------------------------------------------------------------
@@ -240,6 +290,7 @@ class Topology:
         if is_new:
             for old in [lk for lk in self.links if set(lk.ends()) & {src, dst}]:
                 del self.links[old]
+            self.links_changed()
         self.links[link] = now
         if is_new:
             for end in (src, dst):
@@ -247,8 +298,9 @@ class Topology:
                     self._unconfirm(self.switches[end.dpid], end.port)
                     self.switches[end.dpid].fabric_ports.add(end.port)
             # Hosts "learned" on what is really an inter-switch port were frames from the fabric.
-            for mac in [m for m, h in self.hosts.items() if PortRef(h.dpid, h.port) in (src, dst)]:
-                del self.hosts[mac]
+            for end in (src, dst):
+                for mac in sorted(self.hosts_on(end.dpid, end.port)):
+                    self.remove_host(mac)
         return is_new
 
     def expire_links(self, now: float, timeout: float = LINK_TIMEOUT) -> bool:
@@ -261,6 +313,8 @@ class Topology:
                 dead.append(link)
         for link in dead:
             del self.links[link]
+        if dead:
+            self.links_changed()
         return bool(dead)
 
     def refresh_links(self, now: float) -> None:
@@ -268,8 +322,25 @@ class Topology:
         for link in self.links:
             self.links[link] = now
 
-    def inter_switch_ports(self, dpid: int) -> set[int]:
-        return {e.port for lk in self.links for e in lk.ends() if e.dpid == dpid}
+    def inter_switch_ports(self, dpid: int) -> frozenset[int]:
+        if self._inter is None:
+            inter: dict[int, set[int]] = {}
+            for link in self.links:
+                for end in link.ends():
+                    inter.setdefault(end.dpid, set()).add(end.port)
+            self._inter = {d: frozenset(ports) for d, ports in inter.items()}
+        return self._inter.get(dpid, frozenset())
+
+    def port_kind(self, dpid: int, port_no: int) -> str:
+        sw = self.switches.get(dpid)
+        port = sw.ports.get(port_no) if sw else None
+        if port is None or not port.up:
+            return KIND_DOWN
+        if port_no in self.inter_switch_ports(dpid):
+            return KIND_INTER_SWITCH
+        if port_no in sw.fabric_ports:
+            return KIND_LOST_LINK
+        return KIND_EDGE if port_no in sw.edge_confirmed else KIND_PENDING
 
     def edge_ports(self, dpid: int) -> list[int]:
         """Up ports confirmed to face hosts (never an inter-switch port)."""
@@ -301,11 +372,28 @@ class Topology:
         new = Host(mac, frozenset(ips), dpid, port)
         if new == old:
             return False
+        if old is None or (old.dpid, old.port) != (dpid, port):
+            self._hosts_by_port = None
         self.hosts[mac] = new
         return True
 
-    def has_hosts_on(self, dpid: int, port_no: int) -> bool:
-        return any(h.dpid == dpid and h.port == port_no for h in self.hosts.values())
+    def hosts_on(self, dpid: int, port_no: int) -> set[str]:
+        """MACs learned on one port (an index, rebuilt after hosts change)."""
+        if self._hosts_by_port is None:
+            index: dict[PortRef, set[str]] = {}
+            for host in self.hosts.values():
+                index.setdefault(PortRef(host.dpid, host.port), set()).add(host.mac)
+            self._hosts_by_port = index
+        return self._hosts_by_port.get(PortRef(dpid, port_no), set())
+
+    def forget_switch_mac_hosts(self) -> list[str]:
+        """Hosts whose MAC turned out to be a switch port's (a switch that connected after its
+        interfaces' own frames were seen) were never hosts: forget them; return their MACs."""
+        macs = self.switch_macs()
+        gone = sorted(mac for mac in self.hosts if mac in macs)
+        for mac in gone:
+            self.remove_host(mac)
+        return gone
 
     def switch_macs(self) -> frozenset[str]:
         """MAC addresses of switch ports: frames from them are never hosts. Asked on every
@@ -317,6 +405,7 @@ class Topology:
         return self._switch_macs
 
     def remove_host(self, mac: str) -> bool:
+        self._hosts_by_port = None
         return self.hosts.pop(mac.lower(), None) is not None
 
     # -- roles ----------------------------------------------------------------

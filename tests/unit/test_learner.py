@@ -1,0 +1,321 @@
+"""The learner's rules, event by event: probes both ways make links, no guess is final, declared VM
+ports never become inter-switch, and nothing a switch sends is ever a host."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from apps import pipeline
+from topology import lldp
+from topology.learner import (
+    EDGE_CHECK_STALL,
+    HELD_FRAME_MAX_AGE,
+    LLDP_MAX_AGE,
+    Learner,
+    Outcome,
+    PacketOut,
+    Punt,
+)
+from topology.model import EDGE_CONFIRM_TIME, LINK_TIMEOUT, Link, Port, PortRef
+
+KEY = b"k" * 32
+VM_A, VM_B = "02:00:00:00:00:0a", "02:00:00:00:00:0b"
+
+
+def port_mac(dpid: int, port: int) -> str:
+    return f"aa:00:00:00:{dpid:02x}:{port:02x}"
+
+
+def arp_frame(src_mac: str, sender_ip: str, target_ip: str = "10.0.0.254") -> bytes:
+    mac = bytes.fromhex(src_mac.replace(":", ""))
+    arp = struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1) + mac + bytes(map(int, sender_ip.split("."))) + bytes(6)
+    arp += bytes(map(int, target_ip.split(".")))
+    return b"\xff" * 6 + mac + struct.pack("!H", pipeline.ETH_TYPE_ARP) + arp
+
+
+def rs_frame(src_mac: str) -> bytes:
+    """An IPv6 router solicitation as the kernel sends it from a switch-side interface."""
+    return bytes.fromhex("333300000002") + bytes.fromhex(src_mac.replace(":", "")) + b"\x86\xdd" + bytes(48)
+
+
+class Driver:
+    """The shell, reduced to what the rules need: it carries out outcomes (recompiles are counted,
+    deferred steps run at once) and keeps every frame the learner asked to send."""
+
+    def __init__(self, learner: Learner) -> None:
+        self.learner = learner
+        self.sent: list[PacketOut] = []
+        self.compiles = 0
+
+    def run(self, outcome: Outcome, now: float) -> Outcome:
+        self.sent += outcome.send
+        if outcome.changed:
+            self.compiles += 1
+        self.sent += outcome.send_after
+        for step in outcome.after:
+            self.run(step(now), now)
+        return outcome
+
+    def probes(self) -> list[PacketOut]:
+        found = [p for p in self.sent if p.frame[12:14] == b"\x88\xcc"]
+        self.sent = [p for p in self.sent if p not in found]
+        return found
+
+
+def fabric(switches=(1, 2), ports: int = 3, now: float = 0.0) -> tuple[Learner, Driver]:
+    """Connected, synced switches with ports 1..ports up and their LOCAL ports."""
+    learner = Learner(key=KEY)
+    driver = Driver(learner)
+    for dpid in switches:
+        driver.run(learner.switch_connected(dpid, now), now)
+        port_list = [Port(p, f"s{dpid}-eth{p}", port_mac(dpid, p)) for p in range(1, ports + 1)]
+        port_list.append(Port(pipeline.OFPP_LOCAL, f"s{dpid}", port_mac(dpid, 0xFE)))
+        driver.run(learner.ports_described(dpid, port_list, now), now)
+        driver.run(learner.switch_synced(dpid, now), now)
+    return learner, driver
+
+
+def probe(src: PortRef, at_ms: int) -> bytes:
+    return lldp.build_probe(KEY, src.dpid, src.port, port_mac(src.dpid, src.port), at_ms)
+
+
+def deliver(learner: Learner, driver: Driver, src: PortRef, dst: PortRef, now: float, sent_at: float | None = None) -> Outcome:
+    sent_at = now if sent_at is None else sent_at
+    return driver.run(learner.packet_in(dst.dpid, dst.port, probe(src, int(sent_at * 1000)), Punt.COPY, now), now)
+
+
+def confirm(learner: Learner, driver: Driver, now: float) -> float:
+    """Run the edge checks through one proving time; return the time after."""
+    t = now
+    while t <= now + EDGE_CONFIRM_TIME + 0.05:
+        driver.run(learner.check_edges(t), t)
+        t += 0.05
+    return t
+
+
+A1, B1 = PortRef(1, 1), PortRef(2, 1)
+
+
+# -- links -----------------------------------------------------------------------------------------
+def test_a_probe_seen_one_way_is_answered_at_once_and_the_link_needs_both_ways():
+    learner, driver = fabric()
+    driver.probes()
+    deliver(learner, driver, A1, B1, 1.0)
+    assert not learner.topo.links, "one way is not a link"
+    answers = driver.probes()
+    assert [(p.dpid, p.out_port) for p in answers] == [(2, 1)], "answered from the port the probe arrived on"
+    assert lldp.parse_probe(KEY, answers[0].frame) == (2, 1)
+    deliver(learner, driver, B1, A1, 1.01)
+    assert set(learner.topo.links) == {Link.between(A1, B1)}
+    assert learner.port_history(1, 1).kind == learner.port_history(2, 1).kind == "inter-switch"
+
+
+def test_answers_are_rate_limited_per_port():
+    learner, driver = fabric()
+    driver.probes()
+    for i in range(10):
+        deliver(learner, driver, A1, B1, 1.0 + i * 0.01)
+    assert len(driver.probes()) == 1
+
+
+def test_stale_forged_and_future_probes_are_refused_and_counted():
+    learner, driver = fabric()
+    deliver(learner, driver, B1, A1, 5.0)  # the answer direction, fresh
+    deliver(learner, driver, A1, B1, 5.0 + LLDP_MAX_AGE + 0.1, sent_at=5.0)  # a replay, too old
+    assert not learner.topo.links and learner.lldp_rejected == 1
+    forged = lldp.build_probe(b"x" * 32, 1, 1, port_mac(1, 1), 5000)
+    driver.run(learner.packet_in(2, 1, forged, Punt.COPY, 5.0), 5.0)
+    assert not learner.topo.links and learner.lldp_rejected == 2
+
+
+def test_a_link_probed_only_one_way_expires_even_while_that_way_keeps_coming():
+    learner, driver = fabric()
+    deliver(learner, driver, A1, B1, 1.0)
+    deliver(learner, driver, B1, A1, 1.0)
+    assert learner.topo.links
+    t = 1.0
+    while t < 1.0 + LINK_TIMEOUT + 2:
+        t += 1.0
+        deliver(learner, driver, A1, B1, t)  # B -> A stopped: a one-way cable is no link
+        driver.run(learner.tick(t), t)
+    assert not learner.topo.links
+    assert learner.port_history(1, 1).kind == "lost-link"
+
+
+# -- no guess is final -------------------------------------------------------------------------------
+def test_a_port_confirmed_edge_with_hosts_becomes_inter_switch_and_its_hosts_are_forgotten():
+    learner, driver = fabric()
+    t = confirm(learner, driver, 0.0)
+    assert learner.port_history(2, 1).kind == "edge"
+    # Before switch 1 was known to be there, frames flooded by it were learned on switch 2's port.
+    driver.run(learner.packet_in(2, 1, arp_frame(VM_A, "10.0.0.1"), Punt.MISS, t), t)
+    driver.run(learner.packet_in(2, 1, arp_frame(VM_B, "10.0.0.2"), Punt.MISS, t), t)
+    assert set(learner.topo.hosts) == {VM_A, VM_B}
+    deliver(learner, driver, A1, B1, t)
+    deliver(learner, driver, B1, A1, t)
+    assert Link.between(A1, B1) in learner.topo.links
+    assert not learner.topo.hosts and learner.hosts_forgotten == 2
+    assert learner.kind_changes[("edge", "inter-switch")] == 2
+    history = learner.port_history(2, 1)
+    assert history.kind == "inter-switch" and history.changes == 2  # pending -> edge -> inter-switch
+    # ... and the VM is learned again where it really is.
+    driver.run(learner.packet_in(1, 3, arp_frame(VM_A, "10.0.0.1"), Punt.MISS, t), t)
+    assert (learner.topo.hosts[VM_A].dpid, learner.topo.hosts[VM_A].port) == (1, 3)
+
+
+def test_a_kind_can_change_any_number_of_times():
+    learner, driver = fabric()
+    t = confirm(learner, driver, 0.0)
+    for _ in range(3):
+        deliver(learner, driver, A1, B1, t)
+        deliver(learner, driver, B1, A1, t)
+        assert learner.port_history(1, 1).kind == "inter-switch"
+        driver.run(learner.port_changed(1, Port(1, "s1-eth1", port_mac(1, 1), up=False), t), t)
+        assert learner.port_history(1, 1).kind == "down"
+        driver.run(learner.port_changed(1, Port(1, "s1-eth1", port_mac(1, 1), up=True), t), t)
+        assert learner.port_history(1, 1).kind == "pending"
+        t += 1.0
+    assert learner.port_history(1, 1).changes == 1 + 3 * 3
+
+
+# -- one-way probes and busy controllers hold a port back -----------------------------------------------
+def test_a_port_whose_probe_was_heard_elsewhere_is_never_confirmed_as_an_edge_port():
+    learner, driver = fabric()
+    deliver(learner, driver, A1, B1, 0.0)  # switch 2 heard 1:1; the answer has not arrived yet
+    confirm(learner, driver, 0.0)
+    assert learner.port_history(1, 1).kind == "pending"
+    assert learner.port_history(2, 1).kind == "pending"
+    assert learner.port_history(1, 2).kind == "edge"
+
+
+def test_time_the_controller_spent_busy_does_not_count_as_proving():
+    learner, driver = fabric()
+    driver.run(learner.check_edges(0.0), 0.0)
+    # A long compile: the next check runs 0.5 s later, with the answering probe still unread.
+    driver.run(learner.check_edges(EDGE_CHECK_STALL + 0.3), EDGE_CHECK_STALL + 0.3)
+    assert learner.port_history(1, 1).kind == "pending"
+
+
+# -- declared VM ports --------------------------------------------------------------------------------
+def test_a_declared_vm_port_is_never_probed_never_linked_and_needs_no_proving():
+    learner, driver = fabric()
+    driver.run(learner.set_declared_vm_interfaces({"s1-eth1", "s2-eth1"}, 0.0), 0.0)
+    driver.run(learner.check_edges(0.0), 0.0)
+    assert learner.port_history(1, 1).kind == "edge", "declared: edge at once"
+    driver.probes()
+    driver.run(learner.tick(1.0), 1.0)
+    assert (1, 1) not in {(p.dpid, p.out_port) for p in driver.probes()}
+    # Two VMs relaying probes they got before the declaration, or from elsewhere:
+    deliver(learner, driver, A1, B1, 1.0)
+    deliver(learner, driver, B1, A1, 1.0)
+    assert not learner.topo.links and learner.probes_refused == 2
+
+
+def test_declaring_a_port_drops_the_link_on_it():
+    learner, driver = fabric()
+    deliver(learner, driver, A1, B1, 0.0)
+    deliver(learner, driver, B1, A1, 0.0)
+    out = driver.run(learner.set_declared_vm_interfaces({"s2-eth1"}, 0.1), 0.1)
+    assert out.changed and not learner.topo.links
+
+
+def test_a_port_where_one_inventory_vm_spoke_is_a_vm_port():
+    learner, driver = fabric()
+    learner.set_inventory_macs({VM_A: "web1", VM_B: "web2"})
+    t = confirm(learner, driver, 0.0)
+    driver.run(learner.packet_in(1, 1, arp_frame(VM_A, "10.0.0.1"), Punt.MISS, t), t)
+    driver.run(learner.packet_in(2, 1, arp_frame(VM_B, "10.0.0.2"), Punt.MISS, t), t)
+    deliver(learner, driver, A1, B1, t)
+    deliver(learner, driver, B1, A1, t)
+    assert not learner.topo.links and learner.probes_refused >= 2
+    assert set(learner.topo.hosts) == {VM_A, VM_B}
+
+
+def test_a_port_that_carried_several_vms_is_no_proof_of_a_vm_port():
+    """Frames flooded from the fabric before the switch behind it connected: the link wins."""
+    learner, driver = fabric()
+    learner.set_inventory_macs({VM_A: "web1", VM_B: "web2"})
+    t = confirm(learner, driver, 0.0)
+    driver.run(learner.packet_in(2, 1, arp_frame(VM_A, "10.0.0.1"), Punt.MISS, t), t)
+    driver.run(learner.packet_in(2, 1, arp_frame(VM_B, "10.0.0.2"), Punt.MISS, t), t)
+    deliver(learner, driver, A1, B1, t)
+    deliver(learner, driver, B1, A1, t)
+    assert Link.between(A1, B1) in learner.topo.links and not learner.topo.hosts
+
+
+# -- never a host from a switch -----------------------------------------------------------------------
+def test_chatter_from_a_switch_that_connects_later_is_forgotten_when_its_ports_are_known():
+    learner, driver = fabric(switches=(1,))
+    t = confirm(learner, driver, 0.0)
+    late_uplink = "aa:00:00:00:07:01"
+    driver.run(learner.packet_in(1, 1, arp_frame(late_uplink, "10.9.9.9"), Punt.MISS, t), t)
+    assert late_uplink in learner.topo.hosts
+    driver.run(learner.switch_connected(7, t), t)
+    driver.run(learner.ports_described(7, [Port(1, "s7-eth1", late_uplink)], t), t)
+    assert late_uplink not in learner.topo.hosts
+
+
+def test_frames_from_known_switch_macs_multicast_sources_and_the_local_port_never_make_hosts():
+    learner, driver = fabric()
+    t = confirm(learner, driver, 0.0)
+    for in_port, frame in [
+        (2, rs_frame(port_mac(2, 1))),  # switch 2's uplink chatter arriving at switch 1
+        (2, arp_frame(port_mac(2, 0xFE), "10.0.0.100")),  # switch 2's own stack (its LOCAL MAC)
+        (pipeline.OFPP_LOCAL, arp_frame("02:99:00:00:00:01", "10.0.0.101")),  # switch 1's stack
+        (2, arp_frame("03:00:00:00:00:01", "10.0.0.102")),  # a multicast source
+    ]:
+        driver.run(learner.packet_in(1, in_port, frame, Punt.MISS, t), t)
+    assert not learner.topo.hosts
+
+
+# -- held frames ------------------------------------------------------------------------------------
+def test_frames_on_a_pending_port_are_held_and_replayed_once_it_is_an_edge_port():
+    learner, driver = fabric()
+    driver.run(learner.packet_in(1, 3, arp_frame(VM_A, "10.0.0.1"), Punt.MISS, 0.0), 0.0)
+    assert not learner.topo.hosts
+    confirm(learner, driver, 0.0)
+    assert learner.topo.hosts[VM_A].port == 3
+    reinjected = [p for p in driver.sent if p.out_port == pipeline.OFPP_TABLE]
+    assert [(p.dpid, p.in_port) for p in reinjected] == [(1, 3)]
+
+
+def test_held_frames_on_a_port_that_becomes_inter_switch_are_dropped_and_old_ones_expire():
+    learner, driver = fabric()
+    driver.run(learner.packet_in(2, 1, arp_frame(VM_A, "10.0.0.1"), Punt.MISS, 0.0), 0.0)
+    driver.run(learner.packet_in(1, 3, arp_frame(VM_B, "10.0.0.2"), Punt.MISS, 0.0), 0.0)
+    deliver(learner, driver, A1, B1, 0.0)
+    deliver(learner, driver, B1, A1, 0.0)
+    confirm(learner, driver, HELD_FRAME_MAX_AGE + 1)
+    assert not learner.topo.hosts
+
+
+def test_a_restarted_learner_keeps_known_links_alive_with_probes_both_ways():
+    learner, driver = fabric()
+    deliver(learner, driver, A1, B1, 0.0)
+    deliver(learner, driver, B1, A1, 0.0)
+    again = Learner(learner.topo, key=KEY, now=10.0)
+    again.topo.refresh_links(10.0)
+    driver2 = Driver(again)
+    for t in (11.0, 12.0, 13.0, 14.0, 15.0):
+        deliver(again, driver2, A1, B1, t)
+        deliver(again, driver2, B1, A1, t)
+        driver2.run(again.tick(t), t)
+    assert Link.between(A1, B1) in again.topo.links
+
+
+@pytest.mark.parametrize("kind", ["down", "pending", "edge", "inter-switch", "lost-link"])
+def test_every_kind_is_reachable(kind):
+    learner, driver = fabric()
+    t = 0.0
+    if kind == "down":
+        driver.run(learner.port_changed(1, Port(1, "s1-eth1", port_mac(1, 1), up=False), t), t)
+    elif kind == "edge":
+        confirm(learner, driver, t)
+    elif kind in ("inter-switch", "lost-link"):
+        deliver(learner, driver, A1, B1, t)
+        deliver(learner, driver, B1, A1, t)
+        if kind == "lost-link":
+            driver.run(learner.tick(t + LINK_TIMEOUT + 1), t + LINK_TIMEOUT + 1)
+    assert learner.port_history(1, 1).kind == kind

@@ -1,0 +1,444 @@
+"""Fabric learning as a pure state machine: switch, port, probe and packet events in; model changes
+and frames to send out. No Ryu here: the shell (controller/app.py) feeds events and sends what
+comes back, and unit tests drive the same code with generated events.
+
+What the learner decides, and the rules it follows (docs/architecture.md, "Topology learning"):
+- the kind of every port: pending, edge, inter-switch, lost-link or down. No guess is final: a
+  valid, fresh probe seen both ways makes a port inter-switch whatever was learned on it, and
+  the hosts learned there are forgotten and learned again where they really are;
+- links: a probe (signed LLDP) is fresh for at most LLDP_MAX_AGE, and a link needs probes seen
+  in both directions. A probe seen one way is answered at once from the port it arrived on, so
+  the other way is seen within milliseconds instead of a probe period;
+- ports that the hypervisor declares as VM ports (OVS external_ids, or one inventory VM's MACs
+  learned there) never become inter-switch, and are never sent probes;
+- hosts: learned from frames on edge ports, never from a switch's own MACs, including switches
+  that connect after the frame was seen.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import struct
+from collections import Counter, deque
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass, field
+
+from apps import pipeline
+from topology import lldp
+from topology.model import KIND_DOWN, LINK_TIMEOUT, Link, Port, PortRef, Topology
+
+LOG = logging.getLogger("goldilocks.learner")
+
+LLDP_MAX_AGE = 1.0  # seconds a probe stays fresh: a replayed probe is useless after this
+PROBE_REPLY_GAP = 0.2  # at most one immediate answering probe per port in this time
+EDGE_CONFIRM_MAX_BACKLOG = 4  # queued events above which no port is confirmed as an edge port
+# A gap longer than this between two edge checks means the controller was busy (a long compile):
+# probes may be waiting unread, so pending ports start their proving time again.
+EDGE_CHECK_STALL = 0.2
+# Frames that arrive on a port still proving it faces hosts are held, not dropped, and replayed
+# once it is confirmed: a VM's first ARP is then not lost to a one-second retry.
+HELD_FRAMES_PER_PORT = 16
+HELD_FRAME_MAX_AGE = 2.0
+UNANSWERED_ARP_KEEP = 1.0  # seconds an unanswered ARP request is asked again as ports come up
+UNANSWERED_ARP_MAX = 256
+
+
+class Punt(enum.Enum):
+    """Why a switch sent a frame to the controller (from the entry's table and cookie)."""
+
+    MISS = "miss"  # the ingress table-miss: an unknown source, learned and then re-injected
+    UNANSWERED_ARP = "unanswered-arp"  # an ARP request no responder answered, flooded and copied
+    COPY = "copy"  # any other copy (ARP from a host whose IP is not known yet)
+
+
+@dataclass(frozen=True)
+class PacketOut:
+    """A frame for the shell to send: out of `out_port`, or through the switch's pipeline from
+    table 0 as if it arrived on `in_port` when `out_port` is OFPP_TABLE."""
+
+    dpid: int
+    frame: bytes
+    out_port: int
+    in_port: int = pipeline.OFPP_CONTROLLER
+
+
+@dataclass
+class Outcome:
+    """What an event asks of the shell: recompile (`changed`), send `send` now, then, once the
+    recompiled flows are on the switches, send `send_after` and run each of `after` (each gives
+    another Outcome to carry out the same way)."""
+
+    changed: bool = False
+    send: list[PacketOut] = field(default_factory=list)
+    send_after: list[PacketOut] = field(default_factory=list)
+    after: list[Callable[[float], Outcome]] = field(default_factory=list)
+    learned: bool = False  # a host was learned or moved (for the learning-latency metric)
+
+    def add(self, other: Outcome) -> Outcome:
+        self.changed |= other.changed
+        self.learned |= other.learned
+        self.send += other.send
+        self.send_after += other.send_after
+        self.after += other.after
+        return self
+
+
+@dataclass
+class PortHistory:
+    """The kind a port has now, how many times it changed, and when it last did."""
+
+    kind: str
+    changes: int = 0
+    since: float = 0.0
+
+
+def _mac(raw: bytes) -> str:
+    return ":".join(f"{b:02x}" for b in raw)
+
+
+def _ipv4(raw: bytes) -> str:
+    return ".".join(str(b) for b in raw)
+
+
+def ether_type(frame: bytes) -> int:
+    return struct.unpack("!H", frame[12:14])[0] if len(frame) >= 14 else 0
+
+
+def sender_ip(frame: bytes) -> tuple[str, str | None]:
+    """(source MAC, sender IPv4 from ARP or IPv4 header, if any) of an Ethernet frame."""
+    src = _mac(frame[6:12])
+    eth_type = ether_type(frame)
+    offset = 14
+    if eth_type == 0x8100 and len(frame) >= 18:
+        eth_type, offset = struct.unpack("!H", frame[16:18])[0], 18
+    if eth_type == pipeline.ETH_TYPE_ARP and len(frame) >= offset + 28:
+        return src, _ipv4(frame[offset + 14 : offset + 18])
+    if eth_type == pipeline.ETH_TYPE_IPV4 and len(frame) >= offset + 20:
+        return src, _ipv4(frame[offset + 12 : offset + 16])
+    return src, None
+
+
+def _ms(now: float) -> int:
+    return int(now * 1000)
+
+
+class Learner:
+    """Owns the topology model and everything that decides it: probes, held frames, unanswered
+    ARP requests, declared VM ports, and the history of every port's kind. Every method takes
+    the time (`now`, seconds on a monotonic clock) from its caller."""
+
+    def __init__(self, topo: Topology | None = None, key: bytes | None = None, now: float = 0.0) -> None:
+        self.topo = topo if topo is not None else Topology()
+        self.key = key if key is not None else os.urandom(32)
+        self.probed: set[int] = set()  # connected switches that have sent probes since they connected
+        # (from, to) -> when a fresh probe sent from `from` last arrived at `to`
+        self.probes: dict[tuple[PortRef, PortRef], float] = {}
+        self.one_way: dict[PortRef, float] = {}  # ends of a probe seen one way only -> when
+        self.held: dict[PortRef, list[tuple[float, Punt, bytes]]] = {}
+        self.unanswered_arp: deque[tuple[float, PortRef, bytes]] = deque(maxlen=UNANSWERED_ARP_MAX)
+        self.declared_vm_interfaces: frozenset[str] = frozenset()
+        self.inventory_macs: Mapping[str, str] = {}  # MAC -> inventory VM name
+        self.ports: dict[int, dict[int, PortHistory]] = {}  # dpid -> port -> its kind's history
+        self.kind_changes: Counter[tuple[str, str]] = Counter()
+        self.lldp_rejected = 0  # forged, stale or replayed probes
+        self.probes_refused = 0  # valid probes on a declared VM port
+        self.hosts_forgotten = 0  # hosts dropped because their port turned out to face a switch
+        self._last_answer: dict[PortRef, float] = {}
+        self._last_edge_check: float | None = None
+        self._refusals_logged: set[tuple[PortRef, PortRef]] = set()
+        # Links loaded from disk were seen both ways before the restart.
+        for link, seen in self.topo.links.items():
+            self.probes[(link.a, link.b)] = self.probes[(link.b, link.a)] = seen
+        self._note_kinds(now, quiet=True)
+
+    # -- switches and ports ---------------------------------------------------------------
+    def switch_connected(self, dpid: int, now: float) -> Outcome:
+        self.probed.discard(dpid)  # it probes again once its flows are in place
+        self.topo.switch_connected(dpid)
+        self._note_kinds(now, [dpid])
+        return Outcome(changed=True)
+
+    def switch_disconnected(self, dpid: int, now: float) -> Outcome:
+        self.probed.discard(dpid)
+        for ref in [r for r in self.held if r.dpid == dpid]:
+            del self.held[ref]
+        changed = self.topo.switch_disconnected(dpid)
+        self._note_kinds(now, [dpid])
+        return Outcome(changed=changed)
+
+    def role_described(self, dpid: int, dp_desc: str) -> Outcome:
+        return Outcome(changed=self.topo.set_role_override(dpid, dp_desc))
+
+    def ports_described(self, dpid: int, ports: Iterable[Port], now: float) -> Outcome:
+        """The switch's full port list (on connect)."""
+        changed = self.topo.set_ports(dpid, ports)
+        return self._ports_changed(dpid, changed, now)
+
+    def port_changed(self, dpid: int, port: Port, now: float, deleted: bool = False) -> Outcome:
+        """One port was added, modified or deleted. A port that comes up is probed at once."""
+        topo = self.topo
+        changed = topo.delete_port(dpid, port.port_no) if deleted else topo.set_port(dpid, port)
+        out = self._ports_changed(dpid, changed, now)
+        if changed:
+            LOG.info("switch %016x port %d %s", dpid, port.port_no, "deleted" if deleted else ("up" if port.up else "down"))
+            if port.up and not deleted and dpid in self.probed:
+                out.send += self._probes_from(dpid, [port.port_no], now)
+        return out
+
+    def _ports_changed(self, dpid: int, changed: bool, now: float) -> Outcome:
+        if not changed:
+            return Outcome()
+        sw = self.topo.switches[dpid]
+        live = set(sw.live_ports())
+        for key in [k for k in self.probes if any(e.dpid == dpid and e.port not in live for e in k)]:
+            del self.probes[key]
+        for ref in [r for r in self.held if r.dpid == dpid and r.port not in live]:
+            del self.held[ref]
+        # A switch whose port MACs we now know may have sent frames we took for hosts.
+        for mac in self.topo.forget_switch_mac_hosts():
+            LOG.info("forgot host %s: it is a switch port's MAC", mac)
+        self._note_kinds(now)
+        return Outcome(changed=True)
+
+    def switch_synced(self, dpid: int, now: float) -> Outcome:
+        """The switch holds its flows (LLDP goes to the controller): it probes every port, and
+        from now on its pending ports' proving time runs."""
+        self.probed.add(dpid)
+        sw = self.topo.switches.get(dpid)
+        return Outcome(send=self._probes_from(dpid, sw.live_ports() if sw else [], now))
+
+    # -- declarations -----------------------------------------------------------------------
+    def set_declared_vm_interfaces(self, names: Collection[str], now: float) -> Outcome:
+        """Interfaces the hypervisor declares as VM ports (OVS Interface external_ids vm-id,
+        iface-id or attached-mac), by name."""
+        names = frozenset(names)
+        if names == self.declared_vm_interfaces:
+            return Outcome()
+        self.declared_vm_interfaces = names
+        # A declared port that carries a link loses it: the hypervisor knows what it plugged in.
+        dropped = [lk for lk in self.topo.links if any(self._declared(e) for e in lk.ends())]
+        for link in dropped:
+            LOG.warning("link %s dropped: a declared VM port is one of its ends", _link_text(link))
+            del self.topo.links[link]
+            for end in link.ends():
+                self.probes.pop((end, link.b if end == link.a else link.a), None)
+        if dropped:
+            self.topo.links_changed()
+            self._note_kinds(now)
+        return Outcome(changed=bool(dropped))
+
+    def set_inventory_macs(self, macs: Mapping[str, str]) -> None:
+        """MAC -> VM name of every VM in the inventory."""
+        self.inventory_macs = macs
+
+    def _declared(self, ref: PortRef) -> bool:
+        sw = self.topo.switches.get(ref.dpid)
+        port = sw.ports.get(ref.port) if sw else None
+        return port is not None and port.name in self.declared_vm_interfaces
+
+    def _vm_port_reason(self, ref: PortRef) -> str | None:
+        """Why `ref` is a VM port that must never become inter-switch, or None."""
+        if self._declared(ref):
+            return "the hypervisor declares it a VM port (OVS external_ids)"
+        macs = self.topo.hosts_on(ref.dpid, ref.port)
+        if macs:
+            vms = {self.inventory_macs.get(mac) for mac in macs}
+            # Only when everything learned there is one inventory VM: a port that has carried
+            # the MACs of several VMs (frames from the fabric, before a switch behind it
+            # connected) is no proof of anything.
+            if len(vms) == 1 and None not in vms:
+                return f"VM {vms.pop()} is on it"
+        return None
+
+    # -- timers -------------------------------------------------------------------------------
+    def tick(self, now: float) -> Outcome:
+        """The probe period: every probing switch probes every live port; links and probes
+        whose time ran out are forgotten."""
+        out = Outcome()
+        for dpid in sorted(self.probed):
+            sw = self.topo.switches.get(dpid)
+            if sw is not None:
+                out.send += self._probes_from(dpid, sw.live_ports(), now)
+        for key in [k for k, seen in self.probes.items() if now - seen > LINK_TIMEOUT]:
+            del self.probes[key]
+        for ref in [r for r, seen in self.one_way.items() if now - seen > LINK_TIMEOUT]:
+            del self.one_way[ref]
+        before = set(self.topo.links)
+        if self.topo.expire_links(now):
+            for link in before - set(self.topo.links):
+                LOG.info("link %s timed out: no probe both ways for %.1f s", _link_text(link), LINK_TIMEOUT)
+            self._note_kinds(now)
+            out.changed = True
+        return out
+
+    def check_edges(self, now: float, backlog: int = 0) -> Outcome:
+        """Confirm pending ports that proved they face hosts; their held frames are replayed once
+        the flows for them are in place."""
+        last, self._last_edge_check = self._last_edge_check, now
+        if last is not None and now - last > EDGE_CHECK_STALL:
+            self.topo.restart_proving(now)
+        if backlog > EDGE_CONFIRM_MAX_BACKLOG:
+            return Outcome()  # probes may be waiting in the queue: do not judge ports now
+        hold_back = {ref for ref, seen in self.one_way.items() if now - seen <= LINK_TIMEOUT}
+        confirmed = self.topo.confirm_edge_ports(
+            now, probed=self.probed, hold_back=hold_back, declared=self.declared_vm_interfaces
+        )
+        if not confirmed:
+            return Outcome()
+        self._note_kinds(now, {ref.dpid for ref in confirmed})
+        return Outcome(changed=True, after=[lambda t, c=frozenset(confirmed): self.replay_held(c, t)])
+
+    # -- probes -------------------------------------------------------------------------------
+    def _probes_from(self, dpid: int, ports: Iterable[int], now: float) -> list[PacketOut]:
+        sw = self.topo.switches.get(dpid)
+        if sw is None:
+            return []
+        frames = []
+        for port_no in ports:
+            port = sw.ports.get(port_no)
+            if port is None or not port.up or port_no >= pipeline.OFPP_MAX or port.name in self.declared_vm_interfaces:
+                continue  # a declared VM port never carries a link, so its VM never sees a probe
+            frame = lldp.build_probe(self.key, dpid, port_no, port.hw_addr, _ms(now))
+            frames.append(PacketOut(dpid, frame, port_no))
+        return frames
+
+    def probe_in(self, here: PortRef, frame: bytes, now: float) -> Outcome:
+        origin = lldp.parse_probe(self.key, frame, _ms(now), int(LLDP_MAX_AGE * 1000))
+        if origin is None:
+            self.lldp_rejected += 1  # forged, from another controller, stale or replayed
+            return Outcome()
+        src = PortRef(*origin)
+        if src == here or src.dpid not in self.topo.switches:
+            return Outcome()
+        for end in (here, src):
+            reason = self._vm_port_reason(end)
+            if reason is not None:
+                self.probes_refused += 1
+                if (src, here) not in self._refusals_logged:
+                    self._refusals_logged.add((src, here))
+                    LOG.warning(
+                        "probe from switch %016x port %d on switch %016x port %d refused: port %016x:%d: %s",
+                        src.dpid, src.port, here.dpid, here.port, end.dpid, end.port, reason,
+                    )  # fmt: skip
+                return Outcome()
+        self.probes[(src, here)] = now
+        back = self.probes.get((here, src))
+        if back is None or now - back > LINK_TIMEOUT:
+            # Seen one way only: a switch may be behind either end, so neither is proven to face
+            # hosts yet; answer from here at once so the other way is seen in milliseconds.
+            self.one_way[src] = self.one_way[here] = now
+            out = Outcome()
+            if now - self._last_answer.get(here, -1e9) >= PROBE_REPLY_GAP:
+                self._last_answer[here] = now
+                out.send += self._probes_from(here.dpid, [here.port], now)
+            return out
+        self.one_way.pop(src, None)
+        self.one_way.pop(here, None)
+        link = Link.between(src, here)
+        if link in self.topo.links:
+            self.topo.links[link] = min(now, back)
+            return Outcome()
+        forgotten = sorted(self.topo.hosts_on(src.dpid, src.port) | self.topo.hosts_on(here.dpid, here.port))
+        self.topo.link_seen(src, here, min(now, back))
+        self.held.pop(src, None)
+        self.held.pop(here, None)
+        LOG.info("link %s", _link_text(link))
+        if forgotten:
+            self.hosts_forgotten += len(forgotten)
+            LOG.warning("link %s: forgot %d hosts learned on its ports: %s", _link_text(link), len(forgotten),
+                        ", ".join(forgotten))  # fmt: skip
+        self._note_kinds(now, {src.dpid, here.dpid})
+        # The flooding tree just grew: ARP requests it did not reach before are asked again.
+        return Outcome(changed=True, after=[self.ask_again])
+
+    # -- packets ------------------------------------------------------------------------------
+    def packet_in(self, dpid: int, in_port: int, frame: bytes, punt: Punt, now: float) -> Outcome:
+        if len(frame) < 14 or in_port >= pipeline.OFPP_MAX:
+            return Outcome()  # the bridge's own stack (LOCAL) is never a host, nor a link's end
+        here = PortRef(dpid, in_port)
+        if ether_type(frame) == pipeline.ETH_TYPE_LLDP:
+            return self.probe_in(here, frame, now)
+        topo = self.topo
+        if not topo.is_edge_port(dpid, in_port):
+            if topo.is_pending_port(dpid, in_port):
+                held = self.held.setdefault(here, [])
+                if len(held) < HELD_FRAMES_PER_PORT:
+                    held.append((now, punt, frame))
+            return Outcome()
+        if punt is Punt.UNANSWERED_ARP:
+            self.unanswered_arp.append((now, here, frame))
+            return Outcome()
+        return self._learn(here, frame, punt)
+
+    def _learn(self, here: PortRef, frame: bytes, punt: Punt) -> Outcome:
+        """Learn the sender of a frame from an edge port; if it came from the table-miss entry,
+        re-inject it at table 0 once the flows for its sender are in place."""
+        mac, ip = sender_ip(frame)
+        if frame[6] & 1 or mac in self.topo.switch_macs():
+            return Outcome()  # multicast sources and switches are never hosts
+        reinject = [PacketOut(here.dpid, frame, pipeline.OFPP_TABLE, here.port)] if punt is Punt.MISS else []
+        if self.topo.host_seen(mac, here.dpid, here.port, ip):
+            LOG.info("host %s ip %s at switch %016x port %d", mac, ip, here.dpid, here.port)
+            return Outcome(changed=True, learned=True, send_after=reinject)
+        if reinject and mac in self.topo.hosts:
+            return Outcome(send=reinject)
+        return Outcome()
+
+    def ask_again(self, now: float) -> Outcome:
+        """ARP requests flooded before the network reached their target (its port was still
+        proving itself, or the link toward it was not discovered yet) are asked again."""
+        recent, self.unanswered_arp = self.unanswered_arp, deque(maxlen=UNANSWERED_ARP_MAX)
+        return Outcome(
+            send=[
+                PacketOut(ref.dpid, frame, pipeline.OFPP_TABLE, ref.port)
+                for asked_at, ref, frame in recent
+                if now - asked_at <= UNANSWERED_ARP_KEEP and self.topo.is_edge_port(ref.dpid, ref.port)
+            ]
+        )
+
+    def replay_held(self, confirmed: Collection[PortRef], now: float) -> Outcome:
+        out = self.ask_again(now)
+        for ref in sorted(confirmed, key=lambda r: (r.dpid, r.port)):
+            for held_at, punt, frame in self.held.pop(ref, []):
+                if now - held_at <= HELD_FRAME_MAX_AGE and self.topo.is_edge_port(ref.dpid, ref.port):
+                    out.add(self.packet_in(ref.dpid, ref.port, frame, punt, now))
+        # Frames held on ports that turned out to be inter-switch are dropped.
+        for ref in [r for r in self.held if not self.topo.is_pending_port(r.dpid, r.port)]:
+            del self.held[ref]
+        return out
+
+    # -- kinds ------------------------------------------------------------------------------------
+    def port_history(self, dpid: int, port_no: int) -> PortHistory:
+        history = self.ports.get(dpid, {}).get(port_no)
+        return history or PortHistory(self.topo.port_kind(dpid, port_no))
+
+    def _note_kinds(self, now: float, dpids: Iterable[int] | None = None, quiet: bool = False) -> None:
+        """Record each port's kind; log and count every change."""
+        topo = self.topo
+        for dpid in sorted(topo.switches if dpids is None else dpids):
+            sw = topo.switches.get(dpid)
+            if sw is None:
+                self.ports.pop(dpid, None)
+                continue
+            known = self.ports.setdefault(dpid, {})
+            for port_no in [p for p in known if p not in sw.ports]:
+                del known[port_no]
+            for port_no, port in sw.ports.items():
+                if port_no >= pipeline.OFPP_MAX:
+                    continue
+                kind = topo.port_kind(dpid, port_no)
+                history = known.get(port_no)
+                if history is None:
+                    known[port_no] = PortHistory(kind, 0, now)
+                elif history.kind != kind:
+                    if not quiet:
+                        self.kind_changes[(history.kind, kind)] += 1
+                        level = logging.DEBUG if KIND_DOWN in (history.kind, kind) else logging.INFO
+                        LOG.log(level, "switch %016x port %d (%s): %s -> %s", dpid, port_no, port.name, history.kind, kind)
+                    history.kind, history.changes, history.since = kind, history.changes + 1, now
+
+
+def _link_text(link: Link) -> str:
+    return f"{link.a.dpid:016x}:{link.a.port} <-> {link.b.dpid:016x}:{link.b.port}"
