@@ -232,7 +232,8 @@ def metric_values(rest_url: str) -> dict[str, float]:
 
 ERROR_PATTERN = re.compile(r"error|exception|traceback|refused|failed|timed out", re.I)
 BENIGN = ("RLock(s) were not greened",)  # eventlet's import-order notice, printed at every start
-HOST_LINE = re.compile(r"^host (\S+) ip (\S+) at switch ([0-9a-f]{16}) port (\d+)$")
+HOST_LINE = re.compile(r"host (\S+) ip (\S+) at switch ([0-9a-f]{16}) port (\d+)$")
+LINK_TIMEOUT_TEXT = "timed out: no probe both ways"  # the learner's line when a link ages out
 
 
 def _lines(path: str) -> list[str]:
@@ -245,7 +246,7 @@ def _lines(path: str) -> list[str]:
 def log_problems(path: str, limit: int = 20) -> tuple[int, list[str]]:
     """Lines of a controller log that look like trouble: (how many, the first `limit`)."""
     bad = [line for line in _lines(path) if ERROR_PATTERN.search(line) and not any(b in line for b in BENIGN)
-           and not line.startswith("links timed out")]  # counted by topology_trouble
+           and LINK_TIMEOUT_TEXT not in line]  # counted by topology_trouble
     return len(bad), bad[:limit]
 
 
@@ -269,9 +270,9 @@ def topology_trouble(path: str, layout, macs: dict[str, str] | None = None, limi
     macs = macs or {}
     timeouts, misplaced, vm_moved, switch_port_macs = [], [], [], []
     for line in _lines(path):
-        if line.startswith("links timed out"):
+        if LINK_TIMEOUT_TEXT in line:
             timeouts.append(line)
-        match = HOST_LINE.match(line)
+        match = HOST_LINE.search(line)
         if match and (int(match.group(3), 16) not in hypervisors or match.group(4) == "1"):
             mac = match.group(1)
             if mac in vm_macs:

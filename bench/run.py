@@ -10,10 +10,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -38,6 +40,9 @@ LOOPED = (2, 3, 2, 2)  # the same with 2 spines: every leaf pair has two paths
 SCALING = [(1, 2, 1, 1), (2, 4, 2, 1), (2, 6, 3, 1), (2, 8, 4, 1), (2, 12, 4, 1), (4, 16, 4, 1)]
 IPERF_SECONDS = 3
 OUT_DIR = REPO / "bench" / "out"
+# Late hypervisors: on the looped layout, every hypervisor gets its controller this long after the
+# fabric starts (random per hypervisor, seeded by the repetition), as when a rack boots after its leaf.
+LATE_SECONDS = (1.0, 4.0)
 LEARNING_P50 = 'goldilocks_packet_in_to_flow_mod_seconds_recent{quantile="0.5"}'
 LEARNING_P99 = 'goldilocks_packet_in_to_flow_mod_seconds_recent{quantile="0.99"}'
 
@@ -199,6 +204,66 @@ def run_goldilocks(shape, label: str, full: bool = True) -> dict:
     return result
 
 
+def late_delays(layout: Layout, seed: int) -> dict[str, float]:
+    rng = random.Random(seed)
+    return {name: round(rng.uniform(*LATE_SECONDS), 2) for name, role in layout.roles.items() if role == "hypervisor"}
+
+
+def run_goldilocks_late(shape, label: str, seed: int) -> dict:
+    """Hypervisors connect late, in random order: from the last connect, the time to an exact
+    topology (every link, every VM on its own port, no phantom host) and to the first clean pingall.
+    At the last connect every VM sends one ping in the background and the pingall attempts start;
+    a watcher polls /v1/topology every 50 ms meanwhile."""
+    started = time.monotonic()
+    layout = layout_of(shape)
+    delays = late_delays(layout, seed)
+    result: dict = {"delays": delays}
+    with running(layout, connect_delays=delays) as dc:
+        ctl = dc.controller_proc
+        try:
+            wait_until(lambda: len(dc.controller_set_at) == len(delays), max(delays.values()) + 10)
+            last = max(dc.controller_set_at.values())
+            exact: dict = {}
+            stop = threading.Event()
+
+            def watch() -> None:
+                while not stop.is_set() and time.monotonic() - last < 60:
+                    try:
+                        diff = dc.learning_diff()
+                    except (OSError, ValueError):
+                        diff = ["(REST did not answer)"]
+                    if not diff:
+                        exact["at"] = time.monotonic()
+                        return
+                    exact["last_diff"] = diff
+                    time.sleep(0.05)
+
+            watcher = threading.Thread(target=watch, daemon=True)
+            watcher.start()
+            vms = list(dc.layout.vms)
+            # Every VM speaks once, at once, so that exactness measures learning, not the ping order.
+            for i, vm in enumerate(vms):
+                dc.host(vm).cmd(f"ping -c1 -W1 {dc.layout.vms[vms[(i + 1) % len(vms)]][1]} >/dev/null 2>&1 &")
+            pairs, how = ping_pairs(vms)
+            pingall = first_clean_pingall(dc, pairs)
+            result["pingall"] = {**vars(pingall), "how": how}
+            if pingall.seconds is not None:
+                result["pingall_after_last_connect"] = dc.net_start_at + pingall.seconds - last
+            watcher.join(30)
+            stop.set()
+            if "at" in exact:
+                result["exact_after_last_connect"] = exact["at"] - last
+            else:
+                result["not_exact"] = exact.get("last_diff", [])[:8]
+            result["last_connect_after_start"] = last - dc.net_start_at
+            result.update(_goldilocks_figures(dc))
+        finally:
+            result["log"] = _keep_log(ctl.log_path, label)
+            result["log_problems"] = _problems(ctl.log_path)
+    result["wall_seconds"] = time.monotonic() - started
+    return result
+
+
 # -- orchestration ------------------------------------------------------------------------------
 def preflight() -> None:
     problems = []
@@ -315,6 +380,8 @@ def main(argv=None) -> int:
                                       f"goldilocks-loopfree-{rep}"),
                 "goldilocks_looped": guarded(f"rep {rep}/{args.reps}: Goldilocks {describe(LOOPED)}", run_goldilocks, LOOPED,
                                              f"goldilocks-looped-{rep}"),
+                "goldilocks_late": guarded(f"rep {rep}/{args.reps}: Goldilocks {describe(LOOPED)}, late hypervisors",
+                                           run_goldilocks_late, LOOPED, f"goldilocks-late-{rep}", rep),
             }
             results["headline"].append(row)
 

@@ -35,6 +35,11 @@ MISS_COOKIE = next(e.cookie for e in base_flows() if e.table == pipeline.INGRESS
 
 
 EDGE_CHECK_INTERVAL = 0.05
+# What waits for new flows (a re-injected frame, held frames) waits for a barrier reply from every
+# switch that got flow-mods: a frame re-injected at one switch crosses others, and OpenFlow orders
+# nothing across connections. A switch that does not answer within this long is not waited for.
+FLOWS_IN_PLACE_MAX_WAIT = 1.0
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def punt_reason(table_id: int, cookie: int) -> Punt:
@@ -54,6 +59,8 @@ class GoldilocksController(app_manager.RyuApp):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        for handler in logging.getLogger().handlers:  # Ryu's handlers print bare messages
+            handler.setFormatter(logging.Formatter(LOG_FORMAT))
         self.settings = Settings.from_env()
         self.started_at = time.time()
         self.store = Store(self.settings.state_dir)
@@ -82,6 +89,9 @@ class GoldilocksController(app_manager.RyuApp):
         self._dirty = False
         self._compile_pending = False
         self._after_compile: list[Callable[[], None]] = []
+        self._touched: set[int] = set()  # switches sent flow-mods since the last barrier round
+        # (barriers still unanswered as (dpid, xid), callbacks, give up at): see _when_flows_in_place
+        self._flow_waits: list[tuple[set[tuple[int, int]], list[Callable[[], None]], float]] = []
         self._last_audit = time.monotonic()
         from controller.rest import register as register_rest
 
@@ -131,6 +141,10 @@ class GoldilocksController(app_manager.RyuApp):
 
         if outcome.changed:
             self.model_changed(then=then)
+        elif self._compile_pending:
+            # A compile is on its way (a host learned a moment ago, say): what waits for flows
+            # waits for it too, or a re-injected frame would miss again and bounce.
+            self._after_compile.append(then)
         else:
             then()
 
@@ -156,7 +170,7 @@ class GoldilocksController(app_manager.RyuApp):
     def model_changed(self, then: Callable[[], None] | None = None) -> None:
         """The model changed. One compile runs per burst of changes: it is scheduled behind the
         events already queued, so a switch connecting with fifty ports and links costs one
-        compile, not fifty. `then` runs once the new flows have been sent."""
+        compile, not fifty. `then` runs once every switch has confirmed the new flows."""
         self._dirty = True
         if then is not None:
             self._after_compile.append(then)
@@ -166,16 +180,55 @@ class GoldilocksController(app_manager.RyuApp):
 
     def _compile_loop(self) -> None:
         try:
-            while self._dirty:
-                self._dirty = False
-                self._compile_and_reconcile()
+            while self._dirty or self._after_compile:
+                if self._dirty:
+                    self._dirty = False
+                    self._compile_and_reconcile()
                 callbacks, self._after_compile = self._after_compile, []
-                for callback in callbacks:
-                    callback()
+                if callbacks:
+                    self._when_flows_in_place(callbacks)
         except Exception:
             LOG.exception("compile failed; the switches keep their current flows")
         finally:
             self._compile_pending = False
+
+    def _when_flows_in_place(self, callbacks: list[Callable[[], None]]) -> None:
+        """Run the callbacks once every switch sent flow-mods since the last round has answered a
+        barrier (or FLOWS_IN_PLACE_MAX_WAIT has passed)."""
+        touched, self._touched = self._touched, set()
+        pending = set()
+        for dpid in sorted(touched):
+            datapath = self.datapaths.get(dpid)
+            if datapath is None:
+                continue
+            barrier = datapath.ofproto_parser.OFPBarrierRequest(datapath)
+            datapath.set_xid(barrier)
+            datapath.send_msg(barrier)
+            pending.add((dpid, barrier.xid))
+        if pending:
+            self._flow_waits.append((pending, callbacks, time.monotonic() + FLOWS_IN_PLACE_MAX_WAIT))
+        else:
+            self._run_callbacks(callbacks)
+
+    def _flows_confirmed(self, answered: Callable[[int, int], bool], now: float) -> None:
+        """Drop the barriers `answered` says are done; run the waits that have none left or ran out of time."""
+        ready = []
+        for wait in self._flow_waits:
+            pending, callbacks, give_up_at = wait
+            pending -= {key for key in pending if answered(*key)}
+            if not pending or now >= give_up_at:
+                ready.append(wait)
+        for wait in ready:
+            self._flow_waits.remove(wait)
+            self._run_callbacks(wait[1])
+
+    @staticmethod
+    def _run_callbacks(callbacks: list[Callable[[], None]]) -> None:
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:
+                LOG.exception("a step waiting for new flows failed")
 
     def _compile_and_reconcile(self) -> None:
         """Recompute the desired tables, push the difference to every synced switch, persist."""
@@ -202,6 +255,7 @@ class GoldilocksController(app_manager.RyuApp):
         for cookie in plan.deletes:
             datapath.send_msg(ofmsg.flow_delete(datapath, cookie))
         sent = len(plan.adds) + len(plan.deletes)
+        self._touched.add(dpid)
         self.metrics.flow_mods += sent
         LOG.debug("switch %016x: %d adds, %d deletes", dpid, len(plan.adds), len(plan.deletes))
         return sent
@@ -219,6 +273,8 @@ class GoldilocksController(app_manager.RyuApp):
         while True:
             hub.sleep(EDGE_CHECK_INTERVAL)
             try:
+                if self._flow_waits:
+                    self._flows_confirmed(lambda d, x: False, time.monotonic())  # give up on silent switches
                 self.carry_out(self.learner.check_edges(time.monotonic(), backlog=self.events.qsize()))
             except Exception:
                 LOG.exception("edge port confirmation failed")
@@ -282,6 +338,9 @@ class GoldilocksController(app_manager.RyuApp):
         LOG.info("switch %016x disconnected", dpid)
         del self.datapaths[dpid]
         self.sync.pop(dpid, None)
+        self._touched.discard(dpid)
+        if self._flow_waits:
+            self._flows_confirmed(lambda d, x: d == dpid, time.monotonic())
         self.carry_out(self.learner.switch_disconnected(dpid, time.monotonic()))
 
     @set_ev_cls(ofp_event.EventOFPDescStatsReply, MAIN_DISPATCHER)
@@ -328,6 +387,9 @@ class GoldilocksController(app_manager.RyuApp):
 
     @set_ev_cls(ofp_event.EventOFPBarrierReply, MAIN_DISPATCHER)
     def barrier_reply(self, ev) -> None:
+        dpid, xid = ev.msg.datapath.id, ev.msg.xid
+        if self._flow_waits:
+            self._flows_confirmed(lambda d, x: (d, x) == (dpid, xid), time.monotonic())
         sync = self.sync.get(ev.msg.datapath.id)
         if sync is not None and sync.converge_xid == ev.msg.xid and sync.converge_seconds is None:
             sync.converge_seconds = time.monotonic() - sync.connected_at

@@ -297,6 +297,7 @@ class DataCentre:
         self.net = None
         self.net_start_at: float | None = None  # time.monotonic() just before net.start()
         self._pending_connects: dict[str, threading.Timer] = {}
+        self.controller_set_at: dict[str, float] = {}  # switch -> time.monotonic() its controller was last set
         self._connects_lock = threading.Lock()  # the timers' thread against connect/disconnect/stop
         self._info_written = False
 
@@ -458,6 +459,7 @@ class DataCentre:
             "--", "--id=@c", "create", "Controller", f'target="tcp:{self.openflow}"', f"max_backoff={RECONNECT_MS}",
             "--", "set", "Bridge", name, "controller=[@c]",
         )  # fmt: skip
+        self.controller_set_at[name] = time.monotonic()
 
     # -- for scripts and tests outside this process -----------------------------------------
     def info(self) -> dict:
@@ -520,6 +522,56 @@ class DataCentre:
     # -- what the controller learned ----------------------------------------------------
     def topology(self) -> dict:
         return rest_get(self.rest_url, "/v1/topology")
+
+    def expected_links(self) -> set[tuple[tuple[int, int], tuple[int, int]]]:
+        """Every cable between two switches as built, ((dpid, port), (dpid, port)) in sorted order."""
+        links = set()
+        for link in self.net.links:
+            ends = []
+            for intf in (link.intf1, link.intf2):
+                if intf.node.name not in self.layout.switches:
+                    break
+                ends.append((self.layout.switches[intf.node.name], intf.node.ports[intf]))
+            else:
+                links.add(tuple(sorted(ends)))
+        return links
+
+    def expected_hosts(self) -> dict[str, tuple[int, int]]:
+        """VM MAC -> (dpid, port) of the switch port its cable is plugged into."""
+        where = {}
+        for name, (hv, _, mac) in self.layout.vms.items():
+            intf = self.net.get(name).defaultIntf()
+            peer = intf.link.intf2 if intf.link.intf1 is intf else intf.link.intf1
+            where[mac] = (self.layout.switches[hv], peer.node.ports[peer])
+        return where
+
+    def learning_diff(self, topo: dict | None = None, hosts: bool = True) -> list[str]:
+        """How what the controller learned differs from what was built: missing and extra links,
+        VMs missing or on the wrong port, hosts that are no VM. Empty when it is exact. With
+        hosts=False only links are compared."""
+        topo = topo if topo is not None else self.topology()
+        names = {dpid: name for name, dpid in self.layout.switches.items()}
+
+        def end(dpid: int, port: int) -> str:
+            return f"{names.get(dpid, f'{dpid:016x}')}:{port}"
+
+        learned_links = {
+            tuple(sorted(((int(lk["src"]["dpid"], 16), lk["src"]["port"]), (int(lk["dst"]["dpid"], 16), lk["dst"]["port"]))))
+            for lk in topo["links"]
+        }
+        built = self.expected_links()
+        problems = [f"missing link {end(*a)} <-> {end(*b)}" for a, b in sorted(built - learned_links)]
+        problems += [f"extra link {end(*a)} <-> {end(*b)}" for a, b in sorted(learned_links - built)]
+        if hosts:
+            learned = {h["mac"]: (int(h["dpid"], 16), h["port"]) for h in topo["hosts"]}
+            vm_of = {mac: name for name, (_, _, mac) in self.layout.vms.items()}
+            for mac, at in sorted(self.expected_hosts().items()):
+                if mac not in learned:
+                    problems.append(f"{vm_of[mac]} ({mac}) not learned")
+                elif learned[mac] != at:
+                    problems.append(f"{vm_of[mac]} ({mac}) learned at {end(*learned[mac])}, plugged into {end(*at)}")
+            problems += [f"phantom host {mac} at {end(*at)}" for mac, at in sorted(learned.items()) if mac not in vm_of]
+        return problems
 
     def learned_counts(self) -> dict[str, int]:
         topo = self.topology()

@@ -43,6 +43,10 @@ HELD_FRAMES_PER_PORT = 16
 HELD_FRAME_MAX_AGE = 2.0
 UNANSWERED_ARP_KEEP = 1.0  # seconds an unanswered ARP request is asked again as ports come up
 UNANSWERED_ARP_MAX = 256
+# A switch confirms new flows (barrier) before its datapath has dropped the cached decisions of the
+# old ones: a request re-injected at once can still meet a stale "drop" one switch further on.
+# So every ask is made twice, the second time this long after the first.
+ASK_AGAIN_DELAY = 0.25
 
 
 class Punt(enum.Enum):
@@ -147,6 +151,7 @@ class Learner:
         self.hosts_forgotten = 0  # hosts dropped because their port turned out to face a switch
         self._last_answer: dict[PortRef, float] = {}
         self._last_edge_check: float | None = None
+        self._ask_again_at: float | None = None
         self._refusals_logged: set[tuple[PortRef, PortRef]] = set()
         # Links loaded from disk were seen both ways before the restart.
         for link, seen in self.topo.links.items():
@@ -275,7 +280,14 @@ class Learner:
 
     def check_edges(self, now: float, backlog: int = 0) -> Outcome:
         """Confirm pending ports that proved they face hosts; their held frames are replayed once
-        the flows for them are in place."""
+        the flows for them are in place. Also makes the second of each pair of asks."""
+        out = Outcome()
+        if self._ask_again_at is not None and now >= self._ask_again_at:
+            self._ask_again_at = None
+            out.send += self._reinject_unanswered(now)
+        return out.add(self._confirm_edges(now, backlog))
+
+    def _confirm_edges(self, now: float, backlog: int) -> Outcome:
         last, self._last_edge_check = self._last_edge_check, now
         if last is not None and now - last > EDGE_CHECK_STALL:
             self.topo.restart_proving(now)
@@ -388,18 +400,30 @@ class Learner:
 
     def ask_again(self, now: float) -> Outcome:
         """ARP requests flooded before the network reached their target (its port was still
-        proving itself, or the link toward it was not discovered yet) are asked again."""
-        recent, self.unanswered_arp = self.unanswered_arp, deque(maxlen=UNANSWERED_ARP_MAX)
-        return Outcome(
-            send=[
-                PacketOut(ref.dpid, frame, pipeline.OFPP_TABLE, ref.port)
-                for asked_at, ref, frame in recent
-                if now - asked_at <= UNANSWERED_ARP_KEEP and self.topo.is_edge_port(ref.dpid, ref.port)
-            ]
-        )
+        proving itself, or the link toward it was not discovered yet) are asked again: now, and
+        once more ASK_AGAIN_DELAY later. A request is kept for UNANSWERED_ARP_KEEP seconds."""
+        self._ask_again_at = now + ASK_AGAIN_DELAY
+        return Outcome(send=self._reinject_unanswered(now))
+
+    def _recent_unanswered(self, now: float) -> list[tuple[PortRef, bytes]]:
+        while self.unanswered_arp and now - self.unanswered_arp[0][0] > UNANSWERED_ARP_KEEP:
+            self.unanswered_arp.popleft()
+        recent = {}
+        for _, ref, frame in self.unanswered_arp:
+            recent[(ref, frame)] = None  # the same request asked twice is asked again once
+        return [key for key in recent if self.topo.is_edge_port(key[0].dpid, key[0].port)]
+
+    def _reinject_unanswered(self, now: float) -> list[PacketOut]:
+        return [PacketOut(ref.dpid, frame, pipeline.OFPP_TABLE, ref.port) for ref, frame in self._recent_unanswered(now)]
 
     def replay_held(self, confirmed: Collection[PortRef], now: float) -> Outcome:
-        out = self.ask_again(now)
+        """Ports were confirmed as edge ports: the recent unanswered ARP requests go straight out
+        of them (what the flood would have done had they been edge ports already; sent straight,
+        they meet no switch whose datapath still caches the old flows), then the frames held on
+        them are handled as if they had just arrived."""
+        out = Outcome()
+        for ref, frame in self._recent_unanswered(now):
+            out.send += [PacketOut(c.dpid, frame, c.port) for c in sorted(confirmed, key=lambda r: (r.dpid, r.port)) if c != ref]
         for ref in sorted(confirmed, key=lambda r: (r.dpid, r.port)):
             for held_at, punt, frame in self.held.pop(ref, []):
                 if now - held_at <= HELD_FRAME_MAX_AGE and self.topo.is_edge_port(ref.dpid, ref.port):
