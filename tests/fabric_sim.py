@@ -11,8 +11,10 @@ Frames are header dicts inside a switch and real Ethernet bytes on the control c
 learner parses bytes; `encode` and `decode` convert).
 
 The shell side does what controller/app.py does with the learner's Outcomes: send packet-outs,
-coalesce recompiles behind a short delay, install the result on every connected and synced
-switch, then send what waits for the new flows and run the deferred steps.
+coalesce recompiles behind a short delay, send the changed tables to every connected and synced
+switch over its control channel (they take effect when they arrive there), and once every switch
+that got new flows has answered a barrier (or a second has passed), send what waits for the new
+flows and run the deferred steps.
 
 The noise: the kernel's IPv6 chatter (router solicitations, MLD reports) from every switch port
 cabled to another switch, whether or not the switch is connected (Mininet's switch-side veths
@@ -26,6 +28,7 @@ Deterministic per seed: every random choice comes from a random.Random seeded by
 
 from __future__ import annotations
 
+import functools
 import heapq
 import ipaddress
 import itertools
@@ -48,6 +51,7 @@ from topology.model import ROLE_FABRIC, ROLE_HYPERVISOR, Host, Link, Port, PortR
 KEY = b"fabric-sim-key-fabric-sim-key-!!"
 PROBE_PERIOD = 1.0  # the shell's tick (settings.lldp_interval)
 EDGE_CHECK_INTERVAL = 0.05  # the shell's edge loop (controller/app.py)
+FLOWS_IN_PLACE_MAX_WAIT = 1.0  # controller/app.py: a switch that does not answer a barrier is not waited for
 UNKNOWN_IP = "10.255.255.254"  # an address no VM has: ARP for it is flooded, never answered
 
 # The ingress table-miss entry's cookie, as controller/app.py computes it.
@@ -326,8 +330,7 @@ class FabricBuilder:
 
     def build(self) -> Fabric:
         switches = {
-            dpid: SwitchSpec(dpid, name, role, tuple(range(1, self.next_port[dpid])))
-            for dpid, (name, role) in self.names.items()
+            dpid: SwitchSpec(dpid, name, role, tuple(range(1, self.next_port[dpid]))) for dpid, (name, role) in self.names.items()
         }
         return Fabric(switches, list(self.cables), list(self.vms), list(self.spare))
 
@@ -409,6 +412,9 @@ class Plan:
     relay: tuple[str, str] | None = None  # two VMs that re-send each other's probes
     relay_from: float = 0.0
     vm_chatter: bool = True
+    # Flows take effect on every switch the moment they are compiled, as if updates were atomic
+    # across the fabric (else each switch gets them over its control channel, with its latency).
+    instant_flows: bool = False
 
     def last_change(self) -> float:
         times = [*self.connect.values(), *self.cable_up.values(), *self.vm_up.values()]
@@ -501,9 +507,14 @@ class Simulation:
         self._dirty = False
         self._compile_pending = False
         self._after_compile: list[Callable[[float], None]] = []
+        self._sent: dict[int, frozenset[int]] = {}  # dpid -> cookies of the table last sent to it
+        self._touched: set[int] = set()  # switches sent flows since the last barrier round
+        self._flow_waits: list[tuple[set[tuple[int, int]], list[Callable[[float], None]], float]] = []
+        self._xids = itertools.count(1)
         self._to_controller_free: dict[int, float] = {}
         self._to_switch_free: dict[int, float] = {}
         self.chatter = True
+        self.spoke_after_convergence: list[Vm] = []
         self.stats = Stats()
         self._schedule_plan()
 
@@ -569,6 +580,8 @@ class Simulation:
 
         if outcome.changed:
             self.model_changed(then)
+        elif self._compile_pending:
+            self._after_compile.append(then)  # a compile is on its way: wait for it too
         else:
             then(self.now)
 
@@ -582,16 +595,62 @@ class Simulation:
             self.at(self.now + self.rng.uniform(0.001, 0.01), self._compile_loop)
 
     def _compile_loop(self) -> None:
-        while self._dirty:
-            self._dirty = False
-            self.stats.compiles += 1
-            self.desired = desired_tables(self.learner.topo, self.policy, self.identities)
-            for dpid in sorted(self.synced):
-                self.install(dpid, self.desired.get(dpid, {}).values())
+        while self._dirty or self._after_compile:
+            if self._dirty:
+                self._dirty = False
+                self.stats.compiles += 1
+                self.desired = desired_tables(self.learner.topo, self.policy, self.identities)
+                for dpid in sorted(self.synced):
+                    self.reconcile(dpid)
             callbacks, self._after_compile = self._after_compile, []
+            if callbacks:
+                self._when_flows_in_place(callbacks)
+        self._compile_pending = False
+
+    def reconcile(self, dpid: int) -> None:
+        """Send the switch its desired table if it differs from the one it was last sent."""
+        table = self.desired.get(dpid)
+        if table is None or dpid not in self.synced:
+            return
+        cookies = frozenset(table)
+        if self._sent.get(dpid) == cookies:
+            return
+        self._sent[dpid] = cookies
+        self._touched.add(dpid)
+        entries = list(table.values())
+        if self.plan.instant_flows:
+            self.install(dpid, entries)
+        else:
+            self._to_switch(dpid, lambda: self.install(dpid, entries))
+
+    def _when_flows_in_place(self, callbacks: list[Callable[[float], None]]) -> None:
+        """Run the callbacks once every switch sent flows since the last round answered a barrier."""
+        touched, self._touched = self._touched, set()
+        pending = set()
+        for dpid in sorted(touched):
+            if dpid not in self.connected:
+                continue
+            xid = next(self._xids)
+            reply = functools.partial(self._flows_confirmed, lambda d, x, key=(dpid, xid): (d, x) == key)
+            self._to_switch(dpid, lambda d=dpid, r=reply: self._to_controller(d, r))
+            pending.add((dpid, xid))
+        if pending:
+            self._flow_waits.append((pending, callbacks, self.now + FLOWS_IN_PLACE_MAX_WAIT))
+        else:
             for callback in callbacks:
                 callback(self.now)
-        self._compile_pending = False
+
+    def _flows_confirmed(self, answered: Callable[[int, int], bool]) -> None:
+        ready = []
+        for wait in self._flow_waits:
+            pending, _, give_up_at = wait
+            pending -= {key for key in pending if answered(*key)}
+            if not pending or self.now >= give_up_at:
+                ready.append(wait)
+        for wait in ready:
+            self._flow_waits.remove(wait)
+            for callback in wait[1]:
+                callback(self.now)
 
     def install(self, dpid: int, entries: Iterable[FlowEntry]) -> None:
         """Replace the flow table of switch `dpid` (what the reconciler converges it to)."""
@@ -636,10 +695,11 @@ class Simulation:
         self.connected[dpid] = connection = next(self._connections)
         self._to_controller_free.pop(dpid, None)
         self._to_switch_free.pop(dpid, None)
+        self._sent.pop(dpid, None)  # the reconciler reads what the switch holds before it syncs
         first_seen = dpid not in self.learner.topo.switches
         self.carry_out(self.learner.switch_connected(dpid, self.now))
-        if first_seen:
-            self.install(dpid, base_flows())  # the shell adds them at once to a switch it never saw
+        if first_seen:  # the shell adds them at once to a switch it never saw
+            self._to_switch(dpid, lambda: self.install(dpid, base_flows()))
         if self.plan.roles:
             role = self.fabric.switches[dpid].role
             self._to_controller(dpid, lambda: self.carry_out(self.learner.role_described(dpid, f"role={role}")))
@@ -654,7 +714,7 @@ class Simulation:
 
         def done(now: float) -> None:
             if self.connected.get(dpid) == connection:
-                self.install(dpid, self.desired.get(dpid, {}).values())
+                self.reconcile(dpid)
                 self.carry_out(self.learner.switch_synced(dpid, now))
 
         self.model_changed(done)
@@ -664,6 +724,9 @@ class Simulation:
             return
         del self.connected[dpid]
         self.synced.discard(dpid)
+        self._touched.discard(dpid)
+        if self._flow_waits:
+            self._flows_confirmed(lambda d, x: d == dpid)
         self.carry_out(self.learner.switch_disconnected(dpid, self.now))
 
     def _set_cable(self, index: int, up: bool) -> None:
@@ -684,6 +747,8 @@ class Simulation:
         self.at(self.now + PROBE_PERIOD, self._tick)
 
     def _check_edges(self) -> None:
+        if self._flow_waits:
+            self._flows_confirmed(lambda d, x: False)  # give up on silent switches
         self.carry_out(self.learner.check_edges(self.now, backlog=0))
         self.at(self.now + EDGE_CHECK_INTERVAL, self._check_edges)
 
@@ -769,7 +834,7 @@ class Simulation:
     def converge(self, probe_periods: int = 3) -> None:
         """Run past the plan's last change until every switch is connected and synced, then
         `probe_periods` probe periods more, then let every VM say one thing, then stop the
-        chatter and let the last compile land."""
+        chatter and let the last flows land."""
         self.run_until(self.plan.last_change())
         deadline = self.now + 30
         while not self.all_synced() and self.now < deadline:
@@ -777,7 +842,7 @@ class Simulation:
         self.run_until(self.now + probe_periods * PROBE_PERIOD)
         self.vm_round()
         self.chatter = False
-        self.run_until(self.now + 0.3)
+        self.run_until(self.now + 1.0)
 
     def vm_round(self) -> None:
         """Every VM sends one frame (a ping or a gratuitous ARP), then the network settles."""

@@ -43,6 +43,9 @@ HELD_FRAMES_PER_PORT = 16
 HELD_FRAME_MAX_AGE = 2.0
 UNANSWERED_ARP_KEEP = 1.0  # seconds an unanswered ARP request is asked again as ports come up
 UNANSWERED_ARP_MAX = 256
+# A host that moved between ports this recently is no proof that its new port is a VM port: a
+# VM flooded through a port wrongly taken for an edge port moves there, and back, and there again.
+MOVE_SETTLE = 3.5
 # A switch confirms new flows (barrier) before its datapath has dropped the cached decisions of the
 # old ones: a request re-injected at once can still meet a stale "drop" one switch further on.
 # So every ask is made twice, the second time this long after the first.
@@ -152,6 +155,7 @@ class Learner:
         self._last_answer: dict[PortRef, float] = {}
         self._last_edge_check: float | None = None
         self._ask_again_at: float | None = None
+        self._moved_at: dict[str, float] = {}  # MAC -> when the host last moved between ports
         self._refusals_logged: set[tuple[PortRef, PortRef]] = set()
         # Links loaded from disk were seen both ways before the restart.
         for link, seen in self.topo.links.items():
@@ -243,17 +247,18 @@ class Learner:
         port = sw.ports.get(ref.port) if sw else None
         return port is not None and port.name in self.declared_vm_interfaces
 
-    def _vm_port_reason(self, ref: PortRef) -> str | None:
+    def _vm_port_reason(self, ref: PortRef, now: float) -> str | None:
         """Why `ref` is a VM port that must never become inter-switch, or None."""
         if self._declared(ref):
             return "the hypervisor declares it a VM port (OVS external_ids)"
         macs = self.topo.hosts_on(ref.dpid, ref.port)
         if macs:
             vms = {self.inventory_macs.get(mac) for mac in macs}
-            # Only when everything learned there is one inventory VM: a port that has carried
-            # the MACs of several VMs (frames from the fabric, before a switch behind it
-            # connected) is no proof of anything.
-            if len(vms) == 1 and None not in vms:
+            # Only when everything learned there is one inventory VM, settled there: a port that
+            # has carried the MACs of several VMs, or of a VM that keeps moving (frames from the
+            # fabric, before the switch behind it was known) is no proof of anything.
+            settled = all(now - self._moved_at.get(mac, -1e9) >= MOVE_SETTLE for mac in macs)
+            if len(vms) == 1 and None not in vms and settled:
                 return f"VM {vms.pop()} is on it"
         return None
 
@@ -270,6 +275,8 @@ class Learner:
             del self.probes[key]
         for ref in [r for r, seen in self.one_way.items() if now - seen > LINK_TIMEOUT]:
             del self.one_way[ref]
+        for mac in [m for m, moved in self._moved_at.items() if now - moved > MOVE_SETTLE]:
+            del self._moved_at[mac]
         before = set(self.topo.links)
         if self.topo.expire_links(now):
             for link in before - set(self.topo.links):
@@ -325,7 +332,7 @@ class Learner:
         if src == here or src.dpid not in self.topo.switches:
             return Outcome()
         for end in (here, src):
-            reason = self._vm_port_reason(end)
+            reason = self._vm_port_reason(end, now)
             if reason is not None:
                 self.probes_refused += 1
                 if (src, here) not in self._refusals_logged:
@@ -382,16 +389,19 @@ class Learner:
         if punt is Punt.UNANSWERED_ARP:
             self.unanswered_arp.append((now, here, frame))
             return Outcome()
-        return self._learn(here, frame, punt)
+        return self._learn(here, frame, punt, now)
 
-    def _learn(self, here: PortRef, frame: bytes, punt: Punt) -> Outcome:
+    def _learn(self, here: PortRef, frame: bytes, punt: Punt, now: float) -> Outcome:
         """Learn the sender of a frame from an edge port; if it came from the table-miss entry,
         re-inject it at table 0 once the flows for its sender are in place."""
         mac, ip = sender_ip(frame)
         if frame[6] & 1 or mac in self.topo.switch_macs():
             return Outcome()  # multicast sources and switches are never hosts
         reinject = [PacketOut(here.dpid, frame, pipeline.OFPP_TABLE, here.port)] if punt is Punt.MISS else []
+        old = self.topo.hosts.get(mac)
         if self.topo.host_seen(mac, here.dpid, here.port, ip):
+            if old is not None and (old.dpid, old.port) != (here.dpid, here.port):
+                self._moved_at[mac] = now
             LOG.info("host %s ip %s at switch %016x port %d", mac, ip, here.dpid, here.port)
             return Outcome(changed=True, learned=True, send_after=reinject)
         if reinject and mac in self.topo.hosts:

@@ -222,14 +222,19 @@ class Topology:
             probing_done = probed is None or sw.dpid in probed
             inter = self.inter_switch_ports(sw.dpid)
             for port_no in sw.live_ports():
-                if port_no in sw.edge_confirmed or port_no in inter or port_no in sw.fabric_ports:
+                if port_no in sw.edge_confirmed or port_no in inter:
                     sw.pending_since.pop(port_no, None)
                     continue
                 ref = PortRef(sw.dpid, port_no)
                 if declared and sw.ports[port_no].name in declared:
+                    # The hypervisor says a VM is plugged in here, whatever carried a link before.
                     sw.pending_since.pop(port_no, None)
+                    sw.fabric_ports.discard(port_no)
                     sw.edge_confirmed.add(port_no)
                     confirmed.add(ref)
+                    continue
+                if port_no in sw.fabric_ports:
+                    sw.pending_since.pop(port_no, None)
                     continue
                 if not probing_done:
                     continue
