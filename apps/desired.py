@@ -68,6 +68,12 @@ def desired_tables(topo: Topology, policy: PolicyState | None = None, identities
         entries += forwarding.ingress_flows(topo, dpid, local, identity_of)
         flood_set = forwarding.flood_ports(topo, dpid, view)
         entries += forwarding.flood_flows(topo, dpid, flood_set)
+        if topo.edge_ports(dpid):
+            # Before its first VM is learned a hypervisor looks like a fabric switch, yet IP flooded
+            # to its edge ports must be committed all the same (forwarding.fabric_flood_commit_flows).
+            flood_to = functools.partial(forwarding.flood_actions, flood_set)
+            zone = policy_flows.conntrack_zone(dpid)
+            entries += forwarding.fabric_flood_commit_flows(topo.inter_switch_ports(dpid), flood_to, zone)
         entries += forwarding.unicast_flows(topo, dpid, local)
         if forwarding.needs_routes(topo, dpid):
             for dst in sorted(by_switch):

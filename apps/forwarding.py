@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from apps import pipeline
-from apps.flows import FlowEntry, Output
+from apps.flows import Conntrack, FlowEntry, Output
 from topology.graph import GraphView
 from topology.model import Host, Topology
 
@@ -65,6 +65,22 @@ def flood_flows(topo: Topology, dpid: int, flood_set: set[int]) -> list[FlowEntr
         unanswered = {"in_port": port, "eth_type": pipeline.ETH_TYPE_ARP, "arp_op": 1}
         actions = [*flood_actions(flood_set, port), Output(pipeline.OFPP_CONTROLLER, pipeline.PACKET_IN_BYTES)]
         flows.append(FlowEntry.make(pipeline.FORWARD, pipeline.PRIO_ARP_UNANSWERED, unanswered, actions))
+    return flows
+
+
+def fabric_flood_commit_flows(fabric_ports: Iterable[int], flood: Callable[[int], list], zone: int) -> list[FlowEntry]:
+    """IP flooded from the fabric to local VMs (a destination not learned yet, or a datapath still
+    caching a flood decision just after its route was installed) is committed first, as egress
+    would commit it: otherwise the VM's reply meets an unknown connection and drops as invalid."""
+    flows = []
+    for port in sorted(fabric_ports):
+        actions = flood(port)
+        if not actions:
+            continue  # a non-tree port: nothing is flooded from it
+        for family in (pipeline.ETH_TYPE_IPV4, pipeline.ETH_TYPE_IPV6):
+            match = {"in_port": port, "eth_type": family}
+            commit_then_flood = (Conntrack(zone, commit=True), *actions)
+            flows.append(FlowEntry.make(pipeline.FORWARD, pipeline.PRIO_FLOOD_IP_FROM_FABRIC, match, commit_then_flood))
     return flows
 
 

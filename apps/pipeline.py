@@ -102,6 +102,7 @@ PRIO_QUARANTINE = 900
 PRIO_LLDP = 1000
 
 PRIO_FLOOD_UNKNOWN = 100  # unknown unicast destination
+PRIO_FLOOD_IP_FROM_FABRIC = 110  # hypervisors: IP flooded from the fabric is committed before delivery
 PRIO_FLOOD = 300  # broadcast / multicast along the tree
 PRIO_ARP_UNANSWERED = 150  # an ARP request from an edge port that no responder answered
 PRIO_UNICAST = 500

@@ -438,8 +438,10 @@ class DataCentre:
             self._set_controller(name)
 
     def disconnect_switch(self, name: str) -> None:
-        """Remove the switch's controller (cancelling a pending late connect): in secure fail
-        mode it keeps its flows and asks no one about new traffic."""
+        """Remove the switch's controller (cancelling a pending late connect). Open vSwitch drops
+        the bridge's flows when its controller is removed, so in secure fail mode it forwards
+        nothing until it connects again: this models a switch reconfigured or restarted, not a
+        control connection lost while the switch keeps its flows."""
         self._require_switch(name)
         with self._connects_lock:
             pending = self._pending_connects.pop(name, None)

@@ -480,3 +480,37 @@ def test_any_relabel_recompiles_cleanly_and_the_network_follows(small_fabric, la
     assert moved.vm(vm_name(mover)).label_map == new_labels
     net = FakeNetwork(desired_tables(small_fabric.topo, moved, identities), small_fabric.topo)
     assert_network_follows_evaluate(net, moved, inventory, PROBES[::2])
+
+
+@pytest.mark.parametrize("ipv6", [False, True], ids=["ipv4", "ipv6"])
+def test_ip_flooded_from_the_fabric_to_a_vm_is_committed_so_its_reply_comes_back(fabric, tiers, ipv6):
+    """A switch may flood a frame for a VM it has a route to: its datapath can still hold the
+    cached flood decision for a moment after the route is installed (seen on OVS right after a
+    hypervisor connected). The VM's reply must not meet an unknown connection and drop."""
+    src, dst = fabric.vms[0], fabric.vms[4]
+    assert src.dpid != dst.dpid
+    tables = {dpid: list(table.values()) for dpid, table in desired_tables(fabric.topo, policy_state(tiers)).items()}
+    tables[dst.dpid] = [
+        e for e in tables[dst.dpid] if not (e.table == pipeline.FORWARD and e.match_dict.get("eth_dst") == dst.mac)
+    ]
+    net = FakeNetwork(tables, fabric.topo)
+    request = icmp_frame(src, dst, ipv6=ipv6)
+    trace = net.send(src, request)
+    assert trace.reaches(dst) and len(trace.delivered_to()) > 1, "flooded to the hypervisor's VMs"
+    assert delivered(net, dst, src, reply_frame(request)), "the reply is +est, not invalid"
+
+
+def test_ip_flooded_to_a_hypervisor_before_its_first_vm_is_learned_is_committed():
+    """Until a hypervisor's first VM is learned it looks like a fabric switch (no policy, no
+    egress), but its edge ports already get floods. A request flooded to the VM then must be
+    committed there, or the VM's reply, once the VM is learned, meets no connection and drops."""
+    fabric = build_leaf_spine(spines=1, leaves=2, hypervisors_per_leaf=1, vms_per_hypervisor=1)
+    src, dst = fabric.vms
+    fabric.topo.remove_host(dst.mac)  # its port is a confirmed edge port; the VM has not spoken
+    before = FakeNetwork.compile(fabric.topo)
+    request = icmp_frame(src, dst)
+    assert before.send(src, request).reaches(dst)
+    fabric.topo.host_seen(dst.mac, dst.dpid, dst.port, first_ip(dst))  # the VM answers: learned
+    after = FakeNetwork.compile(fabric.topo)
+    after.conntrack = before.conntrack  # one datapath: the same conntrack before and after the compile
+    assert delivered(after, dst, src, reply_frame(request)), "the reply is +est, not invalid"
