@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable, Mapping
 from apps import pipeline
 from apps.flows import Conntrack, FlowEntry, Output
 from topology.graph import GraphView
+from topology.learner import Punt
 from topology.model import Host, Topology
 
 UNICAST = ("00:00:00:00:00:00", "01:00:00:00:00:00")  # the group bit clear
@@ -24,6 +25,20 @@ def base_flows() -> list[FlowEntry]:
         FlowEntry.make(pipeline.CLASSIFY, pipeline.PRIO_MISS, {}, goto=pipeline.POLICY),
         FlowEntry.make(pipeline.POLICY, pipeline.PRIO_MISS, {}, goto=pipeline.FORWARD),
     ]
+
+
+# The table-miss entry of the ingress table: a packet-in carrying its cookie is a frame from an
+# unknown source, which the controller learns and then re-injects into the pipeline.
+MISS_COOKIE = next(e.cookie for e in base_flows() if e.table == pipeline.INGRESS and e.priority == pipeline.PRIO_MISS)
+
+
+def punt_reason(table_id: int, cookie: int) -> Punt:
+    """Why a frame reached the controller, from the table and cookie of the entry that sent it."""
+    if cookie == MISS_COOKIE:
+        return Punt.MISS
+    if table_id == pipeline.FORWARD:
+        return Punt.UNANSWERED_ARP
+    return Punt.COPY
 
 
 def ingress_flows(

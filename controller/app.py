@@ -17,21 +17,17 @@ from apps import desired as desired_mod
 from apps import pipeline
 from apps.context import PolicyState
 from apps.flows import FlowEntry
-from apps.forwarding import base_flows
+from apps.forwarding import base_flows, punt_reason
 from apps.identity import Identities
 from controller import ofmsg
 from controller.metrics import Metrics
 from controller.reconciler import SwitchSync
 from controller.settings import Settings
 from controller.store import Store
-from topology.learner import Learner, Outcome, PacketOut, Punt
+from topology.learner import Learner, Outcome, PacketOut
 from topology.model import Port
 
 LOG = logging.getLogger("goldilocks.controller")
-
-# The table-miss entry of the ingress table: a packet-in carrying its cookie is a frame from an
-# unknown source, which we learn and then re-inject into the pipeline.
-MISS_COOKIE = next(e.cookie for e in base_flows() if e.table == pipeline.INGRESS and e.priority == pipeline.PRIO_MISS)
 
 
 EDGE_CHECK_INTERVAL = 0.05
@@ -40,15 +36,6 @@ EDGE_CHECK_INTERVAL = 0.05
 # nothing across connections. A switch that does not answer within this long is not waited for.
 FLOWS_IN_PLACE_MAX_WAIT = 1.0
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-
-
-def punt_reason(table_id: int, cookie: int) -> Punt:
-    """Why a frame reached the controller, from the entry that sent it."""
-    if cookie == MISS_COOKIE:
-        return Punt.MISS
-    if table_id == pipeline.FORWARD:
-        return Punt.UNANSWERED_ARP
-    return Punt.COPY
 
 
 class GoldilocksController(app_manager.RyuApp):

@@ -525,55 +525,12 @@ class DataCentre:
     def topology(self) -> dict:
         return rest_get(self.rest_url, "/v1/topology")
 
-    def expected_links(self) -> set[tuple[tuple[int, int], tuple[int, int]]]:
-        """Every cable between two switches as built, ((dpid, port), (dpid, port)) in sorted order."""
-        links = set()
-        for link in self.net.links:
-            ends = []
-            for intf in (link.intf1, link.intf2):
-                if intf.node.name not in self.layout.switches:
-                    break
-                ends.append((self.layout.switches[intf.node.name], intf.node.ports[intf]))
-            else:
-                links.add(tuple(sorted(ends)))
-        return links
+    def learning_diff(self, topo: dict | None = None, all_hosts: bool = True) -> list[str]:
+        """How what the controller learned differs from what was built, one readable line each
+        (mininet_scenarios.fabric_check.fabric_diff); empty when it is exact."""
+        from mininet_scenarios.fabric_check import fabric_diff
 
-    def expected_hosts(self) -> dict[str, tuple[int, int]]:
-        """VM MAC -> (dpid, port) of the switch port its cable is plugged into."""
-        where = {}
-        for name, (hv, _, mac) in self.layout.vms.items():
-            intf = self.net.get(name).defaultIntf()
-            peer = intf.link.intf2 if intf.link.intf1 is intf else intf.link.intf1
-            where[mac] = (self.layout.switches[hv], peer.node.ports[peer])
-        return where
-
-    def learning_diff(self, topo: dict | None = None, hosts: bool = True) -> list[str]:
-        """How what the controller learned differs from what was built: missing and extra links,
-        VMs missing or on the wrong port, hosts that are no VM. Empty when it is exact. With
-        hosts=False only links are compared."""
-        topo = topo if topo is not None else self.topology()
-        names = {dpid: name for name, dpid in self.layout.switches.items()}
-
-        def end(dpid: int, port: int) -> str:
-            return f"{names.get(dpid, f'{dpid:016x}')}:{port}"
-
-        learned_links = {
-            tuple(sorted(((int(lk["src"]["dpid"], 16), lk["src"]["port"]), (int(lk["dst"]["dpid"], 16), lk["dst"]["port"]))))
-            for lk in topo["links"]
-        }
-        built = self.expected_links()
-        problems = [f"missing link {end(*a)} <-> {end(*b)}" for a, b in sorted(built - learned_links)]
-        problems += [f"extra link {end(*a)} <-> {end(*b)}" for a, b in sorted(learned_links - built)]
-        if hosts:
-            learned = {h["mac"]: (int(h["dpid"], 16), h["port"]) for h in topo["hosts"]}
-            vm_of = {mac: name for name, (_, _, mac) in self.layout.vms.items()}
-            for mac, at in sorted(self.expected_hosts().items()):
-                if mac not in learned:
-                    problems.append(f"{vm_of[mac]} ({mac}) not learned")
-                elif learned[mac] != at:
-                    problems.append(f"{vm_of[mac]} ({mac}) learned at {end(*learned[mac])}, plugged into {end(*at)}")
-            problems += [f"phantom host {mac} at {end(*at)}" for mac, at in sorted(learned.items()) if mac not in vm_of]
-        return problems
+        return fabric_diff(self, topo if topo is not None else self.topology(), all_hosts=all_hosts)
 
     def learned_counts(self) -> dict[str, int]:
         topo = self.topology()
@@ -658,6 +615,9 @@ def check(dc: DataCentre) -> dict:
         summary["error"] = str(exc)
     summary["ping_loss_percent"] = dc.pingall()
     summary["learned"] = dc.learned_counts()
+    # Exact, not just the right counts: every cable a link, every VM on the port it is plugged
+    # into, no phantom host, the built roles.
+    summary["mismatch"] = dc.learning_diff()
     vms = list(dc.layout.vms)
     a, b = vms[0], vms[-1]
     summary["iperf3"] = {"client": a, "server": b, "mbps": round(dc.iperf3(a, b), 1)}
@@ -670,6 +630,7 @@ def check(dc: DataCentre) -> dict:
     summary["ok"] = (
         "error" not in summary
         and summary["learned"] == summary["built"]
+        and not summary["mismatch"]
         and summary["ping_loss_percent"] == 0.0
         and summary["iperf3"]["mbps"] > 0
         and summary["roles"]["hypervisor"] == expected_hv
@@ -687,6 +648,7 @@ def human_summary(summary: dict) -> str:
         f"  fabric learned in {summary.get('fabric_learned_seconds')} s",
         f"  pingall loss: {summary.get('ping_loss_percent')} %",
         f"  iperf3 {summary['iperf3']['client']} -> {summary['iperf3']['server']}: {summary['iperf3']['mbps']} Mbit/s",
+        *(f"  wrong: {line}" for line in summary.get("mismatch", [])),
         f"  result: {'OK' if summary['ok'] else 'FAILED'}",
     ]
     return "\n".join(lines)

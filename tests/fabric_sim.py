@@ -42,7 +42,7 @@ from apps import pipeline
 from apps.context import PolicyState
 from apps.desired import DesiredTables, desired_tables
 from apps.flows import FlowEntry
-from apps.forwarding import base_flows
+from apps.forwarding import base_flows, punt_reason
 from apps.identity import Identities
 from tests.fakeoftable import FakeNetwork, Loop, check_entry, link_local, policy_state, vm_name
 from topology.learner import Learner, Outcome, PacketOut, Punt
@@ -53,19 +53,6 @@ PROBE_PERIOD = 1.0  # the shell's tick (settings.lldp_interval)
 EDGE_CHECK_INTERVAL = 0.05  # the shell's edge loop (controller/app.py)
 FLOWS_IN_PLACE_MAX_WAIT = 1.0  # controller/app.py: a switch that does not answer a barrier is not waited for
 UNKNOWN_IP = "10.255.255.254"  # an address no VM has: ARP for it is flooded, never answered
-
-# The ingress table-miss entry's cookie, as controller/app.py computes it.
-MISS_COOKIE = next(e.cookie for e in base_flows() if e.table == pipeline.INGRESS and e.priority == pipeline.PRIO_MISS)
-
-
-def punt_reason(table_id: int, cookie: int) -> Punt:
-    """controller/app.py's punt_reason, replicated (that module imports Ryu)."""
-    if cookie == MISS_COOKIE:
-        return Punt.MISS
-    if table_id == pipeline.FORWARD:
-        return Punt.UNANSWERED_ARP
-    return Punt.COPY
-
 
 # ---------------------------------------------------------------------------
 # Frames: header dicts (what FakeNetwork traces) <-> Ethernet bytes (what the learner reads).
