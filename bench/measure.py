@@ -261,26 +261,43 @@ def interface_macs() -> dict[str, str]:
     return macs
 
 
+FORGOT_ONE = re.compile(r"forgot host (\S+): it is a switch port's MAC")
+FORGOT_ON_LINK = re.compile(r"link .*: forgot \d+ hosts learned on its ports: (.*)$")
+
+
 def topology_trouble(path: str, layout, macs: dict[str, str] | None = None, limit: int = 8) -> dict:
-    """What the Goldilocks log says went wrong with the learned topology: links aged out, and hosts
-    learned where the built layout has none (a fabric switch, or a hypervisor's uplink, port 1).
+    """What the Goldilocks log says about the learned topology: links aged out, and hosts learned
+    where the built layout has none (a fabric switch, or a hypervisor's uplink, port 1). Such a
+    host that the controller forgot later (a switch port's MAC once that switch connected, or a
+    port that turned out to face a switch) is a guess overturned, counted apart from those it kept.
     Misplaced MACs that belong to a root-namespace interface (a switch port) are named."""
     hypervisors = {dpid for name, dpid in layout.switches.items() if layout.roles[name] == "hypervisor"}
     vm_macs = {mac for _, _, mac in layout.vms.values()}
     macs = macs or {}
-    timeouts, misplaced, vm_moved, switch_port_macs = [], [], [], []
+    timeouts: list[str] = []
+    misplaced: dict[str, str] = {}  # MAC -> its last misplaced host line, until forgotten
+    overturned: list[str] = []
     for line in _lines(path):
         if LINK_TIMEOUT_TEXT in line:
             timeouts.append(line)
+        forgotten = [m.group(1)] if (m := FORGOT_ONE.search(line)) else []
+        if m := FORGOT_ON_LINK.search(line):
+            forgotten += [mac.strip() for mac in m.group(1).split(",")]
+        for mac in forgotten:
+            if mac in misplaced:
+                overturned.append(misplaced.pop(mac))
         match = HOST_LINE.search(line)
-        if match and (int(match.group(3), 16) not in hypervisors or match.group(4) == "1"):
+        if match:
             mac = match.group(1)
-            if mac in vm_macs:
-                vm_moved.append(line)
-            elif mac in macs:
-                switch_port_macs.append(f"{line} (MAC of switch port {macs[mac]})")
-            misplaced.append(line)
+            if int(match.group(3), 16) not in hypervisors or match.group(4) == "1":
+                misplaced[mac] = line
+            else:
+                misplaced.pop(mac, None)  # learned again where it really is
+    kept = list(misplaced.values())
+    vm_moved = [line for mac, line in misplaced.items() if mac in vm_macs]
+    switch_port_macs = [f"{line} (MAC of switch port {macs[mac]})" for mac, line in misplaced.items() if mac in macs]
     return {"link_timeouts": len(timeouts), "link_timeout_lines": timeouts[:limit],
-            "misplaced_hosts": len(misplaced), "misplaced_host_lines": misplaced[:limit],
+            "misplaced_hosts": len(kept), "misplaced_host_lines": kept[:limit],
+            "guesses_overturned": len(overturned), "guesses_overturned_lines": overturned[:limit],
             "vm_misplaced": len(vm_moved), "vm_misplaced_lines": vm_moved[:limit],
             "switch_port_macs": len(switch_port_macs), "switch_port_mac_lines": switch_port_macs[:limit]}

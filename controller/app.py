@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from ryu.app.wsgi import WSGIApplication
 from ryu.base import app_manager
@@ -36,6 +37,15 @@ EDGE_CHECK_INTERVAL = 0.05
 # nothing across connections. A switch that does not answer within this long is not waited for.
 FLOWS_IN_PLACE_MAX_WAIT = 1.0
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+@dataclass(eq=False)
+class _FlowWait:
+    """Callbacks waiting for the barrier replies in `pending` ((dpid, xid) pairs)."""
+
+    pending: set[tuple[int, int]]
+    callbacks: list[Callable[[], None]]
+    give_up_at: float
 
 
 class GoldilocksController(app_manager.RyuApp):
@@ -76,9 +86,12 @@ class GoldilocksController(app_manager.RyuApp):
         self._dirty = False
         self._compile_pending = False
         self._after_compile: list[Callable[[], None]] = []
+        self._when_sent: list[Callable[[], None]] = []
         self._touched: set[int] = set()  # switches sent flow-mods since the last barrier round
-        # (barriers still unanswered as (dpid, xid), callbacks, give up at): see _when_flows_in_place
-        self._flow_waits: list[tuple[set[tuple[int, int]], list[Callable[[], None]], float]] = []
+        # What waits for barriers (_when_flows_in_place), and which wait each unanswered barrier,
+        # keyed (dpid, xid), belongs to.
+        self._flow_waits: list[_FlowWait] = []
+        self._barrier_wait: dict[tuple[int, int], _FlowWait] = {}
         self._last_audit = time.monotonic()
         from controller.rest import register as register_rest
 
@@ -112,14 +125,18 @@ class GoldilocksController(app_manager.RyuApp):
         run what waits for the new flows."""
         for packet in outcome.send:
             self._packet_out(packet)
+        when_sent = None
+        if outcome.learned and received is not None:
+
+            def when_sent() -> None:
+                self.metrics.observe_learning(time.perf_counter() - received)
+
         if not (outcome.send_after or outcome.after):
             if outcome.changed:
-                self.model_changed()
+                self.model_changed(when_sent=when_sent)
             return
 
         def then() -> None:
-            if outcome.learned and received is not None:
-                self.metrics.observe_learning(time.perf_counter() - received)
             for packet in outcome.send_after:
                 self._packet_out(packet)
             now = time.monotonic()
@@ -127,7 +144,7 @@ class GoldilocksController(app_manager.RyuApp):
                 self.carry_out(step(now))
 
         if outcome.changed:
-            self.model_changed(then=then)
+            self.model_changed(then=then, when_sent=when_sent)
         elif self._compile_pending:
             # A compile is on its way (a host learned a moment ago, say): what waits for flows
             # waits for it too, or a re-injected frame would miss again and bounce.
@@ -154,13 +171,16 @@ class GoldilocksController(app_manager.RyuApp):
         )
 
     # -- compile and reconcile ---------------------------------------------------
-    def model_changed(self, then: Callable[[], None] | None = None) -> None:
+    def model_changed(self, then: Callable[[], None] | None = None, when_sent: Callable[[], None] | None = None) -> None:
         """The model changed. One compile runs per burst of changes: it is scheduled behind the
         events already queued, so a switch connecting with fifty ports and links costs one
-        compile, not fifty. `then` runs once every switch has confirmed the new flows."""
+        compile, not fifty. `when_sent` runs as soon as the new flows have been sent; `then`
+        once every switch that got some has confirmed them."""
         self._dirty = True
         if then is not None:
             self._after_compile.append(then)
+        if when_sent is not None:
+            self._when_sent.append(when_sent)
         if not self._compile_pending:
             self._compile_pending = True
             hub.spawn(self._compile_loop)
@@ -171,6 +191,8 @@ class GoldilocksController(app_manager.RyuApp):
                 if self._dirty:
                     self._dirty = False
                     self._compile_and_reconcile()
+                sent, self._when_sent = self._when_sent, []
+                self._run_callbacks(sent)
                 callbacks, self._after_compile = self._after_compile, []
                 if callbacks:
                     self._when_flows_in_place(callbacks)
@@ -183,7 +205,7 @@ class GoldilocksController(app_manager.RyuApp):
         """Run the callbacks once every switch sent flow-mods since the last round has answered a
         barrier (or FLOWS_IN_PLACE_MAX_WAIT has passed)."""
         touched, self._touched = self._touched, set()
-        pending = set()
+        wait = _FlowWait(set(), callbacks, time.monotonic() + FLOWS_IN_PLACE_MAX_WAIT)
         for dpid in sorted(touched):
             datapath = self.datapaths.get(dpid)
             if datapath is None:
@@ -191,23 +213,30 @@ class GoldilocksController(app_manager.RyuApp):
             barrier = datapath.ofproto_parser.OFPBarrierRequest(datapath)
             datapath.set_xid(barrier)
             datapath.send_msg(barrier)
-            pending.add((dpid, barrier.xid))
-        if pending:
-            self._flow_waits.append((pending, callbacks, time.monotonic() + FLOWS_IN_PLACE_MAX_WAIT))
+            wait.pending.add((dpid, barrier.xid))
+            self._barrier_wait[(dpid, barrier.xid)] = wait
+        if wait.pending:
+            self._flow_waits.append(wait)
         else:
             self._run_callbacks(callbacks)
 
-    def _flows_confirmed(self, answered: Callable[[int, int], bool], now: float) -> None:
-        """Drop the barriers `answered` says are done; run the waits that have none left or ran out of time."""
-        ready = []
-        for wait in self._flow_waits:
-            pending, callbacks, give_up_at = wait
-            pending -= {key for key in pending if answered(*key)}
-            if not pending or now >= give_up_at:
-                ready.append(wait)
-        for wait in ready:
+    def _barrier_answered(self, keys) -> None:
+        """Barriers (dpid, xid) were answered, or their switch is gone: run the waits left with none."""
+        for key in keys:
+            wait = self._barrier_wait.pop(key, None)
+            if wait is None:
+                continue
+            wait.pending.discard(key)
+            if not wait.pending and wait in self._flow_waits:
+                self._flow_waits.remove(wait)
+                self._run_callbacks(wait.callbacks)
+
+    def _give_up_on_silent_switches(self, now: float) -> None:
+        for wait in [w for w in self._flow_waits if now >= w.give_up_at]:
             self._flow_waits.remove(wait)
-            self._run_callbacks(wait[1])
+            for key in wait.pending:
+                self._barrier_wait.pop(key, None)
+            self._run_callbacks(wait.callbacks)
 
     @staticmethod
     def _run_callbacks(callbacks: list[Callable[[], None]]) -> None:
@@ -261,7 +290,7 @@ class GoldilocksController(app_manager.RyuApp):
             hub.sleep(EDGE_CHECK_INTERVAL)
             try:
                 if self._flow_waits:
-                    self._flows_confirmed(lambda d, x: False, time.monotonic())  # give up on silent switches
+                    self._give_up_on_silent_switches(time.monotonic())
                 self.carry_out(self.learner.check_edges(time.monotonic(), backlog=self.events.qsize()))
             except Exception:
                 LOG.exception("edge port confirmation failed")
@@ -326,8 +355,8 @@ class GoldilocksController(app_manager.RyuApp):
         del self.datapaths[dpid]
         self.sync.pop(dpid, None)
         self._touched.discard(dpid)
-        if self._flow_waits:
-            self._flows_confirmed(lambda d, x: d == dpid, time.monotonic())
+        if self._barrier_wait:
+            self._barrier_answered([key for key in self._barrier_wait if key[0] == dpid])
         self.carry_out(self.learner.switch_disconnected(dpid, time.monotonic()))
 
     @set_ev_cls(ofp_event.EventOFPDescStatsReply, MAIN_DISPATCHER)
@@ -357,7 +386,7 @@ class GoldilocksController(app_manager.RyuApp):
         sync.set_actual(self._stats_parts.pop(datapath.id), self.desired.get(datapath.id, {}))
         if first:
             LOG.info("switch %016x holds %d of our flows; reconciling", datapath.id, len(sync.installed))
-            self.model_changed(then=lambda: self._first_sync_done(datapath, sync))
+            self.model_changed(when_sent=lambda: self._first_sync_done(datapath, sync))
         else:
             self.reconcile(datapath.id)
 
@@ -375,8 +404,8 @@ class GoldilocksController(app_manager.RyuApp):
     @set_ev_cls(ofp_event.EventOFPBarrierReply, MAIN_DISPATCHER)
     def barrier_reply(self, ev) -> None:
         dpid, xid = ev.msg.datapath.id, ev.msg.xid
-        if self._flow_waits:
-            self._flows_confirmed(lambda d, x: (d, x) == (dpid, xid), time.monotonic())
+        if self._barrier_wait:
+            self._barrier_answered([(dpid, xid)])
         sync = self.sync.get(ev.msg.datapath.id)
         if sync is not None and sync.converge_xid == ev.msg.xid and sync.converge_seconds is None:
             sync.converge_seconds = time.monotonic() - sync.connected_at

@@ -167,7 +167,7 @@ class Learner:
         self.probed.discard(dpid)  # it probes again once its flows are in place
         self.topo.switch_connected(dpid)
         self._note_kinds(now, [dpid])
-        return Outcome(changed=True)
+        return Outcome()  # nothing to compile until its ports are known
 
     def switch_disconnected(self, dpid: int, now: float) -> Outcome:
         self.probed.discard(dpid)
@@ -182,21 +182,23 @@ class Learner:
 
     def ports_described(self, dpid: int, ports: Iterable[Port], now: float) -> Outcome:
         """The switch's full port list (on connect)."""
+        links = set(self.topo.links)
         changed = self.topo.set_ports(dpid, ports)
-        return self._ports_changed(dpid, changed, now)
+        return self._ports_changed(dpid, changed, links, now)
 
     def port_changed(self, dpid: int, port: Port, now: float, deleted: bool = False) -> Outcome:
         """One port was added, modified or deleted. A port that comes up is probed at once."""
         topo = self.topo
+        links = set(topo.links)
         changed = topo.delete_port(dpid, port.port_no) if deleted else topo.set_port(dpid, port)
-        out = self._ports_changed(dpid, changed, now)
+        out = self._ports_changed(dpid, changed, links, now)
         if changed:
             LOG.info("switch %016x port %d %s", dpid, port.port_no, "deleted" if deleted else ("up" if port.up else "down"))
             if port.up and not deleted and dpid in self.probed:
                 out.send += self._probes_from(dpid, [port.port_no], now)
         return out
 
-    def _ports_changed(self, dpid: int, changed: bool, now: float) -> Outcome:
+    def _ports_changed(self, dpid: int, changed: bool, links_before: set[Link], now: float) -> Outcome:
         if not changed:
             return Outcome()
         sw = self.topo.switches[dpid]
@@ -208,7 +210,9 @@ class Learner:
         # A switch whose port MACs we now know may have sent frames we took for hosts.
         for mac in self.topo.forget_switch_mac_hosts():
             LOG.info("forgot host %s: it is a switch port's MAC", mac)
-        self._note_kinds(now)
+        # Kinds change on this switch, and at the far end of any link a dead port took down.
+        far = {end.dpid for link in links_before - set(self.topo.links) for end in link.ends()}
+        self._note_kinds(now, {dpid} | far)
         return Outcome(changed=True)
 
     def switch_synced(self, dpid: int, now: float) -> Outcome:
