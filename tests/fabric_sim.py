@@ -256,10 +256,8 @@ class Fabric:
         for spec in self.switches.values():
             ports = {p: self.port(PortRef(spec.dpid, p), up(PortRef(spec.dpid, p))) for p in spec.ports}
             wiring.switches[spec.dpid] = Switch(spec.dpid, spec.name, ports, connected=True)
-        wiring.links = dict.fromkeys(self.true_links(), 0.0)
-        wiring.hosts = {h.mac: h for h in self.hosts()}
-        wiring.links_changed()
-        wiring.hosts_changed()
+        wiring.links.update(dict.fromkeys(self.true_links(), 0.0))
+        wiring.hosts.update({h.mac: h for h in self.hosts()})
         return wiring
 
     def port(self, ref: PortRef, up: bool = True) -> Port:

@@ -238,7 +238,6 @@ class Learner:
             for end in link.ends():
                 self.probes.pop((end, link.b if end == link.a else link.a), None)
         if dropped:
-            self.topo.links_changed()
             self._note_kinds(now)
         return Outcome(changed=bool(dropped))
 
@@ -281,9 +280,9 @@ class Learner:
             del self.one_way[ref]
         for mac in [m for m, moved in self._moved_at.items() if now - moved > MOVE_SETTLE]:
             del self._moved_at[mac]
-        before = set(self.topo.links)
-        if self.topo.expire_links(now):
-            for link in before - set(self.topo.links):
+        expired = self.topo.expire_links(now)
+        if expired:
+            for link in expired:
                 LOG.info("link %s timed out: no probe both ways for %.1f s", _link_text(link), LINK_TIMEOUT)
             self._note_kinds(now)
             out.changed = True

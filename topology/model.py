@@ -26,6 +26,51 @@ KIND_INTER_SWITCH = "inter-switch"  # a link, with probes seen both ways
 KIND_LOST_LINK = "lost-link"  # carried a link whose probes stopped while it stayed up: held
 
 
+class WatchedDict(dict):
+    """A dict that calls `changed()` whenever its keys change (a key added or removed), and also
+    on every value set when `values_matter`. Indexes derived from it are then dropped however it
+    is changed: by the model's methods, a store load, or a test editing it directly."""
+
+    def __init__(self, changed, values_matter: bool = False) -> None:
+        super().__init__()
+        self._changed, self._values_matter = changed, values_matter
+
+    def __setitem__(self, key, value) -> None:
+        if self._values_matter or key not in self:
+            self._changed()
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key) -> None:
+        super().__delitem__(key)
+        self._changed()
+
+    def pop(self, key, *default):
+        if key in self:
+            self._changed()
+        return super().pop(key, *default)
+
+    def popitem(self):
+        self._changed()
+        return super().popitem()
+
+    def clear(self) -> None:
+        self._changed()
+        super().clear()
+
+    def setdefault(self, key, default=None):
+        if key not in self:
+            self[key] = default
+        return self[key]
+
+    def update(self, *args, **kwargs) -> None:
+        for key, value in dict(*args, **kwargs).items():
+            self[key] = value
+
+    def __ior__(self, other):
+        self.update(other)
+        return self
+
+
 @dataclass(frozen=True)
 class Port:
     """One switch port as OpenFlow reports it."""
@@ -112,19 +157,17 @@ class Topology:
 
     def __init__(self) -> None:
         self.switches: dict[int, Switch] = {}
-        self.links: dict[Link, float] = {}  # link -> last time LLDP confirmed it
-        self.hosts: dict[str, Host] = {}  # mac -> host
-        self._switch_macs: frozenset[str] | None = None  # derived from ports; reset when ports change
         # Derived indexes, rebuilt on demand after the links or hosts they index change.
         self._inter: dict[int, frozenset[int]] | None = None
         self._hosts_by_port: dict[PortRef, set[str]] | None = None
+        self.links: dict[Link, float] = WatchedDict(self._links_changed)  # link -> last time probes confirmed it
+        self.hosts: dict[str, Host] = WatchedDict(self._hosts_changed, values_matter=True)  # mac -> host
+        self._switch_macs: frozenset[str] | None = None  # derived from ports; reset when ports change
 
-    def links_changed(self) -> None:
-        """Call after changing `links` directly (store loads do)."""
+    def _links_changed(self) -> None:
         self._inter = None
 
-    def hosts_changed(self) -> None:
-        """Call after changing `hosts` directly."""
+    def _hosts_changed(self) -> None:
         self._hosts_by_port = None
 
     # -- switches and ports -------------------------------------------------
@@ -151,8 +194,6 @@ class Topology:
             del self.links[link]
         for mac in [m for m, h in self.hosts.items() if h.dpid == dpid]:
             del self.hosts[mac]
-        self.links_changed()
-        self.hosts_changed()
         return True
 
     def set_ports(self, dpid: int, ports: Iterable[Port]) -> bool:
@@ -280,8 +321,6 @@ class Topology:
         dead = [lk for lk in self.links if any(e.dpid == dpid and not self._port_up(e) for e in lk.ends())]
         for link in dead:
             del self.links[link]
-        if dead:
-            self.links_changed()
         return bool(dead)
 
     # -- links ----------------------------------------------------------------
@@ -295,7 +334,6 @@ class Topology:
         if is_new:
             for old in [lk for lk in self.links if set(lk.ends()) & {src, dst}]:
                 del self.links[old]
-            self.links_changed()
         self.links[link] = now
         if is_new:
             for end in (src, dst):
@@ -308,8 +346,8 @@ class Topology:
                     self.remove_host(mac)
         return is_new
 
-    def expire_links(self, now: float, timeout: float = LINK_TIMEOUT) -> bool:
-        """Forget links whose LLDP stopped. Only links whose both switches are connected can age:
+    def expire_links(self, now: float, timeout: float = LINK_TIMEOUT) -> list[Link]:
+        """Forget links whose LLDP stopped, and return them. Only links whose both switches are connected can age:
         while a switch is disconnected we cannot send LLDP through it, yet it keeps forwarding."""
         dead = []
         for link, seen in self.links.items():
@@ -318,9 +356,7 @@ class Topology:
                 dead.append(link)
         for link in dead:
             del self.links[link]
-        if dead:
-            self.links_changed()
-        return bool(dead)
+        return dead
 
     def refresh_links(self, now: float) -> None:
         """Give every link a fresh timeout window (after a restart loaded them from disk)."""
@@ -377,8 +413,6 @@ class Topology:
         new = Host(mac, frozenset(ips), dpid, port)
         if new == old:
             return False
-        if old is None or (old.dpid, old.port) != (dpid, port):
-            self._hosts_by_port = None
         self.hosts[mac] = new
         return True
 
@@ -410,7 +444,6 @@ class Topology:
         return self._switch_macs
 
     def remove_host(self, mac: str) -> bool:
-        self._hosts_by_port = None
         return self.hosts.pop(mac.lower(), None) is not None
 
     # -- roles ----------------------------------------------------------------
@@ -430,17 +463,10 @@ class TopologySnapshot:
         self.switches = topo.switches
         self.links = topo.links
         self.hosts = topo.hosts
-        inter: dict[int, set[int]] = {}
-        for link in topo.links:
-            for end in link.ends():
-                inter.setdefault(end.dpid, set()).add(end.port)
-        self._inter = {dpid: frozenset(ports) for dpid, ports in inter.items()}
+        self.inter_switch_ports = topo.inter_switch_ports  # indexed once per change of the links
         self._edge: dict[int, list[int]] = {}
         self._edge_sets: dict[int, frozenset[int]] = {}
         self._with_hosts = {h.dpid for h in topo.hosts.values()}
-
-    def inter_switch_ports(self, dpid: int) -> frozenset[int]:
-        return self._inter.get(dpid, frozenset())
 
     def edge_ports(self, dpid: int) -> list[int]:
         ports = self._edge.get(dpid)

@@ -320,3 +320,19 @@ def test_a_held_port_can_become_an_edge_port_after_going_down_and_up():
     topo.set_port(1, Port(1, "s1-eth1", "aa:00:00:00:01:01", up=True))
     confirmed(topo, now=200.0)
     assert 1 in topo.edge_ports(1)
+
+
+def test_the_link_and_host_indexes_follow_direct_edits_of_links_and_hosts():
+    """Store loads and tests edit `links` and `hosts` directly: the indexes built from them
+    (inter-switch ports, hosts per port) must never answer from before the edit."""
+    topo = two_switches()
+    topo.link_seen(PortRef(1, 1), PortRef(2, 1), 0.0)
+    topo.host_seen(MAC_A, 1, 2, "10.0.0.1")
+    assert topo.inter_switch_ports(1) == {1} and topo.hosts_on(1, 2) == {MAC_A}
+    topo.links.clear()
+    topo.links[Link.between(PortRef(1, 3), PortRef(2, 3))] = 0.0
+    topo.hosts[MAC_A] = replace(topo.hosts[MAC_A], port=3)
+    assert topo.inter_switch_ports(1) == {3}
+    assert topo.hosts_on(1, 2) == set() and topo.hosts_on(1, 3) == {MAC_A}
+    topo.hosts.pop(MAC_A)
+    assert topo.hosts_on(1, 3) == set()
