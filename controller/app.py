@@ -88,9 +88,7 @@ class GoldilocksController(app_manager.RyuApp):
         self._after_compile: list[Callable[[], None]] = []
         self._when_sent: list[Callable[[], None]] = []
         self._touched: set[int] = set()  # switches sent flow-mods since the last barrier round
-        # What waits for barriers (_when_flows_in_place), and which wait each unanswered barrier,
-        # keyed (dpid, xid), belongs to.
-        self._flow_waits: list[_FlowWait] = []
+        # Each unanswered barrier, keyed (dpid, xid), and what waits for it (_when_flows_in_place).
         self._barrier_wait: dict[tuple[int, int], _FlowWait] = {}
         self._last_audit = time.monotonic()
         from controller.rest import register as register_rest
@@ -215,9 +213,7 @@ class GoldilocksController(app_manager.RyuApp):
             datapath.send_msg(barrier)
             wait.pending.add((dpid, barrier.xid))
             self._barrier_wait[(dpid, barrier.xid)] = wait
-        if wait.pending:
-            self._flow_waits.append(wait)
-        else:
+        if not wait.pending:
             self._run_callbacks(callbacks)
 
     def _barrier_answered(self, keys) -> None:
@@ -227,15 +223,14 @@ class GoldilocksController(app_manager.RyuApp):
             if wait is None:
                 continue
             wait.pending.discard(key)
-            if not wait.pending and wait in self._flow_waits:
-                self._flow_waits.remove(wait)
+            if not wait.pending:
                 self._run_callbacks(wait.callbacks)
 
     def _give_up_on_silent_switches(self, now: float) -> None:
-        for wait in [w for w in self._flow_waits if now >= w.give_up_at]:
-            self._flow_waits.remove(wait)
+        for wait in {w for w in self._barrier_wait.values() if now >= w.give_up_at}:
             for key in wait.pending:
-                self._barrier_wait.pop(key, None)
+                del self._barrier_wait[key]
+            wait.pending.clear()
             self._run_callbacks(wait.callbacks)
 
     @staticmethod
@@ -289,7 +284,7 @@ class GoldilocksController(app_manager.RyuApp):
         while True:
             hub.sleep(EDGE_CHECK_INTERVAL)
             try:
-                if self._flow_waits:
+                if self._barrier_wait:
                     self._give_up_on_silent_switches(time.monotonic())
                 self.carry_out(self.learner.check_edges(time.monotonic(), backlog=self.events.qsize()))
             except Exception:

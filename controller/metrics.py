@@ -5,6 +5,10 @@ from __future__ import annotations
 import statistics
 from collections import deque
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from topology.learner import Learner
 
 
 @dataclass
@@ -33,7 +37,7 @@ class Metrics:
         self.reconcile_seconds_sum += seconds
         self.reconcile_seconds_last = seconds
 
-    def render(self, switches_connected: int, links: int, hosts: int, flows: int, learner=None) -> str:
+    def render(self, switches_connected: int, links: int, hosts: int, flows: int, learner: Learner) -> str:
         rows = [
             ("goldilocks_switches_connected", "gauge", "Switches with a live OpenFlow connection", switches_connected),
             ("goldilocks_links", "gauge", "Inter-switch links known from LLDP", links),
@@ -42,11 +46,11 @@ class Metrics:
             ("goldilocks_packet_ins_total", "counter", "Packet-in messages received", self.packet_ins),
             ("goldilocks_flow_mods_total", "counter", "Flow-mod messages sent", self.flow_mods),
             ("goldilocks_lldp_rejected_total", "counter", "LLDP frames with a bad or missing signature, stale or replayed",
-             learner.lldp_rejected if learner else 0),
+             learner.lldp_rejected),
             ("goldilocks_probes_refused_total", "counter", "Valid probes refused because an end is a declared VM port",
-             learner.probes_refused if learner else 0),
+             learner.probes_refused),
             ("goldilocks_hosts_forgotten_total", "counter", "Hosts forgotten because their port turned out to face a switch",
-             learner.hosts_forgotten if learner else 0),
+             learner.hosts_forgotten),
             ("goldilocks_switch_errors_total", "counter", "OpenFlow errors from switches", self.switch_errors),
             ("goldilocks_reconcile_seconds_last", "gauge", "Last compile and reconcile", self.reconcile_seconds_last),
         ]
@@ -57,9 +61,8 @@ class Metrics:
             "# HELP goldilocks_port_kind_changes_total Port kind changes (down, pending, edge, inter-switch, lost-link)",
             "# TYPE goldilocks_port_kind_changes_total counter",
         ]
-        if learner is not None:
-            for (old, new), count in sorted(learner.kind_changes.items()):
-                lines.append(f'goldilocks_port_kind_changes_total{{from="{old}",to="{new}"}} {count}')
+        for (old, new), count in sorted(learner.kind_changes.items()):
+            lines.append(f'goldilocks_port_kind_changes_total{{from="{old}",to="{new}"}} {count}')
         lines += [
             "# HELP goldilocks_reconcile_seconds Compile and reconcile durations",
             "# TYPE goldilocks_reconcile_seconds summary",

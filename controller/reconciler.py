@@ -55,7 +55,6 @@ class SwitchSync:
     converge_seconds: float | None = None  # connect to first converged table (barrier reply)
     converge_xid: int | None = None
     audited_after_settle: bool = False
-    probed: bool = False  # LLDP has gone out of its ports since it connected
     _by_slot: dict[tuple, int] = field(default_factory=dict)
 
     # The desired table the switch was last brought to exactly (installed == its cookies). While
