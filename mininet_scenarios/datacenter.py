@@ -56,6 +56,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 
 from mininet_scenarios.harness import ControllerProcess, rest_get, wait_for
 from mininet_scenarios.topology_file import (
@@ -246,13 +247,6 @@ def _vsctl(*args: str) -> None:
         raise RuntimeError(f"ovs-vsctl {' '.join(args)} failed: {' '.join(result.stderr.split())}")
 
 
-def _remove(path: str | os.PathLike) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
 class DataCentre:
     """The running Mininet network plus the controller that drives it."""
 
@@ -320,7 +314,7 @@ class DataCentre:
 
         setLogLevel("warning")
         if self.info_path is not None:
-            _remove(self.info_path)  # a crashed run's: its PIDs are gone
+            Path(self.info_path).unlink(missing_ok=True)  # a crashed run's: its PIDs are gone
         if not self.with_controller:
             of_host, of_port = None, None
         elif self.external:
@@ -388,7 +382,7 @@ class DataCentre:
         try:
             self._cancel_pending_connects()
             if self._info_written and self.info_path is not None:
-                _remove(self.info_path)
+                Path(self.info_path).unlink(missing_ok=True)
                 self._info_written = False
             if self.net is not None:
                 self._kill_host_processes()
@@ -495,7 +489,7 @@ class DataCentre:
             os.chmod(tmp, 0o644)
             os.replace(tmp, path)
         except BaseException:
-            _remove(tmp)
+            Path(tmp).unlink(missing_ok=True)
             raise
 
     def _kill_host_processes(self) -> None:
