@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import functools
 from collections import defaultdict
+from dataclasses import dataclass
 
-from apps import arp_responder, forwarding, policy_flows
+from apps import arp_responder, forwarding, policy_flows, steering
 from apps.context import PolicyState
 from apps.flows import FlowEntry
 from apps.identity import Identities, host_identities, identity_labels
@@ -24,9 +25,35 @@ class ConflictError(RuntimeError):
     """Two desired entries share table, priority and match but differ in actions."""
 
 
-def desired_tables(topo: Topology, policy: PolicyState | None = None, identities: Identities | None = None) -> DesiredTables:
+@dataclass(frozen=True)
+class Compiled:
+    """The desired table of every switch, and the hypervisor pairs that encrypt rules need tunnels
+    between (the controller configures the agents for exactly those)."""
+
+    tables: DesiredTables
+    encrypt_pairs: frozenset[steering.Pair]
+
+
+def desired_tables(
+    topo: Topology,
+    policy: PolicyState | None = None,
+    identities: Identities | None = None,
+    tunnels: steering.TunnelPlan | None = None,
+) -> DesiredTables:
+    """The desired tables alone (see compile_network)."""
+    return compile_network(topo, policy, identities, tunnels).tables
+
+
+def compile_network(
+    topo: Topology,
+    policy: PolicyState | None = None,
+    identities: Identities | None = None,
+    tunnels: steering.TunnelPlan | None = None,
+) -> Compiled:
     """Compile the whole model. Switches are independent, so this is a loop over switches.
-    `identities` hands out identity numbers to new label sets (the caller persists them)."""
+    `identities` hands out identity numbers to new label sets (the caller persists them);
+    `tunnels` says which tunnel ports encrypted traffic may use (none: it is dropped)."""
+    tunnels = tunnels if tunnels is not None else steering.TunnelPlan()
     policy = policy if policy is not None else PolicyState()
     identities = identities if identities is not None else Identities()
     topo = snapshot(topo)
@@ -90,8 +117,15 @@ def desired_tables(topo: Topology, policy: PolicyState | None = None, identities
                 groups[("classify", identity)] = classify_group(identity)
             entries += _policy_table(dpid, local_ids, labels, labels_key, policy)
             entries += policy_flows.egress_flows(local, policy_flows.conntrack_zone(dpid))
+            entries += steering.encrypt_forward_flows(local, by_switch, tunnels.ports.get(dpid, {}))
+            entries += steering.encrypt_egress_flows(local, policy_flows.conntrack_zone(dpid))
+        sw = topo.switches[dpid]
+        entries += steering.tunnel_ingress_flows(sw.tunnel_ports())
+        entries += steering.endpoint_flows(topo.endpoints_on(dpid))
         tables[dpid] = SwitchTable(index_entries(entries), groups)
-    return tables
+    hypervisors = [d for d in topo.switches if topo.role(d) == ROLE_HYPERVISOR]
+    pairs = steering.encrypt_pairs(by_switch, hypervisors, identity_of, labels, policy.rules)
+    return Compiled(tables, pairs)
 
 
 def _policy_table(dpid: int, local_ids: frozenset[int], labels, labels_key, policy: PolicyState) -> list[FlowEntry]:

@@ -41,12 +41,13 @@ class Move:
 @dataclass(frozen=True)
 class Conntrack:
     """Send the frame through connection tracking in a zone. With `table`, the frame is
-    re-submitted to that table with its ct_state set; with `commit`, the connection is
-    remembered so that its replies are +est."""
+    re-submitted to that table with its ct_state (and ct_mark) set; with `commit`, the connection is
+    remembered so that its replies are +est, and with `mark` too, the connection's ct_mark is set."""
 
     zone: int
     commit: bool = False
     table: int | None = None
+    mark: int | None = None
 
 
 Action = Output | SetField | Move | Conntrack

@@ -33,9 +33,10 @@ PIPELINE: dict[int, TableSpec] = {
             INGRESS,
             "ingress",
             "admit frames from edge ports only from known (port, MAC) pairs and tag them with the source identity"
-            " (metadata bits 0-31); LLDP and unknown sources to the controller",
-            frozenset({"in_port", "eth_src", "eth_type", "arp_spa", "ipv4_src"}),
-            frozenset({CLASSIFY, FORWARD}),
+            " (metadata bits 0-31); LLDP and unknown sources to the controller; tunnel endpoints' underlay traffic"
+            " straight to forward; frames out of a tunnel marked encrypted and straight to egress",
+            frozenset({"in_port", "eth_src", "eth_type", "arp_spa", "ipv4_src", "ip_proto", "udp_src"}),
+            frozenset({CLASSIFY, FORWARD, EGRESS}),
         ),
         TableSpec(
             CLASSIFY,
@@ -48,21 +49,25 @@ PIPELINE: dict[int, TableSpec] = {
             POLICY,
             "policy",
             "decide allow / deny / encrypt from source and destination identity and service; conntrack lets replies back",
-            frozenset({"metadata", "eth_dst", "eth_type", "ip_proto", "tcp_dst", "udp_dst", "icmpv6_type", "ct_state"}),
+            frozenset(
+                {"metadata", "eth_dst", "eth_type", "ip_proto", "tcp_dst", "udp_dst", "icmpv6_type", "ct_state", "ct_mark"}
+            ),
             frozenset({FORWARD}),
         ),
         TableSpec(
             FORWARD,
             "forward",
-            "answer ARP for known IPs, send unicast along shortest paths, flood broadcast on the spanning tree",
-            frozenset({"in_port", "eth_dst", "eth_type", "arp_op", "arp_tpa"}),
+            "answer ARP for known IPs, send unicast along shortest paths, flood broadcast on the spanning tree;"
+            " encrypted traffic only into the tunnel toward its destination hypervisor, or dropped",
+            frozenset({"in_port", "eth_dst", "eth_type", "arp_op", "arp_tpa", "reg0"}),
             frozenset({EGRESS}),
         ),
         TableSpec(
             EGRESS,
             "egress",
-            "deliver to a local VM port, committing IP connections so replies pass (destination quarantine lives here)",
-            frozenset({"eth_dst", "eth_type"}),
+            "deliver to a local VM port, committing IP connections so replies pass (destination quarantine lives here);"
+            " connections that arrived encrypted are committed with the encrypt mark, so their replies go back encrypted",
+            frozenset({"eth_dst", "eth_type", "reg0"}),
             frozenset(),
         ),
     )
@@ -98,6 +103,8 @@ PRIO_MISS = 0
 PRIO_LEARN = 100  # unknown source on an edge port -> controller
 PRIO_FROM_FABRIC = 300  # frame from an inter-switch port
 PRIO_KNOWN_SOURCE = 500  # known (port, MAC) on an edge port
+PRIO_ENDPOINT = 600  # a tunnel endpoint's own ARP and WireGuard UDP, from its own port: infrastructure
+PRIO_FROM_TUNNEL = 700  # a frame out of a tunnel port: encrypted, for local VMs only
 PRIO_QUARANTINE = 900
 PRIO_LLDP = 1000
 
@@ -110,11 +117,17 @@ PRIO_UNICAST_UPLINK = 400  # single-uplink switch: any other unicast from an edg
 PRIO_ARP_RESPONDER = 900
 PRIO_ARP_OWNER = 910  # a host's ARP for its own address bypasses the responder
 PRIO_ARP_FROM_FABRIC = 920  # ARP requests flooded by another switch bypass it too
+# Encrypted traffic (reg0 = REG0_ENCRYPT) in the forward table: a local VM, else the tunnel toward the
+# destination's hypervisor, else dropped. Above every plain unicast entry, so it can never leave in clear.
+PRIO_ENCRYPT_LOCAL = 620
+PRIO_ENCRYPT_TUNNEL = 610
+PRIO_ENCRYPT_DROP = 600
 PRIO_PASS = 1
 
 # Policy table.
 PRIO_POLICY_BYPASS = 65000  # broadcast/multicast, ARP, IPv6 neighbour discovery: not policed
 PRIO_CT_TRACK = 62000  # untracked IP -> conntrack, then back to this table
+PRIO_CT_ESTABLISHED_ENCRYPT = 61010  # established connections with the encrypt mark stay encrypted
 PRIO_CT_ESTABLISHED = 61000  # replies and established connections pass
 PRIO_CT_INVALID = 60900
 PRIO_RULE_TOP = 30000  # rule i gets PRIO_RULE_TOP - i: first match wins
@@ -124,10 +137,21 @@ PRIO_DEFAULT_OTHER = 10  # other unicast (not IP): the default action, no conntr
 
 # Egress table.
 PRIO_EGRESS_COMMIT = 510
+PRIO_EGRESS_COMMIT_ENCRYPT = 520  # arrived through a tunnel: committed with the encrypt mark
 
 # conntrack state bits (ct_state)
 CT_NEW, CT_EST, CT_REL, CT_RPL, CT_INV, CT_TRK = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
 ETH_TYPE_IPV6_ND_TYPES = (133, 134, 135, 136, 137)
+
+# Encryption. Policy marks an encrypt connection's frames with reg0 = REG0_ENCRYPT for the rest of
+# the pipeline, and commits the connection with ct_mark = CT_MARK_ENCRYPT so that every later frame
+# of it, replies included, is marked again. Frames out of a tunnel port get the same register.
+REG0_ENCRYPT = 1
+CT_MARK_ENCRYPT = 1
+# Tunnel ports are the VXLAN-over-WireGuard ports the agents add to hypervisor bridges, named
+# TUNNEL_PORT_PREFIX + "<own index>x<peer index>". A port so named is a tunnel port at once: never
+# probed, never learned from, never flooded to, never an edge or inter-switch port.
+TUNNEL_PORT_PREFIX = "glvx"
 
 # Metadata: source identity in the low 32 bits, destination identity in the high 32 bits.
 META_SRC_MASK = 0xFFFFFFFF

@@ -83,7 +83,7 @@ class Decision:
 
     @property
     def effective_action(self) -> str:
-        """Until the encryption issue lands, encrypt forwards like allow."""
+        """Whether the connection is delivered: encrypt is allow, inside a tunnel."""
         return "allow" if self.action == "encrypt" else self.action
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 
 from apps import pipeline
-from apps.flows import Conntrack, FlowEntry, Output
+from apps.flows import Conntrack, FlowEntry, Output, SetField
 from apps.identity import UNKNOWN, IdentityLabels
 from apps.policy import Rule
 from apps.selectors import ANY
@@ -55,11 +55,16 @@ def destination_flows(hosts: Iterable[Host], identity_of: Mapping[str, int]) -> 
     return groups
 
 
+ENCRYPT_VERDICT_MARK = SetField("reg0", pipeline.REG0_ENCRYPT)
+
+
 def _verdict(action: str, zone: int) -> tuple[tuple, int | None]:
-    """Actions and goto for allow / encrypt (commit, forward) and deny (drop)."""
+    """Actions and goto for allow (commit, forward), encrypt (commit with the encrypt mark, mark the
+    frame, forward: apps/steering.py keeps it in a tunnel) and deny (drop)."""
     if action == "deny":
         return (), None
-    # Until the encryption issue lands, encrypt forwards like allow.
+    if action == "encrypt":
+        return (Conntrack(zone, commit=True, mark=pipeline.CT_MARK_ENCRYPT), ENCRYPT_VERDICT_MARK), pipeline.FORWARD
     return (Conntrack(zone, commit=True),), pipeline.FORWARD
 
 
@@ -71,9 +76,9 @@ def referenced_destinations(
     selector fails to match it, exactly as it fails to match an unknown destination."""
     needed: set[int] = set()
     for rule in rules[: pipeline.MAX_RULES]:
-        if _matching(rule.src, local_identities, identity_labels) == []:
+        if matching_identities(rule.src, local_identities, identity_labels) == []:
             continue
-        destinations = _matching(rule.dst, set(identity_labels), identity_labels)
+        destinations = matching_identities(rule.dst, set(identity_labels), identity_labels)
         if destinations:
             needed.update(destinations)
     return needed
@@ -93,10 +98,10 @@ def policy_flows(
     all_dst.setdefault(UNKNOWN, None)
     for index, rule in enumerate(rules[: pipeline.MAX_RULES]):
         priority = pipeline.PRIO_RULE_TOP - index
-        sources = _matching(rule.src, local_identities, identity_labels)
+        sources = matching_identities(rule.src, local_identities, identity_labels)
         if sources == []:
             continue  # no VM on this hypervisor can send traffic this rule decides (None is `any`)
-        destinations = _matching(rule.dst, set(all_dst), identity_labels)
+        destinations = matching_identities(rule.dst, set(all_dst), identity_labels)
         if destinations == []:
             continue
         actions, goto = _verdict(rule.action, zone)
@@ -145,12 +150,16 @@ def _bypass_and_conntrack(zone: int) -> list[FlowEntry]:
     for state in (pipeline.CT_EST, pipeline.CT_REL):
         match = {"ct_state": ct_state(set_bits=trk | state, clear_bits=pipeline.CT_INV)}
         flows.append(FlowEntry.make(pipeline.POLICY, pipeline.PRIO_CT_ESTABLISHED, match, goto=pipeline.FORWARD, app=APP))
+        # Every frame of an encrypt connection, replies included, stays encrypted.
+        encrypted = {**match, "ct_mark": pipeline.CT_MARK_ENCRYPT}
+        mark = (ENCRYPT_VERDICT_MARK,)
+        flows.append(FlowEntry.make(pipeline.POLICY, pipeline.PRIO_CT_ESTABLISHED_ENCRYPT, encrypted, mark, pipeline.FORWARD, app=APP))
     invalid = {"ct_state": ct_state(set_bits=trk | pipeline.CT_INV)}
     flows.append(FlowEntry.make(pipeline.POLICY, pipeline.PRIO_CT_INVALID, invalid, app=APP))
     return flows
 
 
-def _matching(selector, candidates: set[int], labels: Mapping[int, Mapping[str, str] | None]):
+def matching_identities(selector, candidates: set[int], labels: Mapping[int, Mapping[str, str] | None]):
     """The identities among candidates that the selector selects, or None meaning 'all' (any)."""
     if selector.kind == ANY:
         return None

@@ -28,7 +28,7 @@ def actions_to_ryu(parser: Any, actions: tuple) -> list:
                     zone_ofs_nbits=action.zone,
                     recirc_table=NX_CT_RECIRC_NONE if action.table is None else action.table,
                     alg=0,
-                    actions=[],
+                    actions=[] if action.mark is None else [parser.OFPActionSetField(ct_mark=action.mark)],
                 )
             )
         else:  # pragma: no cover - the core only builds the kinds above

@@ -41,8 +41,9 @@ shows up as a finite list of loops instead of hanging the test.
 from __future__ import annotations
 
 import ipaddress
+import itertools
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +53,7 @@ from apps.flows import Conntrack, FlowEntry, Move, Output, SetField
 from apps.identity import Identities
 from apps.inventory import vm_from_json
 from apps.policy import Rule, rule_from_json
+from apps.steering import TunnelPlan
 from topology.model import EDGE_CONFIRM_TIME, Host, Port, PortRef, Topology
 
 BROADCAST = "ff:ff:ff:ff:ff:ff"
@@ -62,7 +64,7 @@ MAX_RECIRCULATIONS = 8  # conntrack re-submissions one frame may make in one swi
 MAC_FIELDS = frozenset({"eth_src", "eth_dst", "arp_sha", "arp_tha"})
 IPV4_FIELDS = frozenset({"ipv4_src", "ipv4_dst", "arp_spa", "arp_tpa"})
 IPV6_FIELDS = frozenset({"ipv6_src", "ipv6_dst"})
-PIPELINE_FIELDS = frozenset({"in_port", "metadata", "ct_state"})  # exist only inside a switch
+PIPELINE_FIELDS = frozenset({"in_port", "metadata", "ct_state", "ct_mark", "reg0"})  # exist only inside a switch
 FIELD_BITS: dict[str, int] = {
     **dict.fromkeys(MAC_FIELDS, 48),
     **dict.fromkeys(IPV4_FIELDS, 32),
@@ -81,6 +83,7 @@ FIELD_BITS: dict[str, int] = {
     "icmpv6_type": 8,
     "icmpv6_code": 8,
     "ct_state": 32,
+    "ct_mark": 32,
     "reg0": 32,
 }
 
@@ -316,6 +319,8 @@ class ConntrackTable:
     """Committed connections per zone: each direction filed as original (False) or reply (True)."""
 
     zones: dict[int, dict[FlowTuple, bool]] = field(default_factory=dict)
+    marks: dict[int, dict[FlowTuple, int]] = field(default_factory=dict)  # zone -> either direction -> ct_mark
+    other_way: dict[int, dict[FlowTuple, FlowTuple]] = field(default_factory=dict)  # zone -> direction -> the other
 
     def state(self, zone: int, headers: Mapping[str, Any]) -> int:
         direction = flow_tuple(headers)
@@ -328,13 +333,24 @@ class ConntrackTable:
             return pipeline.CT_TRK | pipeline.CT_INV
         return pipeline.CT_TRK | pipeline.CT_NEW
 
-    def commit(self, zone: int, headers: Mapping[str, Any]) -> None:
-        if self.state(zone, headers) != pipeline.CT_TRK | pipeline.CT_NEW:
-            return  # already known in one direction or the other, or invalid: nothing to record
+    def commit(self, zone: int, headers: Mapping[str, Any], mark: int | None = None) -> None:
+        state = self.state(zone, headers)
         direction = flow_tuple(headers)
-        known = self.zones.setdefault(zone, {})
-        known[direction] = False
-        known[reply_tuple(direction)] = True
+        if state == pipeline.CT_TRK | pipeline.CT_NEW:
+            known = self.zones.setdefault(zone, {})
+            reply = reply_tuple(direction)
+            known[direction] = False
+            known[reply] = True
+            self.other_way.setdefault(zone, {}).update({direction: reply, reply: direction})
+        elif state & pipeline.CT_INV:
+            return  # invalid: nothing to record
+        if mark is not None:
+            marks = self.marks.setdefault(zone, {})
+            marks[direction] = marks[self.other_way[zone][direction]] = mark
+
+    def mark(self, zone: int, headers: Mapping[str, Any]) -> int:
+        """The ct_mark of the frame's connection (0 when none was set or it is not tracked)."""
+        return self.marks.get(zone, {}).get(flow_tuple(headers), 0)
 
     def connections(self, zone: int) -> list[FlowTuple]:
         """The original directions committed in a zone."""
@@ -342,6 +358,8 @@ class ConntrackTable:
 
     def clear(self) -> None:
         self.zones.clear()
+        self.marks.clear()
+        self.other_way.clear()
 
 
 # ---------------------------------------------------------------------------
@@ -433,7 +451,12 @@ class FakeNetwork:
     Conntrack state lives as long as the network (`self.conntrack`), across traces.
     """
 
-    def __init__(self, tables: Mapping[int, Iterable[FlowEntry] | Mapping[int, FlowEntry]], wiring: Topology) -> None:
+    def __init__(
+        self,
+        tables: Mapping[int, Iterable[FlowEntry] | Mapping[int, FlowEntry]],
+        wiring: Topology,
+        tunnels: TunnelMesh | None = None,
+    ) -> None:
         self.tables: dict[int, dict[int, list[FlowEntry]]] = {}
         for dpid, entries in tables.items():
             flows = entries.values() if isinstance(entries, Mapping) else entries
@@ -448,16 +471,35 @@ class FakeNetwork:
         for link in wiring.links:
             self.peer[link.a] = link.b
             self.peer[link.b] = link.a
+        # Tunnel ports: a frame output to one comes out of the tunnel port at the other end. A
+        # trace can tell the two apart (crossed_in_clear, through_tunnel).
+        self.tunnel_peer: dict[PortRef, PortRef] = dict(tunnels.wiring) if tunnels is not None else {}
         self.hosts_at: dict[tuple[int, int], tuple[str, ...]] = {}
         for host in sorted(wiring.hosts.values(), key=lambda h: h.mac):
             self.hosts_at[(host.dpid, host.port)] = (*self.hosts_at.get((host.dpid, host.port), ()), host.mac)
 
     @classmethod
-    def compile(cls, topo: Topology, policy: PolicyState | None = None, identities: Identities | None = None) -> FakeNetwork:
-        """Compile the desired tables of `topo` (with `policy`, default allow-all) and wire them as `topo` says."""
+    def compile(
+        cls,
+        topo: Topology,
+        policy: PolicyState | None = None,
+        identities: Identities | None = None,
+        tunnels: TunnelMesh | None = None,
+    ) -> FakeNetwork:
+        """Compile the desired tables of `topo` (with `policy`, default allow-all) and wire them as
+        `topo` says, with the tunnels of `tunnels` up."""
         from apps.desired import desired_tables
 
-        return cls(desired_tables(topo, policy, identities), topo)
+        plan = tunnels.plan if tunnels is not None else None
+        return cls(desired_tables(topo, policy, identities, plan), topo, tunnels)
+
+    def crossed_in_clear(self, delivery: Delivery) -> bool:
+        """Did this copy cross an inter-switch link (where a capture on the fabric would see it)?"""
+        return any(PortRef(dpid, port) in self.peer for dpid, port in delivery.path)
+
+    def through_tunnel(self, delivery: Delivery) -> bool:
+        """Did this copy come out of a tunnel on its way?"""
+        return any(PortRef(dpid, port) in self.tunnel_peer for dpid, port in delivery.path)
 
     # -- lookups --------------------------------------------------------------
     def lookup(self, dpid: int, table: int, packet: Mapping[str, Any]) -> FlowEntry | None:
@@ -480,7 +522,7 @@ class FakeNetwork:
     # -- one switch -------------------------------------------------------------
     def _through_switch(self, dpid: int, in_port: int, packet: dict[str, Any], trace: Trace) -> list[tuple[int, dict[str, Any]]]:
         """Run the pipeline of one switch; return (out port, headers) of every copy it sends out."""
-        headers = {**packet, "in_port": in_port, "metadata": 0, "ct_state": 0}
+        headers = {**packet, "in_port": in_port, "metadata": 0, "ct_state": 0, "ct_mark": 0, "reg0": 0}
         outputs: list[tuple[int, dict[str, Any]]] = []
         table: int | None = pipeline.INGRESS
         recirculations = 0
@@ -504,10 +546,11 @@ class FakeNetwork:
                 elif isinstance(action, Conntrack):
                     state = self.conntrack.state(action.zone, headers)
                     if action.commit:
-                        self.conntrack.commit(action.zone, headers)
+                        self.conntrack.commit(action.zone, headers, action.mark)
                     if action.table is None:
-                        headers["ct_state"] = 0  # the frame carries on untracked
+                        headers["ct_state"] = headers["ct_mark"] = 0  # the frame carries on untracked
                         continue
+                    headers["ct_mark"] = self.conntrack.mark(action.zone, headers)
                     recirculations += 1
                     if recirculations > MAX_RECIRCULATIONS:
                         raise RecirculationLoop(
@@ -576,7 +619,7 @@ class FakeNetwork:
                 continue
             entered.add(seen)
             for out_port, sent in self._through_switch(here_dpid, here_port, headers, result):
-                peer = self.peer.get(PortRef(here_dpid, out_port))
+                peer = self.peer.get(PortRef(here_dpid, out_port)) or self.tunnel_peer.get(PortRef(here_dpid, out_port))
                 if not self._port_usable(here_dpid, out_port):
                     result.drops.append(Drop(here_dpid, here_port, f"output to missing or down port {out_port}"))
                 elif peer is not None:
@@ -598,6 +641,8 @@ class FakeNetwork:
             for port in sw.live_ports()
             if PortRef(dpid, port) not in self.peer
         }
+
+
 
 
 # ---------------------------------------------------------------------------
@@ -772,6 +817,39 @@ class LeafSpine:
     leaves: list[int]
     hypervisors: list[int]
     vms: list[Host]
+    tunnels: TunnelMesh | None = None
+
+
+@dataclass(frozen=True)
+class TunnelMesh:
+    """Tunnel ports between hypervisors: the plan the compiler uses, and the fake's wiring of
+    each tunnel port to the one at the other end."""
+
+    plan: TunnelPlan
+    wiring: Mapping[PortRef, PortRef]
+
+
+TUNNEL_PORT_BASE = 1000  # tunnel port numbers: 1000 + the peer's index
+
+
+def add_tunnel_mesh(topo: Topology, hypervisors: Sequence[int], pairs: Iterable[tuple[int, int]] | None = None) -> TunnelMesh:
+    """Add a tunnel port for every pair of hypervisors (or only `pairs`), named as agents name them
+    (hypervisor i is index i + 1 in `hypervisors`), and return the plan and the wiring."""
+    from apps.steering import tunnel_port_name
+
+    index = {dpid: i + 1 for i, dpid in enumerate(hypervisors)}
+    wanted = [tuple(p) for p in pairs] if pairs is not None else list(itertools.combinations(hypervisors, 2))
+    ports: dict[int, dict[int, int]] = {}
+    wiring: dict[PortRef, PortRef] = {}
+    for a, b in wanted:
+        a_port, b_port = TUNNEL_PORT_BASE + index[b], TUNNEL_PORT_BASE + index[a]
+        topo.set_port(a, Port(a_port, tunnel_port_name(index[a], index[b]), f"fe:00:00:00:{index[a]:02x}:{index[b]:02x}"))
+        topo.set_port(b, Port(b_port, tunnel_port_name(index[b], index[a]), f"fe:00:00:00:{index[b]:02x}:{index[a]:02x}"))
+        ports.setdefault(a, {})[b] = a_port
+        ports.setdefault(b, {})[a] = b_port
+        wiring[PortRef(a, a_port)] = PortRef(b, b_port)
+        wiring[PortRef(b, b_port)] = PortRef(a, a_port)
+    return TunnelMesh(TunnelPlan(ports), wiring)
 
 
 def confirm_edges(topo: Topology, now: float = 0.0) -> None:
@@ -796,6 +874,7 @@ def build_leaf_spine(
     dual_homed: bool = False,
     spare_ports: int = 1,
     order: Any = None,
+    tunnels: bool = False,
 ) -> LeafSpine:
     """Build the model through the Topology API, the way the controller learns it.
 
@@ -854,7 +933,8 @@ def build_leaf_spine(
     for mac, dpid, port, ip in vm_order:
         topo.host_seen(mac, dpid, port, ip)
     vms = sorted(topo.hosts.values(), key=lambda h: h.mac)
-    return LeafSpine(topo, spine_ids, leaf_ids, hv_ids, vms)
+    mesh = add_tunnel_mesh(topo, hv_ids) if tunnels else None
+    return LeafSpine(topo, spine_ids, leaf_ids, hv_ids, vms, mesh)
 
 
 def build_mesh(edges: Iterable[tuple[int, int]], hosts_per_switch: int = 1) -> tuple[Topology, list[Host]]:

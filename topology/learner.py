@@ -23,11 +23,11 @@ import os
 import struct
 from collections import Counter, deque
 from collections.abc import Callable, Collection, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from apps import pipeline
 from topology import lldp
-from topology.model import KIND_DOWN, LINK_TIMEOUT, Link, Port, PortRef, Topology
+from topology.model import KIND_DOWN, LINK_TIMEOUT, Endpoint, Link, Port, PortRef, Topology, is_tunnel_port_name
 
 LOG = logging.getLogger("goldilocks.learner")
 
@@ -152,6 +152,7 @@ class Learner:
         self.lldp_rejected = 0  # forged, stale or replayed probes
         self.probes_refused = 0  # valid probes on a declared VM port
         self.hosts_forgotten = 0  # hosts dropped because their port turned out to face a switch
+        self.endpoint_spoofs = 0  # frames from a tunnel endpoint's MAC on a port that is not its own
         self._last_answer: dict[PortRef, float] = {}
         self._last_edge_check: float | None = None
         self._ask_again_at: float | None = None
@@ -202,6 +203,7 @@ class Learner:
         if not changed:
             return Outcome()
         sw = self.topo.switches[dpid]
+        self.topo.place_endpoints()  # an endpoint's port may have just appeared
         live = set(sw.live_ports())
         for key in [k for k in self.probes if any(e.dpid == dpid and e.port not in live for e in k)]:
             del self.probes[key]
@@ -245,10 +247,34 @@ class Learner:
         """MAC -> VM name of every VM in the inventory."""
         self.inventory_macs = macs
 
+    def set_endpoints(self, endpoints: Collection[Endpoint], now: float) -> Outcome:
+        """The tunnel endpoints the agents report. Each is a host on its own port, and its MAC is
+        never learned on another port (a VM claiming it is refused and counted)."""
+        wanted = {ep.mac.lower(): replace(ep, mac=ep.mac.lower()) for ep in endpoints}
+        if wanted == self.topo.endpoints:
+            return Outcome()
+        for mac in set(self.topo.endpoints) - set(wanted):
+            self.topo.remove_host(mac)
+        self.topo.endpoints = wanted
+        self.topo.place_endpoints()
+        self._note_kinds(now)
+        return Outcome(changed=True)
+
+    def _not_probed(self) -> frozenset[str]:
+        """Interfaces that never carry a link: declared VM ports and tunnel endpoints' ports."""
+        if not self.topo.endpoints:
+            return self.declared_vm_interfaces
+        return self.declared_vm_interfaces | {ep.port_name for ep in self.topo.endpoints.values()}
+
+    def _is_tunnel(self, ref: PortRef) -> bool:
+        sw = self.topo.switches.get(ref.dpid)
+        port = sw.ports.get(ref.port) if sw else None
+        return port is not None and is_tunnel_port_name(port.name)
+
     def _declared(self, ref: PortRef) -> bool:
         sw = self.topo.switches.get(ref.dpid)
         port = sw.ports.get(ref.port) if sw else None
-        return port is not None and port.name in self.declared_vm_interfaces
+        return port is not None and port.name in self._not_probed()
 
     def _vm_port_reason(self, ref: PortRef, now: float) -> str | None:
         """Why `ref` is a VM port that must never become inter-switch, or None."""
@@ -305,7 +331,7 @@ class Learner:
             return Outcome()  # probes may be waiting in the queue: do not judge ports now
         hold_back = {ref for ref, seen in self.one_way.items() if now - seen <= LINK_TIMEOUT}
         confirmed = self.topo.confirm_edge_ports(
-            now, probed=self.probed, hold_back=hold_back, declared=self.declared_vm_interfaces
+            now, probed=self.probed, hold_back=hold_back, declared=self._not_probed()
         )
         if not confirmed:
             return Outcome()
@@ -320,8 +346,8 @@ class Learner:
         frames = []
         for port_no in ports:
             port = sw.ports.get(port_no)
-            if port is None or not port.up or port_no >= pipeline.OFPP_MAX or port.name in self.declared_vm_interfaces:
-                continue  # a declared VM port never carries a link, so its VM never sees a probe
+            if port is None or not port.up or port_no >= pipeline.OFPP_MAX or port.name in self._not_probed():
+                continue  # a declared VM port or an endpoint's never carries a link: nothing behind it sees a probe
             frame = lldp.build_probe(self.key, dpid, port_no, port.hw_addr, _ms(now))
             frames.append(PacketOut(dpid, frame, port_no))
         return frames
@@ -334,6 +360,8 @@ class Learner:
         src = PortRef(*origin)
         if src == here or src.dpid not in self.topo.switches:
             return Outcome()
+        if self._is_tunnel(here) or self._is_tunnel(src):
+            return Outcome()  # probes are never sent into tunnels; one that comes out of one is no link
         for end in (here, src):
             reason = self._vm_port_reason(end, now)
             if reason is not None:
@@ -400,6 +428,12 @@ class Learner:
         mac, ip = sender_ip(frame)
         if frame[6] & 1 or mac in self.topo.switch_macs():
             return Outcome()  # multicast sources and switches are never hosts
+        endpoint = self.topo.endpoints.get(mac)
+        if endpoint is not None and self.topo.endpoint_ref(endpoint) != here:
+            self.endpoint_spoofs += 1
+            LOG.warning("switch %016x port %d: refused a frame from %s, the tunnel endpoint of %s (it is plugged in "
+                        "elsewhere)", here.dpid, here.port, mac, endpoint.hypervisor)  # fmt: skip
+            return Outcome()
         reinject = [PacketOut(here.dpid, frame, pipeline.OFPP_TABLE, here.port)] if punt is Punt.MISS else []
         old = self.topo.hosts.get(mac)
         if self.topo.host_seen(mac, here.dpid, here.port, ip):

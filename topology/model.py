@@ -24,6 +24,13 @@ KIND_PENDING = "pending"  # up, not proven yet: nothing is flooded to it or lear
 KIND_EDGE = "edge"  # proven to face hosts
 KIND_INTER_SWITCH = "inter-switch"  # a link, with probes seen both ways
 KIND_LOST_LINK = "lost-link"  # carried a link whose probes stopped while it stayed up: held
+KIND_TUNNEL = "tunnel"  # an encrypting tunnel port an agent added: never edge, never inter-switch
+
+
+def is_tunnel_port_name(name: str) -> bool:
+    """Tunnel ports are recognised by name (pipeline.TUNNEL_PORT_PREFIX) from the moment they appear:
+    a tunnel port taken for a pending port for even one probe period could look like a link."""
+    return name.startswith(pipeline.TUNNEL_PORT_PREFIX)
 
 
 class WatchedDict(dict):
@@ -109,7 +116,14 @@ class Switch:
     fabric_ports: set[int] = field(default_factory=set)
 
     def live_ports(self) -> list[int]:
-        return sorted(p.port_no for p in self.ports.values() if p.up and p.port_no < pipeline.OFPP_MAX)
+        """Up ports that face hosts or other switches: not LOCAL, not tunnel ports."""
+        return sorted(
+            p.port_no for p in self.ports.values() if p.up and p.port_no < pipeline.OFPP_MAX and not is_tunnel_port_name(p.name)
+        )
+
+    def tunnel_ports(self) -> dict[int, str]:
+        """Up tunnel ports: port number -> name."""
+        return {p.port_no: p.name for p in self.ports.values() if p.up and is_tunnel_port_name(p.name)}
 
 
 @dataclass(frozen=True)
@@ -135,6 +149,20 @@ class Host:
     ips: frozenset[str]
     dpid: int
     port: int
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A hypervisor's tunnel endpoint, as its agent reports it: infrastructure, not a VM. Its
+    underlay traffic (ARP and WireGuard UDP from its own MAC and IP, on its own port) is admitted
+    whatever the policy says, and its MAC is never learned anywhere else."""
+
+    hypervisor: str
+    bridge: str  # the hypervisor's OVS bridge
+    port_name: str  # the bridge port its underlay traffic enters by
+    mac: str
+    ip: str
+    listen_port: int  # its WireGuard UDP port
 
 
 def parse_role(dp_desc: str) -> str | None:
@@ -163,6 +191,8 @@ class Topology:
         self.links: dict[Link, float] = WatchedDict(self._links_changed)  # link -> last time probes confirmed it
         self.hosts: dict[str, Host] = WatchedDict(self._hosts_changed, values_matter=True)  # mac -> host
         self._switch_macs: frozenset[str] | None = None  # derived from ports; reset when ports change
+        # Tunnel endpoints by MAC, from the agents (not persisted here: the agents' registry is).
+        self.endpoints: dict[str, Endpoint] = {}
 
     def _links_changed(self) -> None:
         self._inter = None
@@ -375,6 +405,8 @@ class Topology:
     def port_kind(self, dpid: int, port_no: int) -> str:
         sw = self.switches.get(dpid)
         port = sw.ports.get(port_no) if sw else None
+        if port is not None and is_tunnel_port_name(port.name):
+            return KIND_TUNNEL
         if port is None or not port.up:
             return KIND_DOWN
         if port_no in self.inter_switch_ports(dpid):
@@ -443,6 +475,43 @@ class Topology:
             )
         return self._switch_macs
 
+    # -- tunnel endpoints --------------------------------------------------------
+    def endpoint_ref(self, endpoint: Endpoint) -> PortRef | None:
+        """Where an endpoint is plugged in: its bridge's switch and port, once both are known."""
+        for sw in self.switches.values():
+            if sw.name != endpoint.bridge:
+                continue
+            for port in sw.ports.values():
+                if port.name == endpoint.port_name and port.port_no < pipeline.OFPP_MAX:
+                    return PortRef(sw.dpid, port.port_no)
+        return None
+
+    def place_endpoints(self) -> bool:
+        """Every endpoint whose port is known is a host there, with its one address."""
+        changed = False
+        for mac, endpoint in self.endpoints.items():
+            ref = self.endpoint_ref(endpoint)
+            if ref is None:
+                changed |= self.remove_host(mac)
+                continue
+            host = Host(mac, frozenset({endpoint.ip}), ref.dpid, ref.port)
+            if self.hosts.get(mac) != host:
+                for other_mac, other in list(self.hosts.items()):
+                    if other_mac != mac and endpoint.ip in other.ips:
+                        self.hosts[other_mac] = replace(other, ips=other.ips - {endpoint.ip})
+                self.hosts[mac] = host
+                changed = True
+        return changed
+
+    def endpoints_on(self, dpid: int) -> list[tuple[Endpoint, int]]:
+        """The endpoints plugged into a switch, with their port numbers."""
+        placed = []
+        for mac, endpoint in sorted(self.endpoints.items()):
+            host = self.hosts.get(mac)
+            if host is not None and host.dpid == dpid and self.endpoint_ref(endpoint) == PortRef(dpid, host.port):
+                placed.append((endpoint, host.port))
+        return placed
+
     def remove_host(self, mac: str) -> bool:
         return self.hosts.pop(mac.lower(), None) is not None
 
@@ -467,6 +536,8 @@ class TopologySnapshot:
         self._edge: dict[int, list[int]] = {}
         self._edge_sets: dict[int, frozenset[int]] = {}
         self._with_hosts = {h.dpid for h in topo.hosts.values()}
+        self.endpoints = topo.endpoints
+        self.endpoints_on = topo.endpoints_on
 
     def edge_ports(self, dpid: int) -> list[int]:
         ports = self._edge.get(dpid)

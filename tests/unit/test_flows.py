@@ -19,7 +19,7 @@ def test_a_match_field_the_table_does_not_own_is_refused_with_its_name():
 
 def test_a_goto_the_pipeline_does_not_allow_is_refused():
     with pytest.raises(PipelineError, match="may not go to table"):
-        FlowEntry.make(pipeline.INGRESS, 10, {}, goto=pipeline.EGRESS)
+        FlowEntry.make(pipeline.INGRESS, 10, {}, goto=pipeline.POLICY)
     with pytest.raises(PipelineError, match="may not go to table"):
         FlowEntry.make(pipeline.FORWARD, 10, {}, goto=pipeline.CLASSIFY)
     with pytest.raises(PipelineError, match="may not go to table"):
@@ -102,8 +102,8 @@ def test_every_compiled_flow_is_one_open_vswitch_accepts():
     for table in desired_tables(fabric.topo, policy).values():
         for entry in table.values():
             check_entry(entry)
-            assert is_ours(entry.cookie) and app_of(entry.cookie) in ("topology", "policy")
-            assert app_of(entry.cookie) == "topology" or entry.table in policy_tables, entry
+            assert is_ours(entry.cookie) and app_of(entry.cookie) in ("topology", "policy", "tunnel")
+            assert app_of(entry.cookie) != "policy" or entry.table in policy_tables, entry
 
 
 def test_every_entry_that_punts_to_the_controller_is_metered():

@@ -42,7 +42,7 @@ _sports = itertools.count(20000)
 @pytest.fixture(scope="module")
 def fabric() -> LeafSpine:
     """Two hypervisors (on different leaves), three VMs each: every pair kind on one and across two."""
-    return build_leaf_spine(spines=1, leaves=2, hypervisors_per_leaf=1, vms_per_hypervisor=3)
+    return build_leaf_spine(spines=1, leaves=2, hypervisors_per_leaf=1, vms_per_hypervisor=3, tunnels=True)
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,7 @@ def delivered(net: FakeNetwork, src: Host, dst: Host, frame: dict) -> bool:
 
 
 def compile_net(fabric: LeafSpine, labels, rules=(), default_action="allow", identities=None) -> FakeNetwork:
-    return FakeNetwork.compile(fabric.topo, policy_state(labels, rules, default_action), identities)
+    return FakeNetwork.compile(fabric.topo, policy_state(labels, rules, default_action), identities, fabric.tunnels)
 
 
 def rule(src: str, dst: str, action: str, *services: str, name: str | None = None) -> dict:
@@ -214,11 +214,15 @@ def test_an_unsolicited_echo_reply_is_dropped_even_under_default_allow(fabric, t
     assert delivered(net, src, dst, icmp_frame(src, dst))
 
 
-def test_encrypt_forwards_like_allow_for_now(fabric, tiers):
+def test_encrypt_is_delivered_only_through_the_tunnel_both_ways(fabric, tiers):
     net = compile_net(fabric, tiers, [rule("tier=web", "tier=db", "encrypt", "tcp/5432")], default_action="deny")
     web, db = fabric.vms[0], fabric.vms[5]
+    assert web.dpid != db.dpid
     ok, syn = probe(net, web, db, "tcp", 5432)
     assert ok and delivered(net, db, web, reply_frame(syn))
+    for a, sent in ((web, syn), (db, reply_frame(syn))):
+        (copy,) = net.send(a, sent).deliveries
+        assert net.through_tunnel(copy) and not net.crossed_in_clear(copy)
     assert not probe(net, web, db, "tcp", 5433)[0]
 
 
@@ -418,8 +422,8 @@ rule_strategy = st.fixed_dictionaries(
 
 @pytest.fixture(scope="module")
 def small_fabric() -> LeafSpine:
-    """Two hypervisors with three VMs each."""
-    return build_leaf_spine(spines=1, leaves=2, hypervisors_per_leaf=1, vms_per_hypervisor=3)
+    """Two hypervisors with three VMs each, and a tunnel between them."""
+    return build_leaf_spine(spines=1, leaves=2, hypervisors_per_leaf=1, vms_per_hypervisor=3, tunnels=True)
 
 
 def assert_network_follows_evaluate(
@@ -436,6 +440,14 @@ def assert_network_follows_evaluate(
             )
             if ok:
                 assert delivered(net, dst, src, reply_frame(frame)), "an allowed connection's reply comes back"
+                if src.dpid != dst.dpid:
+                    # Both directions: encrypt connections only ever inside the tunnel, the rest never.
+                    encrypt = decision.action == "encrypt"
+                    for a, b, sent in ((src, dst, frame), (dst, src, reply_frame(frame))):
+                        (copy,) = net.send(a, sent).deliveries
+                        assert net.through_tunnel(copy) is encrypt and net.crossed_in_clear(copy) is not encrypt, (
+                            f"{a.mac} -> {b.mac} {decision.action}: tunnel={net.through_tunnel(copy)} path={copy.path}"
+                        )
 
 
 @PROPERTY
@@ -450,7 +462,7 @@ def test_the_network_delivers_exactly_what_evaluate_allows(small_fabric, labels,
     inventory = {vm: lbl for vm, lbl in zip(small_fabric.vms, labels, strict=True) if lbl is not None}
     for ordered in (rules, rules[::-1]):
         state = policy_state(inventory, ordered, default_action)
-        net = FakeNetwork.compile(small_fabric.topo, state)
+        net = FakeNetwork.compile(small_fabric.topo, state, tunnels=small_fabric.tunnels)
         assert_network_follows_evaluate(net, state, inventory, PROBES, ipv6)
 
 
@@ -478,7 +490,8 @@ def test_any_relabel_recompiles_cleanly_and_the_network_follows(small_fabric, la
     moved = state.with_labels(vm_name(mover), new_labels, [k for k in inventory[mover] if k not in new_labels])
     inventory = {**inventory, mover: new_labels}
     assert moved.vm(vm_name(mover)).label_map == new_labels
-    net = FakeNetwork(desired_tables(small_fabric.topo, moved, identities), small_fabric.topo)
+    tunnels = small_fabric.tunnels
+    net = FakeNetwork(desired_tables(small_fabric.topo, moved, identities, tunnels.plan), small_fabric.topo, tunnels)
     assert_network_follows_evaluate(net, moved, inventory, PROBES[::2])
 
 
