@@ -152,8 +152,8 @@ def _bypass_and_conntrack(zone: int) -> list[FlowEntry]:
         flows.append(FlowEntry.make(pipeline.POLICY, pipeline.PRIO_CT_ESTABLISHED, match, goto=pipeline.FORWARD, app=APP))
         # Every frame of an encrypt connection, replies included, stays encrypted.
         encrypted = {**match, "ct_mark": pipeline.CT_MARK_ENCRYPT}
-        mark = (ENCRYPT_VERDICT_MARK,)
-        flows.append(FlowEntry.make(pipeline.POLICY, pipeline.PRIO_CT_ESTABLISHED_ENCRYPT, encrypted, mark, pipeline.FORWARD, app=APP))
+        mark, prio = (ENCRYPT_VERDICT_MARK,), pipeline.PRIO_CT_ESTABLISHED_ENCRYPT
+        flows.append(FlowEntry.make(pipeline.POLICY, prio, encrypted, mark, pipeline.FORWARD, app=APP))
     invalid = {"ct_state": ct_state(set_bits=trk | pipeline.CT_INV)}
     flows.append(FlowEntry.make(pipeline.POLICY, pipeline.PRIO_CT_INVALID, invalid, app=APP))
     return flows
