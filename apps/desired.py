@@ -120,11 +120,12 @@ def compile_network(
             entries += steering.encrypt_forward_flows(local, by_switch, tunnels.ports.get(dpid, {}))
             entries += steering.encrypt_egress_flows(local, policy_flows.conntrack_zone(dpid))
         sw = topo.switches[dpid]
-        entries += steering.tunnel_ingress_flows(sw.tunnel_ports())
+        entries += steering.tunnel_ingress_flows(sw.tunnel_ports(), tunnels.ports.get(dpid, {}).values())
         entries += steering.endpoint_flows(topo.endpoints_on(dpid))
         tables[dpid] = SwitchTable(index_entries(entries), groups)
     hypervisors = [d for d in topo.switches if topo.role(d) == ROLE_HYPERVISOR]
-    pairs = steering.encrypt_pairs(by_switch, hypervisors, identity_of, labels, policy.rules)
+    vms_by_switch = {d: [h for h in hs if h.mac not in topo.endpoints] for d, hs in by_switch.items()}
+    pairs = steering.encrypt_pairs(vms_by_switch, hypervisors, identity_of, labels, policy.rules)
     return Compiled(tables, pairs)
 
 

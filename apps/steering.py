@@ -27,7 +27,7 @@ from topology.model import Endpoint, Host, Topology
 APP = pipeline.APP_TUNNEL
 IP_FAMILIES = (pipeline.ETH_TYPE_IPV4, pipeline.ETH_TYPE_IPV6)
 MARK_ENCRYPTED = SetField("reg0", pipeline.REG0_ENCRYPT)
-_PORT_NAME = re.compile(rf"^{pipeline.TUNNEL_PORT_PREFIX}(\d+)x(\d+)$")
+_PORT_NAME = re.compile(rf"{pipeline.TUNNEL_PORT_PREFIX}([1-9]\d{{0,4}})x([1-9]\d{{0,4}})")
 MAX_INDEX = 99999  # a tunnel port name must fit in 15 characters: glvx + 5 digits + x + 5 digits
 
 Pair = frozenset[int]  # two hypervisor dpids
@@ -42,7 +42,7 @@ def tunnel_port_name(own_index: int, peer_index: int) -> str:
 
 def parse_tunnel_port_name(name: str) -> tuple[int, int] | None:
     """(own index, peer index) of a tunnel port name, or None."""
-    found = _PORT_NAME.match(name)
+    found = _PORT_NAME.fullmatch(name)
     return (int(found.group(1)), int(found.group(2))) if found else None
 
 
@@ -96,23 +96,31 @@ def encrypt_pairs(
     pairs: set[Pair] = set()
     for rule in encrypting:
         destinations = matching_identities(rule.dst, all_ids, labels)
-        to = [d for d in hypervisors if destinations is None or ids_on[d] & set(destinations)]
+        # A hypervisor with no VM is in no pair, whatever `any` says: there is nothing to encrypt.
+        to = [d for d in hypervisors if ids_on[d] and (destinations is None or ids_on[d] & set(destinations))]
         if not to:
             continue
         for src in hypervisors:
-            if matching_identities(rule.src, ids_on[src], labels) == []:
+            if not ids_on[src] or matching_identities(rule.src, ids_on[src], labels) == []:
                 continue
             pairs.update(frozenset((src, dst)) for dst in to if dst != src)
     return frozenset(pairs)
 
 
-def tunnel_ingress_flows(tunnel_ports: Iterable[int]) -> list[FlowEntry]:
-    """A frame out of a tunnel is encrypted traffic for a local VM: marked, straight to egress,
-    which delivers only to local VMs, so a tunnel can never relay into the fabric."""
-    return [
-        FlowEntry.make(pipeline.INGRESS, pipeline.PRIO_FROM_TUNNEL, {"in_port": port}, (MARK_ENCRYPTED,), pipeline.EGRESS, APP)
-        for port in sorted(tunnel_ports)
-    ]
+def tunnel_ingress_flows(tunnel_ports: Iterable[int], planned: Iterable[int]) -> list[FlowEntry]:
+    """A frame out of a tunnel of the plan is encrypted traffic for a local VM: marked, straight to
+    egress, which delivers only to local VMs, so a tunnel can never relay into the fabric. A port
+    named like a tunnel that the plan does not use (a stale port, one on the wrong bridge) lets
+    nothing in."""
+    planned = set(planned)
+    flows = []
+    for port in sorted(tunnel_ports):
+        if port in planned:
+            actions, goto = (MARK_ENCRYPTED,), pipeline.EGRESS
+        else:
+            actions, goto = (), None
+        flows.append(FlowEntry.make(pipeline.INGRESS, pipeline.PRIO_FROM_TUNNEL, {"in_port": port}, actions, goto, APP))
+    return flows
 
 
 def endpoint_flows(endpoints: Iterable[tuple[Endpoint, int]]) -> list[FlowEntry]:
@@ -130,12 +138,17 @@ def endpoint_flows(endpoints: Iterable[tuple[Endpoint, int]]) -> list[FlowEntry]
     return flows
 
 
+def encrypt_drop_flow() -> FlowEntry:
+    """Marked frames no other entry took: dropped, and counted by this entry's packet counter."""
+    return FlowEntry.make(pipeline.FORWARD, pipeline.PRIO_ENCRYPT_DROP, {"reg0": pipeline.REG0_ENCRYPT}, app=APP)
+
+
 def encrypt_forward_flows(
     local: Iterable[Host], remote: Mapping[int, Sequence[Host]], plan_ports: Mapping[int, int]
 ) -> list[FlowEntry]:
     """Marked frames: to a local VM through egress; to a VM on a hypervisor we have a tunnel to, out
     of that tunnel; anything else dropped (fail closed: no tunnel up, or an unknown destination)."""
-    flows = [FlowEntry.make(pipeline.FORWARD, pipeline.PRIO_ENCRYPT_DROP, {"reg0": pipeline.REG0_ENCRYPT}, app=APP)]
+    flows = [encrypt_drop_flow()]
     for host in local:
         match = {"reg0": pipeline.REG0_ENCRYPT, "eth_dst": host.mac}
         flows.append(FlowEntry.make(pipeline.FORWARD, pipeline.PRIO_ENCRYPT_LOCAL, match, goto=pipeline.EGRESS, app=APP))
@@ -158,3 +171,6 @@ def encrypt_egress_flows(local: Iterable[Host], zone: int) -> list[FlowEntry]:
             flows.append(FlowEntry.make(pipeline.EGRESS, pipeline.PRIO_EGRESS_COMMIT_ENCRYPT, match, actions, app=APP))
     return flows
 
+
+
+ENCRYPT_DROP_COOKIE = encrypt_drop_flow().cookie

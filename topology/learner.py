@@ -346,7 +346,13 @@ class Learner:
         frames = []
         for port_no in ports:
             port = sw.ports.get(port_no)
-            if port is None or not port.up or port_no >= pipeline.OFPP_MAX or port.name in self._not_probed():
+            if (
+                port is None
+                or not port.up
+                or port_no >= pipeline.OFPP_MAX
+                or port.name in self._not_probed()
+                or is_tunnel_port_name(port.name)
+            ):
                 continue  # a declared VM port or an endpoint's never carries a link: nothing behind it sees a probe
             frame = lldp.build_probe(self.key, dpid, port_no, port.hw_addr, _ms(now))
             frames.append(PacketOut(dpid, frame, port_no))
