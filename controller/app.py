@@ -15,7 +15,7 @@ from ryu.lib import hub
 from ryu.ofproto import ofproto_v1_3
 
 from apps import desired as desired_mod
-from apps import pipeline
+from apps import pipeline, steering
 from apps.context import PolicyState
 from apps.flows import FlowEntry
 from apps.forwarding import base_flows, punt_reason
@@ -70,6 +70,21 @@ class GoldilocksController(app_manager.RyuApp):
             self.policy = inventory_file.apply_at_start(self.store, self.policy, self.settings.inventory)
         auth.ensure_admin_token(self.store, self.settings.state_dir, reset=self.settings.reset_admin_token)
         self.identities = Identities(self.store.load_identities())
+        from controller.agent_server import AgentServer
+        from controller.agents import AgentManager
+
+        self.agents = AgentManager(
+            self.store,
+            self.settings.state_dir,
+            network=self.settings.tunnel_network,
+            psk_rotation=self.settings.psk_rotation,
+            identity_rotation=self.settings.identity_rotation,
+            on_change=self._agents_changed,
+        )
+        self.learner.set_endpoints(self.agents.endpoints(), time.monotonic())
+        self.agent_server = None
+        if self.settings.agent_port:
+            self.agent_server = AgentServer(self.agents, self.settings.agent_host, self.settings.agent_port).start()
         LOG.info(
             "state dir %s: loaded %d switches, %d links, %d hosts",
             self.settings.state_dir,
@@ -91,12 +106,14 @@ class GoldilocksController(app_manager.RyuApp):
         # Each unanswered barrier, keyed (dpid, xid), and what waits for it (_when_flows_in_place).
         self._barrier_wait: dict[tuple[int, int], _FlowWait] = {}
         self._last_audit = time.monotonic()
+        self._drop_count_xids: set[tuple[int, int]] = set()
         from controller.rest import register as register_rest
 
         register_rest(kwargs["wsgi"], self)
         from controller import ovsdb_inventory
 
         self.ovsdb_inventory = ovsdb_inventory.start(self)  # VMs the hypervisor publishes in OVSDB
+
         self.threads.append(hub.spawn(self._tick_loop))
         self.threads.append(hub.spawn(self._edge_loop))
 
@@ -111,6 +128,11 @@ class GoldilocksController(app_manager.RyuApp):
                 write_more()
         self.policy = new
         self.learner.set_inventory_macs({mac: vm.name for mac, vm in new.vm_by_mac().items()})
+        self.model_changed()
+
+    def _agents_changed(self) -> None:
+        """An agent connected with new facts, or was revoked: endpoints and tunnel ports follow."""
+        self.carry_out(self.learner.set_endpoints(self.agents.endpoints(), time.monotonic()))
         self.model_changed()
 
     def set_declared_vm_interfaces(self, names) -> None:
@@ -244,7 +266,14 @@ class GoldilocksController(app_manager.RyuApp):
     def _compile_and_reconcile(self) -> None:
         """Recompute the desired tables, push the difference to every synced switch, persist."""
         started = time.perf_counter()
-        self.desired = desired_mod.desired_tables(self.topo, self.policy, self.identities)
+        plan = steering.plan_from_topology(self.topo, self.agents.bridge_of_index())
+        compiled = desired_mod.compile_network(self.topo, self.policy, self.identities, plan)
+        self.desired = compiled.tables
+        hypervisor_of = self.agents.hypervisor_of_bridge()
+        names = {dpid: hypervisor_of.get(sw.name) for dpid, sw in self.topo.switches.items()}
+        self.agents.set_needed(
+            (names[a], names[b]) for a, b in (sorted(pair) for pair in compiled.encrypt_pairs) if names[a] and names[b]
+        )
         if self.identities.added:
             self.store.add_identities(self.identities.added)
             self.identities.added.clear()
@@ -293,6 +322,8 @@ class GoldilocksController(app_manager.RyuApp):
     def _tick(self) -> None:
         now = time.monotonic()
         self.ovsdb_inventory.tick(now)
+        self.agents.tick()
+        self._request_encrypt_drops()
         outcome = self.learner.tick(now)
         self.carry_out(outcome)
         if not outcome.changed:
@@ -367,9 +398,23 @@ class GoldilocksController(app_manager.RyuApp):
         self.carry_out(self.learner.ports_described(datapath.id, ports, time.monotonic()))
         self._request_flows(datapath)
 
+    def _request_encrypt_drops(self) -> None:
+        """Read the packet count of every hypervisor's encrypt-drop entry (fail-closed drops)."""
+        for dpid, datapath in list(self.datapaths.items()):
+            if steering.ENCRYPT_DROP_COOKIE not in self.desired.get(dpid, {}):
+                continue
+            request = ofmsg.flow_stats_by_cookie(datapath, steering.ENCRYPT_DROP_COOKIE)
+            datapath.set_xid(request)
+            self._drop_count_xids.add((dpid, request.xid))
+            datapath.send_msg(request)
+
     @set_ev_cls(ofp_event.EventOFPFlowStatsReply, MAIN_DISPATCHER)
     def flow_stats_reply(self, ev) -> None:
         datapath = ev.msg.datapath
+        if (datapath.id, ev.msg.xid) in self._drop_count_xids:
+            self._drop_count_xids.discard((datapath.id, ev.msg.xid))
+            self.metrics.encrypt_drops_by_switch[datapath.id] = sum(s.packet_count for s in ev.msg.body)
+            return
         parts = self._stats_parts.setdefault(datapath.id, set())
         parts.update(stat.cookie for stat in ev.msg.body)
         if ev.msg.flags & datapath.ofproto.OFPMPF_REPLY_MORE:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import os
 import sys
@@ -43,6 +44,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="read VMs that OVS publishes in Interface external_ids (vm-id, attached-mac, goldilocks-labels; "
         "see docs/api.md). Default: on when ovs-vsctl is installed",
     )
+    agents = parser.add_argument_group("hypervisor agents and encryption (docs/agent-protocol.md)")
+    agents.add_argument("--agent-port", type=int, default=6654, help="TLS port agents connect to (default 6654; 0: no listener)")
+    agents.add_argument("--agent-host", default="0.0.0.0", help="agent listen address (default all)")
+    agents.add_argument(
+        "--tunnel-network",
+        default="100.127.0.0/16",
+        help="IPv4 network the agents' WireGuard addresses come from (default 100.127.0.0/16)",
+    )
+    agents.add_argument(
+        "--psk-rotation",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="rotate every tunnel pair's pre-shared key this often (default 3600; 0: only POST /v1/keys/rotate)",
+    )
+    agents.add_argument(
+        "--identity-rotation",
+        type=float,
+        default=86400.0,
+        metavar="SECONDS",
+        help="rotate every agent's WireGuard key pair this often (default 86400; 0: only on demand)",
+    )
     parser.add_argument(
         "--reset-admin-token",
         action="store_true",
@@ -54,6 +77,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"--{port_flag.replace('_', '-')} must be between 1 and 65535")
     if args.lldp_interval <= 0:
         parser.error("--lldp-interval must be positive")
+    if not 0 <= args.agent_port < 65536:
+        parser.error("--agent-port must be between 0 and 65535")
+    for flag in ("psk_rotation", "identity_rotation"):
+        if not 0 <= getattr(args, flag) < float("inf"):
+            parser.error(f"--{flag.replace('_', '-')} must be a number of seconds >= 0")
+    try:
+        network = ipaddress.IPv4Network(args.tunnel_network)
+    except ValueError as exc:
+        parser.error(f"--tunnel-network: {exc}")
+    if network.num_addresses < 4:
+        parser.error("--tunnel-network is too small for even one pair of agents")
     if args.inventory:
         check_inventory(parser, args)
     return args
@@ -86,6 +120,11 @@ def main(argv: list[str] | None = None) -> None:
     os.environ["GOLDILOCKS_RESET_ADMIN_TOKEN"] = "1" if args.reset_admin_token else "0"
     ovsdb_inventory = settings.ovsdb_inventory_default() if args.ovsdb_inventory is None else args.ovsdb_inventory
     os.environ["GOLDILOCKS_OVSDB_INVENTORY"] = "1" if ovsdb_inventory else "0"
+    os.environ["GOLDILOCKS_AGENT_HOST"] = args.agent_host
+    os.environ["GOLDILOCKS_AGENT_PORT"] = str(args.agent_port)
+    os.environ["GOLDILOCKS_TUNNEL_NETWORK"] = args.tunnel_network
+    os.environ["GOLDILOCKS_PSK_ROTATION"] = str(args.psk_rotation)
+    os.environ["GOLDILOCKS_IDENTITY_ROTATION"] = str(args.identity_rotation)
     patch_eventlet()
     from ryu.cmd import manager
 

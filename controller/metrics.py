@@ -21,8 +21,15 @@ class Metrics:
     packet_in_to_flow_mod_seconds_sum: float = 0.0
     packet_in_to_flow_mod_count: int = 0
     switch_errors: int = 0
+    # Encrypted frames dropped by a switch because no tunnel toward their destination was up
+    # (fail closed), per switch: the packet count of its encrypt-drop entry, read every tick.
+    encrypt_drops_by_switch: dict = field(default_factory=dict)
     learning_samples: deque = field(default_factory=lambda: deque(maxlen=1000))
     convergence_samples: deque = field(default_factory=lambda: deque(maxlen=1000))
+
+    @property
+    def encrypt_drops(self) -> int:
+        return sum(self.encrypt_drops_by_switch.values())
 
     def observe_learning(self, seconds: float) -> None:
         self.packet_in_to_flow_mod_seconds_sum += seconds
@@ -37,7 +44,7 @@ class Metrics:
         self.reconcile_seconds_sum += seconds
         self.reconcile_seconds_last = seconds
 
-    def render(self, switches_connected: int, links: int, hosts: int, flows: int, learner: Learner) -> str:
+    def render(self, switches_connected: int, links: int, hosts: int, flows: int, learner: Learner, agents=None) -> str:
         rows = [
             ("goldilocks_switches_connected", "gauge", "Switches with a live OpenFlow connection", switches_connected),
             ("goldilocks_links", "gauge", "Inter-switch links known from LLDP", links),
@@ -53,7 +60,25 @@ class Metrics:
              learner.hosts_forgotten),
             ("goldilocks_switch_errors_total", "counter", "OpenFlow errors from switches", self.switch_errors),
             ("goldilocks_reconcile_seconds_last", "gauge", "Last compile and reconcile", self.reconcile_seconds_last),
+            ("goldilocks_encrypt_drops_total", "counter", "Encrypted frames dropped by switches: no tunnel up toward their "
+             "destination (fail closed)", self.encrypt_drops),
+            ("goldilocks_endpoint_spoofs_total", "counter", "Frames from a tunnel endpoint's MAC on a port that is not its own",
+             learner.endpoint_spoofs),
         ]
+        if agents is not None:
+            states = [agents.tunnel_view(a, b)["state"] for a, b in sorted(agents.pairs)]
+            rows += [
+                ("goldilocks_agents_enrolled", "gauge", "Enrolled hypervisor agents", len(agents.agents)),
+                ("goldilocks_agents_connected", "gauge", "Agents with a live session", len(agents.sessions)),
+                ("goldilocks_agent_connections_refused_total", "counter", "Agent connections refused (certificate, "
+                 "revoked, bad frames)", agents.refused_connections),
+                ("goldilocks_tunnels_up", "gauge", "Tunnel pairs up", states.count("up")),
+                ("goldilocks_tunnels_pending", "gauge", "Tunnel pairs configured, no handshake yet", states.count("pending")),
+                ("goldilocks_tunnels_down", "gauge", "Tunnel pairs down", states.count("down")),
+                ("goldilocks_psk_rotations_total", "counter", "Pre-shared keys rotated", agents.psk_rotations),
+                ("goldilocks_identity_rotations_total", "counter", "Agent WireGuard key pairs rotated",
+                 agents.identity_rotations),
+            ]
         lines = []
         for name, kind, help_text, value in rows:
             lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {value}"]

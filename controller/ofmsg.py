@@ -88,6 +88,14 @@ def our_flow_stats_request(datapath: Any) -> Any:
     )
 
 
+def flow_stats_by_cookie(datapath: Any, cookie: int) -> Any:
+    """Ask for the flows that carry exactly this cookie (their packet counts)."""
+    ofp, parser = datapath.ofproto, datapath.ofproto_parser
+    return parser.OFPFlowStatsRequest(
+        datapath, 0, ofp.OFPTT_ALL, ofp.OFPP_ANY, ofp.OFPG_ANY, cookie, ALL_ONES_64, parser.OFPMatch()
+    )
+
+
 def meter_mods(datapath: Any) -> list:
     """Create the packet-in meters, or update them if they exist: an ADD (refused with
     METER_EXISTS when the switch already has the meter, which the caller ignores) and a

@@ -22,12 +22,14 @@ from typing import Any
 import yaml
 from ryu.app.wsgi import ControllerBase, Response, route
 
+from apps import steering
 from apps.context import NotFound, PolicyState
 from apps.errors import FieldError
 from apps.inventory import VM, InventoryError, check_labels, normalize_mac, vm_from_json
 from apps.policy import Rule, evaluate, rule_from_json
 from apps.selectors import KEY_RE
 from apps.services import IP_PROTO
+from controller import agents as agents_mod
 from controller import audit, auth
 from controller.auth import Principal
 from controller.store import SOURCE_API
@@ -177,8 +179,16 @@ def _no_constants(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
 
 
-def read_json_body(req) -> Any:
-    """The request's JSON body: 415 for another content type, 413 when too large, 400 when malformed."""
+OPTIONAL_BODY = "optional"  # endpoint(body=OPTIONAL_BODY): no body at all is None
+
+
+def read_json_body(req, optional: bool = False) -> Any:
+    """The request's JSON body: 415 for another content type, 413 when too large, 400 when malformed.
+    An optional body may be left out entirely (no Content-Type, nothing sent): then None."""
+    if optional and not req.content_type and not req.content_length and "chunked" not in req.headers.get(
+        "Transfer-Encoding", ""
+    ).lower():
+        return None
     if req.content_type != "application/json":
         raise ApiError(415, f"Content-Type must be application/json, not {req.content_type or 'missing'}", "Content-Type")
     if req.content_length is not None and req.content_length > MAX_BODY_BYTES:
@@ -351,6 +361,42 @@ def party(app, field_name: str, text: str) -> dict:
     return managed(vm) if vm else unmanaged(host)
 
 
+def encryption_view(app, src: dict, dst: dict) -> dict:
+    """How an encrypt connection between two parties travels now: between VMs on one hypervisor it
+    never leaves it ("local"); otherwise through the tunnel of their hypervisors' pair, which is up,
+    pending (configured, no handshake yet) or down, or there is none: then it is dropped."""
+    hypervisor_of = app.agents.hypervisor_of_bridge()
+
+    def where(party_view: dict) -> tuple[int | None, str | None]:
+        host = party_view.get("host")
+        if host is None:
+            return None, None
+        dpid = int(host["dpid"], 16)
+        switch = app.topo.switches.get(dpid)
+        return dpid, hypervisor_of.get(switch.name) if switch else None
+
+    (src_dpid, src_hv), (dst_dpid, dst_hv) = where(src), where(dst)
+    view = {"src_hypervisor": src_hv, "dst_hypervisor": dst_hv, "tunnel": None, "tunnel_state": None}
+    if src_dpid is None or dst_dpid is None:
+        return {**view, "path": "unknown", "delivered": False, "why": "an end has not been seen on the network yet"}
+    if src_dpid == dst_dpid:
+        return {**view, "path": "local", "delivered": True, "why": "both VMs are on one hypervisor: nothing leaves it"}
+    if src_hv is None or dst_hv is None:
+        missing = [name for name, hv in (("src", src_hv), ("dst", dst_hv)) if hv is None]
+        why = f"no enrolled agent on the {' and '.join(missing)} hypervisor: dropped (fail closed)"
+        return {**view, "path": "none", "delivered": False, "why": why}
+    a, b = sorted((src_hv, dst_hv))
+    state = app.agents.tunnel_state(a, b)
+    if state is None:
+        return {**view, "path": "none", "delivered": False, "why": f"no tunnel {a}|{b} yet: dropped (fail closed)"}
+    ports = steering.plan_from_topology(app.topo, app.agents.bridge_of_index())
+    in_place = ports.port(src_dpid, dst_dpid) is not None and ports.port(dst_dpid, src_dpid) is not None
+    delivered = in_place and state != "down"
+    why = f"tunnel {a}|{b} is {state}" + ("" if in_place else "; its tunnel ports are not on both bridges yet")
+    return {**view, "tunnel": f"{a}|{b}", "tunnel_state": state, "path": "tunnel", "delivered": delivered,
+            "why": why + ("" if delivered else ": dropped (fail closed)")}  # fmt: skip
+
+
 def explain(app, query: Mapping[str, str]) -> dict:
     for name in ("src", "dst"):
         if not query.get(name):
@@ -388,8 +434,7 @@ def explain(app, query: Mapping[str, str]) -> dict:
         "match": match,
         "action": decision.action,
         "effective_action": decision.effective_action,
-        # Until the encryption issue lands, encrypt forwards like allow: say so.
-        "encryption": "pending" if decision.action == "encrypt" else None,
+        "encryption": encryption_view(app, src, dst) if decision.action == "encrypt" else None,
         "default_action": policy.default_action,
     }
 
@@ -443,7 +488,8 @@ class GoldilocksApi(ControllerBase):
     def serve(self, declared: Endpoint, handler: Callable, req, urlvars: dict) -> Response:
         try:
             principal = authorize(self.app.store, declared, req)
-            call = Call(principal, parse_query(declared, req), read_json_body(req) if declared.body else None)
+            body = read_json_body(req, declared.body == OPTIONAL_BODY) if declared.body else None
+            call = Call(principal, parse_query(declared, req), body)
             return handler(self, call, **urlvars)
         except ApiError as exc:
             return error_response(exc.status, exc.message, exc.field, exc.headers)
@@ -500,7 +546,7 @@ class GoldilocksApi(ControllerBase):
     def metrics(self, call):
         app = self.app
         body = app.metrics.render(
-            len(app.datapaths), len(app.topo.links), len(app.topo.hosts), app.desired_flow_count(), app.learner
+            len(app.datapaths), len(app.topo.links), len(app.topo.hosts), app.desired_flow_count(), app.learner, app.agents
         )
         return Response(status=200, content_type="text/plain", charset="utf-8", body=body.encode())
 
@@ -683,6 +729,78 @@ class GoldilocksApi(ControllerBase):
             store.delete_token(name)
             audit.record(store, call.actor, "token.delete", name, f"{token.role} token {token.fingerprint}")
         return no_content()
+
+    # -- agents, tunnels and keys -------------------------------------------------------------------
+    @endpoint("POST", "/v1/agents/tokens", ADMIN, body=OPTIONAL_BODY)
+    def create_agent_token(self, call):
+        body = json_object(call.body if call.body is not None else {}, frozenset({"ttl_seconds"}))
+        ttl = body.get("ttl_seconds", agents_mod.TOKEN_TTL)
+        if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not 1 <= ttl <= agents_mod.MAX_TOKEN_TTL:
+            limit = f"{agents_mod.MAX_TOKEN_TTL:.0f}"
+            raise ApiError(400, f"ttl_seconds: must be a number of seconds between 1 and {limit}", "ttl_seconds")
+        manager = self.app.agents
+        value, fingerprint, expires = manager.issue_token(float(ttl), actor=call.actor)
+        # The value is shown this once; only its digest is kept. The CA certificate is public: the
+        # agent needs it (--ca-file) to know it talks to this controller.
+        return json_response(
+            {
+                "token": value,
+                "fingerprint": fingerprint,
+                "expires": audit.iso_time(expires),
+                "ca_certificate": manager.ca.cert_pem,
+                "ca_fingerprint": manager.ca.fingerprint,
+                "agent_port": self.app.agent_server.port if self.app.agent_server else None,
+            },
+            201,
+        )
+
+    @endpoint("GET", "/v1/agents", READ)
+    def list_agents(self, call):
+        manager = self.app.agents
+        return json_response({"agents": [manager.agent_view(name) for name in sorted(manager.agents)]})
+
+    @endpoint("GET", "/v1/agents/{hypervisor}", READ)
+    def get_agent(self, call, hypervisor):
+        manager = self.app.agents
+        if hypervisor not in manager.agents:
+            raise ApiError(404, f"no enrolled agent for hypervisor {hypervisor!r}")
+        return json_response(manager.agent_view(hypervisor))
+
+    @endpoint("DELETE", "/v1/agents/{hypervisor}", ADMIN)
+    def revoke_agent(self, call, hypervisor):
+        if hypervisor not in self.app.agents.agents:
+            raise ApiError(404, f"no enrolled agent for hypervisor {hypervisor!r}")
+        self.app.agents.revoke(hypervisor, actor=call.actor)
+        return no_content()
+
+    @endpoint("POST", "/v1/agents/{hypervisor}/rotate-identity", ADMIN)
+    def rotate_agent_identity(self, call, hypervisor):
+        manager = self.app.agents
+        if hypervisor not in manager.agents:
+            raise ApiError(404, f"no enrolled agent for hypervisor {hypervisor!r}")
+        try:
+            rotation = manager.rotate_identity(hypervisor, actor=call.actor)
+        except agents_mod.AgentError as exc:
+            raise ApiError(409, exc.message) from None
+        return json_response({"hypervisor": hypervisor, "rotation": rotation}, 202)
+
+    @endpoint("GET", "/v1/tunnels", READ)
+    def list_tunnels(self, call):
+        manager = self.app.agents
+        return json_response(
+            {
+                "tunnels": [manager.tunnel_view(a, b) for a, b in sorted(manager.pairs)],
+                "encrypt_drops": self.app.metrics.encrypt_drops,
+                "psk_rotation_seconds": manager.psk_rotation,
+                "psk_rotations": manager.psk_rotations,
+                "identity_rotations": manager.identity_rotations,
+            }
+        )
+
+    @endpoint("POST", "/v1/keys/rotate", ADMIN)
+    def rotate_keys(self, call):
+        rotated = self.app.agents.rotate_psks(actor=call.actor)
+        return json_response({"rotated": rotated})
 
     @endpoint("GET", "/v1/audit", READ, query=("limit", "before"))
     def audit_log(self, call):

@@ -21,6 +21,13 @@ class Settings:
     # GOLDILOCKS_OVSDB_INVENTORY=1 or 0; unset: on when ovs-vsctl is installed.
     ovsdb_inventory: bool = False
     ovsdb_interval: float = 5.0  # seconds between reads of the Interface table
+    # The agents (docs/agent-protocol.md): their TLS listener (port 0: none), the network their
+    # WireGuard addresses come from, and how often keys rotate (0: only on demand).
+    agent_host: str = "0.0.0.0"
+    agent_port: int = 6654
+    tunnel_network: str = "100.127.0.0/16"
+    psk_rotation: float = 3600.0
+    identity_rotation: float = 86400.0
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -35,6 +42,11 @@ class Settings:
             reset_admin_token=env.get("GOLDILOCKS_RESET_ADMIN_TOKEN", "") == "1",
             ovsdb_inventory=ovsdb_inventory == "1" if ovsdb_inventory else ovsdb_inventory_default(),
             ovsdb_interval=float(env.get("GOLDILOCKS_OVSDB_INTERVAL", "5.0")),
+            agent_host=env.get("GOLDILOCKS_AGENT_HOST", "0.0.0.0"),
+            agent_port=int(env.get("GOLDILOCKS_AGENT_PORT", "6654")),
+            tunnel_network=env.get("GOLDILOCKS_TUNNEL_NETWORK", "100.127.0.0/16"),
+            psk_rotation=float(env.get("GOLDILOCKS_PSK_ROTATION", "3600")),
+            identity_rotation=float(env.get("GOLDILOCKS_IDENTITY_ROTATION", "86400")),
         )
 
 

@@ -30,6 +30,14 @@ CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS identities (labels TEXT PRIMARY KEY, id INTEGER UNIQUE NOT NULL);
 CREATE TABLE IF NOT EXISTS tokens (
     name TEXT PRIMARY KEY, role TEXT NOT NULL, digest TEXT UNIQUE NOT NULL, fingerprint TEXT NOT NULL, created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS agent_tokens (
+    digest TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, created REAL NOT NULL, expires REAL NOT NULL, used REAL);
+CREATE TABLE IF NOT EXISTS agents (
+    hypervisor TEXT PRIMARY KEY, idx INTEGER UNIQUE NOT NULL, serial TEXT NOT NULL, enrolled REAL NOT NULL, info TEXT);
+CREATE TABLE IF NOT EXISTS revoked_serials (serial TEXT PRIMARY KEY, hypervisor TEXT NOT NULL, at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS tunnel_pairs (
+    a TEXT NOT NULL, b TEXT NOT NULL, vni INTEGER UNIQUE NOT NULL, psk BLOB NOT NULL, psk_created REAL NOT NULL,
+    PRIMARY KEY (a, b));
 CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL,
     target TEXT NOT NULL, summary TEXT NOT NULL);
@@ -171,6 +179,52 @@ class Store:
             (before if before is not None else 2**63 - 1, limit),
         )
         return [AuditEntry(*row) for row in rows]
+
+    # -- agents, their enrollment tokens and the tunnel pairs' keys ------------------------
+    # PSKs are stored sealed (crypto/keystore.py); the store never sees them in clear.
+    def add_agent_token(self, digest: str, fingerprint: str, created: float, expires: float) -> None:
+        self.db.execute("INSERT INTO agent_tokens VALUES (?, ?, ?, ?, NULL)", (digest, fingerprint, created, expires))
+
+    def agent_token(self, digest: str) -> tuple[str, float, float | None] | None:
+        """(fingerprint, expires, used) of an enrollment token, by digest."""
+        return self.db.execute("SELECT fingerprint, expires, used FROM agent_tokens WHERE digest = ?", (digest,)).fetchone()
+
+    def use_agent_token(self, digest: str, at: float) -> bool:
+        """Mark a token used; False when it was already used (or does not exist)."""
+        cursor = self.db.execute("UPDATE agent_tokens SET used = ? WHERE digest = ? AND used IS NULL", (at, digest))
+        return cursor.rowcount == 1
+
+    def agents(self) -> list[tuple[str, int, str, float, str | None]]:
+        """(hypervisor, index, certificate serial, enrolled at, hello JSON) of every enrolled agent."""
+        return list(self.db.execute("SELECT hypervisor, idx, serial, enrolled, info FROM agents ORDER BY idx"))
+
+    def put_agent(self, hypervisor: str, index: int, serial: int, enrolled: float) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO agents VALUES (?, ?, ?, ?, (SELECT info FROM agents WHERE hypervisor = ?))",
+            (hypervisor, index, str(serial), enrolled, hypervisor),
+        )
+
+    def set_agent_info(self, hypervisor: str, info: str) -> None:
+        self.db.execute("UPDATE agents SET info = ? WHERE hypervisor = ?", (info, hypervisor))
+
+    def delete_agent(self, hypervisor: str) -> None:
+        self.db.execute("DELETE FROM agents WHERE hypervisor = ?", (hypervisor,))
+
+    def revoke_serial(self, serial: int, hypervisor: str, at: float) -> None:
+        self.db.execute("INSERT OR IGNORE INTO revoked_serials VALUES (?, ?, ?)", (str(serial), hypervisor, at))
+
+    def revoked_serials(self) -> set[int]:
+        return {int(serial) for (serial,) in self.db.execute("SELECT serial FROM revoked_serials")}
+
+    def tunnel_pairs(self) -> list[tuple[str, str, int, bytes, float]]:
+        """(a, b, vni, sealed psk, psk created) of every pair, a < b."""
+        return list(self.db.execute("SELECT a, b, vni, psk, psk_created FROM tunnel_pairs ORDER BY a, b"))
+
+    def put_tunnel_pair(self, a: str, b: str, vni: int, sealed_psk: bytes, created: float) -> None:
+        self.db.execute("INSERT OR REPLACE INTO tunnel_pairs VALUES (?, ?, ?, ?, ?)", (a, b, vni, sealed_psk, created))
+
+    def delete_tunnel_pair(self, a: str, b: str) -> None:
+        self.db.execute("DELETE FROM tunnel_pairs WHERE a = ? AND b = ?", (a, b))
 
     # -- topology -----------------------------------------------------------
     def save_topology(self, topo: Topology) -> None:

@@ -88,8 +88,12 @@ def read_secret_file(path: Path | str, size: int | None = None) -> bytes:
             )
         if size is not None and info.st_size != size:
             raise KeystoreError(f"{path}: is {info.st_size} bytes, expected exactly {size}")
-        with os.fdopen(fd, "rb", closefd=False) as secret:
-            data = secret.read()
+        # os.read, not os.fdopen: under eventlet's monkey patching fdopen closes the descriptor
+        # whatever closefd says, and the close below would then fail.
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+        data = b"".join(chunks)
     finally:
         os.close(fd)
     if size is not None and len(data) != size:

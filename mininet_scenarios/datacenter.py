@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import ipaddress
 import json
 import math
 import os
@@ -58,7 +59,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-from mininet_scenarios.harness import ControllerProcess, rest_get, wait_for
+from mininet_scenarios.harness import AgentProcess, ControllerProcess, rest_call, rest_get, wait_for
 from mininet_scenarios.topology_file import (
     CONTROLLER_NODE,
     DEFAULT_PREFIX_LENGTH,
@@ -75,6 +76,38 @@ LOCK_PATH = "/run/lock/goldilocks-mininet.lock"
 LEAF_SPINE_FLAGS = ("spines", "leaves", "hypervisors_per_leaf", "vms_per_hypervisor")
 LEAF_SPINE_DEFAULT = 2
 RECONNECT_MS = 1000  # a switch retries its controller at least once a second
+# Tunnel endpoints: one Mininet host per hypervisor, named ENDPOINT_PREFIX + its index, cabled to
+# the hypervisor's bridge at a jumbo MTU. The underlay network is theirs alone (VMs may not use it).
+ENDPOINT_PREFIX = "tep"
+UNDERLAY_NETWORK = ipaddress.IPv4Network("172.31.0.0/16")
+JUMBO_MTU = 9000
+WG_LISTEN_PORT = 51820
+AGENTS_CONNECT_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class TunnelEndpoint:
+    """A hypervisor's tunnel-endpoint host: its WireGuard and underlay live there, its agent drives it."""
+
+    hypervisor: str
+    name: str  # the Mininet host
+    index: int
+    ip: str
+    mac: str
+
+    @property
+    def wg_interface(self) -> str:
+        return f"glwg{self.index}"  # unique machine-wide: wireguard-go's socket path is shared by all namespaces
+
+
+def tunnel_endpoints(layout: Layout) -> dict[str, TunnelEndpoint]:
+    """One endpoint per hypervisor of the layout, in layout order."""
+    hypervisors = [name for name in layout.switches if layout.roles[name] == "hypervisor"]
+    endpoints = {}
+    for index, hv in enumerate(hypervisors, start=1):
+        mac = f"0e:00:00:00:{index >> 8:02x}:{index & 0xFF:02x}"
+        endpoints[hv] = TunnelEndpoint(hv, f"{ENDPOINT_PREFIX}{index}", index, str(UNDERLAY_NETWORK[index]), mac)
+    return endpoints
 
 
 @dataclass
@@ -240,6 +273,12 @@ def _locked_through_inherited_fd(fd: int) -> bool:
     return False
 
 
+def _run(argv: list[str], purpose: str) -> None:
+    result = subprocess.run(argv, capture_output=True, text=True)
+    if result.returncode:
+        raise RuntimeError(f"{purpose} failed: {' '.join(result.stderr.split())}")
+
+
 def _vsctl(*args: str) -> None:
     """Run ovs-vsctl directly, not through a Mininet node's shell, which belongs to the thread that made it."""
     result = subprocess.run(["ovs-vsctl", "--timeout=10", *args], capture_output=True, text=True)
@@ -261,13 +300,16 @@ class DataCentre:
         with_controller: bool = True,
         connect_delays: dict[str, float] | None = None,
         info_path: str | os.PathLike | None = None,
+        tunnels: bool = True,
     ):
         """fail_mode="standalone" with with_controller=False builds plain OVS NORMAL learning
         bridges (loop-free layouts only: there is no STP), the baseline for benchmarks.
 
         connect_delays: switch name -> seconds after start before the switch is given its
         controller (until then it has none and, in secure fail mode, forwards nothing).
-        info_path: where start() writes the run's info document (see info())."""
+        info_path: where start() writes the run's info document (see info()).
+        tunnels: give every hypervisor a tunnel-endpoint host and a goldilocks-agent, enrolled with the
+        controller, so that `encrypt` rules have tunnels to use (needs a controller)."""
         self.layout = layout
         self.controller_proc: ControllerProcess | None = None
         self.external = controller
@@ -286,6 +328,15 @@ class DataCentre:
         if self.connect_delays and not with_controller:
             raise ValueError("connect_delays needs a controller to connect to (with_controller=False)")
         self.info_path = os.fspath(info_path) if info_path is not None else None
+        self.endpoints = tunnel_endpoints(layout) if tunnels and with_controller else {}
+        clash = sorted(set(layout.vms) & {ep.name for ep in self.endpoints.values()})
+        if clash:
+            raise ValueError(f"VM {clash[0]!r}: names {ENDPOINT_PREFIX}<number> are the scenario's tunnel endpoints")
+        for vm, (_, ip, _) in layout.vms.items():
+            if self.endpoints and ipaddress.IPv4Address(ip) in UNDERLAY_NETWORK:
+                raise ValueError(f"VM {vm!r}: {ip} is in {UNDERLAY_NETWORK}, the tunnel endpoints' underlay network")
+        self.agents: dict[str, AgentProcess] = {}
+        self._agent_dir: tempfile.TemporaryDirectory | None = None
         self.openflow: str | None = None  # "host:port" of the controller, once started
         self.lock = MininetLock()
         self.net = None
@@ -366,13 +417,20 @@ class DataCentre:
         for name, (hv, ip, mac) in self.layout.vms.items():
             net.addHost(name, ip=f"{ip}/{self.layout.prefix_length(name)}", mac=mac)
             net.addLink(name, hv)
+        for hv, endpoint in self.endpoints.items():
+            net.addHost(endpoint.name, ip=f"{endpoint.ip}/{UNDERLAY_NETWORK.prefixlen}", mac=endpoint.mac)
+            net.addLink(endpoint.name, hv)
         net.build()
         self.net_start_at = time.monotonic()
         net.start()
         for host in net.hosts:
             for intf in host.intfList():
                 host.cmd(f"ethtool -K {intf.name} tx off")
+        if self.endpoints:
+            self._jumbo_underlay()
         self._schedule_late_connects()
+        if self.endpoints:
+            self._start_agents()
         if self.info_path is not None:
             self.write_info(self.info_path)
             self._info_written = True
@@ -385,9 +443,15 @@ class DataCentre:
                 Path(self.info_path).unlink(missing_ok=True)
                 self._info_written = False
             if self.net is not None:
+                self._stop_agents()
                 self._kill_host_processes()
+                self._remove_tunnel_ports()
                 self.net.stop()
                 self.net = None
+            self._remove_wireguard_sockets()
+            if self._agent_dir is not None:
+                self._agent_dir.cleanup()
+                self._agent_dir = None
         finally:
             try:
                 if self.controller_proc is not None:
@@ -457,6 +521,89 @@ class DataCentre:
         )  # fmt: skip
         self.controller_set_at[name] = time.monotonic()
 
+    # -- tunnel endpoints and their agents ---------------------------------------------------------
+    def endpoint_port(self, hypervisor: str) -> str:
+        """The hypervisor bridge's port facing its tunnel endpoint."""
+        endpoint = self.net.get(self.endpoints[hypervisor].name).defaultIntf()
+        peer = endpoint.link.intf2 if endpoint.link.intf1 is endpoint else endpoint.link.intf1
+        return peer.name
+
+    def _jumbo_underlay(self) -> None:
+        """Every cable of the underlay (switch to switch, endpoint to its hypervisor) at a jumbo MTU, so
+        that WireGuard's and VXLAN's overhead fits while VMs keep 1500, as real fabrics do."""
+        endpoint_names = {ep.name for ep in self.endpoints.values()}
+        switches = set(self.layout.switches)
+        for link in self.net.links:
+            ends = (link.intf1, link.intf2)
+            if all(i.node.name in switches or i.node.name in endpoint_names for i in ends):
+                for intf in ends:
+                    if intf.node.name in switches:
+                        _run(["ip", "link", "set", "dev", intf.name, "mtu", str(JUMBO_MTU)], f"set MTU of {intf.name}")
+                    else:
+                        intf.node.cmd(f"ip link set dev {intf.name} mtu {JUMBO_MTU}")
+
+    def _start_agents(self) -> None:
+        """Enroll one agent per hypervisor with a fresh one-time token and start it."""
+        self._agent_dir = tempfile.TemporaryDirectory(prefix="goldilocks-agents-")
+        base = Path(self._agent_dir.name)
+        for hv, endpoint in self.endpoints.items():
+            issued = rest_call(self.rest_url, "POST", "/v1/agents/tokens", {"ttl_seconds": 600}, expect=201)
+            state = base / hv
+            state.mkdir(mode=0o700)
+            token_file, ca_file = base / f"{hv}.token", base / "ca.pem"
+            token_file.write_text(issued["token"] + "\n")
+            token_file.chmod(0o600)
+            ca_file.write_text(issued["ca_certificate"])
+            host = self.openflow.rpartition(":")[0]
+            pid = self.net.get(endpoint.name).pid
+            args = [
+                "--hypervisor", hv, "--bridge", hv,
+                "--underlay-ip", endpoint.ip, "--underlay-port", self.endpoint_port(hv),
+                "--controller", f"{host}:{issued['agent_port']}",
+                "--state-dir", str(state), "--token-file", str(token_file), "--ca-file", str(ca_file),
+                "--wg-interface", endpoint.wg_interface, "--listen-port", str(WG_LISTEN_PORT),
+                "--endpoint-netns", f"/proc/{pid}/ns/net",
+            ]  # fmt: skip
+            self.agents[hv] = AgentProcess(hv, args, str(base / f"agent-{hv}.log")).start()
+
+    def restart_agent(self, hypervisor: str) -> None:
+        """Start the hypervisor's agent again (after a test killed it): enrolled, it needs no token."""
+        old = self.agents[hypervisor]
+        old.kill()
+        self.agents[hypervisor] = AgentProcess(hypervisor, old.args, old.log_path).start()
+
+    def wait_for_agents(self, timeout: float = AGENTS_CONNECT_TIMEOUT) -> float:
+        """Wait until every agent is enrolled and connected; return seconds."""
+        started = time.monotonic()
+
+        def connected() -> bool:
+            for hv, agent in self.agents.items():
+                if agent.proc is not None and agent.proc.poll() is not None:
+                    raise RuntimeError(f"the agent of {hv} exited with {agent.proc.returncode}: {agent.log_tail(10)}")
+            agents = rest_get(self.rest_url, "/v1/agents")["agents"]
+            return sum(1 for a in agents if a["connected"] and a["hypervisor"] in self.agents) == len(self.agents)
+
+        wait_for(connected, timeout, what="every hypervisor's agent to connect")
+        return time.monotonic() - started
+
+    def _stop_agents(self) -> None:
+        for agent in self.agents.values():
+            agent.kill(signal.SIGTERM)
+
+    def _remove_tunnel_ports(self) -> None:
+        """The VXLAN ports the agents moved into our namespace outlive their endpoints: delete them."""
+        for hv in self.endpoints:
+            result = subprocess.run(["ovs-vsctl", "--timeout=5", "list-ports", hv], capture_output=True, text=True)
+            for port in result.stdout.split():
+                if port.startswith("glvx"):
+                    subprocess.run(["ovs-vsctl", "--timeout=5", "--if-exists", "del-port", hv, port], capture_output=True)
+                    subprocess.run(["ip", "link", "del", "dev", port], capture_output=True)
+
+    def _remove_wireguard_sockets(self) -> None:
+        """wireguard-go leaves its control socket behind when it is killed."""
+        for endpoint in self.endpoints.values():
+            Path(f"/var/run/wireguard/{endpoint.wg_interface}.sock").unlink(missing_ok=True)
+
     # -- for scripts and tests outside this process -----------------------------------------
     def info(self) -> dict:
         """What a script needs to drive the running network from outside: the controller's
@@ -466,11 +613,30 @@ class DataCentre:
         for name, (hv, ip, mac) in self.layout.vms.items():
             host = self.net.get(name)
             vms.append({"name": name, "ip": ip, "mac": mac, "hypervisor": hv, "pid": host.pid, "intf": host.defaultIntf().name})
+        endpoints = []
+        for hv, endpoint in self.endpoints.items():
+            host = self.net.get(endpoint.name)
+            agent = self.agents.get(hv)
+            endpoints.append(
+                {
+                    "hypervisor": hv,
+                    "name": endpoint.name,
+                    "ip": endpoint.ip,
+                    "mac": endpoint.mac,
+                    "pid": host.pid,
+                    "intf": host.defaultIntf().name,
+                    "bridge_port": self.endpoint_port(hv),
+                    "wg_interface": endpoint.wg_interface,
+                    "agent_pid": agent.proc.pid if agent and agent.proc else None,
+                    "agent_log": agent.log_path if agent else None,
+                }
+            )
         return {
             "rest_url": self.rest_url,
             "admin_token_file": token_file,
             "openflow": self.openflow,
             "vms": vms,
+            "endpoints": endpoints,
             "switches": [
                 {"name": name, "dpid": f"{dpid:016x}", "role": self.layout.roles[name]}
                 for name, dpid in self.layout.switches.items()
@@ -535,7 +701,9 @@ class DataCentre:
         }
 
     def built_counts(self) -> dict[str, int]:
-        return {"switches": len(self.layout.switches), "links": len(self.layout.switch_links), "hosts": len(self.layout.vms)}
+        """Hosts are the VMs and the hypervisors' tunnel endpoints."""
+        hosts = len(self.layout.vms) + len(self.endpoints)
+        return {"switches": len(self.layout.switches), "links": len(self.layout.switch_links), "hosts": hosts}
 
     def wait_for_fabric(self, timeout: float = 60.0) -> float:
         """Wait until every switch is connected, every inter-switch link known and every other port
@@ -550,6 +718,8 @@ class DataCentre:
             return connected == built["switches"] and len(topo["links"]) == built["links"] and not pending
 
         wait_for(ready, timeout, what="the controller to learn every switch and link")
+        if self.agents:  # the endpoints are part of the fabric: the controller knows them from their agents
+            self.wait_for_agents(max(1.0, timeout - (time.monotonic() - started)))
         return time.monotonic() - started
 
     # -- traffic ---------------------------------------------------------------------
@@ -629,6 +799,11 @@ def check(dc: DataCentre) -> dict:
         and summary["iperf3"]["mbps"] > 0
         and summary["roles"]["hypervisor"] == expected_hv
     )
+    if dc.endpoints:
+        from mininet_scenarios import encryption_check
+
+        summary["encryption"] = encryption_check.run(dc)
+        summary["ok"] = summary["ok"] and summary["encryption"]["ok"]
     return summary
 
 
@@ -643,8 +818,12 @@ def human_summary(summary: dict) -> str:
         f"  pingall loss: {summary.get('ping_loss_percent')} %",
         f"  iperf3 {summary['iperf3']['client']} -> {summary['iperf3']['server']}: {summary['iperf3']['mbps']} Mbit/s",
         *(f"  wrong: {line}" for line in summary.get("mismatch", [])),
-        f"  result: {'OK' if summary['ok'] else 'FAILED'}",
     ]
+    if "encryption" in summary:
+        from mininet_scenarios import encryption_check
+
+        lines += encryption_check.human(summary["encryption"])
+    lines.append(f"  result: {'OK' if summary['ok'] else 'FAILED'}")
     return "\n".join(lines)
 
 
@@ -674,6 +853,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--controller", metavar="HOST:PORT", help="use a running controller (default: start our own)")
     parser.add_argument("--rest", metavar="URL", help="REST URL of that controller (default http://HOST:8080)")
     parser.add_argument("--declare-roles", action="store_true", help="set dp-desc role=... on every bridge")
+    parser.add_argument(
+        "--no-tunnels",
+        action="store_true",
+        help="no tunnel endpoints or agents (encrypt rules then drop what they select: fail closed)",
+    )
     parser.add_argument(
         "--info",
         metavar="FILE",
@@ -731,6 +915,7 @@ def main(argv: list[str] | None = None) -> int:
         declare_roles=args.declare_roles,
         connect_delays=dict(args.connect_late),
         info_path=args.info,
+        tunnels=not args.no_tunnels,
     ) as dc:
         if args.cli:
             from mininet.cli import CLI

@@ -18,11 +18,18 @@ def built_fabric(dc) -> dict:
         if all(intf.node.name in switches for intf in ends):
             links.add(frozenset((f"{layout.switches[i.node.name]:016x}", i.node.ports[i]) for i in ends))
     hosts = {}
-    for name, (_, ip, mac) in layout.vms.items():
+    for name, (_, ip, mac) in host_layout(dc).items():
         intf = net.get(name).defaultIntf()
         peer = intf.link.intf2 if intf.link.intf1 is intf else intf.link.intf1
         hosts[mac] = (f"{layout.switches[peer.node.name]:016x}", peer.node.ports[peer], [ip])
     return {"links": links, "hosts": hosts}
+
+
+def host_layout(dc) -> dict[str, tuple[str, str, str]]:
+    """Every host the scenario plugged in, name -> (switch, ip, mac): the VMs and the hypervisors'
+    tunnel endpoints (which the controller knows from their agents)."""
+    endpoints = {ep.name: (hv, ep.ip, ep.mac) for hv, ep in getattr(dc, "endpoints", {}).items()}
+    return {**dc.layout.vms, **endpoints}
 
 
 def switch_port_macs(dc) -> dict[str, str]:
@@ -52,7 +59,7 @@ def fabric_diff(
     built = built or built_fabric(dc)
     names = {f"{dpid:016x}": name for name, dpid in dc.layout.switches.items()}
     port_names = {(s["dpid"], p["port_no"]): p["name"] for s in topo["switches"] for p in s["ports"]}
-    vm_of = {mac: name for name, (_, _, mac) in dc.layout.vms.items()}
+    vm_of = {mac: name for name, (_, _, mac) in host_layout(dc).items()}
 
     def where(dpid: str, port: int) -> str:
         return f"{port_names.get((dpid, port)) or f'{names.get(dpid, dpid)}:{port}'} ({dpid}:{port})"

@@ -65,6 +65,7 @@ class ControllerProcess(ManagedProcess):
     state_dir: str = ""
     of_port: int = 0
     rest_port: int = 0
+    agent_port: int = 0
     log_path: str = ""
     extra_args: list[str] = field(default_factory=list)
     proc: subprocess.Popen | None = None
@@ -76,6 +77,7 @@ class ControllerProcess(ManagedProcess):
             self.state_dir = self._tmp.name
         self.of_port = self.of_port or free_port()
         self.rest_port = self.rest_port or free_port()
+        self.agent_port = self.agent_port or free_port()
         self.log_path = self.log_path or os.path.join(self.state_dir, "controller.log")
 
     @property
@@ -89,6 +91,7 @@ class ControllerProcess(ManagedProcess):
                 sys.executable, "-m", "controller",
                 "--of-port", str(self.of_port),
                 "--rest-port", str(self.rest_port),
+                "--agent-port", str(self.agent_port),
                 "--state-dir", self.state_dir,
                 *self.extra_args,
             ],  # fmt: skip
@@ -123,6 +126,34 @@ class ControllerProcess(ManagedProcess):
         return doc
 
 
+@dataclass
+class AgentProcess(ManagedProcess):
+    """A `python -m agent` child process (goldilocks-agent) for one hypervisor: in our own network
+    namespace, where it reaches the controller and OVSDB, driving the hypervisor's tunnel-endpoint
+    namespace (`--endpoint-netns`). Stopping it leaves the data plane running, as on a real host."""
+
+    hypervisor: str
+    args: list[str]
+    log_path: str
+    proc: subprocess.Popen | None = None
+    _tmp: tempfile.TemporaryDirectory | None = None
+
+    def start(self) -> AgentProcess:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "agent", *self.args],
+                cwd=REPO,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        return self
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
 def api_call(base_url: str, method: str, path: str, body=None, token: str | None = None, timeout: float = 10.0):
     """Call the REST API; return (status, parsed JSON or text). HTTP errors are returned, not raised."""
     data = None if body is None else json.dumps(body).encode()
@@ -137,6 +168,15 @@ def api_call(base_url: str, method: str, path: str, body=None, token: str | None
     except urllib.error.HTTPError as err:
         status, text, kind = err.code, err.read().decode(), err.headers.get_content_type()
     return status, (json.loads(text) if kind == "application/json" and text else text)
+
+
+def rest_call(base_url: str, method: str, path: str, body=None, expect: int | None = None, timeout: float = 10.0):
+    """Call the API as admin (the token of a controller this process started, or $GOLDILOCKS_TOKEN);
+    with `expect`, fail unless the status is that. Returns the parsed body."""
+    status, doc = api_call(base_url, method, path, body, _token_for(base_url), timeout)
+    if expect is not None and status != expect:
+        raise RuntimeError(f"{method} {path} gave {status}, expected {expect}: {doc}")
+    return doc
 
 
 def rest_get(base_url: str, path: str, timeout: float = 5.0, token: str | None = None):

@@ -18,6 +18,7 @@ from ryu.app.wsgi import WSGIApplication  # noqa: E402
 from apps.flows import FlowEntry  # noqa: E402
 from apps.forwarding import base_flows  # noqa: E402
 from controller import auth, rest  # noqa: E402
+from controller.agents import AgentManager  # noqa: E402
 from controller.app import GoldilocksController  # noqa: E402
 from controller.metrics import Metrics  # noqa: E402
 from controller.store import Store  # noqa: E402
@@ -42,6 +43,8 @@ class StubController:
         self.datapaths: dict = {}
         self.sync: dict = {}
         self.metrics = Metrics()
+        self.agents = AgentManager(self.store, state_dir)
+        self.agent_server = None
         self.compiles = 0
         auth.ensure_admin_token(self.store, state_dir)
         self.admin_token = (state_dir / auth.ADMIN_TOKEN_FILE).read_text().strip()
