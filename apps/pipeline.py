@@ -50,7 +50,8 @@ PIPELINE: dict[int, TableSpec] = {
             "policy",
             "decide allow / deny / encrypt from source and destination identity and service; conntrack lets replies back",
             frozenset(
-                {"metadata", "eth_dst", "eth_type", "ip_proto", "tcp_dst", "udp_dst", "icmpv6_type", "ct_state", "ct_mark"}
+                {"metadata", "eth_dst", "eth_type", "ip_proto", "tcp_dst", "udp_dst", "tcp_src", "udp_src", "icmpv6_type",
+                 "ct_state", "ct_mark"}
             ),
             frozenset({FORWARD}),
         ),
@@ -132,6 +133,7 @@ PRIO_CT_ESTABLISHED = 61000  # replies and established connections pass
 PRIO_CT_INVALID = 60900
 PRIO_RULE_TOP = 30000  # rule i gets PRIO_RULE_TOP - i: first match wins
 MAX_RULES = 20000
+PRIO_DEFAULT_ESTABLISHED = 25  # with encrypt rules: an established connection no encrypt rule re-marked
 PRIO_DEFAULT_NEW_IP = 20  # a new IP connection no rule matched
 PRIO_DEFAULT_OTHER = 10  # other unicast (not IP): the default action, no conntrack
 

@@ -75,13 +75,25 @@ def referenced_destinations(
     a classify entry there: for any other destination, every applicable rule with a label
     selector fails to match it, exactly as it fails to match an unknown destination."""
     needed: set[int] = set()
-    for rule in rules[: pipeline.MAX_RULES]:
-        if matching_identities(rule.src, local_identities, identity_labels) == []:
-            continue
-        destinations = matching_identities(rule.dst, set(identity_labels), identity_labels)
-        if destinations:
-            needed.update(destinations)
+    rules = rules[: pipeline.MAX_RULES]
+    last_encrypt = _last_encrypt(rules)
+    for index, rule in enumerate(rules):
+        if matching_identities(rule.src, local_identities, identity_labels) != []:
+            destinations = matching_identities(rule.dst, set(identity_labels), identity_labels)
+            if destinations:
+                needed.update(destinations)
+        if last_encrypt is not None and index <= last_encrypt:
+            # Replies of connections to local VMs are re-evaluated too (_established_flows): the
+            # remote original sender, the rule's source, is the reply's destination.
+            if matching_identities(rule.dst, local_identities, identity_labels) != []:
+                sources = matching_identities(rule.src, set(identity_labels), identity_labels)
+                if sources:
+                    needed.update(sources)
     return needed
+
+
+def _last_encrypt(rules: Sequence[Rule]) -> int | None:
+    return max((i for i, r in enumerate(rules) if r.action == "encrypt"), default=None)
 
 
 def policy_flows(
@@ -92,28 +104,29 @@ def policy_flows(
     default_action: str,
 ) -> list[FlowEntry]:
     """The policy table of the hypervisor with conntrack zone `zone`. local_identities are those
-    of its VMs; identity_labels covers every identity in use (None for unmanaged)."""
-    flows = _bypass_and_conntrack(zone)
-    all_dst = dict(identity_labels)
-    all_dst.setdefault(UNKNOWN, None)
-    for index, rule in enumerate(rules[: pipeline.MAX_RULES]):
+    of its VMs; identity_labels covers every identity in use (None for unmanaged).
+
+    New connections meet the rules in order. Established ones pass, except that while any rule
+    encrypts, an established connection not yet marked is re-evaluated against the rules up to the
+    last encrypt rule (_established_flows): a connection opened in clear before an encrypt rule
+    that selects it existed is marked by its next frame, whichever end sends it, and from then on
+    travels only inside the tunnel."""
+    rules = rules[: pipeline.MAX_RULES]
+    last_encrypt = _last_encrypt(rules)
+    flows = _bypass_and_conntrack(zone, reevaluate=last_encrypt is not None)
+    all_ids = dict(identity_labels)
+    all_ids.setdefault(UNKNOWN, None)
+    new = ct_state(set_bits=pipeline.CT_TRK | pipeline.CT_NEW)
+    for index, rule in enumerate(rules):
         priority = pipeline.PRIO_RULE_TOP - index
         sources = matching_identities(rule.src, local_identities, identity_labels)
-        if sources == []:
-            continue  # no VM on this hypervisor can send traffic this rule decides (None is `any`)
-        destinations = matching_identities(rule.dst, set(all_dst), identity_labels)
-        if destinations == []:
-            continue
-        actions, goto = _verdict(rule.action, zone)
-        for value, mask in _metadata_matches(sources, destinations, rule):
-            for family in IP_FAMILIES:
-                for service in rule.services:
-                    for fragment in service.of_matches(family):
-                        match = {"eth_type": family, "ct_state": ct_state(set_bits=pipeline.CT_TRK | pipeline.CT_NEW)}
-                        if mask:
-                            match["metadata"] = (value, mask)
-                        match.update(fragment)
-                        flows.append(FlowEntry.make(pipeline.POLICY, priority, match, actions, goto, app=APP))
+        destinations = matching_identities(rule.dst, set(all_ids), identity_labels)
+        if sources != [] and destinations != []:  # None is `any`; [] is nobody this hypervisor sends for
+            actions, goto = _verdict(rule.action, zone)
+            for match in _rule_matches(rule, sources, destinations, new):
+                flows.append(FlowEntry.make(pipeline.POLICY, priority, match, actions, goto, app=APP))
+        if last_encrypt is not None and index <= last_encrypt:
+            flows += _established_flows(zone, rule, priority, local_identities, identity_labels, all_ids)
     actions, goto = _verdict(default_action, zone)
     for family in IP_FAMILIES:
         new = {"eth_type": family, "ct_state": ct_state(set_bits=pipeline.CT_TRK | pipeline.CT_NEW)}
@@ -131,7 +144,56 @@ def policy_flows(
     return flows
 
 
-def _bypass_and_conntrack(zone: int) -> list[FlowEntry]:
+def _rule_matches(rule: Rule, sources, destinations, state: tuple[int, int], reply: bool = False) -> list[dict]:
+    """The matches of one rule for frames in state `state`: source and destination identities in the
+    metadata, the service (its port as the source port when `reply`), IPv4 and IPv6."""
+    matches = []
+    for value, mask in _metadata_matches(sources, destinations, rule):
+        for family in IP_FAMILIES:
+            for service in rule.services:
+                for fragment in service.of_matches(family, reply=reply):
+                    match = {"eth_type": family, "ct_state": state}
+                    if mask:
+                        match["metadata"] = (value, mask)
+                    match.update(fragment)
+                    matches.append(match)
+    return matches
+
+
+def _established_flows(
+    zone: int,
+    rule: Rule,
+    priority: int,
+    local_identities,
+    identity_labels: Mapping[int, Mapping[str, str] | None],
+    all_ids: Mapping[int, Mapping[str, str] | None],
+) -> list[FlowEntry]:
+    """Established, unmarked frames meet the rules up to the last encrypt rule, at the rules' own
+    priorities: an encrypt rule marks the connection and the frame; any other rule (or none) lets
+    it pass as before. Both ends re-evaluate: the original sender's frames as the rule reads, and
+    the replies of a local VM that the rule's destination selects, with the roles swapped."""
+    unmarked = {"ct_mark": 0}
+    if rule.action == "encrypt":
+        actions, goto = _verdict("encrypt", zone)
+    else:
+        actions, goto = (), pipeline.FORWARD
+    original = ct_state(set_bits=pipeline.CT_TRK | pipeline.CT_EST, clear_bits=pipeline.CT_RPL | pipeline.CT_INV)
+    reply = ct_state(set_bits=pipeline.CT_TRK | pipeline.CT_EST | pipeline.CT_RPL, clear_bits=pipeline.CT_INV)
+    flows = []
+    sources = matching_identities(rule.src, local_identities, identity_labels)
+    destinations = matching_identities(rule.dst, set(all_ids), identity_labels)
+    if sources != [] and destinations != []:
+        for match in _rule_matches(rule, sources, destinations, original):
+            flows.append(FlowEntry.make(pipeline.POLICY, priority, {**match, **unmarked}, actions, goto, app=APP))
+    answering = matching_identities(rule.dst, local_identities, identity_labels)
+    askers = matching_identities(rule.src, set(all_ids), identity_labels)
+    if answering != [] and askers != []:
+        for match in _rule_matches(rule, answering, askers, reply, reply=True):
+            flows.append(FlowEntry.make(pipeline.POLICY, priority, {**match, **unmarked}, actions, goto, app=APP))
+    return flows
+
+
+def _bypass_and_conntrack(zone: int, reevaluate: bool = False) -> list[FlowEntry]:
     bypass = pipeline.PRIO_POLICY_BYPASS
     flows = [
         # Broadcast and multicast (ARP requests, DHCP, IPv6 ND) are not policed here.
@@ -149,7 +211,10 @@ def _bypass_and_conntrack(zone: int) -> list[FlowEntry]:
     trk = pipeline.CT_TRK
     for state in (pipeline.CT_EST, pipeline.CT_REL):
         match = {"ct_state": ct_state(set_bits=trk | state, clear_bits=pipeline.CT_INV)}
-        flows.append(FlowEntry.make(pipeline.POLICY, pipeline.PRIO_CT_ESTABLISHED, match, goto=pipeline.FORWARD, app=APP))
+        # While a rule encrypts, unmarked established connections are re-evaluated (see
+        # _established_flows) and only those no encrypt rule selects pass, below every rule.
+        passing = pipeline.PRIO_DEFAULT_ESTABLISHED if reevaluate and state == pipeline.CT_EST else pipeline.PRIO_CT_ESTABLISHED
+        flows.append(FlowEntry.make(pipeline.POLICY, passing, match, goto=pipeline.FORWARD, app=APP))
         # Every frame of an encrypt connection, replies included, stays encrypted.
         encrypted = {**match, "ct_mark": pipeline.CT_MARK_ENCRYPT}
         mark, prio = (ENCRYPT_VERDICT_MARK,), pipeline.PRIO_CT_ESTABLISHED_ENCRYPT

@@ -8,6 +8,7 @@ IP_PROTO = {"icmp": 1, "tcp": 6, "udp": 17}
 IP6_PROTO = {"icmp": 58, "tcp": 6, "udp": 17}
 ETH_TYPE_IPV4 = 0x0800
 PORT_FIELD = {"tcp": "tcp_dst", "udp": "udp_dst"}
+REPLY_PORT_FIELD = {"tcp": "tcp_src", "udp": "udp_src"}  # a reply comes from the service's port
 
 
 class ServiceError(ValueError):
@@ -39,15 +40,16 @@ class Service:
             return True
         return dport is not None and self.low <= dport <= self.high
 
-    def of_matches(self, eth_type: int = ETH_TYPE_IPV4) -> list[dict]:
+    def of_matches(self, eth_type: int = ETH_TYPE_IPV4, reply: bool = False) -> list[dict]:
         """OpenFlow match fragments (to AND with an IPv4 or IPv6 match) covering exactly this
-        service; `icmp` means ICMPv6 for IPv6."""
+        service; `icmp` means ICMPv6 for IPv6. With `reply`, the frames a server sends back: the
+        port range is their source port."""
         if self.proto is None:
             return [{}]
         base = {"ip_proto": (IP_PROTO if eth_type == ETH_TYPE_IPV4 else IP6_PROTO)[self.proto]}
         if self.low is None:
             return [base]
-        field = PORT_FIELD[self.proto]
+        field = (REPLY_PORT_FIELD if reply else PORT_FIELD)[self.proto]
         prefixes = port_range_masks(self.low, self.high)
         return [{**base, field: (value if mask == 0xFFFF else (value, mask))} for value, mask in prefixes]
 

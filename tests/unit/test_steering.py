@@ -174,6 +174,47 @@ def test_a_connection_opened_under_encrypt_never_goes_in_clear_after_the_rule_is
     assert in_clear_only(after, only_copy(after, web, db, fresh)), "a new connection follows the new allow rule"
 
 
+@pytest.mark.parametrize("first", ["client", "server"], ids=["client-speaks-first", "server-speaks-first"])
+@pytest.mark.parametrize("proto", PROTOS)
+def test_a_connection_opened_in_clear_is_encrypted_from_its_next_frame_once_a_rule_selects_it(fabric, proto, first):
+    """An encrypt rule added while a connection is open: whichever end sends next, its frame and
+    every later one travel only inside the tunnel (the connection is re-evaluated, not grandfathered)."""
+    labels = tiers(fabric)
+    web, db = of_tier(fabric, "web")[0], of_tier(fabric, "db")[1]
+    before = compile_net(fabric, labels, [], "allow")
+    opening = connection(web, db, proto, 5432 if proto != "icmp" else None)
+    answer = reply_frame(opening)
+    assert in_clear_only(before, only_copy(before, web, db, opening))
+    assert in_clear_only(before, only_copy(before, db, web, answer))
+    service = f"{proto}/5432" if proto != "icmp" else "icmp"
+    rules = [rule("tier=app", "any", "allow"), rule("tier=web", "tier=db", "encrypt", service)]
+    after = FakeNetwork.compile(fabric.topo, policy_state(labels, rules, "allow"), tunnels=fabric.tunnels)
+    after.conntrack = before.conntrack
+    turns = [(web, db, opening), (db, web, answer)]
+    if first == "server":
+        turns.reverse()
+    for src, dst, frame in turns * 2:
+        assert in_tunnel_only(after, only_copy(after, src, dst, frame)), (src.mac, "must not stay in clear")
+
+
+def test_an_established_connection_no_encrypt_rule_selects_stays_in_clear(fabric):
+    """Re-evaluation follows first-match order: an earlier allow rule shadows a later encrypt rule,
+    for open connections as for new ones; and connections between other tiers are untouched."""
+    labels = tiers(fabric)
+    web, db = of_tier(fabric, "web")[0], of_tier(fabric, "db")[1]
+    app = next(vm for vm in of_tier(fabric, "app") if vm.dpid != web.dpid)
+    before = compile_net(fabric, labels, [], "allow")
+    opened = [(web, db, connection(web, db, "tcp", 5432)), (web, app, connection(web, app, "tcp", 80))]
+    for src, dst, frame in opened:
+        only_copy(before, src, dst, frame)
+    rules = [rule("tier=web", "tier=db", "allow", "tcp/5432"), rule("tier=web", "any", "encrypt", "tcp/5432")]
+    after = FakeNetwork.compile(fabric.topo, policy_state(labels, rules, "deny"), tunnels=fabric.tunnels)
+    after.conntrack = before.conntrack
+    for src, dst, frame in opened:
+        assert in_clear_only(after, only_copy(after, src, dst, frame))
+        assert in_clear_only(after, only_copy(after, dst, src, reply_frame(frame)))
+
+
 def test_a_connection_marked_while_no_tunnel_existed_stays_dropped_after_the_rule_is_removed(plain):
     labels = tiers(plain)
     web, db = of_tier(plain, "web")[0], of_tier(plain, "db")[1]
