@@ -19,6 +19,8 @@ LOG = logging.getLogger("goldilocks.agent_server")
 HANDSHAKE_TIMEOUT = 10.0
 IDLE_TIMEOUT = 30.0  # an agent reports every few seconds: one silent this long is gone
 RECV_BYTES = 65536
+LINGER_SECONDS = 1.0  # after an error: how long we read (and drop) what the agent still sends
+LINGER_BYTES = 1 << 20
 
 
 class AgentConnection:
@@ -54,7 +56,23 @@ class AgentConnection:
         who = f"{self.address} ({self.hypervisor})" if self.hypervisor else self.address
         LOG.warning("agent connection %s refused: %s", who, message)
         self.send({"type": "error", "code": code, "message": message})
+        self._linger()
         self.close()
+
+    def _linger(self) -> None:
+        """Let the error reach the agent: closing with its unread frames in our buffer would reset the
+        connection and could destroy the error before the agent reads it. So stop sending, and read
+        (and drop) what it still sends, for a moment."""
+        if self._closed:
+            return
+        try:
+            self.tls.shutdown(socket.SHUT_WR)
+            self.tls.settimeout(LINGER_SECONDS)
+            drained = 0
+            while drained < LINGER_BYTES and (chunk := self.tls.recv(RECV_BYTES)):
+                drained += len(chunk)
+        except (OSError, ValueError):
+            pass
 
     def serve(self) -> None:
         cert = self.tls.getpeercert(binary_form=True)

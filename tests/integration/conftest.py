@@ -18,7 +18,7 @@ def require_environment() -> None:
     problems = []
     if os.geteuid() != 0:
         problems.append("integration tests need root (Mininet creates namespaces and veths)")
-    for tool in ("ovs-vsctl", "ovs-ofctl", "mnexec", "iperf3", "ethtool", "ping"):
+    for tool in ("ovs-vsctl", "ovs-ofctl", "mnexec", "iperf3", "ethtool", "ping", "wireguard-go", "wg", "tcpdump", "nsenter"):
         if shutil.which(tool) is None:
             problems.append(f"{tool} is not installed (run `make install`)")
     if shutil.which("ovs-vsctl") and subprocess.run(["ovs-vsctl", "--timeout=5", "show"], capture_output=True).returncode:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import signal
 import time
 
+from mininet_scenarios.fabric_check import host_layout
 from mininet_scenarios.harness import rest_get
 from tests.integration.helpers import largest_gap, reply_times, switch_flows, wait_until
 
@@ -47,7 +48,7 @@ def test_rest_topology_equals_what_was_built(looped_dc):
     assert set(learned_links) == built_links
 
     built_hosts = {}
-    for name, (hv, ip, mac) in layout.vms.items():
+    for name, (hv, ip, mac) in host_layout(dc).items():  # the VMs and the hypervisors' tunnel endpoints
         host = dc.host(name)
         intf = host.defaultIntf()
         peer = intf.link.intf2 if intf.link.intf1 is intf else intf.link.intf1

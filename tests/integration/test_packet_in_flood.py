@@ -24,7 +24,7 @@ def test_a_flooding_vm_is_rate_limited_on_the_switch_and_others_keep_working():
     try:
         for name in dc.layout.vms:
             dc.host(name).cmd("ping -c1 -W0.3 10.0.255.254")
-        assert wait_until(lambda: dc.learned_counts()["hosts"] == len(dc.layout.vms), 10)
+        assert wait_until(lambda: dc.learned_counts()["hosts"] == dc.built_counts()["hosts"], 10)
         before = _packet_ins(dc)
         started = time.monotonic()
         flooder = dc.host("vm1")
@@ -47,7 +47,8 @@ def test_a_flooding_vm_is_rate_limited_on_the_switch_and_others_keep_working():
         assert after - before < allowed, f"{after - before:.0f} packet-ins for {sent} frames in {elapsed:.1f} s"
         topo = dc.topology()
         on_port = [h for h in topo["hosts"] if h["dpid"] == f"{dc.layout.switches['hv1']:016x}"]
-        assert len(on_port) <= 64 + 1, f"{len(on_port)} hosts learned on the flooder's hypervisor"
+        # At most 64 on the flooder's port, plus its neighbour VM and the hypervisor's tunnel endpoint.
+        assert len(on_port) <= 64 + 2, f"{len(on_port)} hosts learned on the flooder's hypervisor"
         assert dc.learned_counts()["switches"] == len(dc.layout.switches)
     finally:
         cm.__exit__(None, None, None)

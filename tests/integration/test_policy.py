@@ -42,7 +42,7 @@ def dc():
             host = dc.host(name)
             host.popen([sys.executable, "-m", "mininet_scenarios.tcp_probe", "listen", "5432", "5433", "8080"])
             host.cmd("ping -c1 -W0.3 10.0.255.254")
-        assert wait_until(lambda: dc.learned_counts()["hosts"] == len(dc.layout.vms), 15), dc.learned_counts()
+        assert wait_until(lambda: dc.learned_counts()["hosts"] == dc.built_counts()["hosts"], 15), dc.learned_counts()
         yield dc
     finally:
         cm.__exit__(None, None, None)
