@@ -75,6 +75,7 @@ class Agent:
     report: dict | None = None
     report_at: float | None = None
     handshakes: dict[str, tuple[float, float]] = field(default_factory=dict)  # peer -> (agent's time, when we saw it)
+    interfaces: list[dict] | None = None  # the Interface rows of its bridge's ports, as last reported
 
 
 @dataclass
@@ -128,6 +129,7 @@ class AgentManager:
         idle_teardown: float = IDLE_TEARDOWN,
         clock: Callable[[], float] = time.time,
         on_change: Callable[[], None] = lambda: None,
+        on_interfaces: Callable[[], None] = lambda: None,
     ) -> None:
         self.store = store
         self.network = ipaddress.IPv4Network(network)
@@ -136,6 +138,7 @@ class AgentManager:
         self.idle_teardown = idle_teardown
         self.clock = clock
         self.on_change = on_change  # endpoints or tunnel ports may have changed: recompile
+        self.on_interfaces = on_interfaces  # the VM ports some agent reports changed: merge the inventory
         state_dir = Path(state_dir)
         self.master = MasterKey.load_or_create(state_dir / "master.key")
         self.ca = CertificateAuthority.load_or_create(state_dir, self.master)
@@ -313,6 +316,10 @@ class AgentManager:
             if handshake and handshake != agent.handshakes.get(peer, (0.0, 0.0))[0]:
                 agent.handshakes[peer] = (handshake, now)
         agent.report, agent.report_at = message, now
+        interfaces = [{"name": row["name"], "external_ids": dict(row["external_ids"])} for row in message["interfaces"]]
+        if interfaces != agent.interfaces:
+            agent.interfaces = interfaces
+            self.on_interfaces()
 
     def applied(self, hypervisor: str, message: dict) -> None:
         self.applied_seq[hypervisor] = message["seq"]
@@ -497,6 +504,8 @@ class AgentManager:
         LOG.warning("agent %s revoked: removed from %d tunnel pairs", hypervisor, len(gone_pairs))
         self.push_configs()
         self.on_change()
+        if agent.interfaces:
+            self.on_interfaces()  # what it published is no longer believed
 
     # -- time --------------------------------------------------------------------------------------------
     def tick(self) -> None:
@@ -510,6 +519,14 @@ class AgentManager:
                     self.rotate_identity(name)
         self._switch_identities(now)
         self._tear_down_idle(now)
+
+    def reported_interfaces(self) -> list[dict] | None:
+        """The Interface rows every agent reported (the last report of each, connected or not), or
+        None when no agent has reported since the controller started."""
+        reported = [a.interfaces for a in self.agents.values() if a.interfaces is not None]
+        if not reported:
+            return None
+        return [row for rows in reported for row in rows]
 
     # -- what the compiler needs ---------------------------------------------------------------------------
     def bridge_of_index(self) -> dict[int, str]:

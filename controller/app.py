@@ -80,6 +80,7 @@ class GoldilocksController(app_manager.RyuApp):
             psk_rotation=self.settings.psk_rotation,
             identity_rotation=self.settings.identity_rotation,
             on_change=self._agents_changed,
+            on_interfaces=lambda: self.ovsdb_inventory.agents_reported(),
         )
         self.learner.set_endpoints(self.agents.endpoints(), time.monotonic())
         self.agent_server = None

@@ -28,7 +28,7 @@ import json
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from apps.context import PolicyState
@@ -140,11 +140,17 @@ def parse_interfaces(text: str) -> Published:
     """The VMs that the Interface table publishes, validated as the API validates a VM.
     Raises OvsdbUnavailable when the text is not ovs-vsctl's JSON table (an unusable read must
     never look like "no VMs")."""
+    return parse_rows(interface_rows(text))
+
+
+def parse_rows(rows: Iterable[Mapping]) -> Published:
+    """The VMs that Interface rows (name, external_ids) publish: from the local ovs-vsctl, or as the
+    hypervisors' agents report them."""
     errors: list[PublishError] = []
     broken: set[str] = set()
     parts: dict[str, list[tuple[str, VM]]] = defaultdict(list)  # VM name -> (interface, its share)
     vm_interfaces: set[str] = set()
-    for row in interface_rows(text):
+    for row in rows:
         interface = str(row.get("name", "?"))
         ids = row.get("external_ids")
         if not isinstance(ids, dict):
@@ -329,7 +335,7 @@ class OvsdbInventory:
 
     def request(self, delay: float = 0.0) -> None:
         """Read OVSDB in a green thread; requests made while one is pending share it."""
-        if not self.enabled:
+        if not self.enabled and not self._agents_enrolled():
             return
         if self._running:
             self._again = True
@@ -353,11 +359,30 @@ class OvsdbInventory:
         finally:
             self._running = False
 
+    # -- the hypervisors' agents -----------------------------------------------------------------
+    def _agents_enrolled(self) -> bool:
+        agents = getattr(self.app, "agents", None)
+        return agents is not None and bool(agents.agents)
+
+    def agents_reported(self) -> None:
+        """An agent reported a change in its bridge's interfaces: merge now."""
+        self.refresh()
+
     # -- one read ----------------------------------------------------------------------------------
     def refresh(self) -> bool:
         """Read OVSDB and merge what it publishes; True if the inventory changed. A failed read
-        changes nothing: VMs from OVS stay as they are until a read succeeds."""
+        changes nothing: VMs from OVS stay as they are until a read succeeds.
+
+        Once agents are enrolled they are the hypervisors' truth: the union of the Interface rows
+        they report is what OVSDB publishes, and the local ovs-vsctl (which only sees the
+        controller's own host) is not read. Until an agent has reported since the start, nothing
+        changes."""
         self._next_read = self._clock() + self.interval
+        if self._agents_enrolled():
+            rows = self.app.agents.reported_interfaces()
+            return False if rows is None else self._merge(parse_rows(rows))
+        if not self.enabled:
+            return False
         try:
             text = self._read()
             published = parse_interfaces(text)
@@ -382,6 +407,9 @@ class OvsdbInventory:
         if self._failing:
             self._failing = False
             LOG.info("OVSDB can be read again")
+        return self._merge(published)
+
+    def _merge(self, published: Published) -> bool:
         try:
             self.app.set_declared_vm_interfaces(published.vm_interfaces)
         except Exception:

@@ -388,3 +388,58 @@ def test_the_flag_and_the_environment_turn_the_source_on_and_off(monkeypatch):
     assert Settings.from_env({}).ovsdb_inventory is False, "no ovs-vsctl: off by default"
     monkeypatch.setattr("shutil.which", lambda name: f"/usr/bin/{name}")
     assert Settings.from_env({}).ovsdb_inventory is True
+
+
+class FakeSession:
+    hypervisor = None
+
+    def send(self, message: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def enrolled_agent(app, hypervisor: str):
+    """An agent of the stub controller, enrolled and connected (its hello accepted)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from crypto import wgkeys
+    from crypto.ca import make_key_and_csr
+
+    value, _, _ = app.agents.issue_token()
+    _, csr = make_key_and_csr(hypervisor)
+    cert_pem, _ = app.agents.enroll(value, hypervisor, csr)
+    der = x509.load_pem_x509_certificate(cert_pem.encode()).public_bytes(Encoding.DER)
+    hello = {
+        "type": "hello", "hypervisor": hypervisor, "software": "test", "listen_port": 51820, "bridge": f"br-{hypervisor}",
+        "wg_public_key": wgkeys.encode(wgkeys.public_key(wgkeys.generate_private_key())),
+        "underlay": {"ip": "192.0.2.1", "mac": "02:00:00:00:00:99", "port": "eth9"},
+    }  # fmt: skip
+    app.agents.hello(FakeSession(), app.agents.authenticate(der), hello)
+
+
+def agent_report(app, hypervisor: str, rows: list[dict]) -> None:
+    app.agents.report(hypervisor, {"type": "report", "interfaces": rows, "tunnels": [], "wg_running": True})
+
+
+def test_enrolled_agents_are_the_hypervisors_truth_and_the_local_ovsdb_is_not_read(env):
+    app, client, ovs, source = env
+    app.agents.on_interfaces = source.agents_reported
+    ovs.publish("local-eth1", "local1", MAC1)  # what the controller's own host publishes
+    enrolled_agent(app, "hv1")
+    enrolled_agent(app, "hv2")
+    assert not source.refresh() and ovs.reads == 0, "no agent has reported yet: nothing changes, nothing is read"
+    agent_report(app, "hv1", [{"name": "vnet0", "external_ids": {"vm-id": "web1", "attached-mac": MAC2,
+                                                                 "goldilocks-labels": "tier=web"}}])  # fmt: skip
+    agent_report(app, "hv2", [{"name": "vnet0", "external_ids": {"vm-id": "db1", "attached-mac": MAC3}}])
+    assert {n: client.call("GET", f"/v1/vms/{n}").status for n in ("web1", "db1", "local1")} == {
+        "web1": 200, "db1": 200, "local1": 404}  # fmt: skip
+    assert ovs.reads == 0
+    assert app.declared_vm_interfaces == {"vnet0"}
+    # An agent that goes quiet keeps its VMs; a revoked one's are no longer believed.
+    app.agents.disconnected(app.agents.sessions["hv2"])
+    assert client.call("GET", "/v1/vms/db1").status == 200
+    app.agents.revoke("hv2")
+    assert client.call("GET", "/v1/vms/db1").status == 404 and client.call("GET", "/v1/vms/web1").status == 200
