@@ -574,3 +574,75 @@ def test_every_agent_operation_answers_as_documented(api):
     assert AGENT_OPERATIONS <= client.contract.exercised
     documented = {op for op in client.contract.operations() if op[1].startswith(("/v1/agents", "/v1/tunnels", "/v1/keys"))}
     assert documented == AGENT_OPERATIONS
+
+
+# ---------------------------------------------------------------------------
+# The agent manager's lifecycle: configs only on change, idle teardown, make-before-break rotation
+# ---------------------------------------------------------------------------
+def configs(session: FakeSession) -> list[dict]:
+    return [m for m in session.messages if m["type"] == "config"]
+
+
+def test_a_config_is_sent_only_when_an_agent_s_peers_change(api):
+    app, client = api
+    one, two = paired(app, client)
+    sent = len(configs(one)), len(configs(two))
+    app.agents.set_needed([("hv1", "hv2")])
+    app.agents.push_configs()
+    assert (len(configs(one)), len(configs(two))) == sent, "nothing changed: nothing sent"
+    (peer,) = configs(one)[-1]["peers"]
+    assert (peer["peer"], peer["port"], peer["tunnel_ip"]) == ("hv2", "glvx1x2", "100.127.0.2")
+    assert configs(two)[-1]["peers"][0]["vni"] == peer["vni"], "both ends of a pair use one VNI"
+
+
+def test_a_pair_no_rule_needs_is_kept_for_the_idle_time_then_torn_down(api, clock):
+    app, client = api
+    one, two = paired(app, client)
+    app.agents.set_needed([])
+    app.agents.tick()
+    assert ("hv1", "hv2") in app.agents.pairs, "kept while idle"
+    clock.now += 299
+    app.agents.tick()
+    assert ("hv1", "hv2") in app.agents.pairs
+    app.agents.set_needed([("hv1", "hv2")])  # needed again: the idle clock stops
+    clock.now += 10
+    app.agents.set_needed([])
+    clock.now += 299
+    app.agents.tick()
+    assert ("hv1", "hv2") in app.agents.pairs, "the idle time starts again"
+    clock.now += 2
+    app.agents.tick()
+    assert ("hv1", "hv2") not in app.agents.pairs
+    assert configs(one)[-1]["peers"] == [] and configs(two)[-1]["peers"] == []
+    assert client.call("GET", "/v1/tunnels").json["tunnels"] == []
+    assert any(e["action"] == "tunnel.delete" for e in client.call("GET", "/v1/audit").json["entries"])
+
+
+def test_identity_rotation_gives_the_peers_the_new_key_before_the_agent_switches(api, clock):
+    app, client = api
+    one, two = paired(app, client)
+    rotation = app.agents.rotate_identity("hv1")
+    assert one.messages[-1] == {"type": "rotate_identity", "rotation": rotation}
+    new_key = wgkeys.encode(wgkeys.public_key(wgkeys.generate_private_key()))
+    app.agents.new_identity("hv1", {"type": "identity", "rotation": rotation, "public_key": new_key})
+    assert configs(two)[-1]["peers"][0]["public_key"] == new_key, "the peer learns the new key first"
+    assert not any(m["type"] == "switch_identity" for m in one.messages), "not before the peer confirmed"
+    app.agents.applied("hv2", {"type": "applied", "seq": configs(two)[-1]["seq"], "ok": True})
+    assert one.messages[-1] == {"type": "switch_identity", "rotation": rotation}
+    app.agents.identity_switched("hv1", {"type": "identity_switched", "rotation": rotation})
+    agent = client.call("GET", "/v1/agents/hv1").json
+    assert agent["wg_public_key_fingerprint"] == wgkeys.fingerprint(wgkeys.decode(new_key)) and not agent["identity_rotation"]
+    assert metric(client, "goldilocks_identity_rotations_total") == 1
+
+
+def test_identity_rotation_switches_anyway_when_a_peer_never_confirms(api, clock):
+    app, client = api
+    one, two = paired(app, client)
+    rotation = app.agents.rotate_identity("hv1")
+    new_key = wgkeys.encode(wgkeys.public_key(wgkeys.generate_private_key()))
+    app.agents.new_identity("hv1", {"type": "identity", "rotation": rotation, "public_key": new_key})
+    app.agents.tick()
+    assert not any(m["type"] == "switch_identity" for m in one.messages)
+    clock.now += 2.5
+    app.agents.tick()
+    assert one.messages[-1] == {"type": "switch_identity", "rotation": rotation}
