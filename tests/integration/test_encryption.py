@@ -123,6 +123,18 @@ def test_tcp_through_the_tunnel_carries_full_size_segments(dc):
     assert "3 received" in out, out
 
 
+def test_a_default_deny_never_cuts_the_tunnels_underlay(dc):
+    """The endpoints' WireGuard is infrastructure: under a default deny the encrypt rule's flow
+    still crosses (its tunnel's UDP is not a VM's traffic), while the plain flow is denied."""
+    rest_call(dc.rest_url, "PUT", "/v1/policies/default", {"default_action": "deny"}, expect=200)
+    try:
+        assert wait_until(lambda: not plain_flow_works(dc), 5), "the default deny did not apply"
+        assert encrypted_flow_works(dc)
+    finally:
+        rest_call(dc.rest_url, "PUT", "/v1/policies/default", {"default_action": "allow"}, expect=200)
+    assert wait_until(lambda: plain_flow_works(dc), 5)
+
+
 # ---------------------------------------------------------------------------
 # Keys
 # ---------------------------------------------------------------------------
