@@ -388,6 +388,11 @@ class DataCentre:
             def checkListening(self) -> None:
                 return None
 
+            def stop(self) -> None:
+                # Mininet's RemoteController.stop does nothing, which leaves the node's shell (a
+                # bash on a pty) running until our process exits: one per data centre.
+                self.terminate()
+
         class DataCentreSwitch(OVSSwitch):
             """A userspace bridge whose dp-desc declares its role when the scenario asks for it,
             and which comes up without a controller when it is to connect late."""
@@ -763,7 +768,13 @@ class DataCentre:
 def running(layout: Layout, **kwargs) -> Iterator[DataCentre]:
     """A data centre that is always torn down, whatever happens inside. It holds the machine-wide
     Mininet lock from start to stop, so runs in other processes wait for it."""
-    dc = DataCentre(layout, **kwargs)
+    with started(DataCentre(layout, **kwargs)) as dc:
+        yield dc
+
+
+@contextmanager
+def started(dc: DataCentre) -> Iterator[DataCentre]:
+    """Start a data centre built already, and always stop it."""
     try:
         yield dc.start()
     finally:
@@ -908,15 +919,20 @@ def main(argv: list[str] | None = None) -> int:
     if not args.cli and not layout.vms:
         print(f"error: {args.topology}: vms: the check needs at least one VM (or use --cli)", file=sys.stderr)
         return 2
-    with running(
-        layout,
-        controller=args.controller,
-        rest_url=args.rest,
-        declare_roles=args.declare_roles,
-        connect_delays=dict(args.connect_late),
-        info_path=args.info,
-        tunnels=not args.no_tunnels,
-    ) as dc:
+    try:
+        dc = DataCentre(
+            layout,
+            controller=args.controller,
+            rest_url=args.rest,
+            declare_roles=args.declare_roles,
+            connect_delays=dict(args.connect_late),
+            info_path=args.info,
+            tunnels=not args.no_tunnels,
+        )
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    with started(dc):
         if args.cli:
             from mininet.cli import CLI
 

@@ -126,13 +126,13 @@ def run(dc) -> dict:
         summary["encrypted_flow"] = f"{roles.pci} (sensitivity=pci) -> {roles.db} (tier=db), icmp"
         summary["plain_flow"] = f"{roles.db} -> {roles.pci}, a new connection no rule encrypts"
         summary.update(rule_to_encrypted_traffic(dc, roles))
-        summary["explain"] = explain(dc, roles.pci, roles.db)["encryption"]
         secret, plain = secrets.token_bytes(8), secrets.token_bytes(8)
         interfaces = fabric_interfaces(dc)
         with capturing(interfaces) as capture:
             answered_encrypted = marker_ping(dc, roles.pci, roles.db, secret)
             answered_plain = marker_ping(dc, roles.db, roles.pci, plain)
         summary.update(judge(capture, secret, plain, answered_encrypted, answered_plain, len(interfaces)))
+        summary["explain"] = explain(dc, roles.pci, roles.db)["encryption"]
         tunnels = rest_get(dc.rest_url, "/v1/tunnels")["tunnels"]
         summary["tunnels"] = [{"pair": f"{t['a']}|{t['b']}", "state": t["state"], "psk": t["psk_fingerprint"]} for t in tunnels]
     except (RuntimeError, TimeoutError, OSError) as exc:

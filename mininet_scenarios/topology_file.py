@@ -49,6 +49,9 @@ DEFAULT_PREFIX_LENGTH = 16
 CONTROLLER_NODE = "c0"  # the Mininet node name of the scenario's controller
 IFNAME_MAX = 15  # Linux IFNAMSIZ - 1
 NAME_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+# Every hypervisor gets a tunnel-endpoint host named tep<n> on the underlay network below.
+ENDPOINT_NAME = re.compile(r"tep\d+")
+UNDERLAY_NETWORK = ipaddress.IPv4Network("172.31.0.0/16")
 MAC_PATTERN = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
 MAX_DPID = 2**64 - 1
 
@@ -280,6 +283,8 @@ class _Checker:
             raise self.fail(field, f"{value!r} is not a valid name: start with a letter, then letters, digits or _")
         if value == CONTROLLER_NODE:
             raise self.fail(field, f"{value!r} is the name of the scenario's controller node")
+        if ENDPOINT_NAME.fullmatch(value):
+            raise self.fail(field, f"{value!r}: names tep<number> are the scenario's tunnel endpoints")
         return value
 
 
@@ -396,6 +401,8 @@ def _vms(check: _Checker, value: object, switches: dict[str, tuple[int, SwitchSp
             ip, prefix_length = parse_ip(body["ip"])
         except ValueError as exc:
             raise check.fail(f"{field}.ip", str(exc)) from None
+        if ipaddress.IPv4Address(ip) in UNDERLAY_NETWORK:
+            raise check.fail(f"{field}.ip", f"{ip} is in {UNDERLAY_NETWORK}, the tunnel endpoints' underlay network")
         if ip in ips:
             raise check.fail(f"{field}.ip", f"{ip} is already the address of vms[{ips[ip]}] ({vms[ips[ip]].name})")
         ips[ip] = i
@@ -420,6 +427,9 @@ def _check_interface_names(
         ports[b] += 1
     for vm in vms:
         ports[vm.hypervisor] += 1
+    for name, (_, spec) in switches.items():
+        if spec.role == "hypervisor":
+            ports[name] += 1  # its tunnel endpoint
     for name, (i, _) in switches.items():
         longest = f"{name}-eth{ports[name]}" if ports[name] else name
         if len(longest) > IFNAME_MAX:

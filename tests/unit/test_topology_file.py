@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 
 import pytest
 import yaml
@@ -254,7 +255,8 @@ def test_a_bad_document_is_refused_naming_the_file_and_field(change, field, deta
 
 def test_names_fit_linux_interface_names_exactly():
     """Mininet numbers a switch's ports from 1: a 10-character switch with 9 ports ends at
-    '<name>-eth9' (15 characters); a tenth port would be '<name>-eth10' (16)."""
+    '<name>-eth9' (15 characters); a tenth port would be '<name>-eth10' (16). A hypervisor's
+    ports include the one its tunnel endpoint is cabled to."""
 
     def star(ports: int, vm_name: str = "v") -> dict:
         hub = "abcdefghij"
@@ -264,9 +266,22 @@ def test_names_fit_linux_interface_names_exactly():
             "vms": [{"name": vm_name, "hypervisor": hub, "ip": "10.0.0.1", "mac": "02:00:00:00:00:01"}],
         }
 
-    Layout.from_document(star(9, vm_name="vm34567890"))  # 'vm34567890-eth0' is 15
+    Layout.from_document(star(8, vm_name="vm34567890"))  # 'vm34567890-eth0' is 15; 7 links, a VM, the endpoint
     with pytest.raises(TopologyFileError, match=r"switches\[0\]\.name: 'abcdefghij' is too long.*within 9 characters"):
-        Layout.from_document(star(10))
+        Layout.from_document(star(9))
+
+
+@pytest.mark.parametrize(
+    "vm, field, detail",
+    [
+        ({"name": "tep1", "hypervisor": "hv1", "ip": "10.0.0.1", "mac": "02:00:00:00:00:01"}, "vms[0].name", "tunnel endpoints"),
+        ({"name": "vm1", "hypervisor": "hv1", "ip": "172.31.4.4", "mac": "02:00:00:00:00:01"}, "vms[0].ip", "underlay"),
+    ],
+)
+def test_the_tunnel_endpoints_names_and_underlay_are_reserved(vm, field, detail):
+    doc = {"switches": [{"name": "hv1", "role": "hypervisor"}], "vms": [vm]}
+    with pytest.raises(TopologyFileError, match=rf"{re.escape(field)}: .*{detail}"):
+        Layout.from_document(doc)
 
 
 @pytest.mark.parametrize(
