@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from agent.tunnel_ports import TunnelPortSpec, check_spec
-from agent.wireguard import PeerSpec
+from agent.wireguard import PeerSpec, normalize_endpoint
+from crypto.peers import PeerConfig
 
 PSK_BYTES = 32
 VNI_MAX = (1 << 24) - 1
@@ -24,19 +25,6 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
-class PeerConfig:
-    """One peer of a config, checked. `psk` stays out of repr so no log or traceback shows it."""
-
-    peer: str
-    public_key: str
-    psk: bytes = field(repr=False)
-    endpoint: str
-    tunnel_ip: str
-    vni: int
-    port: str
-
-
-@dataclass(frozen=True)
 class Config:
     seq: int
     peers: tuple[PeerConfig, ...]
@@ -44,15 +32,10 @@ class Config:
 
 def _endpoint(peer: str, text: str) -> str:
     """`ip:port` or `[ipv6]:port`, normalised."""
-    host, sep, port = text.rpartition(":")
     try:
-        address = ipaddress.ip_address(host[1:-1] if host.startswith("[") and host.endswith("]") else host)
-        number = int(port)
+        return normalize_endpoint(text)
     except ValueError:
         raise ConfigError(f"peer {peer}: endpoint is not ip:port") from None
-    if not sep or not 0 < number < 65536:
-        raise ConfigError(f"peer {peer}: endpoint is not ip:port")
-    return f"[{address}]:{number}" if address.version == 6 else f"{address}:{number}"
 
 
 def _peer(entry: Mapping) -> PeerConfig:

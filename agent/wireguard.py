@@ -53,8 +53,9 @@ def _check_key_text(text: str, what: str) -> None:
         raise ValueError(f"{what} is not a WireGuard public key (base64 of 32 bytes)") from None
 
 
-def _endpoint_key(text: str) -> str:
-    """An endpoint `ip:port` / `[ipv6]:port` in one spelling, so equal endpoints compare equal."""
+def normalize_endpoint(text: str) -> str:
+    """An endpoint `ip:port` / `[ipv6]:port` in one spelling, so equal endpoints compare equal.
+    ValueError when it is not one."""
     host, sep, port = text.rpartition(":")
     try:
         address = ipaddress.ip_address(host[1:-1] if host.startswith("[") and host.endswith("]") else host)
@@ -98,7 +99,7 @@ class PeerSpec:
         if not isinstance(self.psk, bytes) or len(self.psk) != wgkeys.KEY_LEN:
             raise ValueError(f"peer {short_key(self.public_key)}: psk must be {wgkeys.KEY_LEN} bytes")
         if self.endpoint:
-            _endpoint_key(self.endpoint)
+            normalize_endpoint(self.endpoint)
         if self.allowed_ip:
             _network(self.allowed_ip)
 
@@ -195,7 +196,7 @@ def _differences(actual: PeerState, spec: PeerSpec) -> tuple[str, ...]:
     reasons = []
     if actual.psk_digest != psk_digest(spec.psk):
         reasons.append("psk")
-    if spec.endpoint and (not actual.endpoint or _endpoint_key(actual.endpoint) != _endpoint_key(spec.endpoint)):
+    if spec.endpoint and (not actual.endpoint or normalize_endpoint(actual.endpoint) != normalize_endpoint(spec.endpoint)):
         reasons.append("endpoint")
     wanted = {_network(spec.allowed_ip)} if spec.allowed_ip else set()
     if {_network(a) for a in actual.allowed_ips} != wanted:

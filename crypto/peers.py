@@ -62,7 +62,8 @@ class PairKey:
 
 @dataclass(frozen=True)
 class PeerConfig:
-    """One peer of one agent, as the `config` message carries it."""
+    """One peer of one agent, as the `config` message carries it (the controller builds it, the
+    agent checks it: agent/desired.py). `psk` stays out of repr so no log or traceback shows it."""
 
     peer: str
     public_key: str
