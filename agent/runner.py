@@ -451,6 +451,16 @@ class Agent:
         self._rotation, self._switched = None, rotation
         LOG.info("rotation %s: now using WireGuard key %s", rotation, self._fingerprint(pending.private_key))
         self._send(channel, {"type": "identity_switched", "rotation": rotation})
+        self._kick_peers()
+
+    def _kick_peers(self) -> None:
+        """Handshake with every peer now, rather than when traffic next needs it (see WireGuard.kick)."""
+        if self._config is None or not self._config.peers:
+            return
+        try:
+            self.wireguard.kick([peer.tunnel_ip for peer in self._config.peers])
+        except DataplaneError as exc:
+            LOG.warning("could not start handshakes with the peers: %s", exc)
 
     def _on_error(self, channel: Channel, message: dict) -> None:
         """The controller refuses us (it closes next): a revoked certificate ends up here, so say it loudly."""

@@ -407,6 +407,13 @@ class WireGuard:
             self._check(f"{change.action} peer {short_key(change.public_key)}", argv, input=_key_input(change.spec.psk))
         return [str(change) for change in changes]
 
+    def kick(self, tunnel_ips: list[str]) -> None:
+        """Start a handshake with these peers now: one ping to each through the tunnel (its answer
+        does not matter). After a private key changes, the peers' own attempts may have been made
+        before the switch and failed, and WireGuard would retry only after 5 s; ours succeeds at
+        once, since the peers already hold our new public key."""
+        for ip in tunnel_ips:
+            self._run(["ping", "-c", "1", "-W", "0.05", "-q", ip], timeout=2.0)
     def stop(self) -> None:
         """Delete the interface; wireguard-go exits with it (and is killed if it does not)."""
         deleted = self._check("delete interface", ["ip", "link", "del", "dev", self.ifname], tolerate=("Cannot find device",))

@@ -178,20 +178,29 @@ def test_psk_rotation_every_few_seconds_under_ping_flood_and_udp_iperf3_loses_no
     assert wgkeys.fingerprint(wgkeys.decode(wg_psk(dc, "hv1"))) == tunnel(dc)["psk_fingerprint"]
 
 
-def test_identity_rotation_switches_the_wireguard_key_with_traffic_flowing(dc):
+@pytest.mark.parametrize("hv", ["hv1", "hv2"], ids=["pinging-side", "answering-side"])
+def test_identity_rotation_switches_the_wireguard_key_with_traffic_flowing(dc, hv):
+    """Make before break, on either end: the side that answers (hv2) only sends when asked, so after
+    it switches it must start the handshake itself, or the flow would stall until WireGuard's 5 s retry."""
     db_ip = dc.layout.vms[DB][1]
-    before = {a["hypervisor"]: a["wg_public_key_fingerprint"] for a in rest_get(dc.rest_url, "/v1/agents")["agents"]}
-    pinger = dc.host(PCI).popen(["ping", "-n", "-i", "0.01", "-c", "300", db_ip])
+
+    def fingerprints() -> dict:
+        return {a["hypervisor"]: a["wg_public_key_fingerprint"] for a in rest_get(dc.rest_url, "/v1/agents")["agents"]}
+
+    def rotating() -> bool:
+        return next(a for a in rest_get(dc.rest_url, "/v1/agents")["agents"] if a["hypervisor"] == hv)["identity_rotation"]
+
+    before = fingerprints()
+    pinger = dc.host(PCI).popen(["ping", "-n", "-i", "0.01", "-c", "400", db_ip])
     time.sleep(0.5)
-    rest_call(dc.rest_url, "POST", "/v1/agents/hv1/rotate-identity", expect=202)
+    rest_call(dc.rest_url, "POST", f"/v1/agents/{hv}/rotate-identity", expect=202)
     out, _ = pinger.communicate(timeout=30)
-    after = {a["hypervisor"]: a["wg_public_key_fingerprint"] for a in rest_get(dc.rest_url, "/v1/agents")["agents"]}
-    assert after["hv1"] != before["hv1"] and after["hv2"] == before["hv2"]
+    assert wait_until(lambda: not rotating(), 10), "the rotation did not finish"
+    after = fingerprints()
+    assert after[hv] != before[hv] and all(after[o] == before[o] for o in after if o != hv)
     received = int(re.search(r"(\d+) received", out.decode()).group(1))
-    print(f"identity rotation under 100 pps: {300 - received} of 300 pings lost")
-    assert received >= 290, f"identity rotation lost {300 - received} of 300 pings"
-    assert wait_until(lambda: not next(a for a in rest_get(dc.rest_url, "/v1/agents")["agents"] if a["hypervisor"] == "hv1")[
-        "identity_rotation"], 10)  # fmt: skip
+    print(f"identity rotation of {hv} under 100 pps: {400 - received} of 400 pings lost")
+    assert received >= 395, f"the identity rotation of {hv} lost {400 - received} of 400 pings"
     assert encrypted_flow_works(dc)
 
 

@@ -117,6 +117,10 @@ class FakeWireGuard:
             self.private_key = private_key
             self.changes.append("set private key")
 
+    def kick(self, tunnel_ips: list[str]) -> None:
+        with self.lock:
+            self.changes.append(f"kick {','.join(tunnel_ips)}")
+
     def stop(self) -> None:
         with self.lock:
             self.up, self.held = False, {}
@@ -542,6 +546,9 @@ def test_identity_rotation_makes_a_key_then_switches_to_it(controller, start):
     assert switched["rotation"] == "r1"
     assert [m for m in connection.seen if m["type"] == "identity_switched"] == [switched], "the unknown rotation is ignored"
     assert agent.wireguard.private_key == new_private
+    # It starts the handshakes itself: the peers' own attempts, made before it switched, failed.
+    wait_for(lambda: agent.wireguard.changes[-1].startswith("kick "), what="a handshake kicked after the switch")
+    assert agent.wireguard.changes[-2:][0] == "set private key"
     assert wgkeys.decode((state_dir / "wg.key").read_text().strip()) == new_private
     assert not (state_dir / "wg.next.key").exists()
 
