@@ -95,6 +95,7 @@ def _machine(m: dict, total: float | None) -> list[str]:
         f"- Python {m.get('python')}; ryu {pk.get('ryu', '?')}, eventlet {pk.get('eventlet', '?')}, "
         f"mininet {pk.get('mininet', '?')}",
         f"- Code: commit {m.get('commit')}",
+        f"- Command: `{m['command']}`" if m.get("command", "").split()[3:] else
         "- Command: `make bench` (runs `.venv/bin/python -m bench.run`)",
         f"- Total bench runtime: {fmt(total, 0)} s" + (f" ({total / 60:.1f} min)" if total else ""),
     ]
@@ -422,6 +423,7 @@ def _problems(results: dict) -> list[str]:
                 sample = "; ".join(f"`{line}`" for line in lt["switch_port_mac_lines"][:2])
                 found.append(f"  - {lt['switch_port_macs']} of them: the MAC of a switch port in the root namespace "
                              f"(frames the kernel sent from that veth), e.g. {sample}")
+    found += _encryption_problems(results.get("encryption") or {})
     if not found:
         return ["## Problems seen", "", "None: every run completed, and no controller log showed errors.", ""]
     return ["## Problems seen", "", "Generated from the runs above. The logs are kept in `bench/out/logs/` (not committed).",
@@ -465,6 +467,161 @@ def _policy_scale(rows: list[dict]) -> list[str]:
     return lines
 
 
+def _encryption(enc: dict) -> list[str]:
+    runs, st = enc.get("runs", []), enc.get("settings", {})
+    if not runs:
+        return []
+    n = len(runs)
+
+    def series(path: str) -> list:
+        return [get(r, path) for r in runs]
+
+    plain, encrypted = series("datacentre.plain.mbps"), series("datacentre.encrypted.mbps")
+    raw, vxlan = series("raw.raw_wireguard.mbps"), series("raw.vxlan_over_wireguard.mbps")
+    raw_vm_mss = series("raw.raw_wireguard_vm_mss.mbps")
+
+    def over(base: list) -> list:
+        return [ratio(e, b) for e, b in zip(encrypted, base, strict=True)]
+
+    def per_rotation(key: str) -> list:
+        return [None if (lost := get(r, f"datacentre.{key}.ping.lost")) is None else lost / r["datacentre"][key]["rotations"]
+                for r in runs]  # fmt: skip
+
+    def counts(key: str) -> str:
+        """Lost of sent per run; when some were lost, how many followed each rotation (and came before the first)."""
+        shown = []
+        for r in runs:
+            res = get(r, f"datacentre.{key}") or {}
+            ping = res.get("ping") or {}
+            if ping.get("sent") is None:
+                shown.append(DASH)
+                continue
+            text = f"{ping['lost']} of {ping['sent']}"
+            if ping["lost"] and res.get("lost_after_each") is not None:
+                who = [w if isinstance(w, str) else f"#{i}" for i, w in enumerate(res.get("requests", []), 1)]
+                after = ", ".join(f"{w} {n}" for w, n in zip(who, res["lost_after_each"], strict=False))
+                text += f" (after each: {after}; before the first: {res.get('lost_before_first')})"
+            shown.append(text)
+        return "; ".join(shown)
+
+    tunnel = series("datacentre.rule_to_tunnel_in_place_seconds")
+    first = series("datacentre.rule_to_first_encrypted_packet_seconds")
+    baseline = ", ".join(DASH if get(r, "datacentre.baseline.sent") is None
+                         else f"{r['datacentre']['baseline']['lost']} of {r['datacentre']['baseline']['sent']}"
+                         for r in runs)  # fmt: skip
+    layout = ",".join(map(str, st.get("layout", [])))
+    pps = round(1 / st["ping_interval"]) if st.get("ping_interval") else "?"
+    psk_n, psk_dt = st.get("psk_rotations"), st.get("psk_interval")
+    id_n, id_dt = st.get("identity_rotations"), st.get("identity_interval")
+    distinct = ", ".join(fmt(get(r, "datacentre.psk.distinct_psks"), 0) for r in runs)
+    completed = ", ".join(fmt(get(r, "datacentre.identity.completed"), 0) for r in runs)
+    settled = ", ".join(fmt(get(r, "datacentre.identity.settled_after_last"), 2) for r in runs)
+    return [
+        "## Encryption: VXLAN over wireguard-go",
+        "",
+        "Run alone with `.venv/bin/python -m bench.run --only encryption` (`make bench` runs it too; add `--output` and "
+        "`--json` to keep docs/benchmarks.md and bench/out/results.json as they are). "
+        + (f"Each figure is the median of {n} repetitions, bold, with every run in brackets. " if n > 1
+           else "Each figure comes from a single run. ")
+        + f"Each repetition builds a fresh data centre, `Layout({layout})`: vm1 on hv1 and vm2 on hv2, 5 userspace "
+        "bridges apart (hv1, leaf, spine, leaf, hv2), each hypervisor with a tunnel-endpoint host and a goldilocks-agent, "
+        "and then a fresh raw test bed of two namespaces without OVS. "
+        f"The whole section took {fmt(enc.get('wall_seconds'), 0)} s.",
+        "",
+        "| path | iperf3 TCP (Mbit/s) | encrypted / this path |",
+        "|---|---|---|",
+        f"| plain VM to VM, default allow (OVS only) | {with_runs(plain, 0)} | {with_runs(over(plain))} |",
+        f"| **encrypted VM to VM**, `encrypt` rule (OVS + VXLAN + wireguard-go) | {with_runs(encrypted, 0)} | 1.00 |",
+        f"| raw wireguard-go between two namespaces (wg MTU {st.get('raw_wg_mtu', '?')}) | {with_runs(raw, 0)} "
+        f"| {with_runs(over(raw))} |",
+        f"| raw wireguard-go, TCP MSS {st.get('vm_mss', '?')} (a 1500-MTU VM's segments) | {with_runs(raw_vm_mss, 0)} "
+        f"| {with_runs(over(raw_vm_mss))} |",
+        f"| VXLAN (MTU {st.get('raw_vxlan_mtu', '?')}) over wireguard-go between two namespaces, no OVS "
+        f"| {with_runs(vxlan, 0)} | {with_runs(over(vxlan))} |",
+        "",
+        f"- **Throughput.** One TCP stream, `iperf3 -t {st.get('iperf_seconds', '?')} -J`, from vm1 to vm2: *plain* before "
+        "any rule exists (default allow, in clear), *encrypted* after the rule `sensitivity=pci -> tier=db: encrypt` (vm1 "
+        "labelled pci, vm2 db), when the flow crosses the fabric as WireGuard UDP (hv1's wg byte counters are checked "
+        "to grow by at least the TCP bytes). The raw rows run between namespaces glb-a and glb-b, joined by a veth at MTU "
+        f"{st.get('raw_underlay_mtu', '?')} with wireguard-go between them at the agent's wg MTU "
+        f"({st.get('raw_wg_mtu', '?')}): iperf3 over the wg addresses with jumbo segments (the ceiling), again with "
+        f"`-M {st.get('vm_mss', '?')}` (a 1500-MTU VM's segments), and over a VXLAN device at MTU "
+        f"{st.get('raw_vxlan_mtu', '?')} on each side (the encrypted VM path without Open vSwitch). Ratios are taken per "
+        "repetition, then the median.",
+        "",
+        "| from creating the `encrypt` rule to | seconds |",
+        "|---|---|",
+        f"| the tunnel in place (`GET /v1/explain` says delivered) | {with_runs(tunnel)} |",
+        f"| the first encrypted packet on the wire | {with_runs(first)} |",
+        "",
+        "- **Rule to encryption.** While vm1 pings vm2 every 50 ms and hv1's port to its tunnel endpoint is captured, "
+        "`POST /v1/policies` creates the rule (`mininet_scenarios/encryption_check.py`, `rule_to_encrypted_traffic`). "
+        "*Tunnel in place* is when `GET /v1/explain` (polled every 20 ms) first says the flow is delivered through the "
+        "tunnel; *first encrypted packet* is the capture time of the first WireGuard transport-data message on that port. "
+        "No tunnel exists before the rule (each repetition has a fresh data centre), so both include making the tunnel "
+        "pair on demand: its pre-shared key, both agents' peers and VXLAN ports, and the first WireGuard handshake.",
+        "",
+        f"| rotation under a {pps} pps encrypted ping | rotations per run | pings lost per rotation "
+        "| lost of sent, each run | largest gap between replies (ms) | check |",
+        "|---|---|---|---|---|---|",
+        f"| pre-shared key, `POST /v1/keys/rotate`, {fmt(psk_dt, 0)} s apart | {psk_n} | {with_runs(per_rotation('psk'))} "
+        f"| {counts('psk')} | {with_runs(series('datacentre.psk.ping.largest_gap_seconds'), 0, 1000)} "
+        f"| distinct PSKs seen: {distinct} (of {psk_n + 1 if psk_n else '?'}) |",
+        f"| identity (WireGuard key pair), `POST /v1/agents/{{hv}}/rotate-identity`, {fmt(id_dt, 0)} s apart, "
+        f"alternating {' and '.join(st.get('identity_hypervisors', []))} | {id_n} | {with_runs(per_rotation('identity'))} "
+        f"| {counts('identity')} | {with_runs(series('datacentre.identity.ping.largest_gap_seconds'), 0, 1000)} "
+        f"| completed: {completed} (of {id_n}); the last {settled} s after the last request |",
+        "",
+        f"- **Loss per rotation.** vm1 pings vm2 at {pps} pps (`ping -D -i {st.get('ping_interval')}`, the encrypted "
+        f"flow); the rotations are requested from {fmt(st.get('rotation_lead'), 0)} s in, and the pings go on "
+        f"{fmt(st.get('psk_tail'), 0)} s after the last PSK rotation and {fmt(st.get('identity_tail'), 0)} s after the "
+        "last identity rotation (longer than WireGuard's 5 s handshake retry). Per rotation is (sent - answered) / "
+        "rotations; the counts after each rotation (by when each lost ping was sent) show which one they followed, and "
+        f"the same pings with no rotation, for {fmt(st.get('baseline_seconds'), 0)} s just before, lost {baseline}. "
+        "*Completed* is the controller's `identity_rotations` count; wireguard-go holds packets back while a handshake "
+        "is pending and sends them late, so the largest gap between replies shows stalls that the lost count misses.",
+        "",
+    ]
+
+
+def _encryption_problems(enc: dict) -> list[str]:
+    found = []
+    for i, run in enumerate(enc.get("runs", []), 1):
+        for who, res in run.items():
+            name = f"encryption run {i}, {who}"
+            if res.get("error"):
+                found.append(f"- {name}: the run failed: `{res['error']}`")
+            for key in ("plain", "encrypted", "raw_wireguard", "raw_wireguard_vm_mss", "vxlan_over_wireguard"):
+                if get(res, f"{key}.error"):
+                    found.append(f"- {name}: iperf3 {key.replace('_', ' ')} failed: `{res[key]['error']}`")
+            sent, wg_bytes = get(res, "encrypted.bytes"), get(res, "encrypted.wireguard_bytes")
+            if sent is not None and wg_bytes is not None and wg_bytes < sent:
+                found.append(f"- {name}: hv1's WireGuard carried {wg_bytes} bytes during an encrypted iperf3 of {sent} "
+                             "bytes: not all of it was encrypted")
+            psk = res.get("psk") or {}
+            if psk.get("distinct_psks") is not None and psk["distinct_psks"] != psk["rotations"] + 1:
+                found.append(f"- {name}: {psk['rotations']} PSK rotations gave {psk['distinct_psks'] - 1} new keys")
+            ident = res.get("identity") or {}
+            if ident.get("completed") is not None and ident["completed"] < ident["rotations"]:
+                found.append(f"- {name}: {ident['completed']} of {ident['rotations']} identity rotations completed")
+            elif ident and ident.get("settled_after_last") is None:
+                found.append(f"- {name}: the identity rotations completed only after the pings stopped: their "
+                             "losses may be undercounted")
+            for key in ("psk", "identity"):
+                ping = get(res, f"{key}.ping") or {}
+                if ping.get("largest_gap_seconds") is not None and ping["largest_gap_seconds"] > 1:
+                    gaps = "; ".join(f"{length:.2f} s from {at:.2f} s" for at, length in ping.get("gaps", []))
+                    asked = ", ".join(f"{at:.2f} s" + (f" ({who})" if isinstance(who, str) else "")
+                                      for at, who in zip(res[key].get("requested_at", []), res[key].get("requests", []),
+                                                         strict=False))  # fmt: skip
+                    runs = "; ".join(f"{n} sent {a:.2f}-{b:.2f} s" for a, b, n in ping.get("lost_runs", []))
+                    found.append(f"- {name}: {key} rotations: replies stopped for more than 1 s ({gaps}; seconds after "
+                                 f"the pings started); rotations requested at {asked}; lost pings: {runs or 'none'}")
+                if ping.get("sent") is not None and ping["sent"] < get(res, f"{key}.pings_planned"):
+                    found.append(f"- {name}: {key} rotations: ping sent {ping['sent']} of {res[key]['pings_planned']}")
+    return found
+
+
 def render(results: dict, args) -> str:
     rows = results.get("headline", [])
     lines = [
@@ -475,12 +632,15 @@ def render(results: dict, args) -> str:
         "",
         *_machine(results.get("machine", {}), results.get("total_seconds")),
         "",
-        *_explanations(len(rows) or args.reps),
     ]
+    if rows or results.get("scaling"):
+        lines += _explanations(len(rows) or args.reps)
     if rows:
         lines += _headline(rows, len(rows)) + _looped(rows) + _late(rows)
     if results.get("scaling"):
         lines += _scaling(results["scaling"], results.get("skipped", []))
+    if results.get("encryption"):
+        lines += _encryption(results["encryption"])
     if results.get("policy_scale"):
         lines += _policy_scale(results["policy_scale"])
     lines += _problems(results)

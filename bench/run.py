@@ -2,8 +2,9 @@
 
     .venv/bin/python -m bench.run                 # everything (what `make bench` runs)
     .venv/bin/python -m bench.run --reps 1 --scaling-reps 1 --output /tmp/b.md   # a quick look
+    .venv/bin/python -m bench.run --only encryption --output /tmp/e.md --json /tmp/e.json   # one section alone
 
-Needs root, Open vSwitch running and Mininet; it must be the only Mininet run on the machine."""
+Needs root, Open vSwitch running and Mininet; Mininet runs of others are waited for (the machine-wide lock)."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ from bench.measure import (
     topology_trouble,
     wait_until,
 )
-from mininet_scenarios.datacenter import Layout, running
+from mininet_scenarios.datacenter import Layout, MininetLock, running
 from mininet_scenarios.harness import REPO, rest_get
 
 LOOP_FREE = (1, 3, 2, 2)  # 1 spine, 3 leaves, 2 hypervisors per leaf, 2 VMs each: 10 switches, 12 VMs
@@ -45,6 +46,7 @@ OUT_DIR = REPO / "bench" / "out"
 LATE_SECONDS = (1.0, 4.0)
 LEARNING_P50 = 'goldilocks_packet_in_to_flow_mod_seconds_recent{quantile="0.5"}'
 LEARNING_P99 = 'goldilocks_packet_in_to_flow_mod_seconds_recent{quantile="0.99"}'
+SECTIONS = ("headline", "scaling", "encryption", "policy")  # --only; each has its --no-SECTION
 
 
 def layout_of(shape: tuple[int, int, int, int]) -> Layout:
@@ -97,7 +99,7 @@ def run_ryu(shape, label: str) -> dict:
     log_path.unlink(missing_ok=True)
     ryu = RyuSimpleSwitch(log_path=str(log_path)).start()
     try:
-        with running(layout_of(shape), controller=ryu.target) as dc:
+        with running(layout_of(shape), controller=ryu.target, tunnels=False) as dc:
             vms = list(dc.layout.vms)
             pingall = _pingall(dc)
             mbps = dc.iperf3(vms[0], vms[-1], IPERF_SECONDS)
@@ -174,7 +176,9 @@ def run_goldilocks(shape, label: str, full: bool = True) -> dict:
     """Pingall from start, then the controller's own figures; with full, iperf3 and the SIGKILL gap too."""
     started = time.monotonic()
     result: dict = {}
-    with running(layout_of(shape)) as dc:
+    # Learning and forwarding are measured without tunnel endpoints, as for the baselines; the
+    # encryption section builds its own data centres with them.
+    with running(layout_of(shape), tunnels=False) as dc:
         ctl = dc.controller_proc
         try:
             vms = list(dc.layout.vms)
@@ -218,7 +222,7 @@ def run_goldilocks_late(shape, label: str, seed: int) -> dict:
     layout = layout_of(shape)
     delays = late_delays(layout, seed)
     result: dict = {"delays": delays}
-    with running(layout, connect_delays=delays) as dc:
+    with running(layout, connect_delays=delays, tunnels=False) as dc:
         ctl = dc.controller_proc
         try:
             wait_until(lambda: len(dc.controller_set_at) == len(delays), max(delays.values()) + 10)
@@ -265,22 +269,33 @@ def run_goldilocks_late(shape, label: str, seed: int) -> dict:
 
 
 # -- orchestration ------------------------------------------------------------------------------
-def preflight() -> None:
+def preflight(encryption: bool = False) -> None:
     problems = []
     if os.geteuid() != 0:
         problems.append("needs root (Mininet creates namespaces and veths)")
     for tool in ("ovs-vsctl", "mnexec", "iperf3", "ethtool", "ping"):
         if shutil.which(tool) is None:
             problems.append(f"{tool} is not installed (make install)")
+    if encryption:
+        from bench.encryption import missing_tools
+
+        problems += [f"{tool} is not installed (make install)" for tool in missing_tools()]
     if not problems:
-        listed = subprocess.run(["ovs-vsctl", "--timeout=5", "list-br"], capture_output=True, text=True)
+        # Another Mininet run's bridges are its own while it holds the lock: wait for it to end,
+        # then what is left over is a crashed run's.
+        lock = MininetLock()
+        lock.acquire()
+        try:
+            listed = subprocess.run(["ovs-vsctl", "--timeout=5", "list-br"], capture_output=True, text=True, timeout=15)
+        finally:
+            lock.release()
         if listed.returncode:
             problems.append("Open vSwitch is not running (make install starts it)")
         else:
             ours = {n for s in [LOOPED, *SCALING] for n in layout_of(s).switches}
             busy = sorted(set(listed.stdout.split()) & ours)
             if busy:
-                problems.append(f"bridges {busy} already exist: another Mininet run is active or left over")
+                problems.append(f"bridges {busy} already exist: left over by a run that crashed")
     if problems:
         sys.exit("bench: " + "; ".join(problems))
 
@@ -293,8 +308,10 @@ def guarded(what: str, fn, *args, **kwargs) -> dict:
     except Exception as exc:  # noqa: BLE001 - a benchmark records failures and goes on
         log(f"{what} FAILED: {exc!r}")
         return {"error": repr(exc)}
-    p = result.get("pingall", {})
-    bits = [f"pingall {p.get('seconds') and round(p['seconds'], 2)} s ({p.get('attempts')} attempts)"]
+    bits = []
+    if "pingall" in result:
+        p = result["pingall"]
+        bits.append(f"pingall {p.get('seconds') and round(p['seconds'], 2)} s ({p.get('attempts')} attempts)")
     if "iperf_mbps" in result:
         bits.append(f"iperf3 {result['iperf_mbps']:.0f} Mbit/s")
     if "gap" in result:
@@ -303,8 +320,28 @@ def guarded(what: str, fn, *args, **kwargs) -> dict:
         bits.append(f"converge max {max(result['converge']):.3f} s")
     if result.get("log_problems", {}).get("count"):
         bits.append(f"{result['log_problems']['count']} problem lines in the log")
+    if result.get("summary"):
+        bits.append(result["summary"])
     log(f"{what}: " + ", ".join(bits) + f" [{result['wall_seconds']:.0f} s]")
     return result
+
+
+def run_encryption(reps: int) -> dict:
+    """Per repetition, a fresh data centre (plain, encrypted, rule to first encrypted packet, rotations)
+    and a fresh raw wireguard-go test bed: the ratios compare figures of the same repetition."""
+    from bench import encryption
+
+    started = time.monotonic()
+    runs = []
+    for rep in range(1, reps + 1):
+        runs.append({
+            "datacentre": guarded(f"rep {rep}/{reps}: encryption, Goldilocks {describe(encryption.LAYOUT)}",
+                                  encryption.run_datacentre),
+            "raw": guarded(f"rep {rep}/{reps}: encryption, raw wireguard-go between two namespaces", encryption.run_raw),
+        })  # fmt: skip
+    seconds = time.monotonic() - started
+    log(f"encryption section: {seconds:.0f} s")
+    return {"settings": encryption.settings(), "runs": runs, "wall_seconds": seconds}
 
 
 def machine() -> dict:
@@ -347,13 +384,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--no-headline", action="store_true", help="skip the headline and looped runs")
     parser.add_argument("--no-scaling", action="store_true", help="skip the scaling runs")
     parser.add_argument("--no-policy", action="store_true", help="skip the policy compile benchmark (no switches)")
+    parser.add_argument("--no-encryption", action="store_true", help="skip the encryption runs")
+    parser.add_argument("--only", action="append", choices=SECTIONS, metavar="SECTION",
+                        help=f"run only this section (repeatable): {', '.join(SECTIONS)}")
     parser.add_argument("--output", default=str(REPO / "docs" / "benchmarks.md"))
-    parser.add_argument("--json", default=str(OUT_DIR / "results.json"))
+    parser.add_argument("--json", default=str(OUT_DIR / "results.json"), help="where the raw results go (and, with "
+                        "--render-only, come from)")
     parser.add_argument("--render-only", action="store_true",
                         help="measure nothing: rewrite --output from the results already in --json")
     args = parser.parse_args(argv)
     if not 1 <= args.reps <= 5 or not 1 <= args.scaling_reps <= 5:
         parser.error("--reps and --scaling-reps must be between 1 and 5")
+    if args.only:
+        for section in SECTIONS:
+            if section not in args.only:
+                setattr(args, f"no_{section}", True)
     return args
 
 
@@ -366,10 +411,11 @@ def main(argv=None) -> int:
         Path(args.output).write_text(render(results, args))
         log(f"rewrote {args.output} from {args.json}")
         return 0
-    preflight()
+    preflight(encryption=not args.no_encryption)
     started = time.monotonic()
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     results: dict = {"machine": machine(), "headline": [], "scaling": {}, "skipped": []}
+    results["machine"]["command"] = " ".join([".venv/bin/python -m bench.run", *(sys.argv[1:] if argv is None else argv)])
     log(f"machine: {results['machine']['uname']}")
 
     if not args.no_headline:
@@ -406,6 +452,9 @@ def main(argv=None) -> int:
                 lay = layout_of(shape)
                 entry = {"shape": shape, "switches": len(lay.switches), "links": len(lay.switch_links), "vms": len(lay.vms)}
                 results["scaling"].setdefault(key, {**entry, "runs": []})["runs"].append(res)
+
+    if not args.no_encryption:
+        results["encryption"] = run_encryption(args.reps)
 
     if not args.no_policy:
         from bench.policy_scale import run_all

@@ -435,7 +435,13 @@ class DataCentre:
             self._jumbo_underlay()
         self._schedule_late_connects()
         if self.endpoints:
-            self._start_agents()
+            try:
+                self._start_agents()
+            except (RuntimeError, OSError) as exc:
+                raise RuntimeError(
+                    f"could not enroll the hypervisors' agents with the controller at {self.rest_url}: {exc} "
+                    "(a controller that is not Goldilocks has no agents: use --no-tunnels)"
+                ) from None
         if self.info_path is not None:
             self.write_info(self.info_path)
             self._info_written = True
