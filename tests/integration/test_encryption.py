@@ -116,11 +116,15 @@ def encryption_check_kind(frame: bytes) -> str:
 
 
 def test_tcp_through_the_tunnel_carries_full_size_segments(dc):
-    """VMs keep MTU 1500 and full-size TCP crosses: the overhead is absorbed by the jumbo underlay."""
+    """VMs keep MTU 1500 and full-size TCP crosses: the overhead is absorbed by the jumbo underlay.
+    MACs, IPs and TTL are what they would be without the tunnel."""
     mbps = dc.iperf3(PCI, DB, seconds=2)
     assert mbps > 10, f"encrypted TCP ran at {mbps} Mbit/s"
     out = dc.host(PCI).cmd(f"ping -c 3 -W 1 -M do -s 1472 {dc.layout.vms[DB][1]}")
     assert "3 received" in out, out
+    assert "ttl=64" in out, "the tunnel must be invisible to the VMs: no hop, no TTL change"
+    arp = dc.host(PCI).cmd(f"ip neigh show {dc.layout.vms[DB][1]}")
+    assert dc.layout.vms[DB][2] in arp, f"the VM sees its peer's own MAC: {arp}"
 
 
 def test_a_default_deny_never_cuts_the_tunnels_underlay(dc):
