@@ -86,6 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--listen-port", metavar="N", type=int, default=51820, help="WireGuard UDP port (default 51820)")
     parser.add_argument(
+        "--wireguard",
+        choices=("auto", "kernel", "userspace"),
+        default="auto",
+        help="the kernel module, wireguard-go, or (auto, the default) the kernel module where it loads",
+    )
+    parser.add_argument(
         "--endpoint-netns",
         metavar="PATH",
         help="network namespace holding the WireGuard interface and the underlay interface, when it is not our own "
@@ -246,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     agent = Agent(
         settings,
         state,
-        WireGuard(args.wg_interface, listen_port=args.listen_port, run=endpoint),
+        WireGuard(args.wg_interface, listen_port=args.listen_port, run=endpoint, implementation=args.wireguard),
         TunnelPorts(args.bridge, bridge_netns=bridge_netns, run=endpoint),
         functools.partial(ovsdb.read_interfaces, args.bridge),
         dialer(host, port),

@@ -38,6 +38,7 @@ __all__ = [
 ]
 
 SOCKET_DIR = "/var/run/wireguard"  # wireguard-go's control sockets: one filesystem path for all namespaces
+IMPLEMENTATIONS = ("auto", "kernel", "userspace")
 BLACKHOLE_METRIC = 4000  # below the connected route on wg (metric 0), which wins while wg is up
 START_TIMEOUT = 5.0  # seconds for a fresh wireguard-go to answer on its socket
 STOP_TIMEOUT = 3.0  # seconds for wireguard-go to exit once its interface is deleted
@@ -264,12 +265,24 @@ def _wait_gone(ifname: str, timeout: float) -> bool:
 class WireGuard:
     """The wg interface `ifname` in the namespace `run` runs commands in (the agent's own by default)."""
 
-    def __init__(self, ifname: str, listen_port: int = 51820, mtu: int = 8920, run: Runner | None = None) -> None:
+    def __init__(
+        self,
+        ifname: str,
+        listen_port: int = 51820,
+        mtu: int = 8920,
+        run: Runner | None = None,
+        implementation: str = "auto",
+    ) -> None:
+        """implementation: "auto" (the kernel module if it loads, else wireguard-go), "kernel" or "userspace"."""
         if not 0 < len(ifname) <= 15 or "/" in ifname or any(c.isspace() for c in ifname):
             raise ValueError(f"{ifname!r} is not an interface name of at most 15 characters")
+        if implementation not in IMPLEMENTATIONS:
+            raise ValueError(f"implementation must be one of {', '.join(IMPLEMENTATIONS)}")
         self.ifname = ifname
         self.listen_port = listen_port
         self.mtu = mtu
+        self.implementation = implementation
+        self.kernel: bool | None = None  # which one runs, once started here
         self._run: Runner = run or SubprocessRunner()
 
     @property
@@ -315,6 +328,15 @@ class WireGuard:
         # A leftover interface without a live daemon (or one a kernel module made) would make
         # wireguard-go fail: it creates the TUN device itself.
         self._check("delete stale interface", ["ip", "link", "del", "dev", self.ifname], tolerate=("Cannot find device",))
+        # The kernel module where there is one (it is faster); wireguard-go where there is none, as here.
+        if self.implementation != "userspace":
+            made = self._run(["ip", "link", "add", "dev", self.ifname, "type", "wireguard"])
+            if made.returncode == 0:
+                self.kernel = True
+                return
+            if self.implementation == "kernel":
+                raise DataplaneError(f"{self.ifname}: no kernel WireGuard here: {' '.join(made.stderr.split())[:200]}")
+        self.kernel = False
         # setsid: the daemon outlives the agent (and a ^C to the agent's process group), so an
         # agent restart does not drop tunnels.
         self._check("start wireguard-go", ["setsid", "wireguard-go", self.ifname], env=WIREGUARD_GO_ENV)

@@ -88,6 +88,9 @@ class FakeHost:
                 return self.err(f'Cannot find device "{args[3]}"', 2)
             del links[args[3]]
             return self.ok()
+        if args[:3] == ["link", "add", "dev"] and args[4:] == ["type", "wireguard"]:
+            # No kernel WireGuard on this fake host (as on these machines): wireguard-go it is.
+            return self.err("Error: Unknown device type.", 2)
         if args[:2] == ["link", "add"]:
             name, opts = args[2], dict(zip(args[5:-1:2], args[6:-1:2], strict=False))
             assert args[3:5] == ["type", "vxlan"] and args[-1] == "nolearning"
@@ -688,3 +691,35 @@ def test_one_apply_reaches_any_goal_and_the_next_changes_nothing(start, goal, po
     ports.apply(wanted)
     assert ports.actual() == wanted
     assert ports.apply(wanted) == []
+
+
+class KernelHost:
+    """A host whose kernel has the WireGuard module: `ip link add ... type wireguard` works."""
+
+    def __init__(self, module: bool) -> None:
+        self.module = module
+        self.calls: list[list[str]] = []
+
+    def __call__(self, argv, *, input=None, env=None, timeout=15.0) -> Result:
+        self.calls.append(list(argv))
+        if argv[:2] == ["ip", "link"] and argv[-2:] == ["type", "wireguard"]:
+            return Result(0, "", "") if self.module else Result(2, "", "Error: Unknown device type.")
+        if argv[:3] == ["ip", "link", "del"]:
+            return Result(1, "", 'Cannot find device "glwg7"')
+        return Result(0, "", "")
+
+
+def test_the_kernel_module_is_used_where_it_loads_and_wireguard_go_never_starts():
+    host = KernelHost(module=True)
+    wg = WireGuard("glwg7", run=host)
+    wg._start()
+    assert wg.kernel is True
+    assert ["ip", "link", "add", "dev", "glwg7", "type", "wireguard"] in host.calls
+    assert not any("wireguard-go" in argv for argv in host.calls)
+
+
+def test_asking_for_the_kernel_module_where_there_is_none_is_a_clear_error():
+    with pytest.raises(DataplaneError, match="no kernel WireGuard here: Error: Unknown device type"):
+        WireGuard("glwg7", run=KernelHost(module=False), implementation="kernel")._start()
+    with pytest.raises(ValueError, match="implementation must be one of"):
+        WireGuard("glwg7", implementation="fast")
