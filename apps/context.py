@@ -12,6 +12,8 @@ from types import MappingProxyType
 from apps.inventory import VM, InventoryError, check_labels, check_unique
 from apps.pipeline import MAX_RULES
 from apps.policy import DEFAULT_ACTIONS, PolicyError, Rule
+from apps.quarantine import LABEL as QUARANTINE_LABEL
+from apps.quarantine import Quarantine, QuarantineError
 
 
 class NotFound(KeyError):
@@ -30,6 +32,7 @@ class PolicyState:
     vms: Mapping[str, VM] = field(default_factory=lambda: MappingProxyType({}))
     rules: tuple[Rule, ...] = ()
     default_action: str = "allow"
+    quarantine: Mapping[str, Quarantine] = field(default_factory=lambda: MappingProxyType({}))  # VM name -> record
 
     # -- derived views --------------------------------------------------------------
     def vm_by_mac(self) -> dict[str, VM]:
@@ -40,6 +43,24 @@ class PolicyState:
             if rule.name == name:
                 return rule
         raise NotFound("rule", name)
+
+    def effective_labels(self, vm: VM) -> tuple[tuple[str, str], ...]:
+        """The labels policy sees: a quarantined VM's own plus quarantined=true. Its stored labels never
+        change, so releasing it restores its policy exactly."""
+        if vm.name in self.quarantine:
+            return tuple(sorted((dict(vm.labels) | dict([QUARANTINE_LABEL])).items()))
+        return vm.labels
+
+    def with_quarantine(self, record: Quarantine) -> PolicyState:
+        if record.vm in self.quarantine:
+            raise QuarantineError("vm", f"{record.vm!r} is already in quarantine")
+        self.vm(record.vm)
+        return replace(self, quarantine=MappingProxyType({**self.quarantine, record.vm: record}))
+
+    def without_quarantine(self, name: str) -> PolicyState:
+        if name not in self.quarantine:
+            raise QuarantineError("vm", f"{name!r} is not in quarantine")
+        return replace(self, quarantine=MappingProxyType({k: v for k, v in self.quarantine.items() if k != name}))
 
     def vm(self, name: str) -> VM:
         try:
@@ -66,6 +87,8 @@ class PolicyState:
 
     def without_vm(self, name: str) -> PolicyState:
         self.vm(name)
+        if name in self.quarantine:
+            raise InventoryError("name", f"{name!r} is in quarantine: release it (DELETE /v1/quarantine/{name}) first")
         vms = {k: v for k, v in self.vms.items() if k != name}
         return replace(self, vms=MappingProxyType(vms))
 

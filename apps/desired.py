@@ -6,7 +6,7 @@ import functools
 from collections import defaultdict
 from dataclasses import dataclass
 
-from apps import arp_responder, forwarding, policy_flows, steering
+from apps import arp_responder, forwarding, policy_flows, quarantine, steering
 from apps.context import PolicyState
 from apps.flows import FlowEntry
 from apps.identity import Identities, host_identities, identity_labels
@@ -69,6 +69,14 @@ def compile_network(
     labels = identity_labels(set(identity_of.values()), identities)
     labels_key = tuple(sorted((i, tuple(sorted(v.items())) if v is not None else None) for i, v in labels.items()))
 
+    isolated = quarantine.quarantined_macs(policy.quarantine, {n: vm.macs for n, vm in policy.vms.items()})
+    isolated_group = quarantine_group(isolated)
+    # A quarantined VM's port is in no flood: not even a broadcast reaches it.
+    isolated_ports: dict[int, set[int]] = defaultdict(set)
+    for mac in isolated:
+        host = topo.hosts.get(mac)
+        if host is not None:
+            isolated_ports[host.dpid].add(host.port)
     responders_key = ("responders", tuple((h.mac, tuple(sorted(h.ips))) for h in hosts))
     responders = _GROUPS.get(responders_key, lambda: arp_responder.responder_flows(hosts))
     by_identity: dict[int, list[Host]] = defaultdict(list)
@@ -93,7 +101,7 @@ def compile_network(
         groups = {}
         entries = forwarding.base_flows()
         entries += forwarding.ingress_flows(topo, dpid, local, identity_of)
-        flood_set = forwarding.flood_ports(topo, dpid, view)
+        flood_set = forwarding.flood_ports(topo, dpid, view) - isolated_ports.get(dpid, set())
         entries += forwarding.flood_flows(topo, dpid, flood_set)
         if topo.edge_ports(dpid):
             # Before its first VM is learned a hypervisor looks like a fabric switch, yet IP flooded
@@ -108,6 +116,8 @@ def compile_network(
                 if dst != dpid and port is not None:
                     groups[("route", dst)] = route_group(dst, port)
         if topo.role(dpid) == ROLE_HYPERVISOR:
+            if isolated_group:
+                groups["quarantine"] = isolated_group
             groups["responders"] = responders
             flood = functools.partial(forwarding.flood_actions, flood_set)
             entries += arp_responder.owner_bypass_flows(local, flood)
@@ -127,6 +137,15 @@ def compile_network(
     vms_by_switch = {d: [h for h in hs if h.mac not in topo.endpoints] for d, hs in by_switch.items()}
     pairs = steering.encrypt_pairs(vms_by_switch, hypervisors, identity_of, labels, policy.rules)
     return Compiled(tables, pairs)
+
+
+def quarantine_group(macs: frozenset[str]):
+    """The quarantine entries every hypervisor holds, one shared group: the controller installs it
+    at once on a quarantine (controller/app.py), and the compile that follows hands out the very
+    same object, so nothing is sent twice."""
+    if not macs:
+        return None
+    return _GROUPS.get(("quarantine", tuple(sorted(macs))), lambda: quarantine.quarantine_flows(macs))
 
 
 def _policy_table(dpid: int, local_ids: frozenset[int], labels, labels_key, policy: PolicyState) -> list[FlowEntry]:

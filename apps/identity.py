@@ -51,7 +51,7 @@ def host_identities(hosts: Mapping[str, Host], policy: PolicyState, identities: 
     result = {}
     for mac in hosts:
         vm = by_mac.get(mac)
-        result[mac] = UNMANAGED if vm is None else identities.id_for(vm.labels)
+        result[mac] = UNMANAGED if vm is None else identities.id_for(policy.effective_labels(vm))
     return result
 
 

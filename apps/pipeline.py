@@ -35,7 +35,7 @@ PIPELINE: dict[int, TableSpec] = {
             "admit frames from edge ports only from known (port, MAC) pairs and tag them with the source identity"
             " (metadata bits 0-31); LLDP and unknown sources to the controller; tunnel endpoints' underlay traffic"
             " straight to forward; frames out of a tunnel marked encrypted and straight to egress",
-            frozenset({"in_port", "eth_src", "eth_type", "arp_spa", "ipv4_src", "ip_proto", "udp_src"}),
+            frozenset({"in_port", "eth_src", "eth_dst", "eth_type", "arp_spa", "ipv4_src", "ip_proto", "udp_src"}),
             frozenset({CLASSIFY, FORWARD, EGRESS}),
         ),
         TableSpec(
@@ -177,7 +177,8 @@ OFPP_MAX = 0xFFFFFF00
 # Meters on the packet-in path (per switch), in packets per second with a burst allowance.
 METER_PACKET_IN = 1  # unknown sources, ARP copies, unanswered ARP
 METER_LLDP = 2
-METERS = {METER_PACKET_IN: (500, 250), METER_LLDP: (200, 200)}  # id -> (rate pps, burst packets)
+METER_QUARANTINE = 3  # copies of a quarantined VM's frames: enough to follow it, never a flood
+METERS = {METER_PACKET_IN: (500, 250), METER_LLDP: (200, 200), METER_QUARANTINE: (20, 20)}  # id -> (rate pps, burst)
 
 # How many bytes of a packet-in we need (headers only).
 PACKET_IN_BYTES = 128

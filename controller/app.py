@@ -20,13 +20,15 @@ from apps.context import PolicyState
 from apps.flows import FlowEntry
 from apps.forwarding import base_flows, punt_reason
 from apps.identity import Identities
+from apps.quarantine import quarantined_macs
+from apps.switch_table import SwitchTable
 from controller import ofmsg
 from controller.metrics import Metrics
 from controller.reconciler import SwitchSync
 from controller.settings import Settings
 from controller.store import Store
 from topology.learner import Learner, Outcome, PacketOut
-from topology.model import Port
+from topology.model import ROLE_HYPERVISOR, Port
 
 LOG = logging.getLogger("goldilocks.controller")
 
@@ -46,6 +48,10 @@ class _FlowWait:
     pending: set[tuple[int, int]]
     callbacks: list[Callable[[], None]]
     give_up_at: float
+
+
+def quarantine_macs(policy: PolicyState) -> frozenset[str]:
+    return quarantined_macs(policy.quarantine, {name: vm.macs for name, vm in policy.vms.items()})
 
 
 class GoldilocksController(app_manager.RyuApp):
@@ -127,9 +133,25 @@ class GoldilocksController(app_manager.RyuApp):
             self.store.write_policy(self.policy, new)
             if write_more is not None:
                 write_more()
-        self.policy = new
+        old, self.policy = self.policy, new
         self.learner.set_inventory_macs({mac: vm.name for mac, vm in new.vm_by_mac().items()})
+        if new.quarantine.keys() - old.quarantine.keys():
+            self._quarantine_now()
         self.model_changed()
+
+    def _quarantine_now(self) -> None:
+        """A new quarantine goes to every hypervisor at once, ahead of the compile: the same shared
+        group the compile will hand out, so the switches get just these entries now and nothing
+        again later. The compile then takes the VM's port out of the floods and relabels it."""
+        macs = quarantine_macs(self.policy)
+        group = desired_mod.quarantine_group(macs)
+        if group is None:
+            return
+        for dpid, table in list(self.desired.items()):
+            if dpid not in self.datapaths or self.topo.role(dpid) != ROLE_HYPERVISOR:
+                continue
+            self.desired[dpid] = SwitchTable(table.own, {**table.groups, "quarantine": group})
+            self.reconcile(dpid)
 
     def _agents_changed(self) -> None:
         """An agent connected with new facts, or was revoked: endpoints and tunnel ports follow."""

@@ -246,11 +246,12 @@ def merge(state: PolicyState, sources: Mapping[str, str], published: Published) 
     """The inventory with what OVS publishes merged in:
     - a VM of that name defined by the API or the inventory file wins and is left alone;
     - a published VM is added when no VM has its name, and updated when OVS owns it;
-    - a VM that OVS owns and no longer publishes is removed (a broken entry keeps it);
+    - a VM that OVS owns and no longer publishes is removed (a broken entry keeps it, and so does
+      a quarantine: a VM in quarantine is only removed once released);
     - a VM whose MAC or IP another VM holds is left out whole, never half applied."""
     owned = {name for name, source in sources.items() if source == SOURCE_OVSDB and name in state.vms}
     changes: list[Change] = []
-    for name in sorted(owned - published.vms.keys() - published.broken):
+    for name in sorted(owned - published.vms.keys() - published.broken - state.quarantine.keys()):
         changes.append(Change("vm.delete", state.vms[name]))
         state = state.without_vm(name)
     not_owned = tuple(name for name in published.vms if name in state.vms and name not in owned)

@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 from ryu.app.wsgi import ControllerBase, Response, route
 
+from apps import quarantine as quarantine_mod
 from apps import steering
 from apps.context import NotFound, PolicyState
 from apps.errors import FieldError
@@ -303,6 +304,20 @@ def vm_location(app, vm: VM) -> dict | None:
         if host is not None:
             return host_view(host)
     return None
+
+
+def quarantine_view(app, record) -> dict:
+    vm = app.policy.vms.get(record.vm)
+    return {
+        "vm": record.vm,
+        "reason": record.reason,
+        "mode": record.mode,
+        "mirror_to": record.mirror_to,
+        "actor": record.actor,
+        "time": audit.iso_time(record.at),
+        "macs": list(record.macs),
+        "location": vm_location(app, vm) if vm is not None else None,
+    }
 
 
 def vm_view(app, vm: VM, source: str | None = None) -> dict:
@@ -607,6 +622,8 @@ class GoldilocksApi(ControllerBase):
     def delete_vm(self, call, name):
         old = self.app.policy
         vm = old.vm(name)
+        if name in old.quarantine:
+            raise ApiError(409, f"{name!r} is in quarantine: release it (DELETE /v1/quarantine/{name}) first")
         self.change_policy(call, old.without_vm(name), "vm.delete", name, audit.describe_vm(vm))
         return no_content()
 
@@ -728,6 +745,39 @@ class GoldilocksApi(ControllerBase):
         with store.transaction():
             store.delete_token(name)
             audit.record(store, call.actor, "token.delete", name, f"{token.role} token {token.fingerprint}")
+        return no_content()
+
+    # -- quarantine ------------------------------------------------------------------------------------
+    @endpoint("GET", "/v1/quarantine", READ)
+    def list_quarantine(self, call):
+        app = self.app
+        return json_response({"quarantine": [quarantine_view(app, q) for _, q in sorted(app.policy.quarantine.items())]})
+
+    @endpoint("POST", "/v1/quarantine", ADMIN, body=True)
+    def quarantine_vm(self, call):
+        name, reason, mode, mirror_to = quarantine_mod.check_request(call.body)
+        old = self.app.policy
+        if name not in old.vms:
+            raise ApiError(400, f"vm: no VM named {name!r} in the inventory", "vm")
+        record = quarantine_mod.Quarantine(name, reason, mode, call.actor, time.time(), old.vms[name].macs, mirror_to)
+        new = old.with_quarantine(record)
+        self.change_policy(call, new, "vm.quarantine", name, f"{mode}: {reason}; macs {','.join(record.macs)}")
+        return json_response(quarantine_view(self.app, record), 201, {"Location": f"/v1/quarantine/{name}"})
+
+    @endpoint("GET", "/v1/quarantine/{vm}", READ)
+    def get_quarantine(self, call, vm):
+        record = self.app.policy.quarantine.get(vm)
+        if record is None:
+            raise ApiError(404, f"{vm!r} is not in quarantine")
+        return json_response(quarantine_view(self.app, record))
+
+    @endpoint("DELETE", "/v1/quarantine/{vm}", ADMIN)
+    def release_vm(self, call, vm):
+        old = self.app.policy
+        if vm not in old.quarantine:
+            raise ApiError(400, f"vm: {vm!r} is not in quarantine", "vm")
+        record = old.quarantine[vm]
+        self.change_policy(call, old.without_quarantine(vm), "vm.release", vm, f"released from {record.mode} ({record.reason})")
         return no_content()
 
     # -- agents, tunnels and keys -------------------------------------------------------------------

@@ -8,10 +8,12 @@ import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from types import MappingProxyType
 
 from apps.context import PolicyState
 from apps.inventory import vm_from_json
 from apps.policy import rule_from_json
+from apps.quarantine import Quarantine
 from topology.model import Host, Link, Port, PortRef, Switch, Topology
 
 SCHEMA = """
@@ -30,6 +32,7 @@ CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS identities (labels TEXT PRIMARY KEY, id INTEGER UNIQUE NOT NULL);
 CREATE TABLE IF NOT EXISTS tokens (
     name TEXT PRIMARY KEY, role TEXT NOT NULL, digest TEXT UNIQUE NOT NULL, fingerprint TEXT NOT NULL, created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS quarantine (vm TEXT PRIMARY KEY, doc TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS agent_tokens (
     digest TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, created REAL NOT NULL, expires REAL NOT NULL, used REAL);
 CREATE TABLE IF NOT EXISTS agents (
@@ -105,7 +108,15 @@ class Store:
         rules = tuple(rule_from_json(json.loads(doc)) for (doc,) in self.db.execute("SELECT doc FROM rules ORDER BY position"))
         row = self.db.execute("SELECT value FROM settings WHERE key = 'default_action'").fetchone()
         state = PolicyState().with_vms(vms)
-        return replace(state, rules=rules, default_action=row[0] if row else state.default_action)
+        quarantine = {
+            vm: Quarantine.from_json(json.loads(doc)) for vm, doc in self.db.execute("SELECT vm, doc FROM quarantine")
+        }
+        return replace(
+            state,
+            rules=rules,
+            default_action=row[0] if row else state.default_action,
+            quarantine=MappingProxyType(quarantine),
+        )
 
     def write_policy(self, old: PolicyState, new: PolicyState) -> None:
         """Write what changed from old to new. Call inside a transaction (with other writes
@@ -125,6 +136,11 @@ class Store:
             )
         if old.default_action != new.default_action:
             self.db.execute("INSERT OR REPLACE INTO settings VALUES ('default_action', ?)", (new.default_action,))
+        for name in old.quarantine.keys() - new.quarantine.keys():
+            self.db.execute("DELETE FROM quarantine WHERE vm = ?", (name,))
+        for name, record in new.quarantine.items():
+            if old.quarantine.get(name) != record:
+                self.db.execute("INSERT OR REPLACE INTO quarantine VALUES (?, ?)", (name, json.dumps(record.to_json())))
 
     def vm_sources(self) -> dict[str, str]:
         return dict(self.db.execute("SELECT name, source FROM vm_sources"))

@@ -31,6 +31,7 @@ class StubController:
     """Just enough of GoldilocksController for the REST layer."""
 
     apply_policy = GoldilocksController.apply_policy
+    _quarantine_now = GoldilocksController._quarantine_now
 
     def __init__(self, state_dir: Path, topo: Topology | None = None) -> None:
         self.state_dir = state_dir
@@ -43,6 +44,7 @@ class StubController:
         self.datapaths: dict = {}
         self.sync: dict = {}
         self.metrics = Metrics()
+        self.desired: dict = {}  # no switches: a quarantine has nothing to install at once
         self.agents = AgentManager(self.store, state_dir)
         self.agent_server = None
         self.compiles = 0

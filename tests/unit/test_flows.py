@@ -14,7 +14,7 @@ def test_a_match_field_the_table_does_not_own_is_refused_with_its_name():
     with pytest.raises(PipelineError, match=r"egress.*ipv4_dst"):
         FlowEntry.make(pipeline.EGRESS, 10, {"ipv4_dst": "10.0.0.1", "eth_type": pipeline.ETH_TYPE_IPV4})
     with pytest.raises(PipelineError, match="ingress"):
-        FlowEntry.make(pipeline.INGRESS, 10, {"eth_dst": "02:00:00:00:00:01"})
+        FlowEntry.make(pipeline.INGRESS, 10, {"ipv4_dst": "10.0.0.1", "eth_type": pipeline.ETH_TYPE_IPV4})
 
 
 def test_a_goto_the_pipeline_does_not_allow_is_refused():

@@ -1,0 +1,209 @@
+"""Quarantine, asked of the fake switch network and of the REST API: a quarantined VM reaches no one
+and no one reaches it, by any path and over open connections too; it stays cut off where it moves;
+releasing it restores exactly the tables it had; bad requests change nothing."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import replace
+
+import pytest
+
+from apps import pipeline
+from apps.desired import desired_tables
+from apps.quarantine import Quarantine
+from tests.api_stub import make_api
+from tests.fakeoftable import (
+    BROADCAST,
+    FakeNetwork,
+    arp_request,
+    build_leaf_spine,
+    first_ip,
+    ipv4_frame,
+    policy_state,
+    reply_frame,
+    service_frame,
+    vm_name,
+)
+from topology.model import Host
+
+_sports = itertools.count(40000)
+
+
+@pytest.fixture
+def fabric():
+    """Two hypervisors (one per leaf), three VMs each, a tunnel between them."""
+    return build_leaf_spine(spines=1, leaves=2, hypervisors_per_leaf=1, vms_per_hypervisor=3, tunnels=True)
+
+
+def quarantined(state, host: Host):
+    vm = state.vm(vm_name(host))
+    return state.with_quarantine(Quarantine(vm.name, "test", "isolate", "admin", 0.0, vm.macs))
+
+
+def delivered(net: FakeNetwork, src: Host, dst: Host, frame: dict) -> bool:
+    trace = net.send(src, frame)
+    return trace.reaches(dst)
+
+
+def frames(src: Host, dst: Host) -> list[dict]:
+    return [
+        service_frame(src, dst, proto, 80 if proto != "icmp" else None, sport=next(_sports)) for proto in ("tcp", "udp", "icmp")
+    ]
+
+
+@pytest.mark.parametrize("rule", ["allow", "encrypt"])
+def test_a_quarantined_vm_reaches_no_one_and_no_one_reaches_it(fabric, rule):
+    """Whatever the rules say (an encrypt rule included, through the tunnel), on its hypervisor and
+    across; everyone else is untouched."""
+    labels = {vm: {"tier": "web"} for vm in fabric.vms}
+    rules = [{"src": "any", "dst": "any", "action": rule}]
+    flagged = fabric.vms[0]
+    state = quarantined(policy_state(labels, rules), flagged)
+    net = FakeNetwork.compile(fabric.topo, state, tunnels=fabric.tunnels)
+    others = [vm for vm in fabric.vms if vm != flagged]
+    for other in others:
+        for frame in frames(flagged, other):
+            assert not net.send(flagged, frame).deliveries, f"from the quarantined VM to {other.mac}: {frame}"
+        for frame in frames(other, flagged):
+            assert not delivered(net, other, flagged, frame), f"to the quarantined VM from {other.mac}"
+    # Not even a broadcast reaches it, and its own broadcasts reach no one.
+    for other in others:
+        assert not net.send(other, arp_request(other, "10.99.0.1")).reaches(flagged)
+        assert not net.send(other, ipv4_frame(other, BROADCAST, "255.255.255.255")).reaches(flagged)
+    assert not net.send(flagged, arp_request(flagged, first_ip(others[0]))).deliveries
+    # Everyone else still talks.
+    for a, b in itertools.permutations(others, 2):
+        assert all(delivered(net, a, b, frame) for frame in frames(a, b)), (a.mac, b.mac)
+
+
+def test_open_connections_stop_at_once(fabric):
+    """Quarantine acts before conntrack: an established connection is cut in both directions."""
+    labels = {vm: {"tier": "web"} for vm in fabric.vms}
+    a, b = fabric.vms[0], fabric.vms[-1]
+    state = policy_state(labels, [])
+    before = FakeNetwork.compile(fabric.topo, state, tunnels=fabric.tunnels)
+    syn = service_frame(a, b, "tcp", 80, sport=next(_sports))
+    assert delivered(before, a, b, syn) and delivered(before, b, a, reply_frame(syn))
+    after = FakeNetwork.compile(fabric.topo, quarantined(state, b), tunnels=fabric.tunnels)
+    after.conntrack = before.conntrack
+    assert not delivered(after, a, b, syn) and not after.send(b, reply_frame(syn)).deliveries
+
+
+def test_frames_from_it_are_copied_to_the_controller_on_their_own_meter(fabric):
+    """So a VM that moved is learned where it is now, and its flood cannot starve anyone's learning."""
+    flagged = fabric.vms[0]
+    state = quarantined(policy_state({vm: {} for vm in fabric.vms}), flagged)
+    net = FakeNetwork.compile(fabric.topo, state, tunnels=fabric.tunnels)
+    trace = net.send(flagged, ipv4_frame(flagged, fabric.vms[1].mac))
+    assert [p.table for p in trace.punts] == [pipeline.INGRESS] and not trace.deliveries
+    entries = [e for t in desired_tables(fabric.topo, state).values() for e in t.values() if e.app == pipeline.APP_QUARANTINE]
+    copies = [e for e in entries if dict(e.match).get("eth_src") == flagged.mac]
+    assert copies and {e.meter for e in copies} == {pipeline.METER_QUARANTINE}
+
+
+def test_it_stays_cut_off_where_it_moves_from_its_first_frame(fabric):
+    flagged, other = fabric.vms[0], fabric.vms[-1]
+    state = quarantined(policy_state({vm: {} for vm in fabric.vms}), flagged)
+    net = FakeNetwork.compile(fabric.topo, state, tunnels=fabric.tunnels)
+    spare = max(fabric.topo.edge_ports(other.dpid))  # an empty port on the other hypervisor
+    moved = replace(flagged, dpid=other.dpid, port=spare)
+    # Before the controller knows it moved, its first frame on the new port goes nowhere.
+    assert not net.trace(moved.dpid, moved.port, ipv4_frame(flagged, other.mac, first_ip(other))).deliveries
+    fabric.topo.host_seen(flagged.mac, moved.dpid, moved.port)
+    net = FakeNetwork.compile(fabric.topo, state, tunnels=fabric.tunnels)
+    for frame in frames(other, moved):
+        assert not net.send(other, frame).reaches(moved)
+    assert not net.send(other, arp_request(other, "10.99.0.1")).reaches(moved), "its new port leaves the floods"
+
+
+def test_release_restores_exactly_the_tables_it_had(fabric):
+    labels = {vm: {"tier": "web" if i % 2 else "db"} for i, vm in enumerate(fabric.vms)}
+    rules = [
+        {"src": "tier=web", "dst": "tier=db", "action": "encrypt"},
+        {"src": "quarantined=true", "dst": "any", "action": "deny"},
+    ]
+    state = policy_state(labels, rules, "deny")
+    before = desired_tables(fabric.topo, state, tunnels=fabric.tunnels.plan)
+    flagged = fabric.vms[1]
+    during = desired_tables(fabric.topo, quarantined(state, flagged), tunnels=fabric.tunnels.plan)
+    assert {c for t in during.values() for c in t} != {c for t in before.values() for c in t}
+    released = quarantined(state, flagged).without_quarantine(vm_name(flagged))
+    after = desired_tables(fabric.topo, released, tunnels=fabric.tunnels.plan)
+    assert {d: set(t) for d, t in after.items()} == {d: set(t) for d, t in before.items()}
+    assert released.vm(vm_name(flagged)).label_map == labels[flagged]
+
+
+# ---------------------------------------------------------------------------
+# The API
+# ---------------------------------------------------------------------------
+@pytest.fixture
+def api(tmp_path):
+    app, client = make_api(tmp_path)
+    for name, mac in (("web1", "02:00:00:00:00:01"), ("db1", "02:00:00:00:00:02")):
+        assert client.call("PUT", f"/v1/vms/{name}", {"macs": [mac], "labels": {"tier": name[:-1]}}).status == 201
+    return app, client
+
+
+def test_quarantine_and_release_through_the_api_are_audited_and_survive_a_restart(api, tmp_path):
+    app, client = api
+    answer = client.call("POST", "/v1/quarantine", {"vm": "web1", "reason": "IDS: beaconing"})
+    assert answer.status == 201 and answer.json["macs"] == ["02:00:00:00:00:01"] and answer.json["actor"] == "admin"
+    assert [q["vm"] for q in client.call("GET", "/v1/quarantine").json["quarantine"]] == ["web1"]
+    assert app.policy.effective_labels(app.policy.vm("web1")) == (("quarantined", "true"), ("tier", "web"))
+    assert app.store.load_policy().quarantine.keys() == {"web1"}, "written to SQLite"
+    assert client.call("DELETE", "/v1/vms/web1").status == 409, "a quarantined VM cannot be deleted"
+    assert client.call("DELETE", "/v1/quarantine/web1").status == 204
+    assert client.call("GET", "/v1/quarantine/web1").status == 404 and not app.store.load_policy().quarantine
+    actions = [e["action"] for e in client.call("GET", "/v1/audit").json["entries"]]
+    assert actions[:2] == ["vm.release", "vm.quarantine"]
+
+
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"vm": "nobody", "reason": "x"}, "vm"),
+        ({"vm": "web1", "reason": "x", "mode": "banish"}, "mode"),
+        ({"vm": "web1"}, "reason"),
+        ({"vm": "web1", "reason": "   "}, "reason"),
+        ({"vm": "web1", "reason": "x", "mirror_to": "db1"}, "mirror_to"),
+        ({"vm": "web1", "reason": "x", "colour": "red"}, "colour"),
+        (["web1"], "body"),
+    ],
+)
+def test_bad_requests_are_refused_and_change_nothing(api, body, field):
+    app, client = api
+    before = app.policy
+    answer = client.call("POST", "/v1/quarantine", body)
+    assert answer.status == 400 and answer.json["field"] == field, answer.json
+    assert app.policy is before and not app.store.load_policy().quarantine
+
+
+def test_twice_and_releasing_what_is_not_in_quarantine_are_refused(api):
+    app, client = api
+    assert client.call("POST", "/v1/quarantine", {"vm": "web1", "reason": "x"}).status == 201
+    twice = client.call("POST", "/v1/quarantine", {"vm": "web1", "reason": "again"})
+    assert twice.status == 400 and "already in quarantine" in twice.json["error"]
+    assert app.policy.quarantine["web1"].reason == "x"
+    loose = client.call("DELETE", "/v1/quarantine/db1")
+    assert loose.status == 400 and "not in quarantine" in loose.json["error"]
+
+
+def test_a_quarantined_vm_the_hypervisor_stops_publishing_stays_until_released(tmp_path):
+    from controller.ovsdb_inventory import OvsdbInventory
+    from tests.unit.test_ovsdb_inventory import FakeOvsdb
+
+    app, client = make_api(tmp_path)
+    ovs = FakeOvsdb()
+    source = OvsdbInventory(app, enabled=True, read=ovs.read)
+    ovs.publish("vnet0", "web1", "02:00:00:00:00:01")
+    ovs.publish("vnet1", "db1", "02:00:00:00:00:02")
+    source.refresh()
+    assert client.call("POST", "/v1/quarantine", {"vm": "web1", "reason": "x"}).status == 201
+    ovs.unplug("vnet0")
+    ovs.unplug("vnet1")
+    source.refresh()
+    assert set(app.policy.vms) == {"web1"}, "db1 goes; web1 stays while in quarantine"
+    assert client.call("DELETE", "/v1/quarantine/web1").status == 204
+    source.refresh()
+    assert not app.policy.vms
