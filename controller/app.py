@@ -76,6 +76,7 @@ class GoldilocksController(app_manager.RyuApp):
             self.policy = inventory_file.apply_at_start(self.store, self.policy, self.settings.inventory)
         auth.ensure_admin_token(self.store, self.settings.state_dir, reset=self.settings.reset_admin_token)
         self.identities = Identities(self.store.load_identities())
+        self._quarantine_group = desired_mod.quarantine_group(quarantine_macs(self.policy))
         from controller.agent_server import AgentServer
         from controller.agents import AgentManager
 
@@ -135,23 +136,32 @@ class GoldilocksController(app_manager.RyuApp):
                 write_more()
         old, self.policy = self.policy, new
         self.learner.set_inventory_macs({mac: vm.name for mac, vm in new.vm_by_mac().items()})
-        if new.quarantine.keys() - old.quarantine.keys():
+        if new.quarantine != old.quarantine:
             self._quarantine_now()
         self.model_changed()
 
     def _quarantine_now(self) -> None:
-        """A new quarantine goes to every hypervisor at once, ahead of the compile: the same shared
-        group the compile will hand out, so the switches get just these entries now and nothing
-        again later. The compile then takes the VM's port out of the floods and relabels it."""
-        macs = quarantine_macs(self.policy)
-        group = desired_mod.quarantine_group(macs)
-        if group is None:
-            return
-        for dpid, table in list(self.desired.items()):
-            if dpid not in self.datapaths or self.topo.role(dpid) != ROLE_HYPERVISOR:
-                continue
-            self.desired[dpid] = SwitchTable(table.own, {**table.groups, "quarantine": group})
-            self.reconcile(dpid)
+        """A quarantine (or a release) goes to every hypervisor at once, ahead of the compile: the
+        same shared group the compile will hand out, so the switches get just these entries now and
+        nothing again later. The compile then takes the VM's port out of the floods and relabels it.
+        From now on every table sent carries this group, whatever policy the compile that built the
+        rest of it saw (one may be under way with the policy of a moment ago)."""
+        self._quarantine_group = desired_mod.quarantine_group(quarantine_macs(self.policy))
+        for dpid in list(self.desired):
+            if dpid in self.datapaths and self.topo.role(dpid) == ROLE_HYPERVISOR:
+                self.reconcile(dpid)
+
+    def _with_current_quarantine(self, dpid: int, table):
+        """The table with exactly the current quarantine group (a hypervisor's), or as it is."""
+        want = self._quarantine_group
+        if table.groups.get("quarantine") is want or self.topo.role(dpid) != ROLE_HYPERVISOR:
+            return table
+        groups = {k: g for k, g in table.groups.items() if k != "quarantine"}
+        if want is not None:
+            groups["quarantine"] = want
+        table = SwitchTable(table.own, groups)
+        self.desired[dpid] = table
+        return table
 
     def _agents_changed(self) -> None:
         """An agent connected with new facts, or was revoked: endpoints and tunnel ports follow."""
@@ -309,7 +319,7 @@ class GoldilocksController(app_manager.RyuApp):
         datapath, sync = self.datapaths.get(dpid), self.sync.get(dpid)
         if datapath is None or sync is None or not sync.synced or dpid not in self.desired:
             return 0
-        plan = sync.next_plan(self.desired[dpid], time.monotonic())
+        plan = sync.next_plan(self._with_current_quarantine(dpid, self.desired[dpid]), time.monotonic())
         sync.applied(plan)  # even when empty: it records that the switch is at this table
         if not plan:
             return 0

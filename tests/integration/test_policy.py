@@ -13,7 +13,7 @@ import pytest
 
 from mininet_scenarios.datacenter import Layout
 from tests.integration.conftest import start_datacentre
-from tests.integration.helpers import reply_times, switch_flows, wait_until
+from tests.integration.helpers import move_vm, reply_times, switch_flows, wait_until
 
 LABELS = {
     "vm1": {"tier": "web", "tenant": "blue"},
@@ -124,34 +124,11 @@ def test_flipping_a_label_flips_behaviour_without_disturbing_an_unrelated_iperf3
     assert median > 0 and min(rates) > 0.3 * median, f"the unrelated iperf3 dipped: {[round(r / 1e6) for r in rates]} Mbit/s"
 
 
-def _move_vm(dc, name: str, to_hv: str) -> float:
-    """Unplug a VM from its hypervisor and plug it into another; return the time it was plugged."""
-    net = dc.net
-    vm = net.get(name)
-    old_hv = net.get(dc.layout.vms[name][0])
-    _, ip, mac = dc.layout.vms[name]
-    for link in net.linksBetween(vm, old_hv):
-        switch_intf = link.intf2 if link.intf2.node is old_hv else link.intf1
-        old_hv.detach(switch_intf)
-        net.delLink(link)
-    new_hv = net.get(to_hv)
-    link = net.addLink(vm, new_hv)
-    vm_intf = link.intf1 if link.intf1.node is vm else link.intf2
-    switch_intf = link.intf2 if vm_intf is link.intf1 else link.intf1
-    vm_intf.setMAC(mac)
-    vm_intf.setIP(f"{ip}/16")
-    vm.cmd(f"ethtool -K {vm_intf.name} tx off")
-    new_hv.attach(switch_intf)
-    plugged = time.time()
-    dc.layout.vms[name] = (to_hv, ip, mac)
-    return plugged
-
-
 def test_a_migrated_vm_keeps_its_policy_and_the_old_location_is_cleaned(dc):
     set_policy(dc, [{"name": "no-web-to-db", "src": "tier=web", "dst": "tier=db", "services": ["any"], "action": "deny"}])
     old_hv = dc.layout.vms["vm2"][0]
     mac = dc.layout.vms["vm2"][2]
-    plugged = _move_vm(dc, "vm2", "hv4")
+    plugged = move_vm(dc, "vm2", "hv4")
     out = dc.host("vm2").cmd(f"ping -D -n -c 60 -i 0.05 -W 1 {dc.layout.vms['vm7'][1]}")
     replies = reply_times(out)
     assert replies, "the migrated VM never reached an allowed peer"

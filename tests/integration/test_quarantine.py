@@ -1,0 +1,147 @@
+"""Quarantine on real Open vSwitch, Mininet and tunnels: a quarantined VM reaches no one and no one
+reaches it, running flows stop within milliseconds of the API call, encrypted paths too; release
+restores everything; it follows the VM to another hypervisor; a controller killed and restarted
+never lets a packet through.
+
+hv1 holds vm1 and vm2, hv2 holds vm3 and vm4; vm1 -> vm3 is encrypted."""
+
+from __future__ import annotations
+
+import secrets
+import signal
+import sys
+import time
+
+import pytest
+
+from mininet_scenarios import encryption_check
+from mininet_scenarios.capture import capturing
+from mininet_scenarios.datacenter import Layout
+from mininet_scenarios.harness import rest_call
+from tests.integration.conftest import start_datacentre
+from tests.integration.helpers import move_vm, reply_times, wait_until
+
+FLAGGED = "vm1"
+
+
+@pytest.fixture(scope="module")
+def dc():
+    cm, dc = start_datacentre(Layout(spines=1, leaves=2, hypervisors_per_leaf=1, vms_per_hypervisor=2))
+    try:
+        for name, (_, ip, mac) in dc.layout.vms.items():
+            rest_call(dc.rest_url, "PUT", f"/v1/vms/{name}", {"macs": [mac], "ips": [ip], "labels": {"tier": name}}, expect=201)
+        rest_call(dc.rest_url, "POST", "/v1/policies",
+                  {"name": "secret", "src": "tier=vm1", "dst": "tier=vm3", "action": "encrypt"}, expect=201)  # fmt: skip
+        for name in dc.layout.vms:  # every VM answers TCP on 5432
+            dc.host(name).popen([sys.executable, "-m", "mininet_scenarios.tcp_probe", "listen", "5432"])
+        assert wait_until(lambda: encryption_check.explain(dc, "vm1", "vm3")["encryption"]["delivered"], 20)
+        yield dc
+    finally:
+        cm.__exit__(None, None, None)
+
+
+def pings(dc, src: str, dst: str, count: int = 2) -> bool:
+    return f" {count} received" in dc.host(src).cmd(f"ping -c{count} -i0.2 -W1 {dc.layout.vms[dst][1]}")
+
+
+def tcp_open(dc, src: str, dst: str) -> bool:
+    out = dc.host(src).cmd(f"{sys.executable} -m mininet_scenarios.tcp_probe connect {dc.layout.vms[dst][1]} 5432 1")
+    return "OPEN" in out
+
+
+def quarantine(dc, vm: str = FLAGGED) -> float:
+    """Quarantine `vm`; return when the API call returned."""
+    rest_call(dc.rest_url, "POST", "/v1/quarantine", {"vm": vm, "reason": "integration test"}, expect=201)
+    return time.time()
+
+
+def release(dc, vm: str = FLAGGED) -> None:
+    rest_call(dc.rest_url, "DELETE", f"/v1/quarantine/{vm}", expect=204)
+
+
+def reachable(dc) -> dict:
+    """Who reaches whom, for the pairs that involve the flagged VM, and one pair that does not."""
+    return {
+        "vm1->vm2 (same hypervisor)": pings(dc, "vm1", "vm2"),
+        "vm2->vm1": pings(dc, "vm2", "vm1"),
+        "vm1->vm3 (encrypted)": pings(dc, "vm1", "vm3"),
+        "vm3->vm1": pings(dc, "vm3", "vm1"),
+        "vm4->vm1 tcp": tcp_open(dc, "vm4", "vm1"),
+        "vm1->vm4 tcp": tcp_open(dc, "vm1", "vm4"),
+        "vm2->vm3 (bystanders)": pings(dc, "vm2", "vm3"),
+    }
+
+
+def test_a_quarantined_vm_reaches_no_one_no_one_reaches_it_and_release_restores_it(dc):
+    before = reachable(dc)
+    assert all(before.values()), before
+    quarantine(dc)
+    try:
+        during = reachable(dc)
+    finally:
+        release(dc)
+    assert during == {**{k: False for k in before}, "vm2->vm3 (bystanders)": True}, during
+    assert wait_until(lambda: reachable(dc) == before, 10), "release did not restore everything"
+    assert encryption_check.explain(dc, "vm1", "vm3")["encryption"]["path"] == "tunnel", "the encrypt rule is back"
+
+
+def test_running_flows_stop_within_milliseconds_of_the_call(dc):
+    """A ping every 10 ms to the VM, through its open connection: the last reply comes at most a
+    few milliseconds after the API call returned."""
+    pinger = dc.host("vm3").popen(["ping", "-D", "-n", "-i", "0.01", "-c", "300", dc.layout.vms[FLAGGED][1]])
+    try:
+        time.sleep(1.0)
+        returned = quarantine(dc)
+        out, _ = pinger.communicate(timeout=30)
+    finally:
+        if pinger.poll() is None:
+            pinger.kill()
+        release(dc)
+    replies = reply_times(out.decode())
+    last = max(replies)
+    assert any(t < returned for t in replies)
+    print(f"quarantine: last reply {1000 * (last - returned):.1f} ms after the API call returned")
+    assert last - returned < 0.1, f"replies went on {last - returned:.3f} s after the quarantine"
+
+
+def test_it_stays_cut_off_across_a_controller_kill_and_restart(dc):
+    """Captured on the flagged VM's own port and on every fabric port: across the kill and the
+    restart, not one frame to it arrives and not one of its frames leaves its hypervisor."""
+    ctl = dc.controller_proc
+    quarantine(dc)
+    mac = dc.layout.vms[FLAGGED][2]
+    own_port = dc.host(FLAGGED).defaultIntf().link
+    own_port = (own_port.intf2 if own_port.intf1.node.name == FLAGGED else own_port.intf1).name
+    marker = secrets.token_bytes(8)
+    try:
+        with capturing([own_port, *encryption_check.fabric_interfaces(dc)]) as capture:
+            target = dc.layout.vms[FLAGGED][1]
+            pinger = dc.host("vm2").popen(["ping", "-D", "-n", "-i", "0.02", "-c", "150", "-p", marker.hex(), target])
+            flagged = dc.host(FLAGGED).popen(["ping", "-n", "-i", "0.02", "-c", "150", dc.layout.vms["vm3"][1]])
+            time.sleep(0.5)
+            ctl.kill(signal.SIGKILL)
+            time.sleep(0.5)
+            ctl.start()
+            dc.wait_for_agents(20)
+            pinger.communicate(timeout=30)
+            flagged.communicate(timeout=30)
+        assert rest_call(dc.rest_url, "GET", f"/v1/quarantine/{FLAGGED}", expect=200)["vm"] == FLAGGED, "kept in SQLite"
+    finally:
+        release(dc)
+    delivered = [f for f in capture.frames[own_port] if marker in f]
+    assert not delivered, f"{len(delivered)} frames reached the quarantined VM across the restart"
+    own_mac = bytes.fromhex(mac.replace(":", ""))
+    escaped = [intf for intf, frame in capture.all_frames() if intf != own_port and frame[6:12] == own_mac]
+    assert not escaped, f"frames of the quarantined VM crossed the fabric on {sorted(set(escaped))}"
+
+
+def test_it_stays_cut_off_when_it_moves_to_another_hypervisor(dc):
+    quarantine(dc)
+    try:
+        move_vm(dc, FLAGGED, "hv2")
+        assert not pings(dc, FLAGGED, "vm4"), "from its first packet at the new place"
+        assert not pings(dc, "vm4", FLAGGED) and not pings(dc, "vm2", FLAGGED)
+        assert pings(dc, "vm2", "vm4")
+    finally:
+        release(dc)
+    assert wait_until(lambda: pings(dc, "vm4", FLAGGED), 10), "released at its new place"
