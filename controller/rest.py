@@ -424,6 +424,7 @@ def explain(app, query: Mapping[str, str]) -> dict:
         raise ApiError(400, "dport: needs proto tcp or udp", "dport")
     src, dst = party(app, "src", query["src"]), party(app, "dst", query["dst"])
     policy = app.policy
+    quarantined = [p["vm"] for p in (src, dst) if p["vm"] is not None and p["vm"] in policy.quarantine]
     decision = evaluate(policy.rules, policy.default_action, src["labels"], dst["labels"], proto, dport)
     rule = decision.rule
     match = None
@@ -448,7 +449,8 @@ def explain(app, query: Mapping[str, str]) -> dict:
         "rule": rule_view(rule, policy.rules.index(rule)) if rule else None,
         "match": match,
         "action": decision.action,
-        "effective_action": decision.effective_action,
+        "effective_action": "deny" if quarantined else decision.effective_action,
+        "quarantined": quarantined,
         "encryption": encryption_view(app, src, dst) if decision.action == "encrypt" else None,
         "default_action": policy.default_action,
     }

@@ -207,3 +207,14 @@ def test_a_quarantined_vm_the_hypervisor_stops_publishing_stays_until_released(t
     assert client.call("DELETE", "/v1/quarantine/web1").status == 204
     source.refresh()
     assert not app.policy.vms
+
+
+def test_explain_says_a_quarantined_end_is_dropped_whatever_the_rules_say(api):
+    app, client = api
+    assert client.call("POST", "/v1/policies", {"name": "all", "src": "any", "dst": "any", "action": "allow"}).status == 201
+    assert client.call("POST", "/v1/quarantine", {"vm": "db1", "reason": "x"}).status == 201
+    answer = client.call("GET", "/v1/explain?src=web1&dst=db1&proto=icmp").json
+    assert (answer["action"], answer["effective_action"], answer["quarantined"]) == ("allow", "deny", ["db1"])
+    client.call("DELETE", "/v1/quarantine/db1")
+    answer = client.call("GET", "/v1/explain?src=web1&dst=db1&proto=icmp").json
+    assert (answer["effective_action"], answer["quarantined"]) == ("allow", [])
