@@ -16,6 +16,7 @@ from ryu.ofproto import ofproto_v1_3
 
 from apps import desired as desired_mod
 from apps import pipeline, steering
+from apps.alerts import AlertBook, Threshold
 from apps.context import PolicyState
 from apps.flows import FlowEntry
 from apps.forwarding import base_flows, punt_reason
@@ -77,6 +78,10 @@ class GoldilocksController(app_manager.RyuApp):
         auth.ensure_admin_token(self.store, self.settings.state_dir, reset=self.settings.reset_admin_token)
         self.identities = Identities(self.store.load_identities())
         self._quarantine_group = desired_mod.quarantine_group(quarantine_macs(self.policy))
+        severity = self.settings.alert_quarantine_severity
+        self.alert_book = AlertBook(
+            Threshold(None if severity == "none" else severity, self.settings.alert_quarantine_count, self.settings.alert_window)
+        )
         from controller.agent_server import AgentServer
         from controller.agents import AgentManager
 

@@ -66,6 +66,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="SECONDS",
         help="rotate every agent's WireGuard key pair this often (default 86400; 0: only on demand)",
     )
+    alerts = parser.add_argument_group("alerts from an external IDS (POST /v1/alerts)")
+    alerts.add_argument(
+        "--alert-quarantine-severity",
+        choices=["low", "medium", "high", "critical", "none"],
+        default="high",
+        help="alerts of this severity or worse count toward quarantining their VM (default high; none: never)",
+    )
+    alerts.add_argument(
+        "--alert-quarantine-count", type=int, default=1, metavar="N", help="how many such alerts quarantine (default 1)"
+    )
+    alerts.add_argument(
+        "--alert-window", type=float, default=300.0, metavar="SECONDS", help="within how long (default 300)"
+    )
     parser.add_argument(
         "--reset-admin-token",
         action="store_true",
@@ -88,6 +101,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--tunnel-network: {exc}")
     if network.num_addresses < 4:
         parser.error("--tunnel-network is too small for even one pair of agents")
+    if args.alert_quarantine_count < 1:
+        parser.error("--alert-quarantine-count must be at least 1")
+    if not 0 < args.alert_window < float("inf"):
+        parser.error("--alert-window must be a positive number of seconds")
     if args.inventory:
         check_inventory(parser, args)
     return args
@@ -125,6 +142,9 @@ def main(argv: list[str] | None = None) -> None:
     os.environ["GOLDILOCKS_TUNNEL_NETWORK"] = args.tunnel_network
     os.environ["GOLDILOCKS_PSK_ROTATION"] = str(args.psk_rotation)
     os.environ["GOLDILOCKS_IDENTITY_ROTATION"] = str(args.identity_rotation)
+    os.environ["GOLDILOCKS_ALERT_QUARANTINE_SEVERITY"] = args.alert_quarantine_severity
+    os.environ["GOLDILOCKS_ALERT_QUARANTINE_COUNT"] = str(args.alert_quarantine_count)
+    os.environ["GOLDILOCKS_ALERT_WINDOW"] = str(args.alert_window)
     patch_eventlet()
     from ryu.cmd import manager
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import statistics
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -24,6 +24,7 @@ class Metrics:
     # Encrypted frames dropped by a switch because no tunnel toward their destination was up
     # (fail closed), per switch: the packet count of its encrypt-drop entry, read every tick.
     encrypt_drops_by_switch: dict = field(default_factory=dict)
+    alerts: Counter = field(default_factory=Counter)  # (severity, action) -> count
     learning_samples: deque = field(default_factory=lambda: deque(maxlen=1000))
     convergence_samples: deque = field(default_factory=lambda: deque(maxlen=1000))
 
@@ -88,6 +89,12 @@ class Metrics:
         ]
         for (old, new), count in sorted(learner.kind_changes.items()):
             lines.append(f'goldilocks_port_kind_changes_total{{from="{old}",to="{new}"}} {count}')
+        lines += [
+            "# HELP goldilocks_alerts_total Alerts from an external IDS, by severity and what they led to",
+            "# TYPE goldilocks_alerts_total counter",
+        ]
+        for (severity, action), count in sorted(self.alerts.items()):
+            lines.append(f'goldilocks_alerts_total{{severity="{severity}",action="{action}"}} {count}')
         lines += [
             "# HELP goldilocks_reconcile_seconds Compile and reconcile durations",
             "# TYPE goldilocks_reconcile_seconds summary",

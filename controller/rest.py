@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 from ryu.app.wsgi import ControllerBase, Response, route
 
+from apps import alerts as alerts_mod
 from apps import quarantine as quarantine_mod
 from apps import steering
 from apps.context import NotFound, PolicyState
@@ -304,6 +305,19 @@ def vm_location(app, vm: VM) -> dict | None:
         if host is not None:
             return host_view(host)
     return None
+
+
+def alert_view(alert_id: int, at: float, vm: str, request, action: str) -> dict:
+    return {
+        "id": alert_id,
+        "time": audit.iso_time(at),
+        "vm": vm,
+        "target": request.target,
+        "severity": request.severity,
+        "source": request.source,
+        "signature": request.signature,
+        "action": action,
+    }
 
 
 def quarantine_view(app, record) -> dict:
@@ -780,7 +794,67 @@ class GoldilocksApi(ControllerBase):
             raise ApiError(400, f"vm: {vm!r} is not in quarantine", "vm")
         record = old.quarantine[vm]
         self.change_policy(call, old.without_quarantine(vm), "vm.release", vm, f"released from {record.mode} ({record.reason})")
+        self.app.alert_book.forget(vm)  # a released VM starts counting alerts afresh
         return no_content()
+
+    # -- alerts from an external IDS ----------------------------------------------------------------
+    @endpoint("POST", "/v1/alerts", ADMIN, body=True)
+    def raise_alert(self, call):
+        request = alerts_mod.check_request(call.body)
+        app = self.app
+        try:
+            name = party(app, "vm", request.target)["vm"]
+        except ApiError:  # not a name, MAC or address at all: bad input, like an unknown one
+            name = None
+        if name is None:
+            raise ApiError(400, f"vm: {request.target!r} is not a VM of the inventory (by name, MAC or IPv4 address)", "vm")
+        now = time.time()
+        tipped = app.alert_book.record(name, request.severity, now)
+        policy = app.policy
+        if name in policy.quarantine:
+            action = "already-quarantined"
+        elif tipped:
+            action = "quarantine"
+        else:
+            action = "alert"
+        evidence = f"{request.severity} from {request.source}: {request.signature} (about {request.target})"
+        store = app.store
+        saved: list[int] = []
+
+        def write_alert() -> None:
+            """The alert and its evidence, in the transaction of whatever it leads to."""
+            r = request
+            saved.append(store.add_alert(now, name, r.target, r.severity, r.source, r.signature, action))
+            audit.record(store, call.actor, "vm.alert", name, f"{evidence}; {action}")
+
+        if action == "quarantine":
+            reason = f"IDS {request.source}: {request.signature} ({request.severity}); {app.alert_book.threshold.describe()}"
+            record = quarantine_mod.Quarantine(name, reason, "isolate", f"ids:{request.source}", now, policy.vms[name].macs)
+
+            def write_more() -> None:
+                write_alert()
+                audit.record(store, f"ids:{request.source}", "vm.quarantine", name, f"isolate: {reason}")
+
+            app.apply_policy(policy.with_quarantine(record), write_more=write_more)
+        else:
+            with store.transaction():
+                write_alert()
+        app.metrics.alerts[(request.severity, action)] += 1
+        return json_response(alert_view(saved[0], now, name, request, action), 201)
+
+    @endpoint("GET", "/v1/alerts", READ, query=("limit", "vm"))
+    def list_alerts(self, call):
+        limit = integer(call.query, "limit", 1, audit.MAX_PAGE) or audit.DEFAULT_PAGE
+        rows = self.app.store.alerts(limit, call.query.get("vm"))
+        return json_response(
+            {
+                "alerts": [
+                    alert_view(i, at, vm, alerts_mod.AlertRequest(target, severity, source, signature), action)
+                    for i, at, vm, target, severity, source, signature, action in rows
+                ],
+                "threshold": self.app.alert_book.threshold.describe(),
+            }
+        )
 
     # -- agents, tunnels and keys -------------------------------------------------------------------
     @endpoint("POST", "/v1/agents/tokens", ADMIN, body=OPTIONAL_BODY)

@@ -28,6 +28,11 @@ class Settings:
     tunnel_network: str = "100.127.0.0/16"
     psk_rotation: float = 3600.0
     identity_rotation: float = 86400.0
+    # External IDS alerts (POST /v1/alerts): this many of this severity or worse within the window
+    # quarantine the VM ("none": alerts never do).
+    alert_quarantine_severity: str = "high"
+    alert_quarantine_count: int = 1
+    alert_window: float = 300.0
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -47,6 +52,9 @@ class Settings:
             tunnel_network=env.get("GOLDILOCKS_TUNNEL_NETWORK", "100.127.0.0/16"),
             psk_rotation=float(env.get("GOLDILOCKS_PSK_ROTATION", "3600")),
             identity_rotation=float(env.get("GOLDILOCKS_IDENTITY_ROTATION", "86400")),
+            alert_quarantine_severity=env.get("GOLDILOCKS_ALERT_QUARANTINE_SEVERITY", "high"),
+            alert_quarantine_count=int(env.get("GOLDILOCKS_ALERT_QUARANTINE_COUNT", "1")),
+            alert_window=float(env.get("GOLDILOCKS_ALERT_WINDOW", "300")),
         )
 
 

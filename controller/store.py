@@ -33,6 +33,9 @@ CREATE TABLE IF NOT EXISTS identities (labels TEXT PRIMARY KEY, id INTEGER UNIQU
 CREATE TABLE IF NOT EXISTS tokens (
     name TEXT PRIMARY KEY, role TEXT NOT NULL, digest TEXT UNIQUE NOT NULL, fingerprint TEXT NOT NULL, created REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS quarantine (vm TEXT PRIMARY KEY, doc TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS alerts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, vm TEXT NOT NULL, target TEXT NOT NULL,
+    severity TEXT NOT NULL, source TEXT NOT NULL, signature TEXT NOT NULL, action TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS agent_tokens (
     digest TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, created REAL NOT NULL, expires REAL NOT NULL, used REAL);
 CREATE TABLE IF NOT EXISTS agents (
@@ -181,6 +184,21 @@ class Store:
             StoredToken(*row)
             for row in self.db.execute("SELECT name, role, digest, fingerprint, created FROM tokens ORDER BY name")
         ]
+
+    def add_alert(self, at: float, vm: str, target: str, severity: str, source: str, signature: str, action: str) -> int:
+        cursor = self.db.execute(
+            "INSERT INTO alerts (at, vm, target, severity, source, signature, action) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (at, vm, target, severity, source, signature, action),
+        )
+        return cursor.lastrowid
+
+    def alerts(self, limit: int, vm: str | None = None) -> list[tuple]:
+        """(id, at, vm, target, severity, source, signature, action), newest first."""
+        if vm is None:
+            query, args = "SELECT * FROM alerts ORDER BY id DESC LIMIT ?", (limit,)
+        else:
+            query, args = "SELECT * FROM alerts WHERE vm = ? ORDER BY id DESC LIMIT ?", (vm, limit)
+        return list(self.db.execute(query, args))
 
     def add_audit(self, at: float, actor: str, action: str, target: str, summary: str) -> int:
         cursor = self.db.execute(

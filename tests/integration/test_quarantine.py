@@ -145,3 +145,16 @@ def test_it_stays_cut_off_when_it_moves_to_another_hypervisor(dc):
     finally:
         release(dc)
     assert wait_until(lambda: pings(dc, "vm4", FLAGGED), 10), "released at its new place"
+
+
+def test_a_high_severity_ids_alert_cuts_the_vm_off(dc):
+    assert pings(dc, "vm4", "vm2")
+    answer = rest_call(dc.rest_url, "POST", "/v1/alerts",
+                       {"vm": dc.layout.vms["vm2"][1], "severity": "high", "source": "ids", "signature": "C2 beacon"},
+                       expect=201)  # fmt: skip
+    try:
+        assert (answer["vm"], answer["action"]) == ("vm2", "quarantine")
+        assert not pings(dc, "vm4", "vm2") and not pings(dc, "vm2", "vm1")
+    finally:
+        release(dc, "vm2")
+    assert wait_until(lambda: pings(dc, "vm4", "vm2"), 10)

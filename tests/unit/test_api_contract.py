@@ -128,6 +128,8 @@ def test_every_documented_operation_answers_as_documented(tour):
         ("GET", "/v1/tokens", None, 200),
         ("GET", "/v1/tokens/ci", None, 200),
         ("DELETE", "/v1/tokens/ci", None, 204),
+        ("POST", "/v1/alerts", {"vm": "db1", "severity": "low", "source": "ids1", "signature": "scan"}, 201),
+        ("GET", "/v1/alerts?vm=db1", None, 200),
         ("POST", "/v1/quarantine", {"vm": "web1", "reason": "an IDS said so"}, 201),
         ("GET", "/v1/quarantine", None, 200),
         ("GET", "/v1/quarantine/web1", None, 200),

@@ -218,3 +218,58 @@ def test_explain_says_a_quarantined_end_is_dropped_whatever_the_rules_say(api):
     client.call("DELETE", "/v1/quarantine/db1")
     answer = client.call("GET", "/v1/explain?src=web1&dst=db1&proto=icmp").json
     assert (answer["effective_action"], answer["quarantined"]) == ("allow", [])
+
+
+# ---------------------------------------------------------------------------
+# Alerts from an external IDS
+# ---------------------------------------------------------------------------
+def alert(client, vm: str, severity: str, signature: str = "ET TROJAN beacon"):
+    return client.call("POST", "/v1/alerts", {"vm": vm, "severity": severity, "source": "suricata-1", "signature": signature})
+
+
+def test_an_alert_below_the_threshold_is_recorded_and_one_at_it_quarantines(api):
+    """The default: one alert of severity high or worse quarantines its VM; lower ones are only
+    recorded (an IDS's low findings are too often wrong to cut a VM off for)."""
+    app, client = api
+    low = alert(client, "02:00:00:00:00:01", "medium", "port scan")  # by MAC
+    assert low.status == 201 and (low.json["vm"], low.json["action"]) == ("web1", "alert")
+    assert "web1" not in app.policy.quarantine
+    high = alert(client, "web1", "critical")
+    assert high.status == 201 and high.json["action"] == "quarantine"
+    record = app.policy.quarantine["web1"]
+    assert record.actor == "ids:suricata-1" and "ET TROJAN beacon" in record.reason
+    assert alert(client, "web1", "high").json["action"] == "already-quarantined"
+    listed = client.call("GET", "/v1/alerts?vm=web1").json
+    assert [a["action"] for a in listed["alerts"]] == ["already-quarantined", "quarantine", "alert"]
+    assert "high or worse" in listed["threshold"]
+    audit_rows = [(e["action"], e["actor"]) for e in client.call("GET", "/v1/audit").json["entries"]]
+    assert ("vm.quarantine", "ids:suricata-1") in audit_rows and ("vm.alert", "admin") in audit_rows
+    assert 'goldilocks_alerts_total{severity="critical",action="quarantine"} 1' in client.call("GET", "/metrics").raw.decode()
+
+
+def test_a_count_within_a_window_is_what_quarantines(tmp_path):
+    from apps.alerts import AlertBook, Threshold
+
+    book = AlertBook(Threshold("medium", count=3, window=60))
+    assert not book.record("vm1", "high", 0) and not book.record("vm1", "low", 1) and not book.record("vm1", "medium", 2)
+    assert not book.record("vm1", "medium", 100), "the first two fell out of the window"
+    assert book.record("vm1", "critical", 101) is False and book.record("vm1", "high", 102) is True
+    assert not AlertBook(Threshold(None)).record("vm1", "critical", 0), "none: alerts never quarantine"
+
+
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"vm": "nobody", "severity": "high", "source": "s", "signature": "x"}, "vm"),
+        ({"vm": "02:aa:00:00:00:99", "severity": "high", "source": "s", "signature": "x"}, "vm"),
+        ({"vm": "web1", "severity": "dire", "source": "s", "signature": "x"}, "severity"),
+        ({"vm": "web1", "severity": "high", "signature": "x"}, "source"),
+        ({"vm": "web1", "severity": "high", "source": "s", "signature": ""}, "signature"),
+        ({"vm": "web1", "severity": "high", "source": "s", "signature": "x", "score": 9}, "score"),
+    ],
+)
+def test_bad_alerts_are_refused_and_change_nothing(api, body, field):
+    app, client = api
+    answer = client.call("POST", "/v1/alerts", body)
+    assert answer.status == 400 and answer.json["field"] == field, answer.json
+    assert not app.policy.quarantine and client.call("GET", "/v1/alerts").json["alerts"] == []
