@@ -6,7 +6,7 @@ import functools
 from collections import defaultdict
 from dataclasses import dataclass
 
-from apps import arp_responder, forwarding, policy_flows, quarantine, steering
+from apps import arp_responder, forwarding, pipeline, policy_flows, port_security, quarantine, steering
 from apps.context import PolicyState
 from apps.flows import FlowEntry
 from apps.identity import Identities, host_identities, identity_labels
@@ -77,6 +77,8 @@ def compile_network(
         host = topo.hosts.get(mac)
         if host is not None:
             isolated_ports[host.dpid].add(host.port)
+    vm_of_mac = {mac: vm.name for mac, vm in policy.vm_by_mac().items()}
+    guarded = port_security.guarded_ports(hosts, vm_of_mac)
     responders_key = ("responders", tuple((h.mac, tuple(sorted(h.ips))) for h in hosts))
     responders = _GROUPS.get(responders_key, lambda: arp_responder.responder_flows(hosts))
     by_identity: dict[int, list[Host]] = defaultdict(list)
@@ -101,6 +103,13 @@ def compile_network(
         groups = {}
         entries = forwarding.base_flows()
         entries += forwarding.ingress_flows(topo, dpid, local, identity_of)
+        for host in local:
+            name = guarded.get((dpid, host.port))
+            if name is not None and host.mac == min(policy.vms[name].macs):  # once per port
+                vm = policy.vms[name]
+                tag = (identity_of[host.mac], pipeline.META_SRC_MASK)
+                learned = set().union(*(topo.hosts[m].ips for m in vm.macs if m in topo.hosts))
+                entries += port_security.port_security_flows(host.port, vm.macs, vm.ips, tag, learned)
         flood_set = forwarding.flood_ports(topo, dpid, view) - isolated_ports.get(dpid, set())
         entries += forwarding.flood_flows(topo, dpid, flood_set)
         if topo.edge_ports(dpid):

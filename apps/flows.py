@@ -140,7 +140,7 @@ def _make_entry(
         # such a flood cannot starve link discovery either.
         lldp = dict(match).get("eth_type") == pipeline.ETH_TYPE_LLDP
         meter = pipeline.METER_LLDP if lldp else pipeline.METER_PACKET_IN
-        if app == pipeline.APP_QUARANTINE:
+        if app in (pipeline.APP_QUARANTINE, pipeline.APP_PORT_SECURITY):
             meter = pipeline.METER_QUARANTINE  # a quarantined VM cannot crowd out anyone's learning
     entry = FlowEntry(table, priority, match, actions, goto, app, metadata, meter)
     entry.validate()

@@ -89,12 +89,14 @@ APP_TOPOLOGY = 0x01  # table-miss, LLDP, learning, forwarding, flooding, ARP
 APP_POLICY = 0x02
 APP_QUARANTINE = 0x03
 APP_TUNNEL = 0x04
+APP_PORT_SECURITY = 0x05  # evidence of spoofing: a copy under this app is never learned from
 
 APP_NAMES = {
     APP_TOPOLOGY: "topology",
     APP_POLICY: "policy",
     APP_QUARANTINE: "quarantine",
     APP_TUNNEL: "tunnel",
+    APP_PORT_SECURITY: "port-security",
 }
 
 # ---------------------------------------------------------------------------
@@ -102,6 +104,12 @@ APP_NAMES = {
 # ---------------------------------------------------------------------------
 PRIO_MISS = 0
 PRIO_LEARN = 100  # unknown source on an edge port -> controller
+# Port security on a managed VM's port (apps/port_security.py), around the admission entries:
+PRIO_SPOOF_MAC = 450  # any other MAC on the port: evidence, dropped
+PRIO_SPOOF_ADDRESS_IP = 503  # the VM's MAC with an IPv4 source not its own: evidence, dropped
+PRIO_OWN_ADDRESS_IP = 505  # the VM's MAC and one of its own IPv4 addresses: admitted
+PRIO_SPOOF_ADDRESS_ARP = 515  # the VM's ARP with a sender address not its own: evidence, dropped
+PRIO_OWN_ADDRESS_ARP = 525  # the VM's ARP with one of its own sender addresses: admitted
 PRIO_FROM_FABRIC = 300  # frame from an inter-switch port
 PRIO_KNOWN_SOURCE = 500  # known (port, MAC) on an edge port
 PRIO_ENDPOINT = 600  # a tunnel endpoint's own ARP and WireGuard UDP, from its own port: infrastructure
@@ -177,7 +185,7 @@ OFPP_MAX = 0xFFFFFF00
 # Meters on the packet-in path (per switch), in packets per second with a burst allowance.
 METER_PACKET_IN = 1  # unknown sources, ARP copies, unanswered ARP
 METER_LLDP = 2
-METER_QUARANTINE = 3  # copies of a quarantined VM's frames: enough to follow it, never a flood
+METER_QUARANTINE = 3  # copies of a quarantined VM's frames and spoofing evidence: enough to act on, never a flood
 METERS = {METER_PACKET_IN: (500, 250), METER_LLDP: (200, 200), METER_QUARANTINE: (20, 20)}  # id -> (rate pps, burst)
 
 # How many bytes of a packet-in we need (headers only).

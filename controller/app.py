@@ -28,7 +28,7 @@ from controller.metrics import Metrics
 from controller.reconciler import SwitchSync
 from controller.settings import Settings
 from controller.store import Store
-from topology.learner import Learner, Outcome, PacketOut
+from topology.learner import Learner, Outcome, PacketOut, Punt
 from topology.model import ROLE_HYPERVISOR, Port
 
 LOG = logging.getLogger("goldilocks.controller")
@@ -78,6 +78,9 @@ class GoldilocksController(app_manager.RyuApp):
         auth.ensure_admin_token(self.store, self.settings.state_dir, reset=self.settings.reset_admin_token)
         self.identities = Identities(self.store.load_identities())
         self._quarantine_group = desired_mod.quarantine_group(quarantine_macs(self.policy))
+        from controller.security import SpoofGuard
+
+        self.spoof_guard = SpoofGuard(self, self.settings.spoofing_responses)
         severity = self.settings.alert_quarantine_severity
         self.alert_book = AlertBook(
             Threshold(None if severity == "none" else severity, self.settings.alert_quarantine_count, self.settings.alert_window)
@@ -525,6 +528,12 @@ class GoldilocksController(app_manager.RyuApp):
         if in_port is None:
             return
         punt = punt_reason(msg.table_id, msg.cookie)
+        if punt is Punt.EVIDENCE:
+            try:
+                self.spoof_guard.evidence(msg.datapath.id, in_port, bytes(msg.data))
+            except Exception:
+                LOG.exception("acting on port security's evidence failed")
+            return
         outcome = self.learner.packet_in(msg.datapath.id, in_port, bytes(msg.data), punt, time.monotonic())
         self.carry_out(outcome, received)
 

@@ -79,6 +79,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     alerts.add_argument(
         "--alert-window", type=float, default=300.0, metavar="SECONDS", help="within how long (default 300)"
     )
+    spoofing = parser.add_argument_group("port security: a managed VM sending as someone else")
+    for kind, default in (("mac-spoofing", "quarantine"), ("ip-spoofing", "alert"), ("arp-spoofing", "quarantine")):
+        spoofing.add_argument(
+            f"--{kind}",
+            choices=["alert", "quarantine"],
+            default=default,
+            help=f"what {kind.replace('-', ' ')} leads to (default {default}; the frame is dropped either way)",
+        )
     parser.add_argument(
         "--reset-admin-token",
         action="store_true",
@@ -145,6 +153,8 @@ def main(argv: list[str] | None = None) -> None:
     os.environ["GOLDILOCKS_ALERT_QUARANTINE_SEVERITY"] = args.alert_quarantine_severity
     os.environ["GOLDILOCKS_ALERT_QUARANTINE_COUNT"] = str(args.alert_quarantine_count)
     os.environ["GOLDILOCKS_ALERT_WINDOW"] = str(args.alert_window)
+    for kind in ("mac_spoofing", "ip_spoofing", "arp_spoofing"):
+        os.environ[f"GOLDILOCKS_{kind.upper()}"] = getattr(args, kind)
     patch_eventlet()
     from ryu.cmd import manager
 

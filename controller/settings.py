@@ -33,6 +33,10 @@ class Settings:
     alert_quarantine_severity: str = "high"
     alert_quarantine_count: int = 1
     alert_window: float = 300.0
+    # What port security's evidence leads to, per kind: "alert" or "quarantine" (controller/security.py).
+    spoofing_responses: tuple[tuple[str, str], ...] = (
+        ("mac-spoofing", "quarantine"), ("ip-spoofing", "alert"), ("arp-spoofing", "quarantine"),
+    )  # fmt: skip
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -55,6 +59,10 @@ class Settings:
             alert_quarantine_severity=env.get("GOLDILOCKS_ALERT_QUARANTINE_SEVERITY", "high"),
             alert_quarantine_count=int(env.get("GOLDILOCKS_ALERT_QUARANTINE_COUNT", "1")),
             alert_window=float(env.get("GOLDILOCKS_ALERT_WINDOW", "300")),
+            spoofing_responses=tuple(
+                (kind, env.get(f"GOLDILOCKS_{kind.upper().replace('-', '_')}", default))
+                for kind, default in cls.spoofing_responses
+            ),
         )
 
 

@@ -58,6 +58,7 @@ class Punt(enum.Enum):
     MISS = "miss"  # the ingress table-miss: an unknown source, learned and then re-injected
     UNANSWERED_ARP = "unanswered-arp"  # an ARP request no responder answered, flooded and copied
     COPY = "copy"  # any other copy (ARP from a host whose IP is not known yet)
+    EVIDENCE = "evidence"  # port security: a frame a managed VM's port should not have sent; never learned from
 
 
 @dataclass(frozen=True)
@@ -423,6 +424,8 @@ class Learner:
                 if len(held) < HELD_FRAMES_PER_PORT:
                     held.append((now, punt, frame))
             return Outcome()
+        if punt is Punt.EVIDENCE:
+            return Outcome()  # the shell acts on it (controller/security.py); it teaches nothing
         if punt is Punt.UNANSWERED_ARP:
             self.unanswered_arp.append((now, here, frame))
             return Outcome()

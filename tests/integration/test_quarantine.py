@@ -145,6 +145,7 @@ def test_it_stays_cut_off_when_it_moves_to_another_hypervisor(dc):
     finally:
         release(dc)
     assert wait_until(lambda: pings(dc, "vm4", FLAGGED), 10), "released at its new place"
+    assert pings(dc, "vm4", "vm3"), "its new neighbours talk among themselves"
 
 
 def test_a_high_severity_ids_alert_cuts_the_vm_off(dc):
@@ -158,3 +159,50 @@ def test_a_high_severity_ids_alert_cuts_the_vm_off(dc):
     finally:
         release(dc, "vm2")
     assert wait_until(lambda: pings(dc, "vm4", "vm2"), 10)
+
+
+# ---------------------------------------------------------------------------
+# Spoofing from a managed VM (frames made by hand, as a compromised guest would)
+# ---------------------------------------------------------------------------
+def send_raw(dc, vm: str, frame: bytes) -> None:
+    intf = dc.host(vm).defaultIntf().name
+    dc.host(vm).cmd(f"{sys.executable} -m mininet_scenarios.raw_frame {intf} {frame.hex()} 3")
+
+
+def alerts_about(dc, vm: str) -> list[dict]:
+    return rest_call(dc.rest_url, "GET", f"/v1/alerts?vm={vm}", expect=200)["alerts"]
+
+
+@pytest.mark.parametrize("kind", ["arp-spoofing", "mac-spoofing"])
+def test_arp_and_mac_spoofing_quarantine_the_vm_by_default(dc, kind):
+    from mininet_scenarios import raw_frame
+
+    _, ip2, mac2 = dc.layout.vms["vm2"]
+    _, ip3, mac3 = dc.layout.vms["vm3"]
+    _, ip4, mac4 = dc.layout.vms["vm4"]
+    if kind == "arp-spoofing":  # vm2 tells vm4 that vm3's address is at vm2's MAC
+        frame = raw_frame.arp_reply(mac2, ip3, mac4, ip4)
+    else:  # vm2 sends as vm3
+        frame = raw_frame.udp_ipv4(mac3, mac4, ip3, ip4)
+    assert pings(dc, "vm4", "vm2") and pings(dc, "vm4", "vm3")
+    send_raw(dc, "vm2", frame)
+    try:
+        assert wait_until(lambda: "vm2" in {q["vm"] for q in rest_call(dc.rest_url, "GET", "/v1/quarantine", expect=200)[
+            "quarantine"]}, 5), f"{kind} did not quarantine vm2"  # fmt: skip
+        assert not pings(dc, "vm4", "vm2")
+        assert any(kind in a["signature"] and a["action"] == "quarantine" for a in alerts_about(dc, "vm2"))
+        assert wait_until(lambda: pings(dc, "vm4", "vm3"), 3), "the VM it impersonated is untouched"
+    finally:
+        release(dc, "vm2")
+    assert wait_until(lambda: pings(dc, "vm4", "vm2"), 10)
+
+
+def test_ip_spoofing_is_dropped_and_alerted_by_default(dc):
+    from mininet_scenarios import raw_frame
+
+    _, _, mac2 = dc.layout.vms["vm2"]
+    _, ip4, mac4 = dc.layout.vms["vm4"]
+    send_raw(dc, "vm2", raw_frame.udp_ipv4(mac2, mac4, "10.0.77.77", ip4))
+    assert wait_until(lambda: any("ip-spoofing" in a["signature"] for a in alerts_about(dc, "vm2")), 5)
+    assert not rest_call(dc.rest_url, "GET", "/v1/quarantine", expect=200)["quarantine"]
+    assert pings(dc, "vm4", "vm2"), "an alert only: the VM keeps its own traffic"

@@ -102,7 +102,7 @@ def test_every_compiled_flow_is_one_open_vswitch_accepts():
     for table in desired_tables(fabric.topo, policy).values():
         for entry in table.values():
             check_entry(entry)
-            assert is_ours(entry.cookie) and app_of(entry.cookie) in ("topology", "policy", "tunnel")
+            assert is_ours(entry.cookie) and app_of(entry.cookie) in ("topology", "policy", "tunnel", "port-security")
             assert app_of(entry.cookie) != "policy" or entry.table in policy_tables, entry
 
 

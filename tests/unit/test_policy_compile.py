@@ -337,7 +337,9 @@ def test_a_label_change_changes_only_the_flows_that_mention_the_vm_or_its_identi
         assert len(classify) <= 2, "at most the mover's destination identity, old and new"
     assert any(e.table == pipeline.CLASSIFY for d in fabric.hypervisors for e in changed[d])
     mover_ingress = [e for e in changed[mover.dpid] if e.table == pipeline.INGRESS]
-    assert len(mover_ingress) == 2 * 3, "admit, ARP and ARP-with-address entries, old and new"
+    # Admit, ARP and ARP-with-address entries, and port security's admission of its own address
+    # and of 0.0.0.0 over IPv4 and ARP (its inventory lists its IP): old and new.
+    assert len(mover_ingress) == 2 * (3 + 4), "the mover's admission entries, old and new"
     other = next(d for d in fabric.hypervisors if d != mover.dpid)
     other_policy = [e for e in changed[other] if e.table == pipeline.POLICY]
     if new_tier == "cache":

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from apps import pipeline
 from apps.desired import compile_network
+from apps.flows import app_of
 from apps.selectors import parse_selector
 from apps.steering import MAX_INDEX, TunnelPlan, parse_tunnel_port_name, plan_from_topology, tunnel_port_name
 from tests.fakeoftable import (
@@ -477,7 +478,9 @@ def test_only_the_endpoint_itself_gets_through_a_deny():
     assert not spoofed.deliveries, "the endpoint's MAC and IP from a VM port"
     assert all((p.dpid, p.table) == (vm.dpid, pipeline.INGRESS) for p in spoofed.punts), "only asked about, as a stranger"
     other_ip = Host(vm.mac, a.ips, vm.dpid, vm.port)  # the VM's own MAC, the endpoint's IP
-    assert went_nowhere(deny, vm.dpid, vm.port, wireguard(other_ip, b))
+    forged = deny.send(other_ip, wireguard(other_ip, b))
+    assert not forged.deliveries, "the VM's own MAC with the endpoint's IP"
+    assert all(app_of(p.cookie) == "port-security" for p in forged.punts), "shown to the controller only as evidence"
     for sport in (WG_PORT + 1, 53, 40000):  # the endpoint, but not its WireGuard port: policy applies
         assert went_nowhere(deny, a.dpid, a.port, wireguard(a, b, sport)), sport
         only_copy(allow, a, b, wireguard(a, b, sport))

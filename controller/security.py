@@ -1,0 +1,79 @@
+"""What the controller does with port security's evidence: a managed VM that sent from a MAC, an IP
+or an ARP sender address that is not its own. The switch already dropped the frame; here it
+becomes an alert (stored, audited with the frame's fields, counted) or a quarantine, as configured
+per kind (--mac-spoofing, --ip-spoofing, --arp-spoofing)."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from apps import port_security
+from apps.quarantine import Quarantine
+from controller import audit
+
+LOG = logging.getLogger("goldilocks.security")
+
+# MAC spoofing and an ARP message for another VM's address are deliberate: no healthy guest does
+# either. A source IP missing from the inventory is more often an address the inventory does not
+# list yet than an attack, and its frames are dropped anyway: an alert is enough.
+DEFAULT_RESPONSES = {"mac-spoofing": "quarantine", "ip-spoofing": "alert", "arp-spoofing": "quarantine"}
+RESPONSES = ("alert", "quarantine")
+REPEAT_AFTER = 60.0  # the same kind from the same VM is recorded again at most this often
+SOURCE = "goldilocks"
+
+
+class SpoofGuard:
+    def __init__(self, app, responses=None, clock=time.time) -> None:
+        self.app = app
+        self.responses = {**DEFAULT_RESPONSES, **dict(responses or {})}
+        self.clock = clock
+        self._last: dict[tuple[str, str], float] = {}
+        self.seen: dict[tuple[str, str], int] = {}  # (kind, action) -> evidence frames
+
+    def evidence(self, dpid: int, port: int, frame: bytes) -> str | None:
+        """A frame port security dropped on (dpid, port); returns the action taken, if any."""
+        app = self.app
+        policy = app.policy
+        vm_of_mac = {mac: vm.name for mac, vm in policy.vm_by_mac().items()}
+        on_port = [h for h in app.topo.hosts.values() if (h.dpid, h.port) == (dpid, port)]
+        owner = port_security.guarded_ports(on_port, vm_of_mac).get((dpid, port))
+        if owner is None:
+            return None  # the port changed hands meanwhile: nothing to say about it
+        vm = policy.vms[owner]
+        found = port_security.violation(frame, vm.macs, vm.ips)
+        if found is None:
+            return None
+        kind, evidence = found
+        now = self.clock()
+        if owner in policy.quarantine:
+            action = "already-quarantined"
+        else:
+            action = self.responses[kind]
+        self.seen[(kind, action)] = self.seen.get((kind, action), 0) + 1
+        if action != "quarantine" and now - self._last.get((owner, kind), -1e18) < REPEAT_AFTER:
+            return None
+        self._last[(owner, kind)] = now
+        where = f"switch {dpid:016x} port {port}"
+        signature = f"{kind}: {evidence}"
+        store = app.store
+
+        def write_alert() -> None:
+            store.add_alert(now, owner, where, "high", SOURCE, signature, action)
+            audit.record(store, SOURCE, "vm.alert", owner, f"{signature} at {where}; {action}")
+
+        LOG.warning("VM %s at %s: %s; %s", owner, where, signature, action)
+        if action == "quarantine":
+            reason = f"{signature} at {where}"
+            record = Quarantine(owner, reason, "isolate", SOURCE, now, vm.macs)
+
+            def write_more() -> None:
+                write_alert()
+                audit.record(store, SOURCE, "vm.quarantine", owner, f"isolate: {reason}")
+
+            app.apply_policy(policy.with_quarantine(record), write_more=write_more)
+        else:
+            with store.transaction():
+                write_alert()
+        app.metrics.alerts[("high", action)] += 1
+        return action
