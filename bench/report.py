@@ -424,6 +424,7 @@ def _problems(results: dict) -> list[str]:
                 found.append(f"  - {lt['switch_port_macs']} of them: the MAC of a switch port in the root namespace "
                              f"(frames the kernel sent from that veth), e.g. {sample}")
     found += _encryption_problems(results.get("encryption") or {})
+    found += _quarantine_problems(results.get("quarantine") or {})
     if not found:
         return ["## Problems seen", "", "None: every run completed, and no controller log showed errors.", ""]
     return ["## Problems seen", "", "Generated from the runs above. The logs are kept in `bench/out/logs/` (not committed).",
@@ -622,6 +623,156 @@ def _encryption_problems(enc: dict) -> list[str]:
     return found
 
 
+def _quarantine(q: dict) -> list[str]:
+    runs, st = q.get("runs", []), q.get("settings", {})
+    if not runs:
+        return []
+    n = len(runs)
+    latency = [[t for t in r.get("latency", []) if "after_returned" in t] for r in runs]
+    moves = [r.get("migration", []) for r in runs]
+
+    def over_all(key: str, trials_by_run: list[list[dict]]) -> list:
+        return [t.get(key) for trials in trials_by_run for t in trials]
+
+    def row(label: str, key: str, trials_by_run: list[list[dict]], scale: float = 1000, digits: int = 1) -> str:
+        values = [v for v in over_all(key, trials_by_run) if v is not None]
+        worst = max(values) if values else None
+        each = "; ".join(f"{fmt(med([t.get(key) for t in trials]), digits, scale)} / "
+                         f"{fmt(max((v for t in trials if (v := t.get(key)) is not None), default=None), digits, scale)}"
+                         for trials in trials_by_run)  # fmt: skip
+        return f"| {label} | {fmt(med(values), digits, scale)} | {fmt(worst, digits, scale)} | {each} | {len(values)} |"
+
+    def answered(direction: str) -> str:
+        shown = []
+        for trials in moves:
+            sent = sum(get(t, f"{direction}.sent") or 0 for t in trials)
+            got = sum(get(t, f"{direction}.answered") or 0 for t in trials)
+            shown.append(f"{got} of {sent}" if trials else DASH)
+        return "; ".join(shown)
+
+    stream = [r.get("stream") or {} for r in runs]
+    interval_ms = 1000 * st.get("ping_interval", 0)
+    target, pinger, watcher = st.get("target", "vm1"), st.get("pinger", "vm3"), st.get("watcher", "vm4")
+    client, server = st.get("stream", ["vm2", "vm4"])
+    released = ", ".join(fmt(r.get("released_after_moves"), 1, 1000) for r in runs)
+    layout = ",".join(map(str, st.get("layout", [])))
+    return [
+        "## Quarantine: cutting a VM off, and following it when it moves",
+        "",
+        "Run alone with `.venv/bin/python -m bench.run --only quarantine` (`make bench` runs it too; add `--output` and "
+        "`--json` to keep docs/benchmarks.md and bench/out/results.json as they are). "
+        + (f"{n} repetitions; " if n > 1 else "A single repetition; ")
+        + f"each builds a fresh data centre, `Layout({layout})`: vm1 and vm2 on hv1, vm3 and vm4 on hv2, 5 userspace "
+        "bridges apart (hv1, leaf, spine, leaf, hv2), no tunnel endpoints, the four VMs in the inventory and no rule "
+        "(default allow). The figures over all trials pool the trials of every repetition; the per-repetition column "
+        f"shows each repetition's median / worst. The whole section took {fmt(q.get('wall_seconds'), 0)} s.",
+        "",
+        f"| `POST /v1/quarantine` of {target}, while {pinger} pings it every {fmt(interval_ms, 0)} ms (ms) "
+        "| median, all trials | worst, all trials | each repetition: median / worst | trials |",
+        "|---|---|---|---|---|",
+        row("last echo reply after the call **returned**", "after_returned", latency),
+        row("last echo reply after the call was **sent**", "after_sent", latency),
+        row("the call itself (sent to returned)", "call_seconds", latency),
+        row("`DELETE /v1/quarantine/{vm}` returned to the first reply again", "release_to_reply",
+            [r.get("latency", []) for r in runs]),
+        "",
+        f"- **Quarantine latency.** {pinger} (on hv2) pings {target} (on hv1) with `ping -D -n -i "
+        f"{st.get('ping_interval')}`; after {fmt(st.get('ping_lead'), 1)} s of replies the bench calls `POST "
+        f"/v1/quarantine` and notes the time just before sending it and just after the answer (201) came back. The "
+        f"figure is the `-D` timestamp of the last echo reply minus either time (one clock): negative means the drop "
+        "entries were already in place on the hypervisors before the HTTP answer arrived, and is reported as is. A "
+        f"reply needs a request that passed before the cut, so the figure is within one ping interval "
+        f"({fmt(interval_ms, 0)} ms) plus a round trip of the moment the cut took effect.",
+        f"- **Release between trials.** The pings go on {fmt(st.get('ping_tail'), 1)} s after the call returned, then "
+        f"`DELETE` releases {target} and {pinger} pings it every {fmt(interval_ms, 0)} ms until the first reply "
+        f"(at most {fmt(st.get('release_wait'), 0)} s) before the next trial; that wait is the last row. {pinger} "
+        f"and {target} hold permanent neighbour entries for each other, so every echo request goes out addressed to "
+        f"{target} and no ARP exchange decides when replies stop or resume.",
+        "",
+        f"| {target}, quarantined, moved to the other hypervisor (ms) | median, all trials | worst, all trials "
+        "| each repetition: median / worst | trials |",
+        "|---|---|---|---|---|",
+        row(f"plugged in to `GET /v1/quarantine/{target}` showing the new hypervisor", "plugged_to_located", moves),
+        "",
+        "| pings answered during the moves (must be 0) | each repetition |",
+        "|---|---|",
+        f"| {watcher} to {target}, every {fmt(interval_ms, 0)} ms | {answered('to_target')} |",
+        f"| {target} to {watcher} (its announce at the new place) | {answered('from_target')} |",
+        "",
+        f"- **Re-applying on migration.** {target} is quarantined once, then moved "
+        f"{plural(st.get('migration_trials', 0), 'time')}, hv1 to hv2 and back, as `tests/integration/helpers.move_vm` "
+        "does: its cable to the old hypervisor is unplugged and a new one plugged into the other (`ovs-vsctl add-port`). "
+        "The isolation itself needs nothing new after a move (the drop entries match its MAC on every hypervisor), so "
+        f"the figure is how long until the controller *shows* it there: from the moment the port was added to the first "
+        f"`GET /v1/quarantine/{target}` (polled every {fmt(1000 * st.get('location_poll', 0), 0)} ms) whose `location.dpid` "
+        f"is the new hypervisor's. Right after the plug, {target} sends `ping {st.get('announce', '')}` to {watcher}, "
+        "standing in for the announce a hypervisor sends for a migrated VM: its ARP request is its first frame, dropped "
+        "and copied to the controller, which learns the new place from it. The figure includes the "
+        f"{fmt(st.get('edge_confirm_time'), 1)} s a newly plugged port stays *pending*: nothing is learned from it until "
+        "it has been up that long with no LLDP from another switch (`EDGE_CONFIRM_TIME`, `topology/model.py`). A port "
+        "the hypervisor declares as a VM's (OVSDB) skips that wait; the bench's Mininet ports are not declared.",
+        f"- **Nothing answered meanwhile.** {watcher} (on hv2, with a permanent neighbour entry for {target}) pings "
+        f"{target} every {fmt(interval_ms, 0)} ms from {fmt(st.get('migration_lead'), 1)} s before each move to "
+        f"{fmt(st.get('migration_tail'), 1)} s after the controller showed the new place: after a move to hv2 from the "
+        f"same hypervisor, after a move to hv1 across the fabric. After the last move, {target} is given a permanent "
+        f"neighbour entry for {watcher} (its announce left it retrying ARP once a second, which would otherwise be "
+        f"measured) and released: {watcher} reached it again after {released} ms.",
+        "",
+        f"- **Background stream.** Throughout the trials one TCP stream runs from {client} (hv1) to {server} (hv2), "
+        f"`iperf3 -c -t 600 -i 1`, started {fmt(st.get('stream_alone'), 0)} s before the first trial and stopped after "
+        "the last; the rates are the server's 1 s intervals (bytes received). Mbit/s over its life: "
+        + ", ".join(fmt(s.get("mbps"), 0) for s in stream)
+        + "; alone, before the first trial: " + ", ".join(fmt(s.get("alone_mbps"), 0) for s in stream)
+        + "; during the trials: " + ", ".join(fmt(s.get("during_mbps"), 0) for s in stream)
+        + "; slowest 1 s interval during the trials: " + ", ".join(fmt(s.get("slowest_interval_mbps"), 0) for s in stream)
+        + " (per repetition). The pings, the REST calls and the controller's recompiles share the machine's CPUs with "
+        "it, so the latencies above are measured under that load.",
+        "",
+    ]
+
+
+def _quarantine_problems(q: dict) -> list[str]:
+    found = []
+    st = q.get("settings", {})
+    kept = st.get("kept_answered", 0.25)
+    target, watcher = st.get("target", "vm1"), st.get("watcher", "vm4")
+    directions = {"to_target": f"from {watcher} to {target}", "from_target": f"from {target} to {watcher}"}
+    for i, run in enumerate(q.get("runs", []), 1):
+        name = f"quarantine run {i}"
+        if run.get("error"):
+            found.append(f"- {name}: the run failed: `{run['error']}`")
+        for j, trial in enumerate(run.get("latency", []), 1):
+            if trial.get("invalid"):
+                found.append(f"- {name}, latency trial {j}: not counted, {trial['invalid']}")
+            if trial.get("kept_answered"):
+                found.append(f"- {name}, latency trial {j}: the cut did not hold within {kept:g} s: "
+                             f"{trial['kept_answered']} (the figure is a lower bound)")
+            if "release_to_reply" in trial and trial["release_to_reply"] is None:
+                found.append(f"- {name}, latency trial {j}: after the release, the VM did not answer again within "
+                             f"{st.get('release_wait', '?')} s")
+        for j, trial in enumerate(run.get("migration", []), 1):
+            where = f"{name}, move {j} ({trial.get('from')} to {trial.get('to')})"
+            if trial.get("plugged_to_located") is None:
+                found.append(f"- {where}: the controller never showed the VM on {trial.get('to')} within "
+                             f"{st.get('location_timeout', '?')} s")
+            for direction, pings in directions.items():
+                if get(trial, f"{direction}.answered"):
+                    found.append(f"- {where}: {trial[direction]['answered']} of {trial[direction]['sent']} pings {pings} "
+                                 "were answered while it was quarantined")
+                elif get(trial, f"{direction}.sent") is None:
+                    found.append(f"- {where}: no ping summary for the pings {pings}")
+        if run.get("migration") and run.get("released_after_moves") is None:
+            found.append(f"- {name}: after the moves and the release, the VM did not answer again")
+        stream = run.get("stream") or {}
+        if run.get("stream") is not None and stream.get("mbps") is None:
+            found.append(f"- {name}: the background iperf3 stream failed: `{stream.get('error')}`")
+        lp = run.get("log_problems") or {}
+        if lp.get("count"):
+            sample = "; ".join(f"`{line.strip()[:160]}`" for line in lp["lines"][:3])
+            found.append(f"- {name}: {plural(lp['count'], 'error-like log line')}, e.g. {sample} (log: `{run.get('log')}`)")
+    return found
+
+
 def render(results: dict, args) -> str:
     rows = results.get("headline", [])
     lines = [
@@ -641,6 +792,8 @@ def render(results: dict, args) -> str:
         lines += _scaling(results["scaling"], results.get("skipped", []))
     if results.get("encryption"):
         lines += _encryption(results["encryption"])
+    if results.get("quarantine"):
+        lines += _quarantine(results["quarantine"])
     if results.get("policy_scale"):
         lines += _policy_scale(results["policy_scale"])
     lines += _problems(results)

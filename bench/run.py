@@ -3,6 +3,7 @@
     .venv/bin/python -m bench.run                 # everything (what `make bench` runs)
     .venv/bin/python -m bench.run --reps 1 --scaling-reps 1 --output /tmp/b.md   # a quick look
     .venv/bin/python -m bench.run --only encryption --output /tmp/e.md --json /tmp/e.json   # one section alone
+    .venv/bin/python -m bench.run --only quarantine --reps 1 --output /tmp/q.md --json /tmp/q.json
 
 Needs root, Open vSwitch running and Mininet; Mininet runs of others are waited for (the machine-wide lock)."""
 
@@ -46,7 +47,7 @@ OUT_DIR = REPO / "bench" / "out"
 LATE_SECONDS = (1.0, 4.0)
 LEARNING_P50 = 'goldilocks_packet_in_to_flow_mod_seconds_recent{quantile="0.5"}'
 LEARNING_P99 = 'goldilocks_packet_in_to_flow_mod_seconds_recent{quantile="0.99"}'
-SECTIONS = ("headline", "scaling", "encryption", "policy")  # --only; each has its --no-SECTION
+SECTIONS = ("headline", "scaling", "encryption", "quarantine", "policy")  # --only; each has its --no-SECTION
 
 
 def layout_of(shape: tuple[int, int, int, int]) -> Layout:
@@ -269,17 +270,20 @@ def run_goldilocks_late(shape, label: str, seed: int) -> dict:
 
 
 # -- orchestration ------------------------------------------------------------------------------
-def preflight(encryption: bool = False) -> None:
+def preflight(encryption: bool = False, quarantine: bool = False) -> None:
     problems = []
     if os.geteuid() != 0:
         problems.append("needs root (Mininet creates namespaces and veths)")
-    for tool in ("ovs-vsctl", "mnexec", "iperf3", "ethtool", "ping"):
-        if shutil.which(tool) is None:
-            problems.append(f"{tool} is not installed (make install)")
+    missing = [tool for tool in ("ovs-vsctl", "mnexec", "iperf3", "ethtool", "ping") if shutil.which(tool) is None]
     if encryption:
-        from bench.encryption import missing_tools
+        from bench import encryption as encryption_section
 
-        problems += [f"{tool} is not installed (make install)" for tool in missing_tools()]
+        missing += encryption_section.missing_tools()
+    if quarantine:
+        from bench import quarantine as quarantine_section
+
+        missing += quarantine_section.missing_tools()
+    problems += [f"{tool} is not installed (make install)" for tool in dict.fromkeys(missing)]
     if not problems:
         # Another Mininet run's bridges are its own while it holds the lock: wait for it to end,
         # then what is left over is a crashed run's.
@@ -344,6 +348,19 @@ def run_encryption(reps: int) -> dict:
     return {"settings": encryption.settings(), "runs": runs, "wall_seconds": seconds}
 
 
+def run_quarantine(reps: int) -> dict:
+    """Per repetition, a fresh data centre: quarantine latency trials, then moves of the quarantined VM, with a
+    bystanders' TCP stream throughout."""
+    from bench import quarantine
+
+    started = time.monotonic()
+    runs = [guarded(f"rep {rep}/{reps}: quarantine, Goldilocks {describe(quarantine.LAYOUT)}", quarantine.run_datacentre,
+                    rep) for rep in range(1, reps + 1)]  # fmt: skip
+    seconds = time.monotonic() - started
+    log(f"quarantine section: {seconds:.0f} s")
+    return {"settings": quarantine.settings(), "runs": runs, "wall_seconds": seconds}
+
+
 def machine() -> dict:
     def run(cmd):
         try:
@@ -385,6 +402,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--no-scaling", action="store_true", help="skip the scaling runs")
     parser.add_argument("--no-policy", action="store_true", help="skip the policy compile benchmark (no switches)")
     parser.add_argument("--no-encryption", action="store_true", help="skip the encryption runs")
+    parser.add_argument("--no-quarantine", action="store_true", help="skip the quarantine runs")
     parser.add_argument("--only", action="append", choices=SECTIONS, metavar="SECTION",
                         help=f"run only this section (repeatable): {', '.join(SECTIONS)}")
     parser.add_argument("--output", default=str(REPO / "docs" / "benchmarks.md"))
@@ -411,7 +429,7 @@ def main(argv=None) -> int:
         Path(args.output).write_text(render(results, args))
         log(f"rewrote {args.output} from {args.json}")
         return 0
-    preflight(encryption=not args.no_encryption)
+    preflight(encryption=not args.no_encryption, quarantine=not args.no_quarantine)
     started = time.monotonic()
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     results: dict = {"machine": machine(), "headline": [], "scaling": {}, "skipped": []}
@@ -455,6 +473,9 @@ def main(argv=None) -> int:
 
     if not args.no_encryption:
         results["encryption"] = run_encryption(args.reps)
+
+    if not args.no_quarantine:
+        results["quarantine"] = run_quarantine(args.reps)
 
     if not args.no_policy:
         from bench.policy_scale import run_all
