@@ -235,6 +235,12 @@ def test_every_documented_operation_answers_as_documented(client):
         ("GET", "/v1/tokens", None),
         ("GET", "/v1/tokens/tour", None),
         ("DELETE", "/v1/tokens/tour", None),
+        ("POST", "/v1/alerts", {"vm": "tour", "severity": "low", "source": "tour", "signature": "a look around"}),
+        ("GET", "/v1/alerts?vm=tour", None),
+        ("POST", "/v1/quarantine", {"vm": "tour", "reason": "the tour"}),
+        ("GET", "/v1/quarantine", None),
+        ("GET", "/v1/quarantine/tour", None),
+        ("DELETE", "/v1/quarantine/tour", None),
         ("POST", "/v1/agents/tokens", {"ttl_seconds": 60}),
         ("GET", "/v1/agents", None),
         ("GET", "/v1/agents/hv9", None),  # a documented 404
