@@ -323,27 +323,8 @@ def _location(dc) -> str | None:
 
 
 def move(dc, vm: str, to_hv: str) -> float:
-    """Unplug a VM from its hypervisor and plug it into another (as tests/integration/helpers.move_vm does);
-    return when it was plugged in (epoch)."""
-    net = dc.net
-    host = net.get(vm)
-    old_hv = net.get(dc.layout.vms[vm][0])
-    _, ip, mac = dc.layout.vms[vm]
-    for link in net.linksBetween(host, old_hv):
-        switch_intf = link.intf2 if link.intf2.node is old_hv else link.intf1
-        old_hv.detach(switch_intf)
-        net.delLink(link)
-    new_hv = net.get(to_hv)
-    link = net.addLink(host, new_hv)
-    vm_intf = link.intf1 if link.intf1.node is host else link.intf2
-    switch_intf = link.intf2 if vm_intf is link.intf1 else link.intf1
-    vm_intf.setMAC(mac)
-    vm_intf.setIP(f"{ip}/{dc.layout.prefix_length(vm)}")
-    host.cmd(f"ethtool -K {vm_intf.name} tx off")
-    new_hv.attach(switch_intf)
-    plugged = time.time()
-    dc.layout.vms[vm] = (to_hv, ip, mac)
-    return plugged
+    """Migrate `vm` to `to_hv` (DataCentre.move_vm); return when it was plugged in (epoch)."""
+    return dc.move_vm(vm, to_hv)
 
 
 def migration_trial(dc, to_hv: str) -> dict:

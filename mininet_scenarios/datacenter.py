@@ -532,6 +532,29 @@ class DataCentre:
         )  # fmt: skip
         self.controller_set_at[name] = time.monotonic()
 
+    def move_vm(self, vm: str, to_hv: str) -> float:
+        """Unplug a VM from its hypervisor and plug it into another (a migration); return when it
+        was plugged in (epoch seconds)."""
+        net = self.net
+        host = net.get(vm)
+        old_hv = net.get(self.layout.vms[vm][0])
+        _, ip, mac = self.layout.vms[vm]
+        for link in net.linksBetween(host, old_hv):
+            switch_intf = link.intf2 if link.intf2.node is old_hv else link.intf1
+            old_hv.detach(switch_intf)
+            net.delLink(link)
+        new_hv = net.get(to_hv)
+        link = net.addLink(host, new_hv)
+        vm_intf = link.intf1 if link.intf1.node is host else link.intf2
+        switch_intf = link.intf2 if vm_intf is link.intf1 else link.intf1
+        vm_intf.setMAC(mac)
+        vm_intf.setIP(f"{ip}/{self.layout.prefix_length(vm)}")
+        host.cmd(f"ethtool -K {vm_intf.name} tx off")
+        new_hv.attach(switch_intf)
+        plugged = time.time()
+        self.layout.vms[vm] = (to_hv, ip, mac)
+        return plugged
+
     # -- tunnel endpoints and their agents ---------------------------------------------------------
     def endpoint_port(self, hypervisor: str) -> str:
         """The hypervisor bridge's port facing its tunnel endpoint."""

@@ -53,22 +53,4 @@ def wait_until(predicate, timeout: float, interval: float = 0.1):
 
 def move_vm(dc, name: str, to_hv: str) -> float:
     """Unplug a VM from its hypervisor and plug it into another; return the time it was plugged."""
-    net = dc.net
-    vm = net.get(name)
-    old_hv = net.get(dc.layout.vms[name][0])
-    _, ip, mac = dc.layout.vms[name]
-    for link in net.linksBetween(vm, old_hv):
-        switch_intf = link.intf2 if link.intf2.node is old_hv else link.intf1
-        old_hv.detach(switch_intf)
-        net.delLink(link)
-    new_hv = net.get(to_hv)
-    link = net.addLink(vm, new_hv)
-    vm_intf = link.intf1 if link.intf1.node is vm else link.intf2
-    switch_intf = link.intf2 if vm_intf is link.intf1 else link.intf1
-    vm_intf.setMAC(mac)
-    vm_intf.setIP(f"{ip}/16")
-    vm.cmd(f"ethtool -K {vm_intf.name} tx off")
-    new_hv.attach(switch_intf)
-    plugged = time.time()
-    dc.layout.vms[name] = (to_hv, ip, mac)
-    return plugged
+    return dc.move_vm(name, to_hv)
