@@ -36,8 +36,11 @@ def punt_reason(table_id: int, cookie: int) -> Punt:
     """Why a frame reached the controller, from the table and cookie of the entry that sent it."""
     if cookie == MISS_COOKIE:
         return Punt.MISS
-    if (cookie >> pipeline.COOKIE_APP_SHIFT) & 0xFF == pipeline.APP_PORT_SECURITY:
+    app = (cookie >> pipeline.COOKIE_APP_SHIFT) & 0xFF
+    if app == pipeline.APP_PORT_SECURITY:
         return Punt.EVIDENCE
+    if app == pipeline.APP_QUARANTINE:
+        return Punt.FOLLOW
     if table_id == pipeline.FORWARD:
         return Punt.UNANSWERED_ARP
     return Punt.COPY

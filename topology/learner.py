@@ -59,6 +59,7 @@ class Punt(enum.Enum):
     UNANSWERED_ARP = "unanswered-arp"  # an ARP request no responder answered, flooded and copied
     COPY = "copy"  # any other copy (ARP from a host whose IP is not known yet)
     EVIDENCE = "evidence"  # port security: a frame a managed VM's port should not have sent; never learned from
+    FOLLOW = "follow"  # a quarantined VM's frame: where it is is learned (it may have moved), never an address it claims
 
 
 @dataclass(frozen=True)
@@ -435,6 +436,8 @@ class Learner:
         """Learn the sender of a frame from an edge port; if it came from the table-miss entry,
         re-inject it at table 0 once the flows for its sender are in place."""
         mac, ip = sender_ip(frame)
+        if punt is Punt.FOLLOW:
+            ip = None  # a quarantined VM's ARP could claim any address: the model must not believe it
         if frame[6] & 1 or mac in self.topo.switch_macs():
             return Outcome()  # multicast sources and switches are never hosts
         endpoint = self.topo.endpoints.get(mac)

@@ -145,7 +145,6 @@ def test_it_stays_cut_off_when_it_moves_to_another_hypervisor(dc):
     finally:
         release(dc)
     assert wait_until(lambda: pings(dc, "vm4", FLAGGED), 10), "released at its new place"
-    assert pings(dc, "vm4", "vm3"), "its new neighbours talk among themselves"
 
 
 def test_a_high_severity_ids_alert_cuts_the_vm_off(dc):
@@ -184,14 +183,17 @@ def test_arp_and_mac_spoofing_quarantine_the_vm_by_default(dc, kind):
         frame = raw_frame.arp_reply(mac2, ip3, mac4, ip4)
     else:  # vm2 sends as vm3
         frame = raw_frame.udp_ipv4(mac3, mac4, ip3, ip4)
-    assert pings(dc, "vm4", "vm2") and pings(dc, "vm4", "vm3")
+    assert pings(dc, "vm4", "vm2")
     send_raw(dc, "vm2", frame)
     try:
         assert wait_until(lambda: "vm2" in {q["vm"] for q in rest_call(dc.rest_url, "GET", "/v1/quarantine", expect=200)[
             "quarantine"]}, 5), f"{kind} did not quarantine vm2"  # fmt: skip
         assert not pings(dc, "vm4", "vm2")
         assert any(kind in a["signature"] and a["action"] == "quarantine" for a in alerts_about(dc, "vm2"))
-        assert wait_until(lambda: pings(dc, "vm4", "vm3"), 3), "the VM it impersonated is untouched"
+        # Its neighbours still reach the VM it impersonated: nothing taught the network its lie (a
+        # quarantined VM's frames show where it is, never which address it has).
+        assert pings(dc, "vm4", "vm3"), "the VM it impersonated is untouched"
+        assert dc.layout.vms["vm3"][2] in dc.host("vm4").cmd(f"ip neigh show {ip3}"), "vm4 was not poisoned"
     finally:
         release(dc, "vm2")
     assert wait_until(lambda: pings(dc, "vm4", "vm2"), 10)

@@ -136,3 +136,18 @@ def test_responses_are_configurable_and_evidence_from_a_port_nobody_owns_is_igno
     assert guard.evidence(vm.dpid, vm.port, _ipv4(other.mac, first_ip(vm), "10.9.9.9")) == "alert"
     assert not app.policy.quarantine
     assert guard.evidence(vm.dpid, pipeline.OFPP_MAX - 1, _ipv4(other.mac, first_ip(vm), "10.9.9.9")) is None
+
+
+def test_a_quarantined_vm_is_followed_but_never_believed_about_addresses(fabric):
+    """Copies of a quarantined VM's frames tell where it is, never which address it has: an ARP
+    claiming a neighbour's address must not teach the ARP responder to answer with its MAC."""
+    from apps.forwarding import punt_reason
+    from apps.quarantine import quarantine_flows
+
+    vm, neighbour = fabric.vms[0], fabric.vms[1]
+    copy = next(e for e in quarantine_flows([vm.mac]) if e.actions)
+    assert punt_reason(pipeline.INGRESS, copy.cookie) is Punt.FOLLOW
+    learner = Learner(fabric.topo)
+    learner.packet_in(vm.dpid, vm.port, _arp(vm.mac, first_ip(neighbour)), Punt.FOLLOW, 0.0)
+    assert first_ip(neighbour) in fabric.topo.hosts[neighbour.mac].ips
+    assert first_ip(neighbour) not in fabric.topo.hosts[vm.mac].ips
