@@ -19,14 +19,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from apps import pipeline
-from apps.flows import Conntrack, FlowEntry, Output, SetField
+from apps.flows import Conntrack, FlowEntry, Output
 from apps.policy import Rule
-from apps.policy_flows import matching_identities
+from apps.policy_flows import ENCRYPT_VERDICT_MARK, matching_identities
 from topology.model import Endpoint, Host, Topology
 
 APP = pipeline.APP_TUNNEL
 IP_FAMILIES = (pipeline.ETH_TYPE_IPV4, pipeline.ETH_TYPE_IPV6)
-MARK_ENCRYPTED = SetField("reg0", pipeline.REG0_ENCRYPT)
+MARK_ENCRYPTED = ENCRYPT_VERDICT_MARK  # the same mark the policy table sets on an encrypt connection
 _PORT_NAME = re.compile(rf"{pipeline.TUNNEL_PORT_PREFIX}([1-9]\d{{0,4}})x([1-9]\d{{0,4}})")
 MAX_INDEX = 99999  # a tunnel port name must fit in 15 characters: glvx + 5 digits + x + 5 digits
 

@@ -700,7 +700,7 @@ def _quarantine(q: dict) -> list[str]:
         f"| {target} to {watcher} (its announce at the new place) | {answered('from_target')} |",
         "",
         f"- **Re-applying on migration.** {target} is quarantined once, then moved "
-        f"{plural(st.get('migration_trials', 0), 'time')}, hv1 to hv2 and back, as `tests/integration/helpers.move_vm` "
+        f"{plural(st.get('migration_trials', 0), 'time')}, hv1 to hv2 and back, as `DataCentre.move_vm` "
         "does: its cable to the old hypervisor is unplugged and a new one plugged into the other (`ovs-vsctl add-port`). "
         "The isolation itself needs nothing new after a move (the drop entries match its MAC on every hypervisor), so "
         f"the figure is how long until the controller *shows* it there: from the moment the port was added to the first "

@@ -219,7 +219,7 @@ class AgentManager:
         return cert_pem, self.ca.cert_pem
 
     def _free_index(self) -> int:
-        used = {a.index for a in self.agents.values()} | {i for (_, i, *_) in self.store.agents()}
+        used = {a.index for a in self.agents.values()}  # self.agents mirrors the store's agents table
         index = 1
         while index in used:
             index += 1

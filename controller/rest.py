@@ -34,6 +34,7 @@ from apps.services import IP_PROTO
 from controller import agents as agents_mod
 from controller import audit, auth
 from controller.auth import Principal
+from controller.security import record_alert
 from controller.store import SOURCE_API
 
 LOG = logging.getLogger("goldilocks.rest")
@@ -818,29 +819,10 @@ class GoldilocksApi(ControllerBase):
         else:
             action = "alert"
         evidence = f"{request.severity} from {request.source}: {request.signature} (about {request.target})"
-        store = app.store
-        saved: list[int] = []
-
-        def write_alert() -> None:
-            """The alert and its evidence, in the transaction of whatever it leads to."""
-            r = request
-            saved.append(store.add_alert(now, name, r.target, r.severity, r.source, r.signature, action))
-            audit.record(store, call.actor, "vm.alert", name, f"{evidence}; {action}")
-
-        if action == "quarantine":
-            reason = f"IDS {request.source}: {request.signature} ({request.severity}); {app.alert_book.threshold.describe()}"
-            record = quarantine_mod.Quarantine(name, reason, "isolate", f"ids:{request.source}", now, policy.vms[name].macs)
-
-            def write_more() -> None:
-                write_alert()
-                audit.record(store, f"ids:{request.source}", "vm.quarantine", name, f"isolate: {reason}")
-
-            app.apply_policy(policy.with_quarantine(record), write_more=write_more)
-        else:
-            with store.transaction():
-                write_alert()
-        app.metrics.alerts[(request.severity, action)] += 1
-        return json_response(alert_view(saved[0], now, name, request, action), 201)
+        reason = f"IDS {request.source}: {request.signature} ({request.severity}); {app.alert_book.threshold.describe()}"
+        by = f"ids:{request.source}"
+        alert_id = record_alert(app, now, name, request, action, call.actor, f"{evidence}; {action}", reason, by)
+        return json_response(alert_view(alert_id, now, name, request, action), 201)
 
     @endpoint("GET", "/v1/alerts", READ, query=("limit", "vm"))
     def list_alerts(self, call):

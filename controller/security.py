@@ -9,6 +9,7 @@ import logging
 import time
 
 from apps import port_security
+from apps.alerts import AlertRequest
 from apps.quarantine import Quarantine
 from controller import audit
 
@@ -56,24 +57,38 @@ class SpoofGuard:
         self._last[(owner, kind)] = now
         where = f"switch {dpid:016x} port {port}"
         signature = f"{kind}: {evidence}"
-        store = app.store
-
-        def write_alert() -> None:
-            store.add_alert(now, owner, where, "high", SOURCE, signature, action)
-            audit.record(store, SOURCE, "vm.alert", owner, f"{signature} at {where}; {action}")
-
         LOG.warning("VM %s at %s: %s; %s", owner, where, signature, action)
-        if action == "quarantine":
-            reason = f"{signature} at {where}"
-            record = Quarantine(owner, reason, "isolate", SOURCE, now, vm.macs)
-
-            def write_more() -> None:
-                write_alert()
-                audit.record(store, SOURCE, "vm.quarantine", owner, f"isolate: {reason}")
-
-            app.apply_policy(policy.with_quarantine(record), write_more=write_more)
-        else:
-            with store.transaction():
-                write_alert()
-        app.metrics.alerts[("high", action)] += 1
+        alert = AlertRequest(where, "high", SOURCE, signature)
+        reason = f"{signature} at {where}"
+        record_alert(app, now, owner, alert, action, SOURCE, f"{reason}; {action}", reason, SOURCE)
         return action
+
+
+def record_alert(
+    app, now: float, vm: str, alert: AlertRequest, action: str, actor: str, summary: str, reason: str, quarantined_by: str
+) -> int:
+    """Store an alert about `vm` and audit it (as `actor`, with `summary`); when `action` is
+    "quarantine", quarantine the VM for `reason` in the same transaction, in the name of
+    `quarantined_by`. Returns the alert's id."""
+    store = app.store
+    saved: list[int] = []
+
+    def write_alert() -> None:
+        saved.append(store.add_alert(now, vm, alert.target, alert.severity, alert.source, alert.signature, action))
+        audit.record(store, actor, "vm.alert", vm, summary)
+
+    if action == "quarantine":
+        policy = app.policy
+        by = quarantined_by
+        record = Quarantine(vm, reason, "isolate", by, now, policy.vms[vm].macs)
+
+        def write_more() -> None:
+            write_alert()
+            audit.record(store, by, "vm.quarantine", vm, f"isolate: {reason}")
+
+        app.apply_policy(policy.with_quarantine(record), write_more=write_more)
+    else:
+        with store.transaction():
+            write_alert()
+    app.metrics.alerts[(alert.severity, action)] += 1
+    return saved[0]

@@ -1,4 +1,4 @@
-"""Helpers for integration tests: reading real switch tables, timing real pings, moving VMs."""
+"""Helpers for integration tests: reading real switch tables and timing real pings."""
 
 from __future__ import annotations
 
@@ -49,8 +49,3 @@ def wait_until(predicate, timeout: float, interval: float = 0.1):
             return value
         time.sleep(interval)
     return predicate()
-
-
-def move_vm(dc, name: str, to_hv: str) -> float:
-    """Unplug a VM from its hypervisor and plug it into another; return the time it was plugged."""
-    return dc.move_vm(name, to_hv)

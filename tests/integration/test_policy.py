@@ -13,7 +13,7 @@ import pytest
 
 from mininet_scenarios.datacenter import Layout
 from tests.integration.conftest import start_datacentre
-from tests.integration.helpers import move_vm, reply_times, switch_flows, wait_until
+from tests.integration.helpers import reply_times, switch_flows, wait_until
 
 LABELS = {
     "vm1": {"tier": "web", "tenant": "blue"},
@@ -128,7 +128,7 @@ def test_a_migrated_vm_keeps_its_policy_and_the_old_location_is_cleaned(dc):
     set_policy(dc, [{"name": "no-web-to-db", "src": "tier=web", "dst": "tier=db", "services": ["any"], "action": "deny"}])
     old_hv = dc.layout.vms["vm2"][0]
     mac = dc.layout.vms["vm2"][2]
-    plugged = move_vm(dc, "vm2", "hv4")
+    plugged = dc.move_vm("vm2", "hv4")
     out = dc.host("vm2").cmd(f"ping -D -n -c 60 -i 0.05 -W 1 {dc.layout.vms['vm7'][1]}")
     replies = reply_times(out)
     assert replies, "the migrated VM never reached an allowed peer"

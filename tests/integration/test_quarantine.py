@@ -19,7 +19,7 @@ from mininet_scenarios.capture import capturing
 from mininet_scenarios.datacenter import Layout
 from mininet_scenarios.harness import rest_call
 from tests.integration.conftest import start_datacentre
-from tests.integration.helpers import move_vm, reply_times, wait_until
+from tests.integration.helpers import reply_times, wait_until
 
 FLAGGED = "vm1"
 
@@ -138,7 +138,7 @@ def test_it_stays_cut_off_across_a_controller_kill_and_restart(dc):
 def test_it_stays_cut_off_when_it_moves_to_another_hypervisor(dc):
     quarantine(dc)
     try:
-        move_vm(dc, FLAGGED, "hv2")
+        dc.move_vm(FLAGGED, "hv2")
         assert not pings(dc, FLAGGED, "vm4"), "from its first packet at the new place"
         assert not pings(dc, "vm4", FLAGGED) and not pings(dc, "vm2", FLAGGED)
         assert pings(dc, "vm2", "vm4")
