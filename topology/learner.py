@@ -169,6 +169,9 @@ class Learner:
     def switch_connected(self, dpid: int, now: float) -> Outcome:
         self.probed.discard(dpid)  # it probes again once its flows are in place
         self.topo.switch_connected(dpid)
+        # Its links could not age while it was away; their window starts again now, or the first tick
+        # after it reconnects would drop them before its first probe gets through (a flap that loses frames).
+        self.topo.refresh_links(now, dpid)
         self._note_kinds(now, [dpid])
         return Outcome()  # nothing to compile until its ports are known
 

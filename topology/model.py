@@ -388,10 +388,12 @@ class Topology:
             del self.links[link]
         return dead
 
-    def refresh_links(self, now: float) -> None:
-        """Give every link a fresh timeout window (after a restart loaded them from disk)."""
+    def refresh_links(self, now: float, dpid: int | None = None) -> None:
+        """Give every link (or every link of one switch) a fresh timeout window: after a restart loaded
+        them from disk, or when a switch comes back, since no probe could cross it while it was away."""
         for link in self.links:
-            self.links[link] = now
+            if dpid is None or dpid in (link.a.dpid, link.b.dpid):
+                self.links[link] = now
 
     def inter_switch_ports(self, dpid: int) -> frozenset[int]:
         if self._inter is None:

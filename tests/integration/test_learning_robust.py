@@ -109,6 +109,16 @@ def stays_exact(dc, what: str, seconds: float, disconnected: frozenset[str] = fr
         time.sleep(0.2)
 
 
+def _log_size(dc) -> int:
+    return os.path.getsize(dc.controller_proc.log_path)
+
+
+def _log_since(dc, offset: int) -> list[str]:
+    with open(dc.controller_proc.log_path, errors="replace") as log:
+        log.seek(offset)
+        return [line.rstrip() for line in log]
+
+
 # -- traffic ---------------------------------------------------------------------------------------
 def all_pairs(dc) -> list[tuple[str, str]]:
     vms = list(dc.layout.vms)
@@ -380,10 +390,15 @@ def test_a_switch_that_disconnects_and_reconnects_stays_and_is_learned_exactly()
                 # Longer than a link's probe timeout (3.5 s): links must not age while a switch is away.
                 stays_exact(dc, f"while {switch} is disconnected and its interfaces talk", 6.0, disconnected=gone)
             assert not chatter.errors and chatter.rounds >= 10, (chatter.rounds, chatter.errors)
+            log_before = _log_size(dc)
             dc.connect_switch(switch)
             back = wait_exact(dc, f"after {switch} reconnected", READY_TIMEOUT)
             assert_pings(dc, all_pairs(dc), f"pingall after {switch} reconnected")
             exact = wait_exact(dc, f"after the pingall, {switch} reconnected", EXACT_TIMEOUT)
+            # A link of a switch that was away longer than the probe timeout must not time out (and flap,
+            # recompiling the fabric and losing frames) before its first probe after reconnecting.
+            flaps = [line for line in _log_since(dc, log_before) if "timed out" in line]
+            assert not flaps, f"links flapped after {switch} reconnected:\n" + "\n".join(flaps)
             connected = next(s["connected"] for s in dc.topology()["switches"] if s["dpid"] == dpid)
             assert connected
             print(f"{switch}: seen disconnected in {went:.1f} s; exact for 6 s while away; exact {back:.1f} s after "

@@ -305,6 +305,27 @@ def test_a_restarted_learner_keeps_known_links_alive_with_probes_both_ways():
     assert Link.between(A1, B1) in again.topo.links
 
 
+def test_a_switch_back_after_longer_than_the_link_timeout_keeps_its_links_until_it_can_probe():
+    """While a switch is away its links cannot age; when it comes back, the next tick (before its first
+    probe can cross) must not drop them: that flap would recompile the fabric and lose frames."""
+    learner, driver = fabric()
+    deliver(learner, driver, A1, B1, 0.0)
+    deliver(learner, driver, B1, A1, 0.0)
+    link = Link.between(A1, B1)
+    driver.run(learner.switch_disconnected(2, 1.0), 1.0)
+    away = 1.0 + 2 * LINK_TIMEOUT
+    driver.run(learner.tick(away), away)
+    assert link in learner.topo.links
+    driver.run(learner.switch_connected(2, away), away)
+    for t in (away + 0.1, away + 1.0, away + LINK_TIMEOUT - 0.1):
+        driver.run(learner.tick(t), t)
+        assert link in learner.topo.links, f"the link was dropped {t - away:.1f} s after its switch came back"
+    # Without probes it does age out, a full window after the switch came back.
+    t = away + LINK_TIMEOUT + 0.5
+    driver.run(learner.tick(t), t)
+    assert link not in learner.topo.links
+
+
 @pytest.mark.parametrize("kind", ["down", "pending", "edge", "inter-switch", "lost-link"])
 def test_every_kind_is_reachable(kind):
     learner, driver = fabric()
