@@ -14,6 +14,7 @@ from apps.pipeline import MAX_RULES
 from apps.policy import DEFAULT_ACTIONS, PolicyError, Rule
 from apps.quarantine import LABEL as QUARANTINE_LABEL
 from apps.quarantine import Quarantine, QuarantineError
+from apps.remediation import AllowRule
 
 
 class NotFound(KeyError):
@@ -33,6 +34,7 @@ class PolicyState:
     rules: tuple[Rule, ...] = ()
     default_action: str = "allow"
     quarantine: Mapping[str, Quarantine] = field(default_factory=lambda: MappingProxyType({}))  # VM name -> record
+    remediation: tuple[AllowRule, ...] = ()  # the allow-list of a VM in remediation that brought none of its own
 
     # -- derived views --------------------------------------------------------------
     def vm_by_mac(self) -> dict[str, VM]:
@@ -55,7 +57,18 @@ class PolicyState:
         if record.vm in self.quarantine:
             raise QuarantineError("vm", f"{record.vm!r} is already in quarantine")
         self.vm(record.vm)
+        if record.mirror_to is not None:
+            if record.mirror_to not in self.vms:
+                raise QuarantineError("mirror_to", f"no VM named {record.mirror_to!r} in the inventory")
+            if record.mirror_to in self.quarantine:
+                raise QuarantineError("mirror_to", f"{record.mirror_to!r} is in quarantine itself")
         return replace(self, quarantine=MappingProxyType({**self.quarantine, record.vm: record}))
+
+    def allow_list(self, record: Quarantine) -> tuple[AllowRule, ...]:
+        """What a VM in remediation may still reach: its own allow-list, or the configured one."""
+        if record.mode != "remediate":
+            return ()
+        return record.allow if record.allow is not None else self.remediation
 
     def without_quarantine(self, name: str) -> PolicyState:
         if name not in self.quarantine:

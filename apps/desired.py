@@ -6,7 +6,7 @@ import functools
 from collections import defaultdict
 from dataclasses import dataclass
 
-from apps import arp_responder, forwarding, pipeline, policy_flows, port_security, quarantine, steering
+from apps import arp_responder, forwarding, pipeline, policy_flows, port_security, quarantine, remediation, steering
 from apps.context import PolicyState
 from apps.flows import FlowEntry
 from apps.identity import Identities, host_identities, identity_labels
@@ -78,6 +78,7 @@ def compile_network(
         if host is not None:
             isolated_ports[host.dpid].add(host.port)
     vm_of_mac = {mac: vm.name for mac, vm in policy.vm_by_mac().items()}
+    remediated = remediated_vms(topo, policy, isolated)
     guarded = port_security.guarded_ports(hosts, vm_of_mac)
     responders_key = ("responders", tuple((h.mac, tuple(sorted(h.ips))) for h in hosts))
     responders = _GROUPS.get(responders_key, lambda: arp_responder.responder_flows(hosts))
@@ -127,6 +128,8 @@ def compile_network(
         if topo.role(dpid) == ROLE_HYPERVISOR:
             if isolated_group:
                 groups["quarantine"] = isolated_group
+            for vm in remediated:
+                entries += remediation.remediation_flows(dpid, topo.inter_switch_ports(dpid), vm, isolated)
             groups["responders"] = responders
             flood = functools.partial(forwarding.flood_actions, flood_set)
             entries += arp_responder.owner_bypass_flows(local, flood)
@@ -146,6 +149,36 @@ def compile_network(
     vms_by_switch = {d: [h for h in hs if h.mac not in topo.endpoints] for d, hs in by_switch.items()}
     pairs = steering.encrypt_pairs(vms_by_switch, hypervisors, identity_of, labels, policy.rules)
     return Compiled(tables, pairs)
+
+
+def remediated_vms(topo: Topology, policy: PolicyState, quarantined: frozenset[str]) -> list[remediation.Remediated]:
+    """Every VM in remediation as its exceptions need it: MACs, addresses (declared and learned),
+    where its MACs are, and its allow rules with the peers they select among known hosts."""
+    found = []
+    candidates = None
+    for name, record in sorted(policy.quarantine.items()):
+        vm = policy.vms.get(name)
+        if record.mode != "remediate" or vm is None:
+            continue
+        if candidates is None:
+            by_mac = policy.vm_by_mac()
+            candidates = {
+                mac: (dict(policy.effective_labels(by_mac[mac])) if mac in by_mac else None)
+                for mac in topo.hosts
+                if mac not in topo.endpoints
+            }
+        macs = tuple(sorted({m.lower() for m in (*record.macs, *vm.macs)}))
+        ips = set(vm.ips)
+        locations = []
+        for mac in macs:
+            host = topo.hosts.get(mac)
+            if host is not None:
+                ips.update(host.ips)
+                locations.append((mac, host.dpid, host.port))
+        rules = remediation.resolve_peers(policy.allow_list(record), candidates, quarantined)
+        ipv4 = tuple(sorted(ip for ip in ips if ":" not in ip))  # its IPv6 is cut, as everything not allowed
+        found.append(remediation.Remediated(macs, ipv4, tuple(locations), rules))
+    return found
 
 
 def quarantine_group(macs: frozenset[str]):

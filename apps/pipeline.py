@@ -8,7 +8,7 @@ from dataclasses import dataclass
 # Tables. Each table has one job; every flow built for a table is checked
 # against its description (see FlowEntry.validate / check_entry below).
 # ---------------------------------------------------------------------------
-INGRESS = 0  # port security and the source identity, source learning, LLDP, quarantine (later)
+INGRESS = 0  # port security and the source identity, source learning, LLDP, quarantine and its exceptions
 CLASSIFY = 1  # the destination identity, by destination MAC
 POLICY = 2  # allow / deny / encrypt by source and destination identity and service, with conntrack
 FORWARD = 3  # ARP responder, unicast along shortest paths, tree flooding
@@ -35,7 +35,10 @@ PIPELINE: dict[int, TableSpec] = {
             "admit frames from edge ports only from known (port, MAC) pairs and tag them with the source identity"
             " (metadata bits 0-31); LLDP and unknown sources to the controller; tunnel endpoints' underlay traffic"
             " straight to forward; frames out of a tunnel marked encrypted and straight to egress",
-            frozenset({"in_port", "eth_src", "eth_dst", "eth_type", "arp_spa", "ipv4_src", "ip_proto", "udp_src"}),
+            frozenset(
+                {"in_port", "eth_src", "eth_dst", "eth_type", "arp_spa", "ipv4_src", "ip_proto", "udp_src", "udp_dst",
+                 "tcp_src", "tcp_dst", "ct_state", "vlan_vid"}
+            ),
             frozenset({CLASSIFY, FORWARD, EGRESS}),
         ),
         TableSpec(
@@ -115,6 +118,13 @@ PRIO_KNOWN_SOURCE = 500  # known (port, MAC) on an edge port
 PRIO_ENDPOINT = 600  # a tunnel endpoint's own ARP and WireGuard UDP, from its own port: infrastructure
 PRIO_FROM_TUNNEL = 700  # a frame out of a tunnel port: encrypted, for local VMs only
 PRIO_QUARANTINE = 900
+# A VM in remediation (apps/remediation.py): exceptions above the quarantine group, tracked in a
+# conntrack zone of their own. Mirror copies (apps/mirror.py) sit one above the entry they copy for.
+PRIO_REMEDIATE_OTHERS = 945  # never to or from another quarantined VM (above every allowance)
+PRIO_REMEDIATE_ALLOW = 940  # tracked frames an allow rule grants
+PRIO_REMEDIATE_TRACK = 950  # its IPv4 frames, and IPv4 to it: into the quarantine zone first
+PRIO_REMEDIATE_ARP = 960
+PRIO_MIRROR_TRANSIT = 990  # a mirror copy on its way to the analyzer, from an inter-switch port
 PRIO_LLDP = 1000
 
 PRIO_FLOOD_UNKNOWN = 100  # unknown unicast destination
@@ -158,6 +168,9 @@ ETH_TYPE_IPV6_ND_TYPES = (133, 134, 135, 136, 137)
 # of it, replies included, is marked again. Frames out of a tunnel port get the same register.
 REG0_ENCRYPT = 1
 CT_MARK_ENCRYPT = 1
+# The conntrack zone of VMs in remediation: their connections from before the quarantine are unknown
+# there, so they are cut. Hypervisor zones (policy_flows.conntrack_zone) never take this one.
+QUARANTINE_CT_ZONE = 0xFFFF
 # Tunnel ports are the VXLAN-over-WireGuard ports the agents add to hypervisor bridges, named
 # TUNNEL_PORT_PREFIX + "<own index>x<peer index>". A port so named is a tunnel port at once: never
 # probed, never learned from, never flooded to, never an edge or inter-switch port.

@@ -27,7 +27,8 @@ def ct_state(*, set_bits: int, clear_bits: int = 0) -> tuple[int, int]:
 def conntrack_zone(dpid: int) -> int:
     """One zone per hypervisor: harmless on a real host (its own conntrack), and it keeps the
     hypervisors of a Mininet run (one shared userspace datapath) apart."""
-    return (dpid & 0xFFFF) or 1
+    zone = dpid & 0xFFFF
+    return zone if zone not in (0, pipeline.QUARANTINE_CT_ZONE) else 1
 
 
 def source_identity_metadata(identity: int) -> tuple[int, int]:

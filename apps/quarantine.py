@@ -16,9 +16,11 @@ from dataclasses import dataclass
 from apps import pipeline
 from apps.errors import FieldError
 from apps.flows import FlowEntry, Output
+from apps.remediation import AllowRule, RemediationError, allow_list_json, parse_allow_list
 
 APP = pipeline.APP_QUARANTINE
-MODES = ("isolate",)
+MODES = ("isolate", "remediate")
+FIELDS = ("allow", "mirror_to", "mode", "reason", "vm")
 LABEL = ("quarantined", "true")
 MAX_REASON = 500
 TO_CONTROLLER = Output(pipeline.OFPP_CONTROLLER, pipeline.PACKET_IN_BYTES)
@@ -40,6 +42,7 @@ class Quarantine:
     at: float
     macs: tuple[str, ...]
     mirror_to: str | None = None
+    allow: tuple[AllowRule, ...] | None = None  # remediate: its own allow-list; None: the configured one
 
     def to_json(self) -> dict:
         return {
@@ -47,6 +50,7 @@ class Quarantine:
             "reason": self.reason,
             "mode": self.mode,
             "mirror_to": self.mirror_to,
+            "allow": None if self.allow is None else allow_list_json(self.allow),
             "actor": self.actor,
             "at": self.at,
             "macs": list(self.macs),
@@ -54,16 +58,36 @@ class Quarantine:
 
     @classmethod
     def from_json(cls, doc: Mapping) -> Quarantine:
-        return cls(doc["vm"], doc["reason"], doc["mode"], doc["actor"], doc["at"], tuple(doc["macs"]), doc.get("mirror_to"))
+        allow = doc.get("allow")
+        return cls(
+            doc["vm"],
+            doc["reason"],
+            doc["mode"],
+            doc["actor"],
+            doc["at"],
+            tuple(doc["macs"]),
+            doc.get("mirror_to"),
+            None if allow is None else parse_allow_list(allow),
+        )
 
 
-def check_request(body: object) -> tuple[str, str, str, str | None]:
-    """(vm, reason, mode, mirror_to) from a request body; QuarantineError names the field."""
+@dataclass(frozen=True)
+class Request:
+    vm: str
+    reason: str
+    mode: str
+    mirror_to: str | None
+    allow: tuple[AllowRule, ...] | None
+
+
+def check_request(body: object) -> Request:
+    """The request body, checked; QuarantineError names the field. Whether the VMs exist is for
+    PolicyState.with_quarantine to say."""
     if not isinstance(body, dict):
         raise QuarantineError("body", "must be a JSON object")
-    unknown = sorted(set(body) - {"vm", "reason", "mode", "mirror_to"})
+    unknown = sorted(set(body) - set(FIELDS))
     if unknown:
-        raise QuarantineError(unknown[0], "unknown field (allowed: mirror_to, mode, reason, vm)")
+        raise QuarantineError(unknown[0], f"unknown field (allowed: {', '.join(FIELDS)})")
     vm = body.get("vm")
     if not isinstance(vm, str) or not vm:
         raise QuarantineError("vm", "required: the name of a VM in the inventory")
@@ -74,9 +98,19 @@ def check_request(body: object) -> tuple[str, str, str, str | None]:
     if mode not in MODES:
         raise QuarantineError("mode", f"must be one of {', '.join(MODES)}")
     mirror_to = body.get("mirror_to")
-    if mirror_to is not None:
-        raise QuarantineError("mirror_to", "mirroring a quarantined VM's traffic is not available yet; give null")
-    return vm, reason.strip(), mode, mirror_to
+    if mirror_to is not None and (not isinstance(mirror_to, str) or not mirror_to):
+        raise QuarantineError("mirror_to", "the name of an analyzer VM in the inventory, or null")
+    if mirror_to == vm:
+        raise QuarantineError("mirror_to", "a VM cannot be its own analyzer")
+    allow = body.get("allow")
+    if allow is not None:
+        if mode != "remediate":
+            raise QuarantineError("allow", "an allow-list only goes with mode remediate")
+        try:
+            allow = parse_allow_list(allow)
+        except RemediationError as exc:
+            raise QuarantineError(exc.field, str(exc).partition(": ")[2]) from None
+    return Request(vm, reason.strip(), mode, mirror_to, allow)
 
 
 def quarantined_macs(quarantine: Mapping[str, Quarantine], vm_macs: Mapping[str, Iterable[str]]) -> frozenset[str]:

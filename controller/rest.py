@@ -8,6 +8,7 @@ query and body, and maps errors a client caused to 4xx JSON naming the field; an
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import ipaddress
 import json
@@ -24,6 +25,7 @@ from ryu.app.wsgi import ControllerBase, Response, route
 
 from apps import alerts as alerts_mod
 from apps import quarantine as quarantine_mod
+from apps import remediation as remediation_mod
 from apps import steering
 from apps.context import NotFound, PolicyState
 from apps.errors import FieldError
@@ -328,6 +330,8 @@ def quarantine_view(app, record) -> dict:
         "reason": record.reason,
         "mode": record.mode,
         "mirror_to": record.mirror_to,
+        "allow": remediation_mod.allow_list_json(app.policy.allow_list(record)) if record.mode == "remediate" else None,
+        "allow_from": ("request" if record.allow is not None else "configured") if record.mode == "remediate" else None,
         "actor": record.actor,
         "time": audit.iso_time(record.at),
         "macs": list(record.macs),
@@ -427,6 +431,19 @@ def encryption_view(app, src: dict, dst: dict) -> dict:
             "why": why + ("" if delivered else ": dropped (fail closed)")}  # fmt: skip
 
 
+def remediation_verdict(policy: PolicyState, src: dict, dst: dict, proto: str | None, dport: int | None) -> dict | None:
+    """For a flow with exactly one end in remediation (and the other not in quarantine): whether its
+    allow-list lets it through, and which rule. None when isolation alone decides."""
+    ends = [(p, policy.quarantine.get(p["vm"])) for p in (src, dst) if p["vm"] is not None and p["vm"] in policy.quarantine]
+    if len(ends) != 1 or ends[0][1].mode != "remediate":
+        return None
+    party, record = ends[0]
+    outbound = party is src
+    peer = dst if outbound else src
+    rule = remediation_mod.first_allowing(policy.allow_list(record), outbound, peer["labels"], proto, dport)
+    return {"vm": record.vm, "action": "allow" if rule else "deny", "rule": rule.to_json() if rule else None}
+
+
 def explain(app, query: Mapping[str, str]) -> dict:
     for name in ("src", "dst"):
         if not query.get(name):
@@ -441,6 +458,7 @@ def explain(app, query: Mapping[str, str]) -> dict:
     policy = app.policy
     quarantined = [p["vm"] for p in (src, dst) if p["vm"] is not None and p["vm"] in policy.quarantine]
     decision = evaluate(policy.rules, policy.default_action, src["labels"], dst["labels"], proto, dport)
+    remediation = remediation_verdict(policy, src, dst, proto, dport) if quarantined else None
     rule = decision.rule
     match = None
     if rule is not None:
@@ -464,8 +482,9 @@ def explain(app, query: Mapping[str, str]) -> dict:
         "rule": rule_view(rule, policy.rules.index(rule)) if rule else None,
         "match": match,
         "action": decision.action,
-        "effective_action": "deny" if quarantined else decision.effective_action,
+        "effective_action": (remediation["action"] if remediation else "deny") if quarantined else decision.effective_action,
         "quarantined": quarantined,
+        "remediation": remediation,
         "encryption": encryption_view(app, src, dst) if decision.action == "encrypt" else None,
         "default_action": policy.default_action,
     }
@@ -772,14 +791,38 @@ class GoldilocksApi(ControllerBase):
 
     @endpoint("POST", "/v1/quarantine", ADMIN, body=True)
     def quarantine_vm(self, call):
-        name, reason, mode, mirror_to = quarantine_mod.check_request(call.body)
+        request = quarantine_mod.check_request(call.body)
+        name, mode = request.vm, request.mode
         old = self.app.policy
         if name not in old.vms:
             raise ApiError(400, f"vm: no VM named {name!r} in the inventory", "vm")
-        record = quarantine_mod.Quarantine(name, reason, mode, call.actor, time.time(), old.vms[name].macs, mirror_to)
+        macs = old.vms[name].macs
+        record = quarantine_mod.Quarantine(
+            name, request.reason, mode, call.actor, time.time(), macs, request.mirror_to, request.allow
+        )
         new = old.with_quarantine(record)
-        self.change_policy(call, new, "vm.quarantine", name, f"{mode}: {reason}; macs {','.join(record.macs)}")
+        summary = f"{mode}: {request.reason}; macs {','.join(macs)}"
+        if mode == "remediate":
+            summary += f"; allow {','.join(r.name for r in new.allow_list(record)) or 'nothing'}"
+        if request.mirror_to:
+            summary += f"; mirror to {request.mirror_to}"
+        self.change_policy(call, new, "vm.quarantine", name, summary)
         return json_response(quarantine_view(self.app, record), 201, {"Location": f"/v1/quarantine/{name}"})
+
+    @endpoint("GET", "/v1/remediation", READ)
+    def get_remediation(self, call):
+        return json_response({"allow": remediation_mod.allow_list_json(self.app.policy.remediation)})
+
+    @endpoint("PUT", "/v1/remediation", ADMIN, body=True)
+    def put_remediation(self, call):
+        body = call.body
+        if not isinstance(body, dict) or set(body) != {"allow"}:
+            raise ApiError(400, 'body: must be {"allow": [rules]}', "body")
+        rules = remediation_mod.parse_allow_list(body["allow"])
+        new = dataclasses.replace(self.app.policy, remediation=rules)
+        names = ",".join(r.name for r in rules) or "nothing"
+        self.change_policy(call, new, "remediation.set", "remediation", f"VMs in remediation may reach: {names}")
+        return json_response({"allow": remediation_mod.allow_list_json(rules)})
 
     @endpoint("GET", "/v1/quarantine/{vm}", READ)
     def get_quarantine(self, call, vm):

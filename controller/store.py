@@ -14,6 +14,7 @@ from apps.context import PolicyState
 from apps.inventory import vm_from_json
 from apps.policy import rule_from_json
 from apps.quarantine import Quarantine
+from apps.remediation import allow_list_json, parse_allow_list
 from topology.model import Host, Link, Port, PortRef, Switch, Topology
 
 SCHEMA = """
@@ -114,11 +115,13 @@ class Store:
         quarantine = {
             vm: Quarantine.from_json(json.loads(doc)) for vm, doc in self.db.execute("SELECT vm, doc FROM quarantine")
         }
+        remediation = self.db.execute("SELECT value FROM settings WHERE key = 'remediation'").fetchone()
         return replace(
             state,
             rules=rules,
             default_action=row[0] if row else state.default_action,
             quarantine=MappingProxyType(quarantine),
+            remediation=parse_allow_list(json.loads(remediation[0])) if remediation else (),
         )
 
     def write_policy(self, old: PolicyState, new: PolicyState) -> None:
@@ -139,6 +142,9 @@ class Store:
             )
         if old.default_action != new.default_action:
             self.db.execute("INSERT OR REPLACE INTO settings VALUES ('default_action', ?)", (new.default_action,))
+        if old.remediation != new.remediation:
+            value = json.dumps(allow_list_json(new.remediation))
+            self.db.execute("INSERT OR REPLACE INTO settings VALUES ('remediation', ?)", (value,))
         for name in old.quarantine.keys() - new.quarantine.keys():
             self.db.execute("DELETE FROM quarantine WHERE vm = ?", (name,))
         for name, record in new.quarantine.items():

@@ -159,6 +159,10 @@ def test_quarantine_and_release_through_the_api_are_audited_and_survive_a_restar
     assert actions[:2] == ["vm.release", "vm.quarantine"]
 
 
+def remediate(allow) -> dict:
+    return {"vm": "web1", "reason": "x", "mode": "remediate", "allow": allow}
+
+
 @pytest.mark.parametrize(
     "body, field",
     [
@@ -166,7 +170,19 @@ def test_quarantine_and_release_through_the_api_are_audited_and_survive_a_restar
         ({"vm": "web1", "reason": "x", "mode": "banish"}, "mode"),
         ({"vm": "web1"}, "reason"),
         ({"vm": "web1", "reason": "   "}, "reason"),
-        ({"vm": "web1", "reason": "x", "mirror_to": "db1"}, "mirror_to"),
+        ({"vm": "web1", "reason": "x", "mirror_to": "nobody"}, "mirror_to"),
+        ({"vm": "web1", "reason": "x", "mirror_to": "web1"}, "mirror_to"),
+        ({"vm": "web1", "reason": "x", "mirror_to": 7}, "mirror_to"),
+        ({"vm": "web1", "reason": "x", "allow": []}, "allow"),
+        (remediate({"dns": 1}), "allow"),
+        (remediate([{"name": "dns", "services": ["udp/53"]}]), "allow[0]"),
+        (remediate([{"name": "dns", "to": "any", "from": "any", "services": ["udp/53"]}]), "allow[0]"),
+        (remediate([{"name": "dns", "to": "=web", "services": ["udp/53"]}]), "allow[0].to"),
+        (remediate([{"name": "dns", "to": "unmanaged", "services": ["udp/53"]}]), "allow[0].to"),
+        (remediate([{"name": "dns", "to": "any", "services": ["udp/99999"]}]), "allow[0].services"),
+        (remediate([{"name": "dns", "to": "any", "services": []}]), "allow[0].services"),
+        (remediate([{"name": "a", "to": "any", "services": ["icmp"]}] * 2), "allow[1].name"),
+        (remediate([{"name": "dns", "to": "any", "services": ["udp/53"], "port": 1}]), "allow[0].port"),
         ({"vm": "web1", "reason": "x", "colour": "red"}, "colour"),
         (["web1"], "body"),
     ],
@@ -273,3 +289,32 @@ def test_bad_alerts_are_refused_and_change_nothing(api, body, field):
     answer = client.call("POST", "/v1/alerts", body)
     assert answer.status == 400 and answer.json["field"] == field, answer.json
     assert not app.policy.quarantine and client.call("GET", "/v1/alerts").json["alerts"] == []
+
+
+def test_remediation_through_the_api_shows_its_allow_list_explains_and_survives_a_restart(api):
+    app, client = api
+    dns = [{"name": "dns", "to": "tier=db", "services": ["udp/53"]}]
+    assert client.call("PUT", "/v1/remediation", {"allow": dns}).json == {"allow": dns}
+    assert app.store.load_policy().remediation == app.policy.remediation, "written to SQLite"
+    body = {"vm": "web1", "reason": "patch it", "mode": "remediate", "mirror_to": "db1"}
+    record = client.call("POST", "/v1/quarantine", body).json
+    assert (record["mode"], record["allow"], record["allow_from"], record["mirror_to"]) == ("remediate", dns, "configured", "db1")
+    loaded = app.store.load_policy().quarantine["web1"]
+    assert (loaded.mode, loaded.mirror_to, loaded.allow) == ("remediate", "db1", None)
+    allowed = client.call("GET", "/v1/explain?src=web1&dst=db1&proto=udp&dport=53").json
+    assert allowed["effective_action"] == "allow" and allowed["remediation"]["rule"]["name"] == "dns"
+    for query in ("src=web1&dst=db1&proto=tcp&dport=53", "src=db1&dst=web1&proto=udp&dport=53"):
+        refused = client.call("GET", f"/v1/explain?{query}").json
+        assert refused["effective_action"] == "deny" and refused["remediation"]["action"] == "deny", query
+    # The configured list changes under it; a bad one changes nothing.
+    before = app.policy
+    bad = client.call("PUT", "/v1/remediation", {"allow": [{"name": "x", "to": "any", "services": ["udp/0"]}]})
+    assert bad.status == 400 and bad.json["field"] == "allow[0].services" and app.policy is before
+    assert client.call("PUT", "/v1/remediation", {"allow": []}).status == 200
+    assert client.call("GET", "/v1/quarantine/web1").json["allow"] == []
+    actions = [e["action"] for e in client.call("GET", "/v1/audit").json["entries"]]
+    assert actions[:3] == ["remediation.set", "vm.quarantine", "remediation.set"]
+    # Its own allow-list wins over the configured one.
+    assert client.call("DELETE", "/v1/quarantine/web1").status == 204
+    body = {"vm": "web1", "reason": "patch it", "mode": "remediate", "allow": dns}
+    assert client.call("POST", "/v1/quarantine", body).json["allow_from"] == "request"

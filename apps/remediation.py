@@ -1,0 +1,211 @@
+"""Remediation: a quarantined VM that may still reach exactly an allow-list (DNS, a patch server),
+and nothing else.
+
+A VM in quarantine mode `remediate` is cut off like an isolated one by the quarantine group at the
+top of every hypervisor's ingress table (apps/quarantine.py), the same instant. The compile then
+adds, above that group, the exceptions its allow-list grants, on every hypervisor:
+
+- Its frames are tracked in a conntrack zone of their own (QUARANTINE_ZONE) before anything else
+  sees them: a connection it had open before the quarantine is unknown there, so it is cut even if
+  policy or conntrack in the hypervisor's own zone would still let it pass.
+- A rule `{"to": selector, "services": [...]}` lets the VM open connections to the VMs the selector
+  selects on those services, and lets their replies back. `{"from": ...}` lets those VMs open
+  connections to it (an operator's SSH, say). Nothing else passes: not another service, not a
+  connection the other way round, not a frame with a source address that is not the VM's.
+- Quarantine decides alone: allowed frames skip policy, and they are never steered into a tunnel.
+- Frames from the VM are accepted only on its own port (and from the fabric, where its hypervisor
+  already accepted them): on any other port it is a VM that moved, and the quarantine group's
+  entry shows the controller where it now is, as for an isolated VM.
+- Another quarantined VM is never a peer, whatever the selectors say."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from apps import pipeline
+from apps.errors import FieldError
+from apps.flows import Conntrack, FlowEntry
+from apps.selectors import ANY, Selector, SelectorError, parse_selector
+from apps.services import Service, ServiceError, parse_service
+
+APP = pipeline.APP_QUARANTINE
+DIRECTIONS = ("to", "from")
+MAX_ALLOW_RULES = 64
+NAME_RE = re.compile(r"^[A-Za-z0-9][-A-Za-z0-9_.]{0,62}$")
+QUARANTINE_ZONE = pipeline.QUARANTINE_CT_ZONE
+
+TRACKED_NEW_OR_ORIGINAL = (pipeline.CT_TRK, pipeline.CT_TRK | pipeline.CT_RPL | pipeline.CT_INV)
+TRACKED_REPLY = (pipeline.CT_TRK | pipeline.CT_RPL, pipeline.CT_TRK | pipeline.CT_RPL | pipeline.CT_INV)
+UNTRACKED = (0, pipeline.CT_TRK)
+
+
+class RemediationError(FieldError):
+    """A bad allow-list; `field` names the rule and field, such as `allow[1].services`."""
+
+
+@dataclass(frozen=True)
+class AllowRule:
+    """One allowance: the quarantined VM may open connections `to` the selected VMs on the services,
+    or the selected VMs may open connections to it (`from`); replies pass either way."""
+
+    name: str
+    direction: str  # "to" | "from"
+    peers: Selector
+    services: tuple[Service, ...]
+
+    def to_json(self) -> dict:
+        return {"name": self.name, self.direction: str(self.peers), "services": [str(s) for s in self.services]}
+
+    def allows(self, outbound: bool, peer_labels: Mapping[str, str] | None, proto: str | None, dport: int | None) -> bool:
+        """Does this rule allow a connection the quarantined VM opens (outbound) or receives?"""
+        if (self.direction == "to") != outbound or not self.peers.matches(peer_labels):
+            return False
+        return any(s.matches(proto, dport) for s in self.services)
+
+
+def parse_allow_list(body: object, field: str = "allow") -> tuple[AllowRule, ...]:
+    """An allow-list from JSON: a list of {"name", "to" | "from", "services"}."""
+    if not isinstance(body, list):
+        raise RemediationError(field, 'must be a list of rules such as {"name": "dns", "to": "role=dns", "services": ["udp/53"]}')
+    if len(body) > MAX_ALLOW_RULES:
+        raise RemediationError(field, f"at most {MAX_ALLOW_RULES} rules")
+    rules, names = [], set()
+    for index, doc in enumerate(body):
+        where = f"{field}[{index}]"
+        rule = _parse_rule(doc, where)
+        if rule.name in names:
+            raise RemediationError(f"{where}.name", f"{rule.name!r} appears twice")
+        names.add(rule.name)
+        rules.append(rule)
+    return tuple(rules)
+
+
+def _parse_rule(doc: object, where: str) -> AllowRule:
+    if not isinstance(doc, dict):
+        raise RemediationError(where, "must be a JSON object")
+    unknown = sorted(set(doc) - {"name", "to", "from", "services"})
+    if unknown:
+        raise RemediationError(f"{where}.{unknown[0]}", "unknown field (allowed: from, name, services, to)")
+    name = doc.get("name")
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise RemediationError(f"{where}.name", "required: letters, digits, '-', '_' or '.', at most 63")
+    directions = [d for d in DIRECTIONS if d in doc]
+    if len(directions) != 1:
+        raise RemediationError(where, 'give exactly one of "to" (the VM may open connections to them) or "from"')
+    direction = directions[0]
+    try:
+        peers = parse_selector(doc[direction])
+    except SelectorError as exc:
+        raise RemediationError(f"{where}.{direction}", str(exc)) from None
+    if peers.kind not in (ANY, "labels"):
+        raise RemediationError(f"{where}.{direction}", "must be `any` or a label selector (peers are VMs in the inventory)")
+    services = doc.get("services")
+    if not isinstance(services, list) or not services:
+        raise RemediationError(f"{where}.services", 'required: a non-empty list such as ["udp/53", "tcp/53"]')
+    try:
+        parsed = tuple(dict.fromkeys(parse_service(s) for s in services))
+    except ServiceError as exc:
+        raise RemediationError(f"{where}.services", str(exc)) from None
+    return AllowRule(name, direction, peers, parsed)
+
+
+def allow_list_json(rules: Iterable[AllowRule]) -> list[dict]:
+    return [r.to_json() for r in rules]
+
+
+def first_allowing(
+    rules: Sequence[AllowRule], outbound: bool, peer_labels: Mapping[str, str] | None, proto: str | None, dport: int | None
+) -> AllowRule | None:
+    """The first rule that allows the connection (for `explain`), or None."""
+    return next((r for r in rules if r.allows(outbound, peer_labels, proto, dport)), None)
+
+
+@dataclass(frozen=True)
+class Remediated:
+    """A VM in remediation as the compile sees it: its MACs and addresses, where it is, and for each
+    allow rule the MACs of the peers it selects (None: any peer)."""
+
+    macs: tuple[str, ...]
+    ips: tuple[str, ...]
+    locations: tuple[tuple[str, int, int], ...]  # (MAC, dpid, port) of each MAC the network has seen
+    rules: tuple[tuple[AllowRule, tuple[str, ...] | None], ...]
+
+
+def resolve_peers(
+    rules: Sequence[AllowRule], candidates: Mapping[str, Mapping[str, str] | None], quarantined: frozenset[str]
+) -> tuple[tuple[AllowRule, tuple[str, ...] | None], ...]:
+    """Each rule with the MACs of the peers it selects among `candidates` (MAC -> labels, None for an
+    unmanaged host), never a quarantined MAC. `any` stays None (matched as any MAC; quarantined
+    peers are then cut by the entries remediation_flows puts above the allowances)."""
+    resolved = []
+    for rule in rules:
+        if rule.peers.kind == ANY:
+            resolved.append((rule, None))
+            continue
+        macs = tuple(sorted(m for m, labels in candidates.items() if m not in quarantined and rule.peers.matches(labels)))
+        resolved.append((rule, macs))
+    return tuple(resolved)
+
+
+def remediation_flows(
+    dpid: int, inter_switch_ports: Iterable[int], vm: Remediated, quarantined: frozenset[str]
+) -> list[FlowEntry]:
+    """The exceptions one hypervisor holds for one VM in remediation (above the quarantine group)."""
+    flows: list[FlowEntry] = []
+    others = sorted(quarantined - set(vm.macs))
+    for mac in vm.macs:
+        from_ports = set(inter_switch_ports) | {port for m, d, port in vm.locations if m == mac and d == dpid}
+        # ARP: its own requests and replies with its own sender address, and ARP addressed to it.
+        for port in sorted(from_ports):
+            for ip in vm.ips:
+                match = {"in_port": port, "eth_src": mac, "eth_type": pipeline.ETH_TYPE_ARP, "arp_spa": ip}
+                flows.append(FlowEntry.make(pipeline.INGRESS, pipeline.PRIO_REMEDIATE_ARP, match, goto=pipeline.FORWARD, app=APP))
+        arp_to = {"eth_dst": mac, "eth_type": pipeline.ETH_TYPE_ARP}
+        flows.append(FlowEntry.make(pipeline.INGRESS, pipeline.PRIO_REMEDIATE_ARP, arp_to, goto=pipeline.FORWARD, app=APP))
+        # IPv4 from it (on its port, with one of its addresses) and to it: tracked in the quarantine zone.
+        track = (Conntrack(QUARANTINE_ZONE, table=pipeline.INGRESS),)
+        for port in sorted(from_ports):
+            for ip in vm.ips:
+                match = {
+                    "in_port": port,
+                    "eth_src": mac,
+                    "eth_type": pipeline.ETH_TYPE_IPV4,
+                    "ipv4_src": ip,
+                    "ct_state": UNTRACKED,
+                }
+                flows.append(FlowEntry.make(pipeline.INGRESS, pipeline.PRIO_REMEDIATE_TRACK, match, track, app=APP))
+        match = {"eth_dst": mac, "eth_type": pipeline.ETH_TYPE_IPV4, "ct_state": UNTRACKED}
+        flows.append(FlowEntry.make(pipeline.INGRESS, pipeline.PRIO_REMEDIATE_TRACK, match, track, app=APP))
+        # Never to or from another quarantined VM, whatever an `any` allows.
+        for other in others:
+            for match in ({"eth_src": mac, "eth_dst": other}, {"eth_src": other, "eth_dst": mac}):
+                flows.append(FlowEntry.make(pipeline.INGRESS, pipeline.PRIO_REMEDIATE_OTHERS, match, app=APP))
+        for rule, peers in vm.rules:
+            flows += _allow_flows(mac, rule, peers)
+    return flows
+
+
+def _allow_flows(mac: str, rule: AllowRule, peers: tuple[str, ...] | None) -> list[FlowEntry]:
+    """A rule's tracked frames: the opening side's (committed) and the replies."""
+    commit = (Conntrack(QUARANTINE_ZONE, commit=True),)
+    flows = []
+    for peer in [None] if peers is None else peers:
+        vm_side, peer_side = {"eth_src": mac}, {"eth_dst": mac}
+        if peer is not None:
+            vm_side["eth_dst"] = peer
+            peer_side["eth_src"] = peer
+        opener, answerer = (vm_side, peer_side) if rule.direction == "to" else (peer_side, vm_side)
+        for service in rule.services:
+            for fragment in service.of_matches(pipeline.ETH_TYPE_IPV4):
+                match = {**opener, "eth_type": pipeline.ETH_TYPE_IPV4, "ct_state": TRACKED_NEW_OR_ORIGINAL, **fragment}
+                flows.append(
+                    FlowEntry.make(pipeline.INGRESS, pipeline.PRIO_REMEDIATE_ALLOW, match, commit, pipeline.FORWARD, app=APP)
+                )
+            for fragment in service.of_matches(pipeline.ETH_TYPE_IPV4, reply=True):
+                match = {**answerer, "eth_type": pipeline.ETH_TYPE_IPV4, "ct_state": TRACKED_REPLY, **fragment}
+                flows.append(
+                    FlowEntry.make(pipeline.INGRESS, pipeline.PRIO_REMEDIATE_ALLOW, match, goto=pipeline.FORWARD, app=APP)
+                )
+    return flows
