@@ -6,7 +6,7 @@ import functools
 from collections import defaultdict
 from dataclasses import dataclass
 
-from apps import arp_responder, forwarding, pipeline, policy_flows, port_security, quarantine, remediation, steering
+from apps import arp_responder, forwarding, mirror, pipeline, policy_flows, port_security, quarantine, remediation, steering
 from apps.context import PolicyState
 from apps.flows import FlowEntry
 from apps.identity import Identities, host_identities, identity_labels
@@ -79,6 +79,8 @@ def compile_network(
             isolated_ports[host.dpid].add(host.port)
     vm_of_mac = {mac: vm.name for mac, vm in policy.vm_by_mac().items()}
     remediated = remediated_vms(topo, policy, isolated)
+    mirrors = mirrored_vms(topo, policy)
+    analyzers = sorted({analyzer for _, analyzer in mirrors}, key=lambda a: a.vid)
     guarded = port_security.guarded_ports(hosts, vm_of_mac)
     responders_key = ("responders", tuple((h.mac, tuple(sorted(h.ips))) for h in hosts))
     responders = _GROUPS.get(responders_key, lambda: arp_responder.responder_flows(hosts))
@@ -128,8 +130,12 @@ def compile_network(
         if topo.role(dpid) == ROLE_HYPERVISOR:
             if isolated_group:
                 groups["quarantine"] = isolated_group
+            exceptions = []
             for vm in remediated:
-                entries += remediation.remediation_flows(dpid, topo.inter_switch_ports(dpid), vm, isolated)
+                exceptions += remediation.remediation_flows(dpid, topo.inter_switch_ports(dpid), vm, isolated)
+            entries += exceptions
+            if mirrors:
+                entries += _copy_flows(topo, dpid, view, mirrors, [*(isolated_group or {}).values(), *exceptions])
             groups["responders"] = responders
             flood = functools.partial(forwarding.flood_actions, flood_set)
             entries += arp_responder.owner_bypass_flows(local, flood)
@@ -141,6 +147,8 @@ def compile_network(
             entries += policy_flows.egress_flows(local, policy_flows.conntrack_zone(dpid))
             entries += steering.encrypt_forward_flows(local, by_switch, tunnels.ports.get(dpid, {}))
             entries += steering.encrypt_egress_flows(local, policy_flows.conntrack_zone(dpid))
+        if analyzers:
+            entries += mirror.transit_flows(dpid, topo.inter_switch_ports(dpid), analyzers, view.next_hop)
         sw = topo.switches[dpid]
         entries += steering.tunnel_ingress_flows(sw.tunnel_ports(), tunnels.ports.get(dpid, {}).values())
         entries += steering.endpoint_flows(topo.endpoints_on(dpid))
@@ -149,6 +157,37 @@ def compile_network(
     vms_by_switch = {d: [h for h in hs if h.mac not in topo.endpoints] for d, hs in by_switch.items()}
     pairs = steering.encrypt_pairs(vms_by_switch, hypervisors, identity_of, labels, policy.rules)
     return Compiled(tables, pairs)
+
+
+def mirrored_vms(topo: Topology, policy: PolicyState) -> list[tuple[frozenset[str], mirror.Analyzer]]:
+    """(MACs, analyzer) of every quarantined VM mirrored to an analyzer the network has seen, that is
+    in the inventory and not itself in quarantine (a quarantined analyzer gets no copies)."""
+    wanted = {r.mirror_to for r in policy.quarantine.values() if r.mirror_to and r.mirror_to not in policy.quarantine}
+    vids = mirror.allocate_vlans(n for n in wanted if n in policy.vms)
+    analyzers = {}
+    for name, vid in vids.items():
+        host = next((topo.hosts[m] for m in policy.vms[name].macs if m in topo.hosts), None)
+        if host is not None and host.dpid in topo.switches:
+            analyzers[name] = mirror.Analyzer(name, host.dpid, host.port, vid)
+    found = []
+    for name, record in sorted(policy.quarantine.items()):
+        analyzer = analyzers.get(record.mirror_to or "")
+        if analyzer is not None:
+            vm = policy.vms.get(name)
+            macs = {m.lower() for m in record.macs} | ({m.lower() for m in vm.macs} if vm else set())
+            found.append((frozenset(macs), analyzer))
+    return found
+
+
+def _copy_flows(topo: Topology, dpid: int, view, mirrors, entries) -> list[FlowEntry]:
+    """One hypervisor's copies of mirrored VMs' frames (apps/mirror.py)."""
+    here = []
+    for macs, analyzer in mirrors:
+        copy = mirror.copy_actions(dpid, analyzer, view.next_hop)
+        if copy is not None:
+            own = frozenset(topo.hosts[m].port for m in macs if m in topo.hosts and topo.hosts[m].dpid == dpid)
+            here.append(mirror.Mirrored(macs, own, copy))
+    return mirror.copy_flows(entries, here, topo.edge_ports(dpid))
 
 
 def remediated_vms(topo: Topology, policy: PolicyState, quarantined: frozenset[str]) -> list[remediation.Remediated]:

@@ -50,7 +50,19 @@ class Conntrack:
     mark: int | None = None
 
 
-Action = Output | SetField | Move | Conntrack
+@dataclass(frozen=True)
+class PushVlan:
+    """Push an 802.1Q header (its VID is then set with SetField("vlan_vid", OFPVID_PRESENT | vid))."""
+
+    ethertype: int = 0x8100
+
+
+@dataclass(frozen=True)
+class PopVlan:
+    """Pop the outermost 802.1Q header."""
+
+
+Action = Output | SetField | Move | Conntrack | PushVlan | PopVlan
 
 
 class PipelineError(ValueError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from apps import pipeline
-from apps.flows import Conntrack, FlowEntry, Move, Output, SetField
+from apps.flows import Conntrack, FlowEntry, Move, Output, PopVlan, PushVlan, SetField
 
 ALL_ONES_64 = 0xFFFFFFFFFFFFFFFF
 NX_CT_RECIRC_NONE = 0xFF
@@ -31,6 +31,10 @@ def actions_to_ryu(parser: Any, actions: tuple) -> list:
                     actions=[] if action.mark is None else [parser.OFPActionSetField(ct_mark=action.mark)],
                 )
             )
+        elif isinstance(action, PushVlan):
+            result.append(parser.OFPActionPushVlan(ethertype=action.ethertype))
+        elif isinstance(action, PopVlan):
+            result.append(parser.OFPActionPopVlan())
         else:  # pragma: no cover - the core only builds the kinds above
             raise TypeError(f"unknown action {action!r}")
     return result

@@ -2,6 +2,7 @@
 
     python -m mininet_scenarios.tcp_probe listen PORT [PORT ...]   # accept and close, forever
     python -m mininet_scenarios.tcp_probe connect IP PORT [TIMEOUT] # prints OPEN or CLOSED
+    python -m mininet_scenarios.tcp_probe udp IP PORT HEX [COUNT]   # sends COUNT datagrams carrying HEX
 """
 
 from __future__ import annotations
@@ -41,6 +42,11 @@ def main(argv: list[str]) -> int:
     if argv[:1] == ["connect"] and len(argv) in (3, 4):
         is_open = connect(argv[1], int(argv[2]), float(argv[3]) if len(argv) == 4 else 1.0)
         print("OPEN" if is_open else "CLOSED")
+        return 0
+    if argv[:1] == ["udp"] and len(argv) in (4, 5):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            for _ in range(int(argv[4]) if len(argv) == 5 else 1):
+                sock.sendto(bytes.fromhex(argv[3]), (argv[1], int(argv[2])))
         return 0
     print(__doc__, file=sys.stderr)
     return 2

@@ -23,6 +23,8 @@ something on a real switch:
   write-metadata instruction, the goto) is not run. OVS would fork there and run the rest on the
   untracked original, which the fake does not model, so check_entry refuses such entries. Without
   `table` the frame carries on untracked (OVS clears the ct fields after a ct action);
+- `PushVlan` tags the frame (`vlan_vid` = OFPVID_PRESENT, then set by `SetField`), `PopVlan` untags
+  it; an untagged frame has no `vlan_vid`, so no entry matching one matches it (one tag at most);
 - `Output(p)` with p equal to the ingress port is dropped (only `OFPP_IN_PORT` sends a frame back);
 - a flow that OVS would refuse (a field without its prerequisite, a value outside its mask, a
   backward goto, conntrack on a flow not limited to IP, a commit of +inv) raises `FlowRejected`
@@ -49,7 +51,7 @@ from typing import Any
 
 from apps import pipeline
 from apps.context import PolicyState
-from apps.flows import Conntrack, FlowEntry, Move, Output, SetField
+from apps.flows import Conntrack, FlowEntry, Move, Output, PopVlan, PushVlan, SetField
 from apps.identity import Identities
 from apps.inventory import vm_from_json
 from apps.policy import Rule, rule_from_json
@@ -58,6 +60,7 @@ from topology.model import EDGE_CONFIRM_TIME, Host, Port, PortRef, Topology
 
 BROADCAST = "ff:ff:ff:ff:ff:ff"
 HOP_LIMIT = 64
+OFPVID_PRESENT = 0x1000
 MAX_COPIES = 10_000  # copies one trace may process before it is called a storm
 MAX_RECIRCULATIONS = 8  # conntrack re-submissions one frame may make in one switch
 
@@ -85,6 +88,7 @@ FIELD_BITS: dict[str, int] = {
     "ct_state": 32,
     "ct_mark": 32,
     "reg0": 32,
+    "vlan_vid": 13,  # OFPVID_PRESENT (0x1000) | the VID; an untagged frame has none
 }
 
 # OpenFlow 1.3 match prerequisites (spec table 12): field -> the (field, allowed values) it needs.
@@ -538,7 +542,17 @@ class FakeNetwork:
                 if isinstance(action, Output):
                     self._output(dpid, in_port, table, entry, action, headers, outputs, trace)
                 elif isinstance(action, SetField):
+                    if action.name == "vlan_vid" and "vlan_vid" not in headers:
+                        raise AssertionError(f"switch {dpid}: set vlan_vid on an untagged frame: {headers}")
                     headers[action.name] = action.value
+                elif isinstance(action, PushVlan):
+                    if "vlan_vid" in headers:
+                        raise AssertionError(f"switch {dpid}: the fake models one 802.1Q header, and {headers} has one")
+                    headers["vlan_vid"] = OFPVID_PRESENT
+                elif isinstance(action, PopVlan):
+                    if "vlan_vid" not in headers:
+                        raise AssertionError(f"switch {dpid}: pop_vlan on an untagged frame: {headers}")
+                    del headers["vlan_vid"]
                 elif isinstance(action, Move):
                     if headers.get(action.src) is None:
                         raise AssertionError(f"switch {dpid}: move from {action.src}, which the packet lacks: {headers}")

@@ -161,6 +161,94 @@ def test_a_high_severity_ids_alert_cuts_the_vm_off(dc):
 
 
 # ---------------------------------------------------------------------------
+# Remediation and mirroring
+# ---------------------------------------------------------------------------
+REMEDIATION = [
+    {"name": "db", "to": "tier=vm3", "services": ["tcp/5432"]},  # it may open TCP 5432 to vm3 (across)
+    {"name": "ops", "from": "tier=vm2", "services": ["icmp"]},  # vm2 (beside it) may ping it
+]
+
+
+def switch_port(dc, vm: str) -> str:
+    """The switch side of the VM's link: what the VM receives leaves the switch there."""
+    link = dc.host(vm).defaultIntf().link
+    return (link.intf2 if link.intf1.node.name == vm else link.intf1).name
+
+
+def test_remediation_allows_exactly_its_allow_list_and_cuts_what_was_running(dc):
+    """vm1 in remediation: TCP 5432 to vm3 and pings from vm2, each way only; nothing else, over
+    ICMP, TCP or UDP; a ping it had running to vm4 stops."""
+    before = reachable(dc)
+    assert all(before.values()), before
+    running = dc.host(FLAGGED).popen(["ping", "-D", "-n", "-i", "0.02", "-c", "150", dc.layout.vms["vm4"][1]])
+    try:
+        time.sleep(0.5)
+        body = {"vm": FLAGGED, "reason": "patch it", "mode": "remediate", "allow": REMEDIATION}
+        rest_call(dc.rest_url, "POST", "/v1/quarantine", body, expect=201)
+        returned = time.time()
+        out, _ = running.communicate(timeout=30)
+        during = {
+            "vm1->vm3 tcp/5432 (allowed)": tcp_open(dc, "vm1", "vm3"),
+            "vm2->vm1 ping (allowed)": pings(dc, "vm2", "vm1"),
+            "vm3->vm1 tcp/5432 (other way)": tcp_open(dc, "vm3", "vm1"),
+            "vm1->vm2 ping (other way)": pings(dc, "vm1", "vm2"),
+            "vm1->vm3 ping": pings(dc, "vm1", "vm3"),
+            "vm1->vm4 tcp/5432": tcp_open(dc, "vm1", "vm4"),
+            "vm4->vm1 ping": pings(dc, "vm4", "vm1"),
+            "vm1->vm3 udp": udp_reaches(dc, "vm1", "vm3"),
+            "vm2->vm3 (bystanders)": pings(dc, "vm2", "vm3"),
+        }
+    finally:
+        if running.poll() is None:
+            running.kill()
+        release(dc)
+    allowed = {k for k in during if "allowed" in k or "bystanders" in k}
+    assert during == {k: k in allowed for k in during}, during
+    replies = reply_times(out.decode())
+    assert replies and min(replies) < returned and max(replies) - returned < 0.1, "the running ping was not cut"
+    assert wait_until(lambda: reachable(dc) == before, 10), "release did not restore everything"
+
+
+def udp_reaches(dc, src: str, dst: str) -> bool:
+    """A datagram with a fresh marker from src arrives at dst's port."""
+    marker = secrets.token_hex(8)
+    with capturing([switch_port(dc, dst)]) as capture:
+        dc.host(src).cmd(f"{sys.executable} -m mininet_scenarios.tcp_probe udp {dc.layout.vms[dst][1]} 9999 {marker} 3")
+        time.sleep(0.3)
+    return bool(capture.interfaces_with(bytes.fromhex(marker)))
+
+
+def test_mirror_to_copies_every_frame_from_and_to_it_to_the_analyzer_untagged(dc):
+    """vm1 isolated and mirrored to vm4 on the other hypervisor: pings from vm1 and to it reach no one
+    but the analyzer, once each, as sent (untagged, original addresses); bystanders are not copied."""
+    out_marker, in_marker, bystander = (secrets.token_bytes(8) for _ in range(3))
+    _, ip1, mac1 = dc.layout.vms[FLAGGED]
+    _, ip3, mac3 = dc.layout.vms["vm3"]
+    body = {"vm": FLAGGED, "reason": "forensics", "mirror_to": "vm4"}
+    assert rest_call(dc.rest_url, "POST", "/v1/quarantine", body, expect=201)["mirror_to"] == "vm4"
+    analyzer = switch_port(dc, "vm4")
+    try:
+        with capturing([analyzer, switch_port(dc, "vm3"), *encryption_check.fabric_interfaces(dc)]) as capture:
+            dc.host(FLAGGED).cmd(f"ping -c5 -i0.05 -W1 -p {out_marker.hex()} {ip3}")
+            dc.host("vm3").cmd(f"ping -c5 -i0.05 -W1 -p {in_marker.hex()} {ip1}")
+            dc.host("vm2").cmd(f"ping -c5 -i0.05 -W1 -p {bystander.hex()} {ip3}")
+            time.sleep(0.3)
+    finally:
+        release(dc)
+    copies = capture.frames[analyzer]
+    out = [f for f in copies if out_marker in f]
+    inbound = [f for f in copies if in_marker in f]
+    assert len(out) == 5 and len(inbound) == 5, (len(out), len(inbound))
+    mac = lambda text: bytes.fromhex(text.replace(":", ""))  # noqa: E731
+    assert all(f[0:6] == mac(mac3) and f[6:12] == mac(mac1) and f[12:14] == b"\x08\x00" for f in out), "not as sent"
+    assert all(f[0:6] == mac(mac1) and f[6:12] == mac(mac3) and f[12:14] == b"\x08\x00" for f in inbound)
+    assert not [f for f in copies if bystander in f], "a bystander's frames were copied"
+    assert not [f for f in capture.frames[switch_port(dc, "vm3")] if out_marker in f], "isolated all the same"
+    tagged = [i for i, f in capture.all_frames() if out_marker in f and f[12:14] == b"\x81\x00"]
+    assert tagged and set(tagged) <= set(encryption_check.fabric_interfaces(dc)), "across the fabric on its VLAN"
+
+
+# ---------------------------------------------------------------------------
 # Spoofing from a managed VM (frames made by hand, as a compromised guest would)
 # ---------------------------------------------------------------------------
 def send_raw(dc, vm: str, frame: bytes) -> None:
