@@ -132,7 +132,8 @@ def compile_network(
                 groups["quarantine"] = isolated_group
             exceptions = []
             for vm in remediated:
-                exceptions += remediation.remediation_flows(dpid, topo.inter_switch_ports(dpid), vm, isolated)
+                fabric_ports = {*topo.inter_switch_ports(dpid), *tunnels.ports.get(dpid, {}).values()}
+                exceptions += remediation.remediation_flows(dpid, fabric_ports, vm, isolated)
             entries += exceptions
             if mirrors:
                 entries += _copy_flows(topo, dpid, view, mirrors, [*(isolated_group or {}).values(), *exceptions])
@@ -157,6 +158,24 @@ def compile_network(
     vms_by_switch = {d: [h for h in hs if h.mac not in topo.endpoints] for d, hs in by_switch.items()}
     pairs = steering.encrypt_pairs(vms_by_switch, hypervisors, identity_of, labels, policy.rules)
     return Compiled(tables, pairs)
+
+
+def _encrypts(policy: PolicyState, own: dict[str, str]) -> remediation.Encrypts | None:
+    """Whether some encrypt rule selects an allowed connection of a VM in remediation (whose labels
+    are `own`) on a service that overlaps the allowance's: then it travels encrypted. Erring toward
+    encryption costs nothing: any such rule puts the two hypervisors in a tunnel pair."""
+    encrypting = [r for r in policy.rules[: pipeline.MAX_RULES] if r.action == "encrypt"]
+    if not encrypting:
+        return None
+
+    def encrypts(rule: remediation.AllowRule, peer: dict | None, service) -> bool:
+        opener, answerer = (own, peer) if rule.direction == "to" else (peer, own)
+        return any(
+            r.src.matches(opener) and r.dst.matches(answerer) and any(s.overlaps(service) for s in r.services)
+            for r in encrypting
+        )
+
+    return encrypts
 
 
 def mirrored_vms(topo: Topology, policy: PolicyState) -> list[tuple[frozenset[str], mirror.Analyzer]]:
@@ -214,9 +233,11 @@ def remediated_vms(topo: Topology, policy: PolicyState, quarantined: frozenset[s
             if host is not None:
                 ips.update(host.ips)
                 locations.append((mac, host.dpid, host.port))
-        rules = remediation.resolve_peers(policy.allow_list(record), candidates, quarantined)
+        allowances = remediation.resolve(
+            policy.allow_list(record), candidates, quarantined, _encrypts(policy, dict(policy.effective_labels(vm)))
+        )
         ipv4 = tuple(sorted(ip for ip in ips if ":" not in ip))  # its IPv6 is cut, as everything not allowed
-        found.append(remediation.Remediated(macs, ipv4, tuple(locations), rules))
+        found.append(remediation.Remediated(macs, ipv4, tuple(locations), allowances))
     return found
 
 

@@ -122,6 +122,7 @@ PRIO_QUARANTINE = 900
 # conntrack zone of their own. Mirror copies (apps/mirror.py) sit one above the entry they copy for.
 PRIO_REMEDIATE_OTHERS = 945  # never to or from another quarantined VM (above every allowance)
 PRIO_REMEDIATE_ALLOW = 940  # tracked frames an allow rule grants
+PRIO_REMEDIATE_ALLOW_ENCRYPT = 942  # with `any` peers: the peers policy encrypts to, marked for the tunnel
 PRIO_REMEDIATE_TRACK = 950  # its IPv4 frames, and IPv4 to it: into the quarantine zone first
 PRIO_REMEDIATE_ARP = 960
 PRIO_MIRROR_TRANSIT = 990  # a mirror copy on its way to the analyzer, from an inter-switch port

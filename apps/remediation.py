@@ -12,21 +12,23 @@ adds, above that group, the exceptions its allow-list grants, on every hyperviso
   selects on those services, and lets their replies back. `{"from": ...}` lets those VMs open
   connections to it (an operator's SSH, say). Nothing else passes: not another service, not a
   connection the other way round, not a frame with a source address that is not the VM's.
-- Quarantine decides alone: allowed frames skip policy, and they are never steered into a tunnel.
-- Frames from the VM are accepted only on its own port (and from the fabric, where its hypervisor
-  already accepted them): on any other port it is a VM that moved, and the quarantine group's
+- Quarantine decides alone: allowed frames skip policy. It narrows, and never weakens: where policy
+  would encrypt an allowed connection, its frames are marked for the tunnel (or dropped, fail-closed)
+  exactly as policy's own would be.
+- Frames from the VM are accepted only on its own port (and from the fabric or a tunnel, where its
+  hypervisor already accepted them): on any other port it is a VM that moved, and the quarantine group's
   entry shows the controller where it now is, as for an isolated VM.
 - Another quarantined VM is never a peer, whatever the selectors say."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from apps import pipeline
 from apps.errors import FieldError
-from apps.flows import Conntrack, FlowEntry
+from apps.flows import Conntrack, FlowEntry, SetField
 from apps.selectors import ANY, Selector, SelectorError, parse_selector
 from apps.services import Service, ServiceError, parse_service
 
@@ -123,40 +125,61 @@ def first_allowing(
 
 
 @dataclass(frozen=True)
+class Allowance:
+    """One allow rule as the compile resolved it: the MACs of the peers it selects (None: any peer),
+    and for each peer that policy encrypts to, the rule's services that must travel encrypted."""
+
+    rule: AllowRule
+    peers: tuple[str, ...] | None
+    encrypted: tuple[tuple[str, tuple[Service, ...]], ...] = ()
+
+
+@dataclass(frozen=True)
 class Remediated:
-    """A VM in remediation as the compile sees it: its MACs and addresses, where it is, and for each
-    allow rule the MACs of the peers it selects (None: any peer)."""
+    """A VM in remediation as the compile sees it: its MACs and addresses, where its MACs are, and
+    its allowances."""
 
     macs: tuple[str, ...]
     ips: tuple[str, ...]
     locations: tuple[tuple[str, int, int], ...]  # (MAC, dpid, port) of each MAC the network has seen
-    rules: tuple[tuple[AllowRule, tuple[str, ...] | None], ...]
+    allowances: tuple[Allowance, ...]
 
 
-def resolve_peers(
-    rules: Sequence[AllowRule], candidates: Mapping[str, Mapping[str, str] | None], quarantined: frozenset[str]
-) -> tuple[tuple[AllowRule, tuple[str, ...] | None], ...]:
+Encrypts = Callable[[AllowRule, Mapping[str, str] | None, Service], bool]
+
+
+def resolve(
+    rules: Sequence[AllowRule],
+    candidates: Mapping[str, Mapping[str, str] | None],
+    quarantined: frozenset[str],
+    encrypts: Encrypts | None = None,
+) -> tuple[Allowance, ...]:
     """Each rule with the MACs of the peers it selects among `candidates` (MAC -> labels, None for an
-    unmanaged host), never a quarantined MAC. `any` stays None (matched as any MAC; quarantined
-    peers are then cut by the entries remediation_flows puts above the allowances)."""
+    unmanaged host), never a quarantined MAC; `any` stays None (matched as any MAC; quarantined peers
+    are then cut by the entries remediation_flows puts above the allowances). `encrypts(rule, peer
+    labels, service)` says whether policy encrypts that traffic: quarantine narrows what passes, it
+    never sends in clear what policy would encrypt."""
     resolved = []
     for rule in rules:
-        if rule.peers.kind == ANY:
-            resolved.append((rule, None))
-            continue
-        macs = tuple(sorted(m for m, labels in candidates.items() if m not in quarantined and rule.peers.matches(labels)))
-        resolved.append((rule, macs))
+        selected = sorted(m for m, labels in candidates.items() if m not in quarantined and rule.peers.matches(labels))
+        encrypted = []
+        if encrypts is not None:
+            for mac in selected:
+                services = tuple(s for s in rule.services if encrypts(rule, candidates[mac], s))
+                if services:
+                    encrypted.append((mac, services))
+        peers = None if rule.peers.kind == ANY else tuple(selected)
+        resolved.append(Allowance(rule, peers, tuple(encrypted)))
     return tuple(resolved)
 
 
-def remediation_flows(
-    dpid: int, inter_switch_ports: Iterable[int], vm: Remediated, quarantined: frozenset[str]
-) -> list[FlowEntry]:
-    """The exceptions one hypervisor holds for one VM in remediation (above the quarantine group)."""
+def remediation_flows(dpid: int, fabric_ports: Iterable[int], vm: Remediated, quarantined: frozenset[str]) -> list[FlowEntry]:
+    """The exceptions one hypervisor holds for one VM in remediation (above the quarantine group).
+    fabric_ports: its inter-switch ports and the tunnel ports it uses."""
     flows: list[FlowEntry] = []
     others = sorted(quarantined - set(vm.macs))
     for mac in vm.macs:
-        from_ports = set(inter_switch_ports) | {port for m, d, port in vm.locations if m == mac and d == dpid}
+        from_ports = set(fabric_ports) | {port for m, d, port in vm.locations if m == mac and d == dpid}
         # ARP: its own requests and replies with its own sender address, and ARP addressed to it.
         for port in sorted(from_ports):
             for ip in vm.ips:
@@ -182,30 +205,44 @@ def remediation_flows(
         for other in others:
             for match in ({"eth_src": mac, "eth_dst": other}, {"eth_src": other, "eth_dst": mac}):
                 flows.append(FlowEntry.make(pipeline.INGRESS, pipeline.PRIO_REMEDIATE_OTHERS, match, app=APP))
-        for rule, peers in vm.rules:
-            flows += _allow_flows(mac, rule, peers)
+        for allowance in vm.allowances:
+            flows += _allow_flows(mac, allowance)
     return flows
 
 
-def _allow_flows(mac: str, rule: AllowRule, peers: tuple[str, ...] | None) -> list[FlowEntry]:
-    """A rule's tracked frames: the opening side's (committed) and the replies."""
-    commit = (Conntrack(QUARANTINE_ZONE, commit=True),)
+def _allow_flows(mac: str, allowance: Allowance) -> list[FlowEntry]:
+    """A rule's tracked frames: the opening side's (committed) and the replies, marked for the tunnel
+    where policy encrypts them (apps/steering.py then sends them only inside one, or drops them).
+    With `any` peers, the encrypted peers get entries of their own above the plain ones."""
+    encrypted = dict(allowance.encrypted)
     flows = []
-    for peer in [None] if peers is None else peers:
-        vm_side, peer_side = {"eth_src": mac}, {"eth_dst": mac}
-        if peer is not None:
-            vm_side["eth_dst"] = peer
-            peer_side["eth_src"] = peer
-        opener, answerer = (vm_side, peer_side) if rule.direction == "to" else (peer_side, vm_side)
-        for service in rule.services:
-            for fragment in service.of_matches(pipeline.ETH_TYPE_IPV4):
-                match = {**opener, "eth_type": pipeline.ETH_TYPE_IPV4, "ct_state": TRACKED_NEW_OR_ORIGINAL, **fragment}
-                flows.append(
-                    FlowEntry.make(pipeline.INGRESS, pipeline.PRIO_REMEDIATE_ALLOW, match, commit, pipeline.FORWARD, app=APP)
-                )
-            for fragment in service.of_matches(pipeline.ETH_TYPE_IPV4, reply=True):
-                match = {**answerer, "eth_type": pipeline.ETH_TYPE_IPV4, "ct_state": TRACKED_REPLY, **fragment}
-                flows.append(
-                    FlowEntry.make(pipeline.INGRESS, pipeline.PRIO_REMEDIATE_ALLOW, match, goto=pipeline.FORWARD, app=APP)
-                )
+    if allowance.peers is None:
+        flows += _rule_flows(mac, allowance.rule, None, allowance.rule.services, False, pipeline.PRIO_REMEDIATE_ALLOW)
+        for peer, services in allowance.encrypted:
+            flows += _rule_flows(mac, allowance.rule, peer, services, True, pipeline.PRIO_REMEDIATE_ALLOW_ENCRYPT)
+        return flows
+    for peer in allowance.peers:
+        secret = encrypted.get(peer, ())
+        plain = tuple(s for s in allowance.rule.services if s not in secret)
+        flows += _rule_flows(mac, allowance.rule, peer, plain, False, pipeline.PRIO_REMEDIATE_ALLOW)
+        flows += _rule_flows(mac, allowance.rule, peer, secret, True, pipeline.PRIO_REMEDIATE_ALLOW)
+    return flows
+
+
+def _rule_flows(mac: str, rule: AllowRule, peer: str | None, services, encrypt: bool, priority: int) -> list[FlowEntry]:
+    mark = (SetField("reg0", pipeline.REG0_ENCRYPT),) if encrypt else ()
+    commit = (Conntrack(QUARANTINE_ZONE, commit=True), *mark)
+    vm_side, peer_side = {"eth_src": mac}, {"eth_dst": mac}
+    if peer is not None:
+        vm_side["eth_dst"] = peer
+        peer_side["eth_src"] = peer
+    opener, answerer = (vm_side, peer_side) if rule.direction == "to" else (peer_side, vm_side)
+    flows = []
+    for service in services:
+        for fragment in service.of_matches(pipeline.ETH_TYPE_IPV4):
+            match = {**opener, "eth_type": pipeline.ETH_TYPE_IPV4, "ct_state": TRACKED_NEW_OR_ORIGINAL, **fragment}
+            flows.append(FlowEntry.make(pipeline.INGRESS, priority, match, commit, pipeline.FORWARD, app=APP))
+        for fragment in service.of_matches(pipeline.ETH_TYPE_IPV4, reply=True):
+            match = {**answerer, "eth_type": pipeline.ETH_TYPE_IPV4, "ct_state": TRACKED_REPLY, **fragment}
+            flows.append(FlowEntry.make(pipeline.INGRESS, priority, match, mark, pipeline.FORWARD, app=APP))
     return flows

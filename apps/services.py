@@ -40,6 +40,16 @@ class Service:
             return True
         return dport is not None and self.low <= dport <= self.high
 
+    def overlaps(self, other: Service) -> bool:
+        """Could one packet fall under both services?"""
+        if self.proto is None or other.proto is None:
+            return True
+        if self.proto != other.proto:
+            return False
+        if self.low is None or other.low is None:
+            return True
+        return self.low <= other.high and other.low <= self.high
+
     def of_matches(self, eth_type: int = ETH_TYPE_IPV4, reply: bool = False) -> list[dict]:
         """OpenFlow match fragments (to AND with an IPv4 or IPv6 match) covering exactly this
         service; `icmp` means ICMPv6 for IPv6. With `reply`, the frames a server sends back: the

@@ -176,8 +176,8 @@ def switch_port(dc, vm: str) -> str:
 
 
 def test_remediation_allows_exactly_its_allow_list_and_cuts_what_was_running(dc):
-    """vm1 in remediation: TCP 5432 to vm3 and pings from vm2, each way only; nothing else, over
-    ICMP, TCP or UDP; a ping it had running to vm4 stops."""
+    """vm1 in remediation: TCP 5432 to vm3 (encrypted, as policy says) and pings from vm2, each way
+    only; nothing else, over ICMP, TCP or UDP; a ping it had running to vm4 stops."""
     before = reachable(dc)
     assert all(before.values()), before
     running = dc.host(FLAGGED).popen(["ping", "-D", "-n", "-i", "0.02", "-c", "150", dc.layout.vms["vm4"][1]])
@@ -187,8 +187,10 @@ def test_remediation_allows_exactly_its_allow_list_and_cuts_what_was_running(dc)
         rest_call(dc.rest_url, "POST", "/v1/quarantine", body, expect=201)
         returned = time.time()
         out, _ = running.communicate(timeout=30)
+        with capturing(encryption_check.fabric_interfaces(dc)) as fabric:
+            allowed_across = tcp_open(dc, "vm1", "vm3")
         during = {
-            "vm1->vm3 tcp/5432 (allowed)": tcp_open(dc, "vm1", "vm3"),
+            "vm1->vm3 tcp/5432 (allowed)": allowed_across,
             "vm2->vm1 ping (allowed)": pings(dc, "vm2", "vm1"),
             "vm3->vm1 tcp/5432 (other way)": tcp_open(dc, "vm3", "vm1"),
             "vm1->vm2 ping (other way)": pings(dc, "vm1", "vm2"),
@@ -204,6 +206,9 @@ def test_remediation_allows_exactly_its_allow_list_and_cuts_what_was_running(dc)
         release(dc)
     allowed = {k for k in during if "allowed" in k or "bystanders" in k}
     assert during == {k: k in allowed for k in during}, during
+    # Policy encrypts vm1 -> vm3: remediation lets it through, and still only inside the tunnel.
+    kinds = fabric.kinds()
+    assert kinds.get("wireguard") and not kinds.get("tcp"), f"vm1 -> vm3 crossed the fabric in clear: {kinds}"
     replies = reply_times(out.decode())
     assert replies and min(replies) < returned and max(replies) - returned < 0.1, "the running ping was not cut"
     assert wait_until(lambda: reachable(dc) == before, 10), "release did not restore everything"

@@ -162,3 +162,28 @@ def test_allow_lists_are_checked_whole():
     with pytest.raises(RemediationError) as caught:
         parse_allow_list([{"name": "ok", "to": "any", "services": ["udp/53"]}, {"name": "bad", "to": "any", "services": ["x"]}])
     assert caught.value.field == "allow[1].services"
+
+
+@pytest.mark.parametrize("peers", ["role=dns", "any"])
+def test_what_policy_encrypts_stays_encrypted_and_is_dropped_without_a_tunnel(fabric, peers):
+    """Remediation narrows what passes and never weakens it: DNS to a server policy encrypts to goes
+    through the tunnel both ways, never across the fabric in clear; with no tunnel, it is dropped."""
+    flagged, dns_near, _ops, dns_far, *_ = fabric.vms
+    rules = [{"src": "role=web", "dst": "role=dns", "action": "encrypt", "services": ["udp/53"]}]
+    allow = [{"name": "dns", "to": peers, "services": ["udp/53", "tcp/53"]}]
+    state = remediate(policy(fabric, rules), flagged, allow=allow)
+    net = FakeNetwork.compile(fabric.topo, state, tunnels=fabric.tunnels)
+    query = service_frame(flagged, dns_far, "udp", 53, sport=next(_sports))
+    there = [d for d in net.send(flagged, query).deliveries if d.at == (dns_far.dpid, dns_far.port)]
+    back = [d for d in net.send(dns_far, reply_frame(query)).deliveries if d.at == (flagged.dpid, flagged.port)]
+    assert there and back
+    assert all(net.through_tunnel(d) and not net.crossed_in_clear(d) for d in there + back), "crossed in clear"
+    # TCP 53 is not encrypted by policy: it goes in clear, as it would without the quarantine.
+    tcp = service_frame(flagged, dns_far, "tcp", 53, sport=next(_sports))
+    assert [d for d in net.send(flagged, tcp).deliveries if net.crossed_in_clear(d)]
+    # On its own hypervisor there is nothing to cross.
+    assert exchange(net, flagged, dns_near, "udp", 53) == (True, True)
+    # No tunnel: fail-closed.
+    closed = FakeNetwork.compile(fabric.topo, state)
+    assert exchange(closed, flagged, dns_far, "udp", 53) == (False, False)
+    assert exchange(closed, flagged, dns_far, "tcp", 53) == (True, True)
