@@ -241,6 +241,8 @@ def test_every_documented_operation_answers_as_documented(client):
         ("GET", "/v1/quarantine", None),
         ("GET", "/v1/quarantine/tour", None),
         ("DELETE", "/v1/quarantine/tour", None),
+        ("PUT", "/v1/remediation", {"allow": [{"name": "dns", "to": "any", "services": ["udp/53"]}]}),
+        ("GET", "/v1/remediation", None),
         ("POST", "/v1/agents/tokens", {"ttl_seconds": 60}),
         ("GET", "/v1/agents", None),
         ("GET", "/v1/agents/hv9", None),  # a documented 404

@@ -145,6 +145,10 @@ def test_it_stays_cut_off_when_it_moves_to_another_hypervisor(dc):
     finally:
         release(dc)
     assert wait_until(lambda: pings(dc, "vm4", FLAGGED), 10), "released at its new place"
+    # Home again, for the tests that follow (they need vm1 beside vm2, across from vm3 and vm4).
+    dc.move_vm(FLAGGED, "hv1")
+    assert wait_until(lambda: pings(dc, "vm2", FLAGGED) and pings(dc, FLAGGED, "vm3"), 15), "not back home"
+    assert wait_until(lambda: encryption_check.explain(dc, "vm1", "vm3")["encryption"]["delivered"], 20)
 
 
 def test_a_high_severity_ids_alert_cuts_the_vm_off(dc):
@@ -178,6 +182,7 @@ def switch_port(dc, vm: str) -> str:
 def test_remediation_allows_exactly_its_allow_list_and_cuts_what_was_running(dc):
     """vm1 in remediation: TCP 5432 to vm3 (encrypted, as policy says) and pings from vm2, each way
     only; nothing else, over ICMP, TCP or UDP; a ping it had running to vm4 stops."""
+    assert [dc.layout.vms[v][0] for v in ("vm1", "vm2", "vm3", "vm4")] == ["hv1", "hv1", "hv2", "hv2"]
     before = reachable(dc)
     assert all(before.values()), before
     running = dc.host(FLAGGED).popen(["ping", "-D", "-n", "-i", "0.02", "-c", "150", dc.layout.vms["vm4"][1]])
@@ -229,6 +234,7 @@ def test_mirror_to_copies_every_frame_from_and_to_it_to_the_analyzer_untagged(dc
     out_marker, in_marker, bystander = (secrets.token_bytes(8) for _ in range(3))
     _, ip1, mac1 = dc.layout.vms[FLAGGED]
     _, ip3, mac3 = dc.layout.vms["vm3"]
+    assert dc.layout.vms[FLAGGED][0] != dc.layout.vms["vm4"][0], "the analyzer must be across the fabric"
     body = {"vm": FLAGGED, "reason": "forensics", "mirror_to": "vm4"}
     assert rest_call(dc.rest_url, "POST", "/v1/quarantine", body, expect=201)["mirror_to"] == "vm4"
     analyzer = switch_port(dc, "vm4")
