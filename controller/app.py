@@ -331,15 +331,34 @@ class GoldilocksController(app_manager.RyuApp):
         sync.applied(plan)  # even when empty: it records that the switch is at this table
         if not plan:
             return 0
+        xids = []
         for entry in plan.adds:
-            datapath.send_msg(ofmsg.flow_add(datapath, entry))
+            xids.append(self._send_tracked(datapath, ofmsg.flow_add(datapath, entry)))
+            sync.sent(xids[-1], "add", entry)
+        if plan.adds and plan.deletes:
+            # Nothing replaced goes before what replaces it: OpenFlow lets a switch reorder
+            # messages between barriers.
+            datapath.send_msg(datapath.ofproto_parser.OFPBarrierRequest(datapath))
         for cookie in plan.deletes:
-            datapath.send_msg(ofmsg.flow_delete(datapath, cookie))
+            xids.append(self._send_tracked(datapath, ofmsg.flow_delete(datapath, cookie)))
+            sync.sent(xids[-1], "delete", cookie)
+        # The barrier's reply confirms every flow-mod above that drew no error.
+        barrier = datapath.ofproto_parser.OFPBarrierRequest(datapath)
+        sync.barrier_sent(self._send_tracked(datapath, barrier), xids)
         sent = len(plan.adds) + len(plan.deletes)
         self._touched.add(dpid)
         self.metrics.flow_mods += sent
         LOG.debug("switch %016x: %d adds, %d deletes", dpid, len(plan.adds), len(plan.deletes))
         return sent
+
+    @staticmethod
+    def _send_tracked(datapath, message) -> int:
+        datapath.set_xid(message)
+        datapath.send_msg(message)
+        return message.xid
+
+    def _count_refusals(self) -> None:
+        self.metrics.flows_refused_now = sum(len(s.refusals) for s in self.sync.values())
 
     def _tick_loop(self) -> None:
         while True:
@@ -463,6 +482,7 @@ class GoldilocksController(app_manager.RyuApp):
         sync = self.sync.get(datapath.id)
         if sync is None:
             return
+        sync.reading_back = False
         first = not sync.synced
         sync.set_actual(self._stats_parts.pop(datapath.id), self.desired.get(datapath.id, {}))
         if first:
@@ -488,6 +508,13 @@ class GoldilocksController(app_manager.RyuApp):
         if self._barrier_wait:
             self._barrier_answered([(dpid, xid)])
         sync = self.sync.get(ev.msg.datapath.id)
+        if sync is not None and sync.barriers:
+            healed = sync.barrier_answered(xid)
+            for entry in healed:
+                LOG.info("switch %016x took the entry it refused before: table %d priority %d %s",
+                         dpid, entry.table, entry.priority, entry.match_dict)  # fmt: skip
+            if healed:
+                self._count_refusals()
         if sync is not None and sync.converge_xid == ev.msg.xid and sync.converge_seconds is None:
             sync.converge_seconds = time.monotonic() - sync.connected_at
             self.metrics.observe_convergence(sync.converge_seconds)
@@ -500,7 +527,25 @@ class GoldilocksController(app_manager.RyuApp):
         if msg.type == ofp.OFPET_METER_MOD_FAILED and msg.code == ofp.OFPMMFC_METER_EXISTS:
             return  # expected on reconnect: the MODIFY that follows applies the current rate
         self.metrics.switch_errors += 1
-        LOG.error("switch %016x refused a message: type %d code %d", msg.datapath.id, msg.type, msg.code)
+        error = ofmsg.error_name(ofp, msg.type, msg.code)
+        sync = self.sync.get(msg.datapath.id)
+        refusal = sync.refused(msg.xid, error, time.monotonic()) if sync is not None else None
+        if refusal is None:
+            LOG.error("switch %016x refused a message (xid %d): %s", msg.datapath.id, msg.xid, error)
+            return
+        self.metrics.flow_mods_refused += 1
+        self._count_refusals()
+        entry = refusal.entry
+        LOG.warning(
+            "switch %016x refused an entry (%s, attempt %d; retried in %.0f s): table %d priority %d %s",
+            msg.datapath.id, error, refusal.attempts, refusal.retry_at - time.monotonic(),
+            entry.table, entry.priority, entry.match_dict,
+        )  # fmt: skip
+        # What the switch holds is no longer what was planned (an entry it replaced may still be
+        # there): read it back, as after a reconnect.
+        if not sync.reading_back:
+            sync.reading_back = True
+            self._request_flows(msg.datapath)
 
     @set_ev_cls(ofp_event.EventOFPPortStatus, MAIN_DISPATCHER)
     def port_status(self, ev) -> None:

@@ -21,6 +21,8 @@ class Metrics:
     packet_in_to_flow_mod_seconds_sum: float = 0.0
     packet_in_to_flow_mod_count: int = 0
     switch_errors: int = 0
+    flow_mods_refused: int = 0  # flow-mods a switch answered with an error
+    flows_refused_now: int = 0  # entries refused and not installed yet, over all switches
     # Encrypted frames dropped by a switch because no tunnel toward their destination was up
     # (fail closed), per switch: the packet count of its encrypt-drop entry, read every tick.
     encrypt_drops_by_switch: dict = field(default_factory=dict)
@@ -60,6 +62,10 @@ class Metrics:
             ("goldilocks_hosts_forgotten_total", "counter", "Hosts forgotten because their port turned out to face a switch",
              learner.hosts_forgotten),
             ("goldilocks_switch_errors_total", "counter", "OpenFlow errors from switches", self.switch_errors),
+            ("goldilocks_flow_mods_refused_total", "counter", "Flow-mods a switch refused (retried with backoff)",
+             self.flow_mods_refused),
+            ("goldilocks_flows_refused", "gauge", "Desired entries a switch refused and does not hold yet",
+             self.flows_refused_now),
             ("goldilocks_reconcile_seconds_last", "gauge", "Last compile and reconcile", self.reconcile_seconds_last),
             ("goldilocks_encrypt_drops_total", "counter", "Encrypted frames dropped by switches: no tunnel up toward their "
              "destination (fail closed)", self.encrypt_drops),

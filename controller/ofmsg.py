@@ -112,3 +112,25 @@ def meter_mods(datapath: Any) -> list:
         for command in (ofp.OFPMC_ADD, ofp.OFPMC_MODIFY):
             messages.append(parser.OFPMeterMod(datapath, command=command, flags=flags, meter_id=meter_id, bands=bands))
     return messages
+
+
+# OpenFlow 1.3 error types and the prefix of their codes' names.
+_ERROR_CODE_PREFIX = {
+    "OFPET_BAD_REQUEST": "OFPBRC_",
+    "OFPET_BAD_ACTION": "OFPBAC_",
+    "OFPET_BAD_INSTRUCTION": "OFPBIC_",
+    "OFPET_BAD_MATCH": "OFPBMC_",
+    "OFPET_FLOW_MOD_FAILED": "OFPFMFC_",
+    "OFPET_METER_MOD_FAILED": "OFPMMFC_",
+    "OFPET_TABLE_FEATURES_FAILED": "OFPTFFC_",
+}
+
+
+def error_name(ofp: Any, error_type: int, code: int) -> str:
+    """`OFPET_FLOW_MOD_FAILED/OFPFMFC_TABLE_FULL` for an error's type and code (numbers if unknown)."""
+    type_name = next((n for n in dir(ofp) if n.startswith("OFPET_") and getattr(ofp, n) == error_type), None)
+    if type_name is None:
+        return f"type {error_type} code {code}"
+    prefix = _ERROR_CODE_PREFIX.get(type_name)
+    code_name = next((n for n in dir(ofp) if prefix and n.startswith(prefix) and getattr(ofp, n) == code), None)
+    return f"{type_name}/{code_name or code}"

@@ -8,6 +8,10 @@ from dataclasses import dataclass, field
 from apps.flows import FlowEntry, is_ours
 from apps.switch_table import SwitchTable, diff_tables
 
+# A refused add is retried after these waits (the last repeats): a full table may free up, and a
+# refusal that never goes away costs one flow-mod every half minute, reported all along.
+RETRY_BACKOFF = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
+
 # Group diffs are the same on every switch that shares the groups: computed once per change.
 _GROUP_DIFFS: dict = {}
 _GROUP_DIFFS_LIMIT = 1024
@@ -25,6 +29,7 @@ class Plan:
     deletes: list[int] = field(default_factory=list)  # cookies
     deferred_deletes: int = 0
     target: Mapping[int, FlowEntry] | None = None  # the desired table this plan reaches
+    withheld: int = 0  # refused adds waiting for their retry time
 
     def __bool__(self) -> bool:
         return bool(self.adds or self.deletes)
@@ -38,6 +43,18 @@ def plan(desired: Mapping[int, FlowEntry], actual: set[int], allow_deletes: bool
     if not allow_deletes:
         return Plan(adds, [], len(stale))
     return Plan(adds, stale, 0)
+
+
+@dataclass
+class Refusal:
+    """An entry the switch refused (an OpenFlow error naming its flow-mod), until it is installed or
+    no longer wanted."""
+
+    entry: FlowEntry
+    error: str
+    attempts: int
+    first_at: float
+    retry_at: float
 
 
 @dataclass
@@ -56,6 +73,12 @@ class SwitchSync:
     converge_xid: int | None = None
     audited_after_settle: bool = False
     _by_slot: dict[tuple, int] = field(default_factory=dict)
+    # Flow-mods sent and not yet confirmed, by xid, and the xids each barrier confirms once answered
+    # without an error for them in between (a switch answers messages in order, errors included).
+    inflight: dict[int, tuple[str, FlowEntry | int]] = field(default_factory=dict)
+    barriers: dict[int, list[int]] = field(default_factory=dict)
+    refusals: dict[int, Refusal] = field(default_factory=dict)  # cookie -> refusal
+    reading_back: bool = False  # a read of its table was asked for after a refusal
 
     # The desired table the switch was last brought to exactly (installed == its cookies). While
     # that holds, the next plan diffs the two desired tables, looking only at what changed.
@@ -69,6 +92,18 @@ class SwitchSync:
         self.last = None
 
     def next_plan(self, desired: Mapping[int, FlowEntry], now: float) -> Plan:
+        result = self._next_plan(desired, now)
+        if self.refusals:
+            for cookie in [c for c in self.refusals if c not in desired]:
+                del self.refusals[cookie]  # no longer wanted: nothing to retry or report
+            waiting = {c for c, r in self.refusals.items() if r.retry_at > now}
+            if waiting:
+                kept = [e for e in result.adds if e.cookie not in waiting]
+                result.withheld = len(result.adds) - len(kept)
+                result.adds = kept
+        return result
+
+    def _next_plan(self, desired: Mapping[int, FlowEntry], now: float) -> Plan:
         if self.last is not None:
             if desired is self.last:
                 return Plan(target=desired)
@@ -92,5 +127,50 @@ class SwitchSync:
             slot = self.installed.pop(cookie, None)
             if slot is not None and self._by_slot.get(slot) == cookie:
                 del self._by_slot[slot]
-        # Exactly at the target only if nothing stale was kept back.
-        self.last = result.target if result.deferred_deletes == 0 else None
+        # Exactly at the target only if nothing stale or refused was kept back.
+        self.last = result.target if result.deferred_deletes == 0 and result.withheld == 0 else None
+
+    # -- what the switch did with them ------------------------------------------------------------
+    def sent(self, xid: int, kind: str, item: FlowEntry | int) -> None:
+        """A flow-mod went out: ("add", entry) or ("delete", cookie)."""
+        self.inflight[xid] = (kind, item)
+
+    def barrier_sent(self, barrier_xid: int, xids: list[int]) -> None:
+        """A barrier went out after the flow-mods `xids`."""
+        if xids:
+            self.barriers[barrier_xid] = xids
+
+    def barrier_answered(self, barrier_xid: int) -> list[FlowEntry]:
+        """Everything sent before the barrier that was not refused is in place; returns the refused
+        entries that now went in on a retry."""
+        healed = []
+        for xid in self.barriers.pop(barrier_xid, ()):
+            item = self.inflight.pop(xid, None)
+            if item is not None and item[0] == "add":
+                refusal = self.refusals.pop(item[1].cookie, None)
+                if refusal is not None:
+                    healed.append(refusal.entry)
+        return healed
+
+    def refused(self, xid: int, error: str, now: float) -> Refusal | None:
+        """The switch answered the flow-mod `xid` with an error. An add is not believed installed
+        and is retried after a backoff; a delete is retried at the next plan. None: not ours."""
+        item = self.inflight.pop(xid, None)
+        if item is None:
+            return None
+        kind, what = item
+        self.last = None  # the next plan compares with what is really there
+        if kind == "delete":
+            self.installed.setdefault(what, None)
+            return None
+        entry = what
+        if self.installed.get(entry.cookie, ()) == entry.slot:
+            del self.installed[entry.cookie]
+            if self._by_slot.get(entry.slot) == entry.cookie:
+                del self._by_slot[entry.slot]
+        before = self.refusals.get(entry.cookie)
+        attempts = before.attempts + 1 if before else 1
+        wait = RETRY_BACKOFF[min(attempts, len(RETRY_BACKOFF)) - 1]
+        refusal = Refusal(entry, error, attempts, before.first_at if before else now, now + wait)
+        self.refusals[entry.cookie] = refusal
+        return refusal

@@ -286,6 +286,7 @@ def topology_view(app) -> dict:
                 "role": topo.role(dpid),
                 "connected": sw.connected,
                 "converge_seconds": app.sync[dpid].converge_seconds if dpid in app.sync else None,
+                "refused_flows": len(app.sync[dpid].refusals) if dpid in app.sync else 0,
                 "ports": [
                     port_view(app, dpid, p, now)
                     for p in sorted(sw.ports.values(), key=lambda p: p.port_no)
@@ -626,7 +627,22 @@ class GoldilocksApi(ControllerBase):
             }
             for e in self.app.flows_for(dpid_int)
         ]
-        return json_response({"dpid": dpid_str(dpid_int), "flows": flows})
+        sync = self.app.sync.get(dpid_int)
+        now = time.monotonic()
+        refused = [
+            {
+                "cookie": f"0x{cookie:016x}",
+                "table": r.entry.table,
+                "priority": r.entry.priority,
+                "match": {k: (list(v) if isinstance(v, tuple) else v) for k, v in r.entry.match},
+                "error": r.error,
+                "attempts": r.attempts,
+                "since_seconds": round(now - r.first_at, 3),
+                "retry_in_seconds": round(max(0.0, r.retry_at - now), 3),
+            }
+            for cookie, r in sorted(sync.refusals.items() if sync is not None else ())
+        ]
+        return json_response({"dpid": dpid_str(dpid_int), "flows": flows, "refused": refused})
 
     # -- VM inventory ---------------------------------------------------------------------------
     @endpoint("GET", "/v1/vms", READ, query=("unmanaged",))

@@ -138,3 +138,79 @@ def test_restart_with_the_same_topology_touches_nothing():
         sync = SwitchSync()
         sync.set_actual(set(running[dpid]) | {FOREIGN}, table)
         assert not sync.next_plan(table, now=1e9), f"switch {dpid:#x} would be touched"
+
+
+# -- what the switch refused ----------------------------------------------------------------------
+def send(sync: SwitchSync, desired, now: float, xid_start: int = 100) -> tuple[Plan, dict[int, object], int]:
+    """Plan and 'send' as the controller does: one xid per flow-mod, then a barrier."""
+    result = sync.next_plan(desired, now)
+    sync.applied(result)
+    xids = {}
+    xid = xid_start
+    for entry in result.adds:
+        sync.sent(xid, "add", entry)
+        xids[xid] = entry
+        xid += 1
+    for cookie in result.deletes:
+        sync.sent(xid, "delete", cookie)
+        xids[xid] = cookie
+        xid += 1
+    sync.barrier_sent(xid, list(xids))
+    return result, xids, xid
+
+
+def test_a_refused_add_is_not_believed_installed_and_is_retried_with_backoff_until_it_goes_in():
+    flows = entries(3)
+    desired = by_cookie(flows)
+    sync = SwitchSync()
+    sync.set_actual(set(), {})
+    _, xids, barrier = send(sync, desired, now=0.0)
+    refused_xid = next(x for x, e in xids.items() if e == flows[1])
+    refusal = sync.refused(refused_xid, "OFPET_FLOW_MOD_FAILED/OFPFMFC_TABLE_FULL", now=0.0)
+    assert refusal is not None and refusal.attempts == 1 and refusal.retry_at == 1.0
+    assert sync.barrier_answered(barrier) == []
+    assert flows[1].cookie not in sync.installed and {flows[0].cookie, flows[2].cookie} <= set(sync.installed)
+    # Within the backoff: withheld, and the sync does not believe it is at the target.
+    early = sync.next_plan(desired, now=0.5)
+    assert not early.adds and early.withheld == 1
+    sync.applied(early)
+    assert sync.last is None
+    # Refused again: the wait doubles.
+    _, xids, barrier = send(sync, desired, now=1.0, xid_start=200)
+    assert list(xids.values()) == [flows[1]]
+    assert sync.refused(200, "OFPET_FLOW_MOD_FAILED/OFPFMFC_TABLE_FULL", now=1.0).retry_at == 3.0
+    assert not sync.next_plan(desired, now=2.9).adds
+    # Third time it goes in: the barrier confirms it, and it is no longer reported.
+    _, xids, barrier = send(sync, desired, now=3.0, xid_start=300)
+    assert list(xids.values()) == [flows[1]]
+    assert sync.barrier_answered(barrier) == [flows[1]]
+    assert not sync.refusals and not sync.inflight and flows[1].cookie in sync.installed
+    assert not sync.next_plan(desired, now=3.0)
+
+
+def test_a_refused_entry_no_longer_wanted_is_forgotten_and_a_refused_delete_is_retried():
+    flows = entries(2)
+    sync = SwitchSync()
+    sync.set_actual(set(), {})
+    _, xids, _ = send(sync, by_cookie(flows), now=0.0)
+    sync.refused(next(x for x, e in xids.items() if e == flows[0]), "OFPET_BAD_MATCH/OFPBMC_BAD_PREREQ", now=0.0)
+    assert len(sync.refusals) == 1
+    assert not sync.next_plan(by_cookie(flows[1:]), now=0.0).withheld
+    assert not sync.refusals
+    # A delete the switch refused stays believed installed, so the next plan deletes it again.
+    sync = SwitchSync()
+    sync.set_actual({flows[0].cookie}, by_cookie(flows))
+    result, xids, _ = send(sync, {}, now=0.0)
+    assert result.deletes == [flows[0].cookie]
+    assert sync.refused(next(iter(xids)), "OFPET_BAD_REQUEST/OFPBRC_EPERM", now=0.0) is None
+    assert sync.next_plan({}, now=0.0).deletes == [flows[0].cookie]
+
+
+def test_an_error_for_a_message_that_is_not_a_tracked_flow_mod_changes_nothing():
+    flows = entries(2)
+    sync = SwitchSync()
+    sync.set_actual(set(), {})
+    _, _, barrier = send(sync, by_cookie(flows), now=0.0)
+    assert sync.refused(9999, "OFPET_BAD_REQUEST/OFPBRC_BAD_TYPE", now=0.0) is None
+    sync.barrier_answered(barrier)
+    assert set(sync.installed) == {e.cookie for e in flows} and not sync.inflight
