@@ -100,6 +100,8 @@ class Store:
         except (OSError, sqlite3.Error) as exc:
             raise StateError(f"cannot use state dir {self.state_dir}: {exc}") from exc
 
+        self._saved_topology: tuple[dict, set, dict] | None = None  # rows as last written or read
+
     def transaction(self) -> _Transaction:
         return _Transaction(self.db)
 
@@ -268,21 +270,37 @@ class Store:
 
     # -- topology -----------------------------------------------------------
     def save_topology(self, topo: Topology) -> None:
-        with self.transaction():
-            self.db.execute("DELETE FROM switches")
-            self.db.executemany(
-                "INSERT INTO switches VALUES (?, ?, ?, ?)",
-                [(sw.dpid, sw.name, sw.role_override, json.dumps(_switch_state(sw))) for sw in topo.switches.values()],
-            )
-            self.db.execute("DELETE FROM links")
-            self.db.executemany(
-                "INSERT INTO links VALUES (?, ?, ?, ?)", [(lk.a.dpid, lk.a.port, lk.b.dpid, lk.b.port) for lk in topo.links]
-            )
-            self.db.execute("DELETE FROM hosts")
-            self.db.executemany(
-                "INSERT INTO hosts VALUES (?, ?, ?, ?)",
-                [(h.mac, json.dumps(sorted(h.ips)), h.dpid, h.port) for h in topo.hosts.values()],
-            )
+        """Write what changed since the last save (or load): a compile that changed one host writes
+        one row, and one that changed nothing writes nothing."""
+        switches = {sw.dpid: (sw.dpid, sw.name, sw.role_override, json.dumps(_switch_state(sw))) for sw in topo.switches.values()}
+        links = {(lk.a.dpid, lk.a.port, lk.b.dpid, lk.b.port) for lk in topo.links}
+        hosts = {h.mac: (h.mac, json.dumps(sorted(h.ips)), h.dpid, h.port) for h in topo.hosts.values()}
+        saved = self._saved_topology
+        if saved is None:
+            saved = self._read_topology_rows()
+        old_switches, old_links, old_hosts = saved
+        changed_switches = [row for dpid, row in switches.items() if old_switches.get(dpid) != row]
+        changed_hosts = [row for mac, row in hosts.items() if old_hosts.get(mac) != row]
+        gone_switches = [(d,) for d in old_switches.keys() - switches.keys()]
+        gone_hosts = [(m,) for m in old_hosts.keys() - hosts.keys()]
+        new_links, gone_links = links - old_links, old_links - links
+        if changed_switches or changed_hosts or gone_switches or gone_hosts or new_links or gone_links:
+            with self.transaction():
+                self.db.executemany("DELETE FROM switches WHERE dpid = ?", gone_switches)
+                self.db.executemany("INSERT OR REPLACE INTO switches VALUES (?, ?, ?, ?)", changed_switches)
+                self.db.executemany(
+                    "DELETE FROM links WHERE a_dpid = ? AND a_port = ? AND b_dpid = ? AND b_port = ?", sorted(gone_links)
+                )
+                self.db.executemany("INSERT OR REPLACE INTO links VALUES (?, ?, ?, ?)", sorted(new_links))
+                self.db.executemany("DELETE FROM hosts WHERE mac = ?", gone_hosts)
+                self.db.executemany("INSERT OR REPLACE INTO hosts VALUES (?, ?, ?, ?)", changed_hosts)
+        self._saved_topology = (switches, links, hosts)
+
+    def _read_topology_rows(self) -> tuple[dict, set, dict]:
+        switches = {row[0]: tuple(row) for row in self.db.execute("SELECT dpid, name, role_override, state FROM switches")}
+        links = {tuple(row) for row in self.db.execute("SELECT a_dpid, a_port, b_dpid, b_port FROM links")}
+        hosts = {row[0]: tuple(row) for row in self.db.execute("SELECT mac, ips, dpid, port FROM hosts")}
+        return switches, links, hosts
 
     def load_topology(self, now: float) -> Topology:
         topo = Topology()

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import sqlite3
+
 import pytest
 
 from apps.desired import desired_tables
 from controller.store import StateError, Store
 from tests.fakeoftable import build_leaf_spine
-from topology.model import Port, PortRef, Topology
+from topology.model import Host, Port, PortRef, Topology
 
 
 def snapshot(topo: Topology) -> tuple:
@@ -75,7 +77,39 @@ def test_a_failed_save_leaves_the_previous_state(tmp_path):
     store.save_topology(topo)
     broken = build_leaf_spine(spines=1, leaves=1, hypervisors_per_leaf=1).topo
     broken.link_seen(PortRef(1, 1), PortRef(2, 1), 0.0)
-    broken.hosts["02:bb:bb:bb:bb:bb"] = object()  # not a Host: the save fails half-way, after links
-    with pytest.raises(AttributeError):
+    # A port SQLite cannot store: the save fails half-way, after the switches and links.
+    broken.hosts["02:bb:bb:bb:bb:bb"] = Host("02:bb:bb:bb:bb:bb", frozenset(), 1, object())
+    with pytest.raises(sqlite3.Error):
         store.save_topology(broken)
     assert snapshot(store.load_topology(now=0.0)) == snapshot(topo)
+    del broken.hosts["02:bb:bb:bb:bb:bb"]
+    store.save_topology(broken)  # what the failed save meant to write is written by the next one
+    assert snapshot(store.load_topology(now=0.0)) == snapshot(broken)
+
+
+def writes(store: Store) -> list[str]:
+    """Record the data-changing statements the store runs."""
+    seen: list[str] = []
+    store.db.set_trace_callback(lambda sql: seen.append(sql) if sql.split()[0] in ("INSERT", "DELETE", "UPDATE") else None)
+    return seen
+
+
+def test_a_save_writes_only_what_changed_and_nothing_when_nothing_did(tmp_path):
+    fabric = build_leaf_spine(spines=2, leaves=2, hypervisors_per_leaf=2, vms_per_hypervisor=3)
+    topo = fabric.topo
+    store = Store(tmp_path)
+    store.save_topology(topo)
+    seen = writes(store)
+    store.save_topology(topo)
+    assert seen == [], "nothing changed, nothing written"
+    mover = fabric.vms[0]
+    topo.host_seen(mover.mac, fabric.hypervisors[-1], 9, "10.9.9.9")
+    store.save_topology(topo)
+    assert len(seen) == 1 and seen[0].startswith("INSERT OR REPLACE INTO hosts") and mover.mac in seen[0]
+    # After a restart, saving the topology as loaded writes nothing either.
+    store.close()
+    again = Store(tmp_path)
+    loaded = again.load_topology(now=0.0)
+    seen = writes(again)
+    again.save_topology(loaded)
+    assert seen == []
