@@ -151,6 +151,80 @@ class Host:
     port: int
 
 
+class HostTable(dict):
+    """MAC -> Host, with indexes kept up to date on every change (however it is made: the model's
+    methods, a store load, a test editing it): the MACs on each port, on each switch, and claiming
+    each IPv4 address. A packet-in asks these, so its cost does not grow with the data centre."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.by_port: dict[tuple[int, int], set[str]] = {}
+        self.by_dpid: dict[int, set[str]] = {}
+        self.by_ip: dict[str, set[str]] = {}
+
+    @staticmethod
+    def _drop(index: dict, key, mac: str) -> None:
+        macs = index.get(key)
+        if macs is not None:
+            macs.discard(mac)
+            if not macs:
+                del index[key]
+
+    def _unindex(self, mac: str, host: Host) -> None:
+        self._drop(self.by_port, (host.dpid, host.port), mac)
+        self._drop(self.by_dpid, host.dpid, mac)
+        for ip in host.ips:
+            self._drop(self.by_ip, ip, mac)
+
+    def _index(self, mac: str, host: Host) -> None:
+        self.by_port.setdefault((host.dpid, host.port), set()).add(mac)
+        self.by_dpid.setdefault(host.dpid, set()).add(mac)
+        for ip in host.ips:
+            self.by_ip.setdefault(ip, set()).add(mac)
+
+    def __setitem__(self, mac, host) -> None:
+        old = self.get(mac)
+        if old is not None:
+            self._unindex(mac, old)
+        super().__setitem__(mac, host)
+        self._index(mac, host)
+
+    def __delitem__(self, mac) -> None:
+        old = self[mac]
+        super().__delitem__(mac)
+        self._unindex(mac, old)
+
+    def pop(self, mac, *default):
+        if mac in self:
+            host = self[mac]
+            del self[mac]
+            return host
+        return super().pop(mac, *default)
+
+    def popitem(self):
+        mac = next(reversed(self.keys()))
+        return mac, self.pop(mac)
+
+    def clear(self) -> None:
+        super().clear()
+        self.by_port.clear()
+        self.by_dpid.clear()
+        self.by_ip.clear()
+
+    def setdefault(self, mac, default=None):
+        if mac not in self:
+            self[mac] = default
+        return self[mac]
+
+    def update(self, *args, **kwargs) -> None:
+        for mac, host in dict(*args, **kwargs).items():
+            self[mac] = host
+
+    def __ior__(self, other):
+        self.update(other)
+        return self
+
+
 @dataclass(frozen=True)
 class Endpoint:
     """A hypervisor's tunnel endpoint, as its agent reports it: infrastructure, not a VM. Its
@@ -187,18 +261,14 @@ class Topology:
         self.switches: dict[int, Switch] = {}
         # Derived indexes, rebuilt on demand after the links or hosts they index change.
         self._inter: dict[int, frozenset[int]] | None = None
-        self._hosts_by_port: dict[PortRef, set[str]] | None = None
         self.links: dict[Link, float] = WatchedDict(self._links_changed)  # link -> last time probes confirmed it
-        self.hosts: dict[str, Host] = WatchedDict(self._hosts_changed, values_matter=True)  # mac -> host
+        self.hosts: HostTable = HostTable()  # mac -> host, indexed by port, switch and address
         self._switch_macs: frozenset[str] | None = None  # derived from ports; reset when ports change
         # Tunnel endpoints by MAC, from the agents (not persisted here: the agents' registry is).
         self.endpoints: dict[str, Endpoint] = {}
 
     def _links_changed(self) -> None:
         self._inter = None
-
-    def _hosts_changed(self) -> None:
-        self._hosts_by_port = None
 
     # -- switches and ports -------------------------------------------------
     def switch_connected(self, dpid: int) -> bool:
@@ -222,7 +292,7 @@ class Topology:
         del self.switches[dpid]
         for link in [lk for lk in self.links if dpid in (lk.a.dpid, lk.b.dpid)]:
             del self.links[link]
-        for mac in [m for m, h in self.hosts.items() if h.dpid == dpid]:
+        for mac in list(self.hosts.by_dpid.get(dpid, ())):
             del self.hosts[mac]
         return True
 
@@ -434,15 +504,12 @@ class Topology:
         mac = mac.lower()
         old = self.hosts.get(mac)
         if old is None or (old.dpid, old.port) != (dpid, port):
-            on_port = sum(1 for h in self.hosts.values() if h.dpid == dpid and h.port == port)
-            if on_port >= MAX_HOSTS_PER_PORT:
+            if len(self.hosts.by_port.get((dpid, port), ())) >= MAX_HOSTS_PER_PORT:
                 return False
         ips = set(old.ips) if old else set()
         if ip and ip != "0.0.0.0":
             # An IPv4 address belongs to one host: the newest claim wins.
-            for other_mac, other in list(self.hosts.items()):
-                if other_mac != mac and ip in other.ips:
-                    self.hosts[other_mac] = replace(other, ips=other.ips - {ip})
+            self._unclaim(ip, mac)
             ips.add(ip)
         new = Host(mac, frozenset(ips), dpid, port)
         if new == old:
@@ -450,14 +517,16 @@ class Topology:
         self.hosts[mac] = new
         return True
 
+    def _unclaim(self, ip: str, mac: str) -> None:
+        """Take `ip` from every host but `mac`."""
+        for other_mac in list(self.hosts.by_ip.get(ip, ())):
+            if other_mac != mac:
+                other = self.hosts[other_mac]
+                self.hosts[other_mac] = replace(other, ips=other.ips - {ip})
+
     def hosts_on(self, dpid: int, port_no: int) -> set[str]:
-        """MACs learned on one port (an index, rebuilt after hosts change)."""
-        if self._hosts_by_port is None:
-            index: dict[PortRef, set[str]] = {}
-            for host in self.hosts.values():
-                index.setdefault(PortRef(host.dpid, host.port), set()).add(host.mac)
-            self._hosts_by_port = index
-        return self._hosts_by_port.get(PortRef(dpid, port_no), set())
+        """MACs learned on one port."""
+        return set(self.hosts.by_port.get((dpid, port_no), ()))
 
     def forget_switch_mac_hosts(self) -> list[str]:
         """Hosts whose MAC turned out to be a switch port's (a switch that connected after its
@@ -498,9 +567,7 @@ class Topology:
                 continue
             host = Host(mac, frozenset({endpoint.ip}), ref.dpid, ref.port)
             if self.hosts.get(mac) != host:
-                for other_mac, other in list(self.hosts.items()):
-                    if other_mac != mac and endpoint.ip in other.ips:
-                        self.hosts[other_mac] = replace(other, ips=other.ips - {endpoint.ip})
+                self._unclaim(endpoint.ip, mac)
                 self.hosts[mac] = host
                 changed = True
         return changed
@@ -522,7 +589,7 @@ class Topology:
         sw = self.switches.get(dpid)
         if sw is not None and sw.role_override:
             return sw.role_override
-        return ROLE_HYPERVISOR if any(h.dpid == dpid for h in self.hosts.values()) else ROLE_FABRIC
+        return ROLE_HYPERVISOR if dpid in self.hosts.by_dpid else ROLE_FABRIC
 
 
 class TopologySnapshot:

@@ -1,0 +1,123 @@
+"""The host table's indexes (by port, by switch, by address) always equal what a full scan finds, and
+a frame from a host, known or new, is handled without scanning every host or link: its cost does not
+grow with the data centre."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.fakeoftable import build_leaf_spine, first_ip
+from tests.unit.test_learner import arp_frame
+from topology.learner import Learner, Punt
+from topology.model import Host, HostTable, WatchedDict
+
+MACS = [f"02:00:00:00:00:{i:02x}" for i in range(6)]
+IPS = [f"10.0.0.{i}" for i in range(4)]
+
+hosts = st.builds(
+    Host,
+    st.sampled_from(MACS),
+    st.frozensets(st.sampled_from(IPS), max_size=2),
+    st.integers(1, 3),
+    st.integers(1, 3),
+)
+operations = st.lists(
+    st.one_of(
+        st.tuples(st.just("set"), hosts),
+        st.tuples(st.just("del"), st.sampled_from(MACS)),
+        st.tuples(st.just("pop"), st.sampled_from(MACS)),
+        st.tuples(st.just("update"), st.lists(hosts, max_size=3)),
+        st.tuples(st.just("setdefault"), hosts),
+        st.tuples(st.just("popitem"), st.none()),
+        st.tuples(st.just("clear"), st.none()),
+    ),
+    max_size=40,
+)
+
+
+def scanned(table: HostTable) -> tuple[dict, dict, dict]:
+    by_port, by_dpid, by_ip = {}, {}, {}
+    for mac, host in table.items():
+        by_port.setdefault((host.dpid, host.port), set()).add(mac)
+        by_dpid.setdefault(host.dpid, set()).add(mac)
+        for ip in host.ips:
+            by_ip.setdefault(ip, set()).add(mac)
+    return by_port, by_dpid, by_ip
+
+
+@settings(max_examples=300, deadline=None)
+@given(operations)
+def test_the_indexes_always_equal_a_full_scan(ops):
+    table = HostTable()
+    for op, arg in ops:
+        if op == "set":
+            table[arg.mac] = arg
+        elif op == "del" and arg in table:
+            del table[arg]
+        elif op == "pop":
+            table.pop(arg, None)
+        elif op == "update":
+            table.update({h.mac: h for h in arg})
+        elif op == "setdefault":
+            table.setdefault(arg.mac, arg)
+        elif op == "popitem" and table:
+            table.popitem()
+        elif op == "clear":
+            table.clear()
+        assert (table.by_port, table.by_dpid, table.by_ip) == scanned(table)
+
+
+class Armed:
+    """Once armed, walking the whole container fails the test (indexes built lazily after a change
+    may walk it before: that is once per change, not once per frame)."""
+
+    armed = False
+
+    def _walk(self, walk):
+        if self.armed:
+            raise AssertionError(f"every entry of {type(self).__name__} was scanned")
+        return walk()
+
+    def __iter__(self):
+        return self._walk(lambda: super(Armed, self).__iter__())
+
+    def items(self):
+        return self._walk(lambda: super(Armed, self).items())
+
+    def values(self):
+        return self._walk(lambda: super(Armed, self).values())
+
+    def keys(self):
+        return self._walk(lambda: super(Armed, self).keys())
+
+
+class NoScanHosts(Armed, HostTable):
+    pass
+
+
+class NoScanLinks(Armed, WatchedDict):
+    pass
+
+
+def test_a_frame_from_a_known_or_a_new_host_scans_no_host_and_no_link():
+    fabric = build_leaf_spine(spines=2, leaves=2, hypervisors_per_leaf=2, vms_per_hypervisor=4)
+    topo = fabric.topo
+    learner = Learner(topo, key=b"k" * 32, now=0.0)
+    watched_hosts = NoScanHosts()
+    for mac, host in dict.items(topo.hosts):
+        watched_hosts[mac] = host
+    watched_links = NoScanLinks(topo._links_changed)
+    for link, seen in dict.items(topo.links):
+        watched_links[link] = seen
+    topo.hosts, topo.links = watched_hosts, watched_links
+    known = fabric.vms[3]
+    for dpid in topo.switches:  # the lazily built indexes, as the first compile builds them
+        topo.edge_ports(dpid)
+    watched_hosts.armed = watched_links.armed = True
+    learner.packet_in(known.dpid, known.port, arp_frame(known.mac, first_ip(known)), Punt.MISS, 1.0)
+    # A new host, and one that claims a known host's address (the newest claim wins).
+    learner.packet_in(known.dpid, known.port, arp_frame("02:ee:00:00:00:01", "10.250.0.1"), Punt.MISS, 1.1)
+    learner.packet_in(known.dpid, known.port, arp_frame("02:ee:00:00:00:02", first_ip(fabric.vms[5])), Punt.MISS, 1.2)
+    assert dict.__contains__(topo.hosts, "02:ee:00:00:00:01") and dict.__contains__(topo.hosts, "02:ee:00:00:00:02")
+    assert first_ip(fabric.vms[5]) not in dict.__getitem__(topo.hosts, fabric.vms[5].mac).ips
