@@ -14,7 +14,7 @@ import sys
 import time
 from dataclasses import replace
 
-SIZES = [(1_000, 100, 200), (10_000, 500, 200)]
+SIZES = [(1_000, 50, 200), (5_000, 250, 200), (10_000, 500, 200), (20_000, 1_000, 200)]  # 20 VMs per hypervisor
 SPINES = 2
 HYPERVISORS_PER_LEAF = 10  # the fake builder numbers at most 15 hypervisors per leaf
 
@@ -59,7 +59,66 @@ def build(vms: int, hypervisors: int, rules: int, seed: int = 1):
     return fabric, state
 
 
+def _changes(fabric, state):
+    """The single changes timed at each size: (name, topology, policy) after the change."""
+    import copy
+
+    from apps.policy import rule_from_json
+
+    mover = next(iter(state.vms.values()))
+    new_tier = "db" if mover.label_map.get("tier") != "db" else "web"
+    yield "label change", fabric.topo, state.with_labels(mover.name, {"tier": new_tier}, [])
+    rule = rule_from_json({"name": "new", "src": "tenant=t1,tier=web", "dst": "tenant=t1,tier=db", "services": ["tcp/443"],
+                           "action": "allow"})  # fmt: skip
+    yield "new rule", fabric.topo, state.with_rule(rule)
+    moved = copy.deepcopy(fabric.topo)
+    host = moved.hosts[mover.macs[0]]
+    target = next(d for d in fabric.hypervisors if d != host.dpid)
+    spare = max(moved.switches[target].ports) + 1
+    from topology.model import Port
+
+    moved.set_port(target, Port(spare, f"s{target}-eth{spare}"))
+    moved.switches[target].edge_confirmed.add(spare)
+    moved.host_seen(host.mac, target, spare, next(iter(host.ips)))
+    yield "VM migration", moved, state
+    cut = copy.deepcopy(fabric.topo)
+    link = next(lk for lk in sorted(cut.links, key=lambda lk: (lk.a.dpid, lk.a.port)) if lk.a.dpid in fabric.spines)
+    del cut.links[link]
+    yield "link failure", cut, state
+
+
+def _packet_in_micros(topo, count: int = 2000) -> tuple[float, float]:
+    """Median cost of the learner's packet-in (microseconds) for an ARP from a known host and from
+    new hosts, in batches of 100."""
+    import statistics
+
+    from tests.unit.test_learner import arp_frame
+    from topology.learner import Learner, Punt
+
+    learner = Learner(topo, key=b"k" * 32, now=0.0)
+    hosts = sorted(topo.hosts.values(), key=lambda h: h.mac)
+    known = hosts[len(hosts) // 2]
+    ip = next(iter(known.ips))
+    samples = {"known": [], "new": []}
+    for batch in range(count // 100):
+        started = time.perf_counter()
+        for i in range(100):
+            learner.packet_in(known.dpid, known.port, arp_frame(known.mac, ip), Punt.MISS, 1.0 + batch + i * 1e-4)
+        samples["known"].append((time.perf_counter() - started) / 100)
+        started = time.perf_counter()
+        for i in range(100):
+            n = batch * 100 + i
+            frame = arp_frame(f"02:ee:00:00:{n >> 8:02x}:{n & 255:02x}", f"10.250.{n >> 8}.{n & 255}")
+            learner.packet_in(known.dpid, known.port, frame, Punt.MISS, 1.0 + batch + i * 1e-4)
+        samples["new"].append((time.perf_counter() - started) / 100)
+        for n in range(batch * 100, batch * 100 + 100):  # forget them again: the port holds at most 64
+            topo.remove_host(f"02:ee:00:00:{n >> 8:02x}:{n & 255:02x}")
+    return round(1e6 * statistics.median(samples["known"]), 1), round(1e6 * statistics.median(samples["new"]), 1)
+
+
 def measure(vms: int, hypervisors: int, rules: int) -> dict:
+    from collections import Counter
+
     from apps.desired import desired_tables
     from apps.identity import Identities
     from controller.reconciler import SwitchSync
@@ -77,35 +136,48 @@ def measure(vms: int, hypervisors: int, rules: int) -> dict:
         sync = syncs[dpid] = SwitchSync(synced=True)
         sync.set_actual(set(table), table)
         sync.applied(sync.next_plan(table, now=float("inf")))
+    per_table = []
+    for dpid in fabric.hypervisors:
+        counts = Counter(e.table for e in tables[dpid].values())
+        per_table.append(tuple(counts.get(t, 0) for t in range(5)))
+    per_table.sort(key=sum)
+    median_hv = per_table[len(per_table) // 2]
 
-    # One label change: a VM moves from its tier to another; time until every switch's
-    # flow-mods are planned (what the controller then sends).
-    mover = next(iter(state.vms.values()))
-    new_tier = "db" if mover.label_map.get("tier") != "db" else "web"
-    started = time.perf_counter()
-    changed = state.with_labels(mover.name, {"tier": new_tier}, [])
-    new_tables = desired_tables(fabric.topo, changed, identities)
-    recompile_seconds = time.perf_counter() - started
-    flow_mods = switches_touched = 0
-    for dpid, table in new_tables.items():
-        plan = syncs[dpid].next_plan(table, now=float("inf"))
-        if plan:
-            switches_touched += 1
-            flow_mods += len(plan.adds) + len(plan.deletes)
-    change_seconds = time.perf_counter() - started
+    # Each change from the same steady state: time until every switch's flow-mods are planned
+    # (what the controller then sends), and how many.
+    changes = {}
+    for name, topo, changed in _changes(fabric, state):
+        started = time.perf_counter()
+        new_tables = desired_tables(topo, changed, identities)
+        flow_mods = switches_touched = 0
+        for dpid, table in new_tables.items():
+            plan = syncs[dpid].next_plan(table, now=float("inf")) if dpid in syncs else None
+            if plan:
+                switches_touched += 1
+                flow_mods += len(plan.adds) + len(plan.deletes)
+        changes[name] = {
+            "seconds": round(time.perf_counter() - started, 2),
+            "flow_mods": flow_mods,
+            "switches": switches_touched,
+        }
+    known_us, new_us = _packet_in_micros(fabric.topo)
+    label = changes["label change"]
     return {
         "vms": len(state.vms),
         "hypervisors": len(fabric.hypervisors),
         "switches": len(tables),
         "rules": len(state.rules),
         "flows": sum(len(t) for t in tables.values()),
+        "hypervisor_flows_by_table": list(median_hv),
         "compile_seconds": round(compile_seconds, 2),
         "peak_rss_mib": round(rss_after / 1024),
         "compile_rss_growth_mib": round((rss_after - rss_before) / 1024),
-        "label_change_recompile_seconds": round(recompile_seconds, 2),
-        "label_change_to_flow_mods_seconds": round(change_seconds, 2),
-        "label_change_flow_mods": flow_mods,
-        "label_change_switches": switches_touched,
+        "label_change_to_flow_mods_seconds": label["seconds"],
+        "label_change_flow_mods": label["flow_mods"],
+        "label_change_switches": label["switches"],
+        "changes": changes,
+        "packet_in_known_host_us": known_us,
+        "packet_in_new_host_us": new_us,
     }
 
 
