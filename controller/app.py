@@ -35,6 +35,8 @@ LOG = logging.getLogger("goldilocks.controller")
 
 
 EDGE_CHECK_INTERVAL = 0.05
+SEND_CHUNK_BYTES = 64 * 1024  # flow-mods are written to a switch's socket in chunks of about this size
+
 # What waits for new flows (a re-injected frame, held frames) waits for a barrier reply from every
 # switch that got flow-mods: a frame re-injected at one switch crosses others, and OpenFlow orders
 # nothing across connections. A switch that does not answer within this long is not waited for.
@@ -331,31 +333,34 @@ class GoldilocksController(app_manager.RyuApp):
         sync.applied(plan)  # even when empty: it records that the switch is at this table
         if not plan:
             return 0
-        xids = []
-        for entry in plan.adds:
-            xids.append(self._send_tracked(datapath, ofmsg.flow_add(datapath, entry)))
-            sync.sent(xids[-1], "add", entry)
-        if plan.adds and plan.deletes:
-            # Nothing replaced goes before what replaces it: OpenFlow lets a switch reorder
-            # messages between barriers.
-            datapath.send_msg(datapath.ofproto_parser.OFPBarrierRequest(datapath))
-        for cookie in plan.deletes:
-            xids.append(self._send_tracked(datapath, ofmsg.flow_delete(datapath, cookie)))
-            sync.sent(xids[-1], "delete", cookie)
+        # Each entry's bytes are encoded once for every switch that holds it (ofmsg.flow_add_bytes)
+        # and stamped with this switch's xid; a batch goes out in a few large writes.
+        xids, chunk, size = [], [], 0
+        for kind, items in (("add", plan.adds), ("delete", plan.deletes)):
+            if kind == "delete" and plan.adds and plan.deletes:
+                # Nothing replaced goes before what replaces it: OpenFlow lets a switch reorder
+                # messages between barriers.
+                chunk.append(ofmsg.with_xid(ofmsg.BARRIER_BYTES, ofmsg.next_xid(datapath)))
+            for item in items:
+                xid = ofmsg.next_xid(datapath)
+                encoded = ofmsg.flow_add_bytes(item) if kind == "add" else ofmsg.flow_delete_bytes(item)
+                chunk.append(ofmsg.with_xid(encoded, xid))
+                size += len(encoded)
+                sync.sent(xid, kind, item)
+                xids.append(xid)
+                if size >= SEND_CHUNK_BYTES:
+                    datapath.send(b"".join(chunk))
+                    chunk, size = [], 0
         # The barrier's reply confirms every flow-mod above that drew no error.
-        barrier = datapath.ofproto_parser.OFPBarrierRequest(datapath)
-        sync.barrier_sent(self._send_tracked(datapath, barrier), xids)
+        barrier_xid = ofmsg.next_xid(datapath)
+        chunk.append(ofmsg.with_xid(ofmsg.BARRIER_BYTES, barrier_xid))
+        datapath.send(b"".join(chunk))
+        sync.barrier_sent(barrier_xid, xids)
         sent = len(plan.adds) + len(plan.deletes)
         self._touched.add(dpid)
         self.metrics.flow_mods += sent
         LOG.debug("switch %016x: %d adds, %d deletes", dpid, len(plan.adds), len(plan.deletes))
         return sent
-
-    @staticmethod
-    def _send_tracked(datapath, message) -> int:
-        datapath.set_xid(message)
-        datapath.send_msg(message)
-        return message.xid
 
     def _count_refusals(self) -> None:
         self.metrics.flows_refused_now = sum(len(s.refusals) for s in self.sync.values())

@@ -1,0 +1,192 @@
+"""Cold converge of emulated switches: the real controller process, N emulated hypervisors (bench/ofswitch.py)
+with 20 VM ports and one uplink each, a leaf per 20 hypervisors and two spines, all connecting at once.
+Every VM plays its first frame (an ARP request) a second after its hypervisor got its first flows.
+
+Measured, from the moment the connections open:
+- every switch converged: the largest `converge_seconds` in /v1/topology (connect to the first reconcile
+  confirmed by a barrier: the controller's own definition);
+- settled: the last flow-mod, once the controller shows every link and VM and no flow-mod came for 3 s;
+- flow-mods sent, and per second between the first and the last;
+- controller CPU seconds and peak memory (its process, from /proc);
+- how many learned links timed out meanwhile (flaps under load).
+
+    python -m bench.converge HYPERVISORS     # prints one JSON line
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+
+from bench.ofswitch import OFPP_LOCAL, EmulatedSwitch, Fabric
+
+VMS_PER_HYPERVISOR = 20
+HYPERVISORS_PER_LEAF = 20
+SPINES = 2
+SETTLE_QUIET = 3.0
+SIZES = (100, 500, 1000)
+DEBUG = False
+
+
+def _mac(kind: int, number: int, port: int) -> bytes:
+    return bytes([kind]) + number.to_bytes(3, "big") + port.to_bytes(2, "big")
+
+
+def build(hypervisors: int) -> tuple[Fabric, list[tuple[int, int, bytes, bytes]]]:
+    """The fabric and its VMs: (dpid, port, MAC, IPv4) each."""
+    from apps.forwarding import MISS_COOKIE
+
+    fabric = Fabric(MISS_COOKIE)
+    leaves = -(-hypervisors // HYPERVISORS_PER_LEAF)
+    spines = [0x30000 + k for k in range(SPINES)]
+    for k, dpid in enumerate(spines):
+        ports = {p + 1: (f"sp{k}-eth{p + 1}", _mac(0x0A, dpid, p + 1)) for p in range(leaves)}
+        fabric.add(EmulatedSwitch(dpid, {**ports, OFPP_LOCAL: (f"sp{k}", _mac(0x0A, dpid, 0xFFFE))}))
+    vms = []
+    for j in range(leaves):
+        leaf = 0x20000 + j
+        members = range(j * HYPERVISORS_PER_LEAF, min(hypervisors, (j + 1) * HYPERVISORS_PER_LEAF))
+        ports = {p + 1: (f"lf{j}-eth{p + 1}", _mac(0x0A, leaf, p + 1)) for p in range(len(members) + SPINES)}
+        fabric.add(EmulatedSwitch(leaf, {**ports, OFPP_LOCAL: (f"lf{j}", _mac(0x0A, leaf, 0xFFFE))}))
+        for k, spine in enumerate(spines):
+            fabric.cable((leaf, len(members) + k + 1), (spine, j + 1))
+        for slot, i in enumerate(members):
+            hv = 0x10000 + i
+            uplink = VMS_PER_HYPERVISOR + 1
+            ports = {p: (f"hv{i}-eth{p}", _mac(0x0A, hv, p)) for p in range(1, uplink + 1)}
+            fabric.add(EmulatedSwitch(hv, {**ports, OFPP_LOCAL: (f"hv{i}", _mac(0x0A, hv, 0xFFFE))}))
+            fabric.cable((hv, uplink), (leaf, slot + 1))
+            for p in range(1, VMS_PER_HYPERVISOR + 1):
+                n = i * VMS_PER_HYPERVISOR + p
+                vms.append((hv, p, _mac(0x02, i, p), bytes([10, n >> 16 & 0xFF, n >> 8 & 0xFF, n & 0xFF])))
+    return fabric, vms
+
+
+def _proc_stats(pid: int) -> tuple[float, int]:
+    """(CPU seconds, peak RSS in MiB) of a process."""
+    import os
+
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    peak = 0
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                peak = int(line.split()[1]) // 1024
+    return cpu, peak
+
+
+def _metric(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return -1.0
+
+
+async def _converge(fabric: Fabric, vms, controller, timeout: float) -> dict:
+    from mininet_scenarios.harness import rest_get
+
+    loop = asyncio.get_running_loop()
+    by_switch: dict[int, list] = {}
+    for vm in vms:
+        by_switch.setdefault(vm[0], []).append(vm)
+    gateway = bytes([10, 255, 255, 254])
+
+    def first_flows(switch: EmulatedSwitch) -> None:
+        def play() -> None:
+            for dpid, port, mac, ip in by_switch.get(switch.dpid, []):
+                fabric.play_arp(dpid, port, mac, ip, gateway)
+
+        loop.call_later(1.0, play)
+
+    for switch in fabric.switches.values():
+        switch.on_first_flows = first_flows
+    expected_links = len(fabric.cables) // 2
+    cpu_before, _ = _proc_stats(controller.proc.pid)
+    started = time.monotonic()
+    tasks = [asyncio.create_task(fabric.run_switch(s, "127.0.0.1", controller.of_port)) for s in fabric.switches.values()]
+    deadline = started + timeout
+    seen = {}
+    try:
+        while time.monotonic() < deadline:
+            await asyncio.sleep(1.0)
+            text = await loop.run_in_executor(None, lambda: rest_get(controller.rest_url, "/metrics", timeout=30))
+            seen = {k: _metric(text, f"goldilocks_{k}") for k in ("switches_connected", "links", "hosts")}
+            if DEBUG:
+                print(round(time.monotonic() - started, 1), seen, fabric.counters, file=sys.stderr, flush=True)
+            last = fabric.counters.last_flow_mod
+            if (
+                seen["switches_connected"] == len(fabric.switches)
+                and seen["links"] == expected_links
+                and seen["hosts"] >= len(vms)
+                and last is not None
+                and time.monotonic() - last >= SETTLE_QUIET
+            ):
+                break
+        else:
+            raise TimeoutError(f"not settled after {timeout:.0f} s: {seen}, {fabric.counters}")
+        topo = await loop.run_in_executor(None, lambda: rest_get(controller.rest_url, "/v1/topology", timeout=60))
+        flaps = await loop.run_in_executor(None, lambda: _timed_out_links(controller.log_path))
+    finally:
+        cpu_after, peak_mib = _proc_stats(controller.proc.pid)
+        for task in tasks:
+            task.cancel()
+    converged = [s["converge_seconds"] for s in topo["switches"]]
+    c = fabric.counters
+    span = (c.last_flow_mod - c.first_flow_mod) if c.first_flow_mod else 0.0
+    return {
+        "switches": len(fabric.switches),
+        "hypervisors": sum(1 for d in fabric.switches if d < 0x20000),
+        "vms": len(vms),
+        # The controller's own figure: each switch's first reconcile confirmed by a barrier, from its connect.
+        "all_converged_seconds": round(max(converged), 2) if converged and None not in converged else None,
+        "settled_seconds": round(c.last_flow_mod - started, 2),
+        "flow_mods": c.flow_mods,
+        "flow_mods_per_second": round(c.flow_mods / span) if span else None,
+        "controller_cpu_seconds": round(cpu_after - cpu_before, 1),
+        "controller_peak_rss_mib": peak_mib,
+        "probes_delivered": c.probes_delivered,
+        "links_timed_out": flaps,
+    }
+
+
+def _timed_out_links(log_path: str) -> int:
+    """How many times a learned link timed out while the fabric converged (each is a flap: its ports
+    change kind and the fabric is recompiled)."""
+    with open(log_path, errors="replace") as log:
+        return sum(1 for line in log if "timed out: no probe" in line)
+
+
+def measure(hypervisors: int, timeout: float = 900.0, log_path: str = "") -> dict:
+    from mininet_scenarios.harness import ControllerProcess
+
+    fabric, vms = build(hypervisors)
+    controller = ControllerProcess(log_path=log_path).start()
+    try:
+        return asyncio.run(_converge(fabric, vms, controller, timeout))
+    finally:
+        controller.stop()
+
+
+def run_all(log=print, sizes=SIZES) -> list[dict]:
+    """Each size with a fresh controller, in a fresh interpreter (bounded to 20 minutes each)."""
+    results = []
+    for hypervisors in sizes:
+        log(f"cold converge: {hypervisors} emulated hypervisors ...")
+        done = subprocess.run(
+            [sys.executable, "-m", "bench.converge", str(hypervisors)], capture_output=True, text=True, timeout=1200
+        )
+        if done.returncode != 0:
+            results.append({"hypervisors": hypervisors, "error": done.stderr[-500:]})
+            continue
+        results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        log(f"cold converge: {results[-1]}")
+    return results
+
+
+if __name__ == "__main__":
+    print(json.dumps(measure(int(sys.argv[1]))))

@@ -1,0 +1,175 @@
+"""A small OpenFlow 1.3 switch emulator, in the spirit of cbench: many emulated switches on one event
+loop, each a TCP connection to the controller that answers what a controller asks on connect (hello,
+features, descriptions, port descriptions, flow stats, barriers, echo) and counts the flow-mods it is
+sent. Emulated switches can be cabled together: an LLDP probe the controller sends out of a cabled
+port arrives as a packet-in on the other end, so the controller learns the fabric as on real
+switches. A switch can also play a VM's first frame on a port (an ARP request, as a table miss).
+
+It keeps no flow table: it is a load generator and a stopwatch, not a switch."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+OFP_VERSION = 4
+HELLO, ERROR, ECHO_REQUEST, ECHO_REPLY = 0, 1, 2, 3
+FEATURES_REQUEST, FEATURES_REPLY, GET_CONFIG_REQUEST, GET_CONFIG_REPLY = 5, 6, 7, 8
+PACKET_IN, PACKET_OUT, FLOW_MOD, METER_MOD = 10, 13, 14, 29
+MULTIPART_REQUEST, MULTIPART_REPLY, BARRIER_REQUEST, BARRIER_REPLY = 18, 19, 20, 21
+MP_DESC, MP_FLOW, MP_PORT_DESC = 0, 1, 13
+OFPP_LOCAL = 0xFFFFFFFE
+NO_BUFFER = 0xFFFFFFFF
+OFPR_NO_MATCH, OFPR_ACTION = 0, 1
+ETH_TYPE_LLDP = 0x88CC
+
+
+def header(msg_type: int, length: int, xid: int) -> bytes:
+    return struct.pack("!BBHI", OFP_VERSION, msg_type, length, xid)
+
+
+def message(msg_type: int, xid: int, body: bytes = b"") -> bytes:
+    return header(msg_type, 8 + len(body), xid) + body
+
+
+def port_entry(port_no: int, name: str, mac: bytes) -> bytes:
+    """An ofp_port: up, 10 Gb/s."""
+    return struct.pack("!I4x6s2x16sIIIIIIII", port_no, mac, name.encode()[:15], 0, 0, 0x800, 0, 0, 0, 10_000_000, 10_000_000)
+
+
+def packet_in(in_port: int, data: bytes, table_id: int, cookie: int, reason: int) -> bytes:
+    oxm = struct.pack("!IIxxxx", 0x80000004, in_port)  # OXM in_port, padded to 8
+    match = struct.pack("!HH", 1, 4 + 8) + oxm
+    body = struct.pack("!IHBBQ", NO_BUFFER, len(data), reason, table_id, cookie) + match + b"\x00\x00" + data
+    return message(PACKET_IN, 0, body)
+
+
+def arp_request(mac: bytes, ip: bytes, target: bytes) -> bytes:
+    """A VM's broadcast ARP request (its first frame)."""
+    return b"\xff" * 6 + mac + b"\x08\x06" + struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1) + mac + ip + b"\x00" * 6 + target
+
+
+@dataclass
+class Counters:
+    flow_mods: int = 0
+    barriers: int = 0
+    packet_outs: int = 0
+    probes_delivered: int = 0
+    first_flow_mod: float | None = None
+    last_flow_mod: float | None = None
+
+
+@dataclass
+class EmulatedSwitch:
+    """One switch: its dpid and ports (number -> name, MAC)."""
+
+    dpid: int
+    ports: dict[int, tuple[str, bytes]]
+    counters: Counters = field(default_factory=Counters)
+    writer: asyncio.StreamWriter | None = None
+    on_first_flows: Callable[[EmulatedSwitch], None] | None = None
+    connected_at: float | None = None
+
+    def send(self, data: bytes) -> None:
+        if self.writer is not None and not self.writer.is_closing():
+            self.writer.write(data)
+
+
+class Fabric:
+    """Emulated switches, their cables, and one connection each to the controller."""
+
+    def __init__(self, miss_cookie: int, lldp_cookie: int = 0) -> None:
+        self.switches: dict[int, EmulatedSwitch] = {}
+        self.cables: dict[tuple[int, int], tuple[int, int]] = {}  # (dpid, port) -> (dpid, port)
+        self.miss_cookie, self.lldp_cookie = miss_cookie, lldp_cookie
+        self.counters = Counters()
+
+    def add(self, switch: EmulatedSwitch) -> None:
+        self.switches[switch.dpid] = switch
+
+    def cable(self, a: tuple[int, int], b: tuple[int, int]) -> None:
+        self.cables[a], self.cables[b] = b, a
+
+    # -- the controller's side of the conversation -------------------------------------------------
+    async def run_switch(self, switch: EmulatedSwitch, host: str, port: int) -> None:
+        reader, writer = await asyncio.open_connection(host, port)
+        switch.writer = writer
+        switch.connected_at = time.monotonic()
+        writer.write(message(HELLO, 0))
+        try:
+            while True:
+                head = await reader.readexactly(8)
+                version, msg_type, length, xid = struct.unpack("!BBHI", head)
+                body = await reader.readexactly(length - 8) if length > 8 else b""
+                self._handle(switch, msg_type, xid, body)
+                if writer.transport.get_write_buffer_size() > 1 << 20:
+                    await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    def _handle(self, switch: EmulatedSwitch, msg_type: int, xid: int, body: bytes) -> None:
+        c = switch.counters
+        if msg_type == FLOW_MOD:
+            now = time.monotonic()
+            first = c.flow_mods == 0
+            c.flow_mods += 1
+            self.counters.flow_mods += 1
+            c.last_flow_mod = self.counters.last_flow_mod = now
+            if c.first_flow_mod is None:
+                c.first_flow_mod = now
+            if self.counters.first_flow_mod is None:
+                self.counters.first_flow_mod = now
+            if first and switch.on_first_flows is not None:
+                switch.on_first_flows(switch)
+        elif msg_type == BARRIER_REQUEST:
+            c.barriers += 1
+            switch.send(message(BARRIER_REPLY, xid))
+        elif msg_type == ECHO_REQUEST:
+            switch.send(message(ECHO_REPLY, xid, body))
+        elif msg_type == FEATURES_REQUEST:
+            switch.send(message(FEATURES_REPLY, xid, struct.pack("!QIBB2xII", switch.dpid, 0, 254, 0, 0x4F, 0)))
+        elif msg_type == GET_CONFIG_REQUEST:
+            switch.send(message(GET_CONFIG_REPLY, xid, struct.pack("!HH", 0, 0xFFE5)))
+        elif msg_type == MULTIPART_REQUEST:
+            self._multipart(switch, xid, body)
+        elif msg_type == PACKET_OUT:
+            c.packet_outs += 1
+            self._packet_out(switch, body)
+        # HELLO, SET_CONFIG, METER_MOD and anything else: nothing to answer.
+
+    def _multipart(self, switch: EmulatedSwitch, xid: int, body: bytes) -> None:
+        mp_type = struct.unpack("!H", body[:2])[0]
+        if mp_type == MP_DESC:
+            desc = b"goldilocks bench".ljust(256, b"\0") + b"ofswitch".ljust(256, b"\0") + b"1".ljust(256, b"\0")
+            payload = desc + b"0".ljust(32, b"\0") + f"emulated {switch.dpid:x}".encode().ljust(256, b"\0")
+        elif mp_type == MP_PORT_DESC:
+            payload = b"".join(port_entry(n, name, mac) for n, (name, mac) in sorted(switch.ports.items()))
+        else:  # flow stats and anything else: an empty table
+            payload = b""
+        switch.send(message(MULTIPART_REPLY, xid, struct.pack("!HH4x", mp_type, 0) + payload))
+
+    def _packet_out(self, switch: EmulatedSwitch, body: bytes) -> None:
+        """An LLDP probe out of a cabled port reaches the other end as a packet-in."""
+        _, in_port, actions_len = struct.unpack("!IIH", body[:10])
+        actions, data = body[16 : 16 + actions_len], body[16 + actions_len :]
+        if len(data) < 14 or struct.unpack("!H", data[12:14])[0] != ETH_TYPE_LLDP:
+            return
+        offset = 0
+        while offset + 4 <= len(actions):
+            action_type, length = struct.unpack("!HH", actions[offset : offset + 4])
+            if action_type == 0 and length >= 8:  # output
+                out_port = struct.unpack("!I", actions[offset + 4 : offset + 8])[0]
+                peer = self.cables.get((switch.dpid, out_port))
+                if peer is not None and peer[0] in self.switches:
+                    self.switches[peer[0]].send(packet_in(peer[1], data, 0, self.lldp_cookie, OFPR_ACTION))
+                    self.counters.probes_delivered += 1
+            offset += max(length, 8)
+
+    def play_arp(self, dpid: int, port: int, mac: bytes, ip: bytes, target: bytes) -> None:
+        """A VM's first frame on its port, as the table-miss entry would send it."""
+        self.switches[dpid].send(packet_in(port, arp_request(mac, ip, target), 0, self.miss_cookie, OFPR_NO_MATCH))
