@@ -131,6 +131,8 @@ async def _converge(fabric: Fabric, vms, controller, timeout: float) -> dict:
             raise TimeoutError(f"not settled after {timeout:.0f} s: {seen}, {fabric.counters}")
         topo = await loop.run_in_executor(None, lambda: rest_get(controller.rest_url, "/v1/topology", timeout=60))
         flaps = await loop.run_in_executor(None, lambda: _timed_out_links(controller.log_path))
+        text = await loop.run_in_executor(None, lambda: rest_get(controller.rest_url, "/metrics", timeout=30))
+        rejected = _metric(text, "goldilocks_lldp_rejected_total")
     finally:
         cpu_after, peak_mib = _proc_stats(controller.proc.pid)
         for task in tasks:
@@ -151,6 +153,7 @@ async def _converge(fabric: Fabric, vms, controller, timeout: float) -> dict:
         "controller_peak_rss_mib": peak_mib,
         "probes_delivered": c.probes_delivered,
         "links_timed_out": flaps,
+        "probes_rejected_stale": int(rejected),
     }
 
 

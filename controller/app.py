@@ -36,6 +36,12 @@ LOG = logging.getLogger("goldilocks.controller")
 
 EDGE_CHECK_INTERVAL = 0.05
 SEND_CHUNK_BYTES = 64 * 1024  # flow-mods are written to a switch's socket in chunks of about this size
+# A switch with this many messages queued toward it is busy: a probe would wait behind them and
+# arrive stale (topology/learner.py, tick). A controller with this many events not yet handled is
+# behind: the probes it has not read yet may be among them, so no link ages.
+BUSY_SEND_CHUNKS = 4
+BEHIND_EVENTS = 32
+RECONCILE_YIELD_EVERY = 16  # switches reconciled between yields to the other green threads
 
 # What waits for new flows (a re-injected frame, held frames) waits for a barrier reply from every
 # switch that got flow-mods: a frame re-injected at one switch crosses others, and OpenFlow orders
@@ -320,8 +326,10 @@ class GoldilocksController(app_manager.RyuApp):
         if self.identities.added:
             self.store.add_identities(self.identities.added)
             self.identities.added.clear()
-        for dpid in list(self.datapaths):
+        for n, dpid in enumerate(list(self.datapaths)):
             self.reconcile(dpid)
+            if n % RECONCILE_YIELD_EVERY == RECONCILE_YIELD_EVERY - 1:
+                hub.sleep(0)  # let the switches' send and receive loops run: probes keep flowing
         self.metrics.observe_reconcile(time.perf_counter() - started)
         self.store.save_topology(self.topo)
 
@@ -362,6 +370,15 @@ class GoldilocksController(app_manager.RyuApp):
         LOG.debug("switch %016x: %d adds, %d deletes", dpid, len(plan.adds), len(plan.deletes))
         return sent
 
+    def _busy_switches(self) -> set[int]:
+        """Switches whose outgoing messages wait behind a backlog (flow-mods being sent)."""
+        busy = set()
+        for dpid, datapath in self.datapaths.items():
+            queue = getattr(datapath, "send_q", None)
+            if queue is not None and queue.qsize() >= BUSY_SEND_CHUNKS:
+                busy.add(dpid)
+        return busy
+
     def _count_refusals(self) -> None:
         self.metrics.flows_refused_now = sum(len(s.refusals) for s in self.sync.values())
 
@@ -389,7 +406,7 @@ class GoldilocksController(app_manager.RyuApp):
         self.ovsdb_inventory.tick(now)
         self.agents.tick()
         self._request_encrypt_drops()
-        outcome = self.learner.tick(now)
+        outcome = self.learner.tick(now, busy=self._busy_switches(), behind=self.events.qsize() >= BEHIND_EVENTS)
         self.carry_out(outcome)
         if not outcome.changed:
             for dpid in list(self.datapaths):
@@ -584,8 +601,15 @@ class GoldilocksController(app_manager.RyuApp):
             except Exception:
                 LOG.exception("acting on port security's evidence failed")
             return
-        outcome = self.learner.packet_in(msg.datapath.id, in_port, bytes(msg.data), punt, time.monotonic())
+        received = getattr(ev, "received_at", None)
+        outcome = self.learner.packet_in(msg.datapath.id, in_port, bytes(msg.data), punt, time.monotonic(), received)
         self.carry_out(outcome, received)
+
+    def _send_event(self, ev, state) -> None:
+        """Every event, as a switch's receive loop hands it over: stamped before it queues behind
+        the ones this app has not handled yet (a probe's age counts from here)."""
+        ev.received_at = time.monotonic()
+        super()._send_event(ev, state)
 
     # -- views for REST ---------------------------------------------------------------
     def desired_flow_count(self) -> int:

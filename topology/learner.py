@@ -297,14 +297,26 @@ class Learner:
         return None
 
     # -- timers -------------------------------------------------------------------------------
-    def tick(self, now: float) -> Outcome:
+    def tick(self, now: float, busy: Collection[int] = (), behind: bool = False) -> Outcome:
         """The probe period: every probing switch probes every live port; links and probes
-        whose time ran out are forgotten."""
+        whose time ran out are forgotten.
+
+        `busy`: switches whose messages wait behind a backlog of flow-mods. A probe sent to one
+        would arrive stale, so none is sent, and its links cannot age meanwhile: they get a fresh
+        window, as a reconnecting switch's do. `behind`: the controller has frames waiting that it
+        has not read yet (probes among them, perhaps): no link ages this tick. Without these, a
+        cold start of a hundred switches flapped its links under its own flow-mods."""
         out = Outcome()
         for dpid in sorted(self.probed):
             sw = self.topo.switches.get(dpid)
-            if sw is not None:
+            if sw is not None and dpid not in busy:
                 out.send += self._probes_from(dpid, sw.live_ports(), now)
+        if busy:
+            busy = set(busy)
+            for link in [lk for lk in self.topo.links if lk.a.dpid in busy or lk.b.dpid in busy]:
+                self.topo.links[link] = now
+        if behind:
+            return out
         for key in [k for k, seen in self.probes.items() if now - seen > LINK_TIMEOUT]:
             del self.probes[key]
         for ref in [r for r, seen in self.one_way.items() if now - seen > LINK_TIMEOUT]:
@@ -363,8 +375,9 @@ class Learner:
             frames.append(PacketOut(dpid, frame, port_no))
         return frames
 
-    def probe_in(self, here: PortRef, frame: bytes, now: float) -> Outcome:
-        origin = lldp.parse_probe(self.key, frame, _ms(now), int(LLDP_MAX_AGE * 1000))
+    def probe_in(self, here: PortRef, frame: bytes, now: float, received: float | None = None) -> Outcome:
+        arrived = now if received is None else min(now, received)
+        origin = lldp.parse_probe(self.key, frame, _ms(arrived), int(LLDP_MAX_AGE * 1000))
         if origin is None:
             self.lldp_rejected += 1  # forged, from another controller, stale or replayed
             return Outcome()
@@ -415,12 +428,16 @@ class Learner:
         return Outcome(changed=True, after=[self.ask_again])
 
     # -- packets ------------------------------------------------------------------------------
-    def packet_in(self, dpid: int, in_port: int, frame: bytes, punt: Punt, now: float) -> Outcome:
+    def packet_in(
+        self, dpid: int, in_port: int, frame: bytes, punt: Punt, now: float, received: float | None = None
+    ) -> Outcome:
+        """A frame a switch sent up. `received`: when the controller read it off the switch's
+        connection (a probe's age is judged then, not after it waited for the controller)."""
         if len(frame) < 14 or in_port >= pipeline.OFPP_MAX:
             return Outcome()  # the bridge's own stack (LOCAL) is never a host, nor a link's end
         here = PortRef(dpid, in_port)
         if ether_type(frame) == pipeline.ETH_TYPE_LLDP:
-            return self.probe_in(here, frame, now)
+            return self.probe_in(here, frame, now, received)
         topo = self.topo
         if not topo.is_edge_port(dpid, in_port):
             if topo.is_pending_port(dpid, in_port):

@@ -326,6 +326,32 @@ def test_a_switch_back_after_longer_than_the_link_timeout_keeps_its_links_until_
     assert link not in learner.topo.links
 
 
+def test_a_busy_switch_is_not_probed_and_its_links_do_not_age_nor_any_while_the_controller_is_behind():
+    """Under its own flow-mods a switch's probes would arrive stale; a controller behind on its
+    frames may hold the probes that keep a link alive: neither must time a link out."""
+    learner, driver = fabric()
+    learner.switch_synced(1, 0.0)
+    learner.switch_synced(2, 0.0)
+    deliver(learner, driver, A1, B1, 0.0)
+    deliver(learner, driver, B1, A1, 0.0)
+    link = Link.between(A1, B1)
+    sent = learner.tick(1.0, busy={2}).send
+    assert {p.dpid for p in sent} == {1}, "no probe for the busy switch"
+    t = 1.0
+    while t < 3 * LINK_TIMEOUT:
+        t += 1.0
+        driver.run(learner.tick(t, busy={2}), t)
+        assert link in learner.topo.links, f"timed out {t:.0f} s in while its switch was busy"
+    t += LINK_TIMEOUT / 2
+    driver.run(learner.tick(t, behind=True), t)
+    t += LINK_TIMEOUT
+    driver.run(learner.tick(t, behind=True), t)
+    assert link in learner.topo.links, "aged while the controller was behind"
+    t += 0.1
+    driver.run(learner.tick(t), t)
+    assert link not in learner.topo.links, "once caught up, a link with no probes ages as before"
+
+
 @pytest.mark.parametrize("kind", ["down", "pending", "edge", "inter-switch", "lost-link"])
 def test_every_kind_is_reachable(kind):
     learner, driver = fabric()
