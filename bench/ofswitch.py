@@ -99,12 +99,27 @@ class Fabric:
         switch.writer = writer
         switch.connected_at = time.monotonic()
         writer.write(message(HELLO, 0))
+        buffer = b""
         try:
             while True:
-                head = await reader.readexactly(8)
-                version, msg_type, length, xid = struct.unpack("!BBHI", head)
-                body = await reader.readexactly(length - 8) if length > 8 else b""
-                self._handle(switch, msg_type, xid, body)
+                data = await reader.read(1 << 20)
+                if not data:
+                    break
+                buffer += data
+                offset = 0
+                # Every whole message in what arrived; the rest waits for more.
+                while len(buffer) - offset >= 8:
+                    msg_type, length, xid = struct.unpack_from("!xBHI", buffer, offset)
+                    if length < 8:
+                        raise ConnectionError(f"switch {switch.dpid:x}: bad message length {length}")
+                    if len(buffer) - offset < length:
+                        break
+                    if msg_type == FLOW_MOD:
+                        self._flow_mod(switch)  # counted, never looked into
+                    else:
+                        self._handle(switch, msg_type, xid, buffer[offset + 8 : offset + length])
+                    offset += length
+                buffer = buffer[offset:]
                 if writer.transport.get_write_buffer_size() > 1 << 20:
                     await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
@@ -115,17 +130,7 @@ class Fabric:
     def _handle(self, switch: EmulatedSwitch, msg_type: int, xid: int, body: bytes) -> None:
         c = switch.counters
         if msg_type == FLOW_MOD:
-            now = time.monotonic()
-            first = c.flow_mods == 0
-            c.flow_mods += 1
-            self.counters.flow_mods += 1
-            c.last_flow_mod = self.counters.last_flow_mod = now
-            if c.first_flow_mod is None:
-                c.first_flow_mod = now
-            if self.counters.first_flow_mod is None:
-                self.counters.first_flow_mod = now
-            if first and switch.on_first_flows is not None:
-                switch.on_first_flows(switch)
+            self._flow_mod(switch)
         elif msg_type == BARRIER_REQUEST:
             c.barriers += 1
             switch.send(message(BARRIER_REPLY, xid))
@@ -141,6 +146,20 @@ class Fabric:
             c.packet_outs += 1
             self._packet_out(switch, body)
         # HELLO, SET_CONFIG, METER_MOD and anything else: nothing to answer.
+
+    def _flow_mod(self, switch: EmulatedSwitch) -> None:
+        c = switch.counters
+        now = time.monotonic()
+        first = c.flow_mods == 0
+        c.flow_mods += 1
+        self.counters.flow_mods += 1
+        c.last_flow_mod = self.counters.last_flow_mod = now
+        if c.first_flow_mod is None:
+            c.first_flow_mod = now
+        if self.counters.first_flow_mod is None:
+            self.counters.first_flow_mod = now
+        if first and switch.on_first_flows is not None:
+            switch.on_first_flows(switch)
 
     def _multipart(self, switch: EmulatedSwitch, xid: int, body: bytes) -> None:
         mp_type = struct.unpack("!H", body[:2])[0]

@@ -40,6 +40,7 @@ SEND_CHUNK_BYTES = 64 * 1024  # flow-mods are written to a switch's socket in ch
 # arrive stale (topology/learner.py, tick). A controller with this many events not yet handled is
 # behind: the probes it has not read yet may be among them, so no link ages.
 BUSY_SEND_CHUNKS = 4
+BUSY_MAX_SECONDS = 10.0  # a switch that confirms nothing for longer is not busy but broken: its links age
 BEHIND_EVENTS = 32
 RECONCILE_YIELD_EVERY = 16  # switches reconciled between yields to the other green threads
 
@@ -363,7 +364,7 @@ class GoldilocksController(app_manager.RyuApp):
         barrier_xid = ofmsg.next_xid(datapath)
         chunk.append(ofmsg.with_xid(ofmsg.BARRIER_BYTES, barrier_xid))
         datapath.send(b"".join(chunk))
-        sync.barrier_sent(barrier_xid, xids)
+        sync.barrier_sent(barrier_xid, xids, time.monotonic())
         sent = len(plan.adds) + len(plan.deletes)
         self._touched.add(dpid)
         self.metrics.flow_mods += sent
@@ -371,11 +372,18 @@ class GoldilocksController(app_manager.RyuApp):
         return sent
 
     def _busy_switches(self) -> set[int]:
-        """Switches whose outgoing messages wait behind a backlog (flow-mods being sent)."""
+        """Switches still working through flow-mods: some wait in our send queue, or the switch has
+        not confirmed (barrier) a batch sent less than BUSY_MAX_SECONDS ago. A probe sent to one
+        waits behind them and arrives stale."""
         busy = set()
+        now = time.monotonic()
         for dpid, datapath in self.datapaths.items():
             queue = getattr(datapath, "send_q", None)
-            if queue is not None and queue.qsize() >= BUSY_SEND_CHUNKS:
+            sync = self.sync.get(dpid)
+            since = sync.unconfirmed_since() if sync is not None else None
+            if (queue is not None and queue.qsize() >= BUSY_SEND_CHUNKS) or (
+                since is not None and now - since < BUSY_MAX_SECONDS
+            ):
                 busy.add(dpid)
         return busy
 

@@ -77,6 +77,7 @@ class SwitchSync:
     # without an error for them in between (a switch answers messages in order, errors included).
     inflight: dict[int, tuple[str, FlowEntry | int]] = field(default_factory=dict)
     barriers: dict[int, list[int]] = field(default_factory=dict)
+    barrier_times: dict[int, float] = field(default_factory=dict)  # barrier xid -> when it was sent
     refusals: dict[int, Refusal] = field(default_factory=dict)  # cookie -> refusal
     reading_back: bool = False  # a read of its table was asked for after a refusal
 
@@ -135,15 +136,22 @@ class SwitchSync:
         """A flow-mod went out: ("add", entry) or ("delete", cookie)."""
         self.inflight[xid] = (kind, item)
 
-    def barrier_sent(self, barrier_xid: int, xids: list[int]) -> None:
+    def barrier_sent(self, barrier_xid: int, xids: list[int], now: float = 0.0) -> None:
         """A barrier went out after the flow-mods `xids`."""
         if xids:
             self.barriers[barrier_xid] = xids
+            self.barrier_times[barrier_xid] = now
+
+    def unconfirmed_since(self) -> float | None:
+        """When the oldest batch of flow-mods the switch has not confirmed yet was sent (None: all
+        confirmed). Until then it may still be working through them."""
+        return min(self.barrier_times.values(), default=None)
 
     def barrier_answered(self, barrier_xid: int) -> list[FlowEntry]:
         """Everything sent before the barrier that was not refused is in place; returns the refused
         entries that now went in on a retry."""
         healed = []
+        self.barrier_times.pop(barrier_xid, None)
         for xid in self.barriers.pop(barrier_xid, ()):
             item = self.inflight.pop(xid, None)
             if item is not None and item[0] == "add":

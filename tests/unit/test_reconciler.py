@@ -214,3 +214,18 @@ def test_an_error_for_a_message_that_is_not_a_tracked_flow_mod_changes_nothing()
     assert sync.refused(9999, "OFPET_BAD_REQUEST/OFPBRC_BAD_TYPE", now=0.0) is None
     sync.barrier_answered(barrier)
     assert set(sync.installed) == {e.cookie for e in flows} and not sync.inflight
+
+
+def test_a_batch_is_unconfirmed_from_when_it_was_sent_until_its_barrier_is_answered():
+    flows = entries(2)
+    sync = SwitchSync()
+    sync.set_actual(set(), {})
+    assert sync.unconfirmed_since() is None
+    result = sync.next_plan(by_cookie(flows), now=0.0)
+    sync.applied(result)
+    for xid, entry in enumerate(result.adds, start=1):
+        sync.sent(xid, "add", entry)
+    sync.barrier_sent(10, [1, 2], now=5.0)
+    assert sync.unconfirmed_since() == 5.0
+    sync.barrier_answered(10)
+    assert sync.unconfirmed_since() is None
