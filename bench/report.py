@@ -98,6 +98,8 @@ def _machine(m: dict, total: float | None) -> list[str]:
         f"- Command: `{m['command']}`" if m.get("command", "").split()[3:] else
         "- Command: `make bench` (runs `.venv/bin/python -m bench.run`)",
         f"- Total bench runtime: {fmt(total, 0)} s" + (f" ({total / 60:.1f} min)" if total else ""),
+        *(f"- Measured later, on commit {r['commit']} ({r['date']}): {r['sections']}, with `{r['command']}`"
+          for r in m.get("remeasured", [])),
     ]
 
 
@@ -796,6 +798,44 @@ def _quarantine_problems(q: dict) -> list[str]:
     return found
 
 
+def _converge(rows: list[dict]) -> list[str]:
+    lines = [
+        "## Cold converge of emulated switches",
+        "",
+        "`bench/converge.py`, one fresh controller and interpreter per size. `bench/ofswitch.py` emulates OpenFlow 1.3",
+        "switches on one event loop (in the spirit of cbench): each answers the controller's connect-time questions,",
+        "counts the flow-mods it is sent and carries LLDP probes to the switch it is cabled to. N hypervisors with 20 VM",
+        "ports and an uplink each, a leaf per 20 hypervisors, two spines, all connecting at once; each VM sends its",
+        "first frame (an ARP request) a second after its hypervisor got its first flows. *Converged*: the largest",
+        "`converge_seconds` in `/v1/topology` (connect to the first reconcile confirmed by a barrier). *Settled*: the",
+        "last flow-mod, from the moment the connections opened, once `/metrics` shows every switch, link and VM and",
+        "no flow-mod came for 3 s. Controller CPU and peak memory come from its `/proc` entry. Run one size alone with",
+        "`.venv/bin/python -m bench.converge HYPERVISORS`.",
+        "",
+        "| hypervisors | switches | VMs | every switch converged (s) | settled (s) | flow-mods | flow-mods/s "
+        "| controller CPU (s) | peak RSS (MiB) | links timed out on the way |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        if "error" in row:
+            failure = row["error"][-160:].replace("\n", " ")
+            lines.append(f"| {row['hypervisors']} | failed: {failure} | | | | | | | | |")
+            continue
+        lines.append(
+            f"| {row['hypervisors']} | {row['switches']} | {row['vms']:,} | {row['all_converged_seconds']} | "
+            f"{row['settled_seconds']} | {row['flow_mods']:,} | {row['flow_mods_per_second']:,} | "
+            f"{row['controller_cpu_seconds']} | {row['controller_peak_rss_mib']} | {row.get('links_timed_out', '–')} |"
+        )
+    lines += [
+        "",
+        "Most of the flow-mods are every hypervisor's ARP responders and classify entries for every VM: each",
+        "VM learned adds an entry on every hypervisor, so a cold start sends O(VMs x hypervisors) flow-mods.",
+        "Cutting those to what each hypervisor's VMs can reach is the next step (issue 9).",
+        "",
+    ]
+    return lines
+
+
 def render(results: dict, args) -> str:
     rows = results.get("headline", [])
     lines = [
@@ -819,5 +859,7 @@ def render(results: dict, args) -> str:
         lines += _quarantine(results["quarantine"])
     if results.get("policy_scale"):
         lines += _policy_scale(results["policy_scale"])
+    if results.get("converge"):
+        lines += _converge(results["converge"])
     lines += _problems(results)
     return "\n".join(lines).rstrip() + "\n"

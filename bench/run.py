@@ -47,7 +47,7 @@ OUT_DIR = REPO / "bench" / "out"
 LATE_SECONDS = (1.0, 4.0)
 LEARNING_P50 = 'goldilocks_packet_in_to_flow_mod_seconds_recent{quantile="0.5"}'
 LEARNING_P99 = 'goldilocks_packet_in_to_flow_mod_seconds_recent{quantile="0.99"}'
-SECTIONS = ("headline", "scaling", "encryption", "quarantine", "policy")  # --only; each has its --no-SECTION
+SECTIONS = ("headline", "scaling", "encryption", "quarantine", "policy", "converge")  # --only; each has its --no-SECTION
 
 
 def layout_of(shape: tuple[int, int, int, int]) -> Layout:
@@ -403,6 +403,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--no-policy", action="store_true", help="skip the policy compile benchmark (no switches)")
     parser.add_argument("--no-encryption", action="store_true", help="skip the encryption runs")
     parser.add_argument("--no-quarantine", action="store_true", help="skip the quarantine runs")
+    parser.add_argument("--no-converge", action="store_true", help="skip the cold converge of emulated switches")
     parser.add_argument("--only", action="append", choices=SECTIONS, metavar="SECTION",
                         help=f"run only this section (repeatable): {', '.join(SECTIONS)}")
     parser.add_argument("--output", default=str(REPO / "docs" / "benchmarks.md"))
@@ -481,6 +482,11 @@ def main(argv=None) -> int:
         from bench.policy_scale import run_all
 
         results["policy_scale"] = run_all(log)
+
+    if not args.no_converge:
+        from bench.converge import run_all as run_converge
+
+        results["converge"] = run_converge(log)
 
     results["total_seconds"] = time.monotonic() - started
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
