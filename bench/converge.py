@@ -180,16 +180,37 @@ def run_all(log=print, sizes=SIZES) -> list[dict]:
     results = []
     for hypervisors in sizes:
         log(f"cold converge: {hypervisors} emulated hypervisors ...")
-        done = subprocess.run(
-            [sys.executable, "-m", "bench.converge", str(hypervisors)], capture_output=True, text=True, timeout=1200
+        child = subprocess.Popen(
+            [sys.executable, "-m", "bench.converge", str(hypervisors)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
-        if done.returncode != 0:
-            results.append({"hypervisors": hypervisors, "error": done.stderr[-500:]})
+        try:
+            out, err = child.communicate(timeout=1200)
+        except subprocess.TimeoutExpired:
+            child.terminate()  # SIGTERM: it stops its controller before exiting
+            try:
+                child.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.communicate()
+            results.append({"hypervisors": hypervisors, "error": "no result in 1200 s"})
             continue
-        results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        if child.returncode != 0:
+            results.append({"hypervisors": hypervisors, "error": err[-500:]})
+            continue
+        results.append(json.loads(out.strip().splitlines()[-1]))
         log(f"cold converge: {results[-1]}")
     return results
 
 
+def _exit_on_term(signum, frame) -> None:
+    raise SystemExit(f"stopped by signal {signum}")  # runs measure's cleanup: the controller stops too
+
+
 if __name__ == "__main__":
+    import signal
+
+    signal.signal(signal.SIGTERM, _exit_on_term)
     print(json.dumps(measure(int(sys.argv[1]))))
