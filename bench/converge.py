@@ -164,7 +164,7 @@ def _timed_out_links(log_path: str) -> int:
         return sum(1 for line in log if "timed out: no probe" in line)
 
 
-def measure(hypervisors: int, timeout: float = 900.0, log_path: str = "") -> dict:
+def measure(hypervisors: int, timeout: float = 600.0, log_path: str = "") -> dict:
     from mininet_scenarios.harness import ControllerProcess
 
     fabric, vms = build(hypervisors)
@@ -176,7 +176,7 @@ def measure(hypervisors: int, timeout: float = 900.0, log_path: str = "") -> dic
 
 
 def run_all(log=print, sizes=SIZES) -> list[dict]:
-    """Each size with a fresh controller, in a fresh interpreter (bounded to 20 minutes each)."""
+    """Each size with a fresh controller, in a fresh interpreter (given up after 10 minutes each)."""
     results = []
     for hypervisors in sizes:
         log(f"cold converge: {hypervisors} emulated hypervisors ...")
@@ -187,7 +187,7 @@ def run_all(log=print, sizes=SIZES) -> list[dict]:
             text=True,
         )
         try:
-            out, err = child.communicate(timeout=1200)
+            out, err = child.communicate(timeout=700)
         except subprocess.TimeoutExpired:
             child.terminate()  # SIGTERM: it stops its controller before exiting
             try:
@@ -195,7 +195,7 @@ def run_all(log=print, sizes=SIZES) -> list[dict]:
             except subprocess.TimeoutExpired:
                 child.kill()
                 child.communicate()
-            results.append({"hypervisors": hypervisors, "error": "no result in 1200 s"})
+            results.append({"hypervisors": hypervisors, "error": "no result in 700 s"})
             continue
         if child.returncode != 0:
             results.append({"hypervisors": hypervisors, "error": err[-500:]})
