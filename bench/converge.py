@@ -196,9 +196,11 @@ def run_all(log=print, sizes=SIZES) -> list[dict]:
                 child.kill()
                 child.communicate()
             results.append({"hypervisors": hypervisors, "error": "no result in 700 s"})
+            log(f"cold converge: {results[-1]}")
             continue
         if child.returncode != 0:
             results.append({"hypervisors": hypervisors, "error": err[-500:]})
+            log(f"cold converge: {hypervisors} hypervisors failed: {err.strip().splitlines()[-1] if err.strip() else '?'}")
             continue
         results.append(json.loads(out.strip().splitlines()[-1]))
         log(f"cold converge: {results[-1]}")

@@ -818,7 +818,7 @@ def _converge(rows: list[dict]) -> list[str]:
     ]
     for row in rows:
         if "error" in row:
-            failure = row["error"][-160:].replace("\n", " ")
+            failure = row["error"][-300:].replace("\n", " ")
             lines.append(f"| {row['hypervisors']} | failed: {failure} | | | | | | | | |")
             continue
         lines.append(
