@@ -158,21 +158,22 @@ class _Encoder:
 _ENCODER = _Encoder()
 
 
-@functools.lru_cache(maxsize=ENCODED_CACHE_SIZE)
-def flow_add_bytes(entry: FlowEntry) -> bytes:
-    """The OFPT_FLOW_MOD adding `entry`, with xid 0."""
-    message = flow_add(_ENCODER, entry)
+def _encoded(message: Any) -> bytes:
     message.set_xid(0)
     message.serialize()
     return bytes(message.buf)
+
+
+@functools.lru_cache(maxsize=ENCODED_CACHE_SIZE)
+def flow_add_bytes(entry: FlowEntry) -> bytes:
+    """The OFPT_FLOW_MOD adding `entry`, with xid 0."""
+    return _encoded(flow_add(_ENCODER, entry))
 
 
 @functools.lru_cache(maxsize=ENCODED_CACHE_SIZE)
 def flow_delete_bytes(cookie: int) -> bytes:
-    message = flow_delete(_ENCODER, cookie)
-    message.set_xid(0)
-    message.serialize()
-    return bytes(message.buf)
+    """The OFPT_FLOW_MOD deleting the flows with this cookie, with xid 0."""
+    return _encoded(flow_delete(_ENCODER, cookie))
 
 
 BARRIER_BYTES = struct.pack("!BBHI", 4, 20, 8, 0)  # OFPT_BARRIER_REQUEST, OpenFlow 1.3
