@@ -131,8 +131,8 @@ def compile_network(
             if isolated_group:
                 groups["quarantine"] = isolated_group
             exceptions = []
+            fabric_ports = {*topo.inter_switch_ports(dpid), *tunnels.ports.get(dpid, {}).values()}
             for vm in remediated:
-                fabric_ports = {*topo.inter_switch_ports(dpid), *tunnels.ports.get(dpid, {}).values()}
                 exceptions += remediation.remediation_flows(dpid, fabric_ports, vm, isolated)
             entries += exceptions
             if mirrors:
@@ -193,8 +193,7 @@ def mirrored_vms(topo: Topology, policy: PolicyState) -> list[tuple[frozenset[st
         analyzer = analyzers.get(record.mirror_to or "")
         if analyzer is not None:
             vm = policy.vms.get(name)
-            macs = {m.lower() for m in record.macs} | ({m.lower() for m in vm.macs} if vm else set())
-            found.append((frozenset(macs), analyzer))
+            found.append((quarantine.record_macs(record, vm.macs if vm else ()), analyzer))
     return found
 
 
@@ -225,7 +224,7 @@ def remediated_vms(topo: Topology, policy: PolicyState, quarantined: frozenset[s
                 for mac in topo.hosts
                 if mac not in topo.endpoints
             }
-        macs = tuple(sorted({m.lower() for m in (*record.macs, *vm.macs)}))
+        macs = tuple(sorted(quarantine.record_macs(record, vm.macs)))
         ips = set(vm.ips)
         locations = []
         for mac in macs:

@@ -64,6 +64,10 @@ class PopVlan:
 
 Action = Output | SetField | Move | Conntrack | PushVlan | PopVlan
 
+# The mark every frame of an encrypt connection carries through the pipeline: set by the policy
+# table, by a tunnel's ingress and by remediation's allowances, read by steering (apps/steering.py).
+ENCRYPT_MARK = SetField("reg0", pipeline.REG0_ENCRYPT)
+
 
 class PipelineError(ValueError):
     """A flow entry breaks the pipeline description (a programming error)."""

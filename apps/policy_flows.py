@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 
 from apps import pipeline
-from apps.flows import Conntrack, FlowEntry, Output, SetField
+from apps.flows import ENCRYPT_MARK, Conntrack, FlowEntry, Output
 from apps.identity import UNKNOWN, IdentityLabels
 from apps.policy import Rule
 from apps.selectors import ANY
@@ -56,7 +56,6 @@ def destination_flows(hosts: Iterable[Host], identity_of: Mapping[str, int]) -> 
     return groups
 
 
-ENCRYPT_VERDICT_MARK = SetField("reg0", pipeline.REG0_ENCRYPT)
 
 
 def _verdict(action: str, zone: int) -> tuple[tuple, int | None]:
@@ -65,7 +64,7 @@ def _verdict(action: str, zone: int) -> tuple[tuple, int | None]:
     if action == "deny":
         return (), None
     if action == "encrypt":
-        return (Conntrack(zone, commit=True, mark=pipeline.CT_MARK_ENCRYPT), ENCRYPT_VERDICT_MARK), pipeline.FORWARD
+        return (Conntrack(zone, commit=True, mark=pipeline.CT_MARK_ENCRYPT), ENCRYPT_MARK), pipeline.FORWARD
     return (Conntrack(zone, commit=True),), pipeline.FORWARD
 
 
@@ -218,7 +217,7 @@ def _bypass_and_conntrack(zone: int, reevaluate: bool = False) -> list[FlowEntry
         flows.append(FlowEntry.make(pipeline.POLICY, passing, match, goto=pipeline.FORWARD, app=APP))
         # Every frame of an encrypt connection, replies included, stays encrypted.
         encrypted = {**match, "ct_mark": pipeline.CT_MARK_ENCRYPT}
-        mark, prio = (ENCRYPT_VERDICT_MARK,), pipeline.PRIO_CT_ESTABLISHED_ENCRYPT
+        mark, prio = (ENCRYPT_MARK,), pipeline.PRIO_CT_ESTABLISHED_ENCRYPT
         flows.append(FlowEntry.make(pipeline.POLICY, prio, encrypted, mark, pipeline.FORWARD, app=APP))
     invalid = {"ct_state": ct_state(set_bits=trk | pipeline.CT_INV)}
     flows.append(FlowEntry.make(pipeline.POLICY, pipeline.PRIO_CT_INVALID, invalid, app=APP))

@@ -113,13 +113,14 @@ def check_request(body: object) -> Request:
     return Request(vm, reason.strip(), mode, mirror_to, allow)
 
 
+def record_macs(record: Quarantine, now: Iterable[str] = ()) -> frozenset[str]:
+    """One quarantined VM's MACs to cut off: those it had when quarantined and those it has `now`."""
+    return frozenset(m.lower() for m in (*record.macs, *now))
+
+
 def quarantined_macs(quarantine: Mapping[str, Quarantine], vm_macs: Mapping[str, Iterable[str]]) -> frozenset[str]:
-    """Every MAC to cut off: each quarantined VM's MACs when it was quarantined and its MACs now."""
-    macs: set[str] = set()
-    for name, record in quarantine.items():
-        macs.update(record.macs)
-        macs.update(vm_macs.get(name, ()))
-    return frozenset(m.lower() for m in macs)
+    """Every MAC to cut off: each quarantined VM's (record_macs)."""
+    return frozenset().union(*(record_macs(record, vm_macs.get(name, ())) for name, record in quarantine.items()))
 
 
 def quarantine_flows(macs: Iterable[str]) -> list[FlowEntry]:

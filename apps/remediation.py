@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from apps import pipeline
 from apps.errors import FieldError
-from apps.flows import Conntrack, FlowEntry, SetField
+from apps.flows import ENCRYPT_MARK, Conntrack, FlowEntry
 from apps.selectors import ANY, Selector, SelectorError, parse_selector
 from apps.services import Service, ServiceError, parse_service
 
@@ -178,27 +178,26 @@ def remediation_flows(dpid: int, fabric_ports: Iterable[int], vm: Remediated, qu
     fabric_ports: its inter-switch ports and the tunnel ports it uses."""
     flows: list[FlowEntry] = []
     others = sorted(quarantined - set(vm.macs))
+    track = (Conntrack(QUARANTINE_ZONE, table=pipeline.INGRESS),)
     for mac in vm.macs:
         from_ports = set(fabric_ports) | {port for m, d, port in vm.locations if m == mac and d == dpid}
-        # ARP: its own requests and replies with its own sender address, and ARP addressed to it.
+        # Its ARP and IPv4 only on its own port (or from the fabric) and with one of its own addresses:
+        # ARP straight on, IPv4 tracked in the quarantine zone first.
         for port in sorted(from_ports):
             for ip in vm.ips:
-                match = {"in_port": port, "eth_src": mac, "eth_type": pipeline.ETH_TYPE_ARP, "arp_spa": ip}
-                flows.append(FlowEntry.make(pipeline.INGRESS, pipeline.PRIO_REMEDIATE_ARP, match, goto=pipeline.FORWARD, app=APP))
-        arp_to = {"eth_dst": mac, "eth_type": pipeline.ETH_TYPE_ARP}
-        flows.append(FlowEntry.make(pipeline.INGRESS, pipeline.PRIO_REMEDIATE_ARP, arp_to, goto=pipeline.FORWARD, app=APP))
-        # IPv4 from it (on its port, with one of its addresses) and to it: tracked in the quarantine zone.
-        track = (Conntrack(QUARANTINE_ZONE, table=pipeline.INGRESS),)
-        for port in sorted(from_ports):
-            for ip in vm.ips:
-                match = {
+                arp = {"in_port": port, "eth_src": mac, "eth_type": pipeline.ETH_TYPE_ARP, "arp_spa": ip}
+                flows.append(FlowEntry.make(pipeline.INGRESS, pipeline.PRIO_REMEDIATE_ARP, arp, goto=pipeline.FORWARD, app=APP))
+                ipv4 = {
                     "in_port": port,
                     "eth_src": mac,
                     "eth_type": pipeline.ETH_TYPE_IPV4,
                     "ipv4_src": ip,
                     "ct_state": UNTRACKED,
                 }
-                flows.append(FlowEntry.make(pipeline.INGRESS, pipeline.PRIO_REMEDIATE_TRACK, match, track, app=APP))
+                flows.append(FlowEntry.make(pipeline.INGRESS, pipeline.PRIO_REMEDIATE_TRACK, ipv4, track, app=APP))
+        # ARP addressed to it, and IPv4 to it (tracked).
+        arp_to = {"eth_dst": mac, "eth_type": pipeline.ETH_TYPE_ARP}
+        flows.append(FlowEntry.make(pipeline.INGRESS, pipeline.PRIO_REMEDIATE_ARP, arp_to, goto=pipeline.FORWARD, app=APP))
         match = {"eth_dst": mac, "eth_type": pipeline.ETH_TYPE_IPV4, "ct_state": UNTRACKED}
         flows.append(FlowEntry.make(pipeline.INGRESS, pipeline.PRIO_REMEDIATE_TRACK, match, track, app=APP))
         # Never to or from another quarantined VM, whatever an `any` allows.
@@ -230,7 +229,7 @@ def _allow_flows(mac: str, allowance: Allowance) -> list[FlowEntry]:
 
 
 def _rule_flows(mac: str, rule: AllowRule, peer: str | None, services, encrypt: bool, priority: int) -> list[FlowEntry]:
-    mark = (SetField("reg0", pipeline.REG0_ENCRYPT),) if encrypt else ()
+    mark = (ENCRYPT_MARK,) if encrypt else ()
     commit = (Conntrack(QUARANTINE_ZONE, commit=True), *mark)
     vm_side, peer_side = {"eth_src": mac}, {"eth_dst": mac}
     if peer is not None:

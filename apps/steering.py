@@ -19,14 +19,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from apps import pipeline
-from apps.flows import Conntrack, FlowEntry, Output
+from apps.flows import ENCRYPT_MARK, Conntrack, FlowEntry, Output
 from apps.policy import Rule
-from apps.policy_flows import ENCRYPT_VERDICT_MARK, matching_identities
+from apps.policy_flows import matching_identities
 from topology.model import Endpoint, Host, Topology
 
 APP = pipeline.APP_TUNNEL
 IP_FAMILIES = (pipeline.ETH_TYPE_IPV4, pipeline.ETH_TYPE_IPV6)
-MARK_ENCRYPTED = ENCRYPT_VERDICT_MARK  # the same mark the policy table sets on an encrypt connection
 _PORT_NAME = re.compile(rf"{pipeline.TUNNEL_PORT_PREFIX}([1-9]\d{{0,4}})x([1-9]\d{{0,4}})")
 MAX_INDEX = 99999  # a tunnel port name must fit in 15 characters: glvx + 5 digits + x + 5 digits
 
@@ -116,7 +115,7 @@ def tunnel_ingress_flows(tunnel_ports: Iterable[int], planned: Iterable[int]) ->
     flows = []
     for port in sorted(tunnel_ports):
         if port in planned:
-            actions, goto = (MARK_ENCRYPTED,), pipeline.EGRESS
+            actions, goto = (ENCRYPT_MARK,), pipeline.EGRESS
         else:
             actions, goto = (), None
         flows.append(FlowEntry.make(pipeline.INGRESS, pipeline.PRIO_FROM_TUNNEL, {"in_port": port}, actions, goto, APP))
