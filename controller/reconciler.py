@@ -76,8 +76,7 @@ class SwitchSync:
     # Flow-mods sent and not yet confirmed, by xid, and the xids each barrier confirms once answered
     # without an error for them in between (a switch answers messages in order, errors included).
     inflight: dict[int, tuple[str, FlowEntry | int]] = field(default_factory=dict)
-    barriers: dict[int, list[int]] = field(default_factory=dict)
-    barrier_times: dict[int, float] = field(default_factory=dict)  # barrier xid -> when it was sent
+    barriers: dict[int, tuple[float, list[int]]] = field(default_factory=dict)  # xid -> (sent at, flow-mod xids)
     refusals: dict[int, Refusal] = field(default_factory=dict)  # cookie -> refusal
     reading_back: bool = False  # a read of its table was asked for after a refusal
 
@@ -139,20 +138,19 @@ class SwitchSync:
     def barrier_sent(self, barrier_xid: int, xids: list[int], now: float = 0.0) -> None:
         """A barrier went out after the flow-mods `xids`."""
         if xids:
-            self.barriers[barrier_xid] = xids
-            self.barrier_times[barrier_xid] = now
+            self.barriers[barrier_xid] = (now, xids)
 
     def unconfirmed_since(self) -> float | None:
         """When the oldest batch of flow-mods the switch has not confirmed yet was sent (None: all
         confirmed). Until then it may still be working through them."""
-        return min(self.barrier_times.values(), default=None)
+        return min((sent for sent, _ in self.barriers.values()), default=None)
 
     def barrier_answered(self, barrier_xid: int) -> list[FlowEntry]:
         """Everything sent before the barrier that was not refused is in place; returns the refused
         entries that now went in on a retry."""
         healed = []
-        self.barrier_times.pop(barrier_xid, None)
-        for xid in self.barriers.pop(barrier_xid, ()):
+        _, xids = self.barriers.pop(barrier_xid, (None, ()))
+        for xid in xids:
             item = self.inflight.pop(xid, None)
             if item is not None and item[0] == "add":
                 refusal = self.refusals.pop(item[1].cookie, None)
