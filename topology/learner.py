@@ -171,7 +171,7 @@ class Learner:
         self.topo.switch_connected(dpid)
         # Its links could not age while it was away; their window starts again now, or the first tick
         # after it reconnects would drop them before its first probe gets through (a flap that loses frames).
-        self.topo.refresh_links(now, dpid)
+        self.topo.refresh_links(now, {dpid})
         self._note_kinds(now, [dpid])
         return Outcome()  # nothing to compile until its ports are known
 
@@ -312,9 +312,7 @@ class Learner:
             if sw is not None and dpid not in busy:
                 out.send += self._probes_from(dpid, sw.live_ports(), now)
         if busy:
-            busy = set(busy)
-            for link in [lk for lk in self.topo.links if lk.a.dpid in busy or lk.b.dpid in busy]:
-                self.topo.links[link] = now
+            self.topo.refresh_links(now, set(busy))
         if behind:
             return out
         for key in [k for k, seen in self.probes.items() if now - seen > LINK_TIMEOUT]:

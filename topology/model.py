@@ -458,11 +458,12 @@ class Topology:
             del self.links[link]
         return dead
 
-    def refresh_links(self, now: float, dpid: int | None = None) -> None:
-        """Give every link (or every link of one switch) a fresh timeout window: after a restart loaded
-        them from disk, or when a switch comes back, since no probe could cross it while it was away."""
+    def refresh_links(self, now: float, dpids: Collection[int] | None = None) -> None:
+        """Give every link (or every link of these switches) a fresh timeout window: after a restart
+        loaded them from disk, when a switch comes back (no probe could cross it while it was away),
+        or while it is busy (a probe would wait behind its flow-mods)."""
         for link in self.links:
-            if dpid is None or dpid in (link.a.dpid, link.b.dpid):
+            if dpids is None or link.a.dpid in dpids or link.b.dpid in dpids:
                 self.links[link] = now
 
     def inter_switch_ports(self, dpid: int) -> frozenset[int]:
