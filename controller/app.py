@@ -199,7 +199,7 @@ class GoldilocksController(app_manager.RyuApp):
         if outcome.learned and received is not None:
 
             def when_sent() -> None:
-                self.metrics.observe_learning(time.perf_counter() - received)
+                self.metrics.observe_learning(time.monotonic() - received)
 
         if not (outcome.send_after or outcome.after):
             if outcome.changed:
@@ -596,7 +596,9 @@ class GoldilocksController(app_manager.RyuApp):
     # -- packets ------------------------------------------------------------------
     @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)
     def packet_in(self, ev) -> None:
-        received = time.perf_counter()
+        # When the switch's receive loop handed it over (_send_event): a probe's age and the
+        # learning latency both count from there.
+        received = getattr(ev, "received_at", None) or time.monotonic()
         msg = ev.msg
         self.metrics.packet_ins += 1
         in_port = msg.match.get("in_port")
@@ -609,7 +611,6 @@ class GoldilocksController(app_manager.RyuApp):
             except Exception:
                 LOG.exception("acting on port security's evidence failed")
             return
-        received = getattr(ev, "received_at", None)
         outcome = self.learner.packet_in(msg.datapath.id, in_port, bytes(msg.data), punt, time.monotonic(), received)
         self.carry_out(outcome, received)
 
