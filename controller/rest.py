@@ -29,6 +29,7 @@ from apps import remediation as remediation_mod
 from apps import steering
 from apps.context import NotFound, PolicyState
 from apps.errors import FieldError
+from apps.flows import FlowEntry
 from apps.inventory import VM, InventoryError, check_labels, normalize_mac, vm_from_json
 from apps.policy import Rule, evaluate, rule_from_json
 from apps.selectors import KEY_RE
@@ -271,6 +272,11 @@ def port_view(app, dpid: int, port, now: float) -> dict:
         "kind_seconds": round(max(0.0, now - history.since), 3),
         "declared_vm": port.name in app.learner.declared_vm_interfaces,
     }
+
+
+def match_view(entry: FlowEntry) -> dict:
+    """An entry's match as JSON: OXM field name to value, or to [value, mask]."""
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in entry.match}
 
 
 def topology_view(app) -> dict:
@@ -620,7 +626,7 @@ class GoldilocksApi(ControllerBase):
                 "cookie": f"0x{e.cookie:016x}",
                 "table": e.table,
                 "priority": e.priority,
-                "match": {k: (list(v) if isinstance(v, tuple) else v) for k, v in e.match},
+                "match": match_view(e),
                 "actions": [repr(a) for a in e.actions],
                 "goto": e.goto,
                 "write_metadata": list(e.metadata) if e.metadata else None,
@@ -634,7 +640,7 @@ class GoldilocksApi(ControllerBase):
                 "cookie": f"0x{cookie:016x}",
                 "table": r.entry.table,
                 "priority": r.entry.priority,
-                "match": {k: (list(v) if isinstance(v, tuple) else v) for k, v in r.entry.match},
+                "match": match_view(r.entry),
                 "error": r.error,
                 "attempts": r.attempts,
                 "since_seconds": round(now - r.first_at, 3),
