@@ -33,41 +33,51 @@ def is_tunnel_port_name(name: str) -> bool:
     return name.startswith(pipeline.TUNNEL_PORT_PREFIX)
 
 
-class WatchedDict(dict):
-    """A dict that calls `changed()` whenever its keys change (a key added or removed), and also
-    on every value set when `values_matter`. Indexes derived from it are then dropped however it
-    is changed: by the model's methods, a store load, or a test editing it directly."""
+_MISSING = object()
 
-    def __init__(self, changed, values_matter: bool = False) -> None:
-        super().__init__()
-        self._changed, self._values_matter = changed, values_matter
+
+class ObservedDict(dict):
+    """A dict whose every change, however it is made (the model's methods, a store load, a test
+    editing it directly), reaches two hooks: `_set(key, old, value)` after a value is set (`old`
+    is _MISSING for a new key) and `_removed(key, value)` after a key goes."""
+
+    def _set(self, key, old, value) -> None:
+        pass
+
+    def _removed(self, key, value) -> None:
+        pass
 
     def __setitem__(self, key, value) -> None:
-        if self._values_matter or key not in self:
-            self._changed()
+        old = dict.get(self, key, _MISSING)
         super().__setitem__(key, value)
+        self._set(key, old, value)
 
     def __delitem__(self, key) -> None:
+        value = dict.__getitem__(self, key)
         super().__delitem__(key)
-        self._changed()
+        self._removed(key, value)
 
     def pop(self, key, *default):
         if key in self:
-            self._changed()
+            value = dict.__getitem__(self, key)
+            del self[key]
+            return value
         return super().pop(key, *default)
 
     def popitem(self):
-        self._changed()
-        return super().popitem()
+        if not self:
+            raise KeyError("popitem(): dictionary is empty")
+        key = next(reversed(self))
+        return key, self.pop(key)
 
     def clear(self) -> None:
-        self._changed()
-        super().clear()
+        for key in list(dict.keys(self)):
+            del self[key]
 
     def setdefault(self, key, default=None):
         if key not in self:
             self[key] = default
-        return self[key]
+        return dict.__getitem__(self, key)
 
     def update(self, *args, **kwargs) -> None:
         for key, value in dict(*args, **kwargs).items():
@@ -76,6 +86,22 @@ class WatchedDict(dict):
     def __ior__(self, other):
         self.update(other)
         return self
+
+
+class WatchedDict(ObservedDict):
+    """Calls `changed()` whenever its keys change (a key added or removed), and also on every value
+    set when `values_matter`: indexes derived from it are then dropped however it is changed."""
+
+    def __init__(self, changed, values_matter: bool = False) -> None:
+        super().__init__()
+        self._changed, self._values_matter = changed, values_matter
+
+    def _set(self, key, old, value) -> None:
+        if self._values_matter or old is _MISSING:
+            self._changed()
+
+    def _removed(self, key, value) -> None:
+        self._changed()
 
 
 @dataclass(frozen=True)
@@ -151,7 +177,7 @@ class Host:
     port: int
 
 
-class HostTable(dict):
+class HostTable(ObservedDict):
     """MAC -> Host, with indexes kept up to date on every change (however it is made: the model's
     methods, a store load, a test editing it): the MACs on each port, on each switch, and claiming
     each IPv4 address. A packet-in asks these, so its cost does not grow with the data centre."""
@@ -170,59 +196,19 @@ class HostTable(dict):
             if not macs:
                 del index[key]
 
-    def _unindex(self, mac: str, host: Host) -> None:
-        self._drop(self.by_port, (host.dpid, host.port), mac)
-        self._drop(self.by_dpid, host.dpid, mac)
-        for ip in host.ips:
-            self._drop(self.by_ip, ip, mac)
-
-    def _index(self, mac: str, host: Host) -> None:
+    def _set(self, mac, old, host) -> None:
+        if old is not _MISSING:
+            self._removed(mac, old)
         self.by_port.setdefault((host.dpid, host.port), set()).add(mac)
         self.by_dpid.setdefault(host.dpid, set()).add(mac)
         for ip in host.ips:
             self.by_ip.setdefault(ip, set()).add(mac)
 
-    def __setitem__(self, mac, host) -> None:
-        old = self.get(mac)
-        if old is not None:
-            self._unindex(mac, old)
-        super().__setitem__(mac, host)
-        self._index(mac, host)
-
-    def __delitem__(self, mac) -> None:
-        old = self[mac]
-        super().__delitem__(mac)
-        self._unindex(mac, old)
-
-    def pop(self, mac, *default):
-        if mac in self:
-            host = self[mac]
-            del self[mac]
-            return host
-        return super().pop(mac, *default)
-
-    def popitem(self):
-        mac = next(reversed(self.keys()))
-        return mac, self.pop(mac)
-
-    def clear(self) -> None:
-        super().clear()
-        self.by_port.clear()
-        self.by_dpid.clear()
-        self.by_ip.clear()
-
-    def setdefault(self, mac, default=None):
-        if mac not in self:
-            self[mac] = default
-        return self[mac]
-
-    def update(self, *args, **kwargs) -> None:
-        for mac, host in dict(*args, **kwargs).items():
-            self[mac] = host
-
-    def __ior__(self, other):
-        self.update(other)
-        return self
+    def _removed(self, mac, host) -> None:
+        self._drop(self.by_port, (host.dpid, host.port), mac)
+        self._drop(self.by_dpid, host.dpid, mac)
+        for ip in host.ips:
+            self._drop(self.by_ip, ip, mac)
 
 
 @dataclass(frozen=True)
