@@ -75,7 +75,12 @@ class PipelineError(ValueError):
 
 def _freeze_match(match: dict[str, MatchValue] | Iterable[tuple[str, MatchValue]]) -> tuple:
     items = match.items() if isinstance(match, dict) else match
-    return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in items))
+    frozen = tuple(sorted(items))  # field names are unique: values are never compared
+    try:
+        hash(frozen)
+    except TypeError:  # a list value: frozen as a tuple (rare, so not looked for on every entry)
+        frozen = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in frozen))
+    return frozen
 
 
 @dataclass(frozen=True)
@@ -110,22 +115,17 @@ class FlowEntry:
         return _make_entry(table, priority, _freeze_match(match or {}), tuple(actions), goto, app, metadata)
 
     def validate(self) -> None:
-        spec = pipeline.PIPELINE.get(self.table)
-        if spec is None:
-            raise PipelineError(f"no table {self.table} in the pipeline")
-        bad = {name for name, _ in self.match} - spec.match_fields
-        if bad:
-            raise PipelineError(f"table {spec.name} does not match on {sorted(bad)}")
-        if self.goto is not None and self.goto not in spec.next_tables:
-            raise PipelineError(f"table {spec.name} may not go to table {self.goto}")
+        _check_shape(self.table, tuple([name for name, _ in self.match]), self.goto)
 
     def content_cookie(self) -> int:
-        content = (self.table, self.priority, self.match, self.actions, self.goto)
+        # The digest of repr((table, priority, match, actions, goto[, metadata][, ("meter", meter)])),
+        # built from cached action reprs: the same text, so cookies never change across versions.
+        text = f"({self.table!r}, {self.priority!r}, {self.match!r}, {_actions_repr(self.actions)}, {self.goto!r}"
         if self.metadata is not None:
-            content += (self.metadata,)
+            text += f", {self.metadata!r}"
         if self.meter is not None:
-            content += (("meter", self.meter),)
-        digest = hashlib.blake2b(repr(content).encode(), digest_size=6)
+            text += f", {('meter', self.meter)!r}"
+        digest = hashlib.blake2b((text + ")").encode(), digest_size=6)
         return (
             (pipeline.COOKIE_MAGIC << pipeline.COOKIE_MAGIC_SHIFT)
             | (self.app << pipeline.COOKIE_APP_SHIFT)
@@ -143,6 +143,31 @@ class FlowEntry:
         return dict(self.match)
 
 
+@functools.lru_cache(maxsize=4096)
+def _check_shape(table: int, names: tuple[str, ...], goto: int | None) -> None:
+    """Entries of one shape (table, match fields, goto) are checked once."""
+    spec = pipeline.PIPELINE.get(table)
+    if spec is None:
+        raise PipelineError(f"no table {table} in the pipeline")
+    bad = set(names) - spec.match_fields
+    if bad:
+        raise PipelineError(f"table {spec.name} does not match on {sorted(bad)}")
+    if goto is not None and goto not in spec.next_tables:
+        raise PipelineError(f"table {spec.name} may not go to table {goto}")
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def _action_repr(action: Action) -> str:
+    return repr(action)
+
+
+def _actions_repr(actions: tuple) -> str:
+    """repr(actions), from each action's repr computed once."""
+    if len(actions) == 1:
+        return f"({_action_repr(actions[0])},)"
+    return "(" + ", ".join([_action_repr(a) for a in actions]) + ")"
+
+
 @functools.lru_cache(maxsize=1 << 18)
 def _make_entry(
     table: int, priority: int, match: tuple, actions: tuple, goto: int | None, app: int, metadata: tuple[int, int] | None
@@ -150,17 +175,24 @@ def _make_entry(
     """Entries are immutable, so the same content is built (validated and hashed) only once:
     a compile of a large fabric repeats most entries across switches and across compiles."""
     meter = None
-    if any(isinstance(a, Output) and a.port == pipeline.OFPP_CONTROLLER for a in actions):
-        # Every entry that punts to the controller is rate-limited on the switch, so that a VM
-        # flooding frames cannot flood the controller. LLDP has a meter of its own, so that
-        # such a flood cannot starve link discovery either.
-        lldp = dict(match).get("eth_type") == pipeline.ETH_TYPE_LLDP
-        meter = pipeline.METER_LLDP if lldp else pipeline.METER_PACKET_IN
-        if app in (pipeline.APP_QUARANTINE, pipeline.APP_PORT_SECURITY):
-            meter = pipeline.METER_QUARANTINE  # a quarantined VM cannot crowd out anyone's learning
-    entry = FlowEntry(table, priority, match, actions, goto, app, metadata, meter)
-    entry.validate()
-    object.__setattr__(entry, "cookie", entry.content_cookie())
+    for action in actions:
+        if type(action) is Output and action.port == pipeline.OFPP_CONTROLLER:
+            # Every entry that punts to the controller is rate-limited on the switch, so that a VM
+            # flooding frames cannot flood the controller. LLDP has a meter of its own, so that
+            # such a flood cannot starve link discovery either.
+            lldp = dict(match).get("eth_type") == pipeline.ETH_TYPE_LLDP
+            meter = pipeline.METER_LLDP if lldp else pipeline.METER_PACKET_IN
+            if app in (pipeline.APP_QUARANTINE, pipeline.APP_PORT_SECURITY):
+                meter = pipeline.METER_QUARANTINE  # a quarantined VM cannot crowd out anyone's learning
+            break
+    _check_shape(table, tuple([name for name, _ in match]), goto)
+    # Built without the frozen dataclass's field-by-field __init__ (a compile makes hundreds of
+    # thousands): the same fields, the same frozen object.
+    entry = object.__new__(FlowEntry)
+    entry.__dict__.update(
+        table=table, priority=priority, match=match, actions=actions, goto=goto, app=app, metadata=metadata, meter=meter
+    )
+    entry.__dict__["cookie"] = entry.content_cookie()
     return entry
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from apps.context import PolicyState
-from topology.model import Host
 
 UNKNOWN = 0  # not a learned host (only the `any` selector matches it)
 UNMANAGED = 1  # a learned host that is not in the inventory
@@ -38,6 +37,10 @@ class Identities:
             self.added[labels] = number
         return number
 
+    def lookup(self, labels: Labels) -> int | None:
+        """The number of a label set, without handing one out."""
+        return self._by_labels.get(labels)
+
     def labels_of(self, number: int) -> Labels | None:
         return self._labels.get(number)
 
@@ -45,19 +48,33 @@ class Identities:
         return dict(self._by_labels)
 
 
-def host_identities(hosts: Mapping[str, Host], policy: PolicyState, identities: Identities) -> dict[str, int]:
-    """The identity of every learned host, by MAC."""
-    by_mac = policy.vm_by_mac()
-    result = {}
-    for mac in hosts:
-        vm = by_mac.get(mac)
-        result[mac] = UNMANAGED if vm is None else identities.id_for(policy.effective_labels(vm))
-    return result
+class UnassignedIdentity(LookupError):
+    """A compile met a label set with no identity number: assign_identities must run first."""
+
+
+def assign_identities(topo, policy: PolicyState, identities: Identities) -> None:
+    """Hand out numbers to the label sets of every learned VM, before compiling: compiling itself
+    only reads them. New label sets are numbered in the order of their VMs' MACs. The caller
+    persists `identities.added`. Costs what changed: a VM already numbered, with the same record
+    and quarantine state, is skipped by identity."""
+    done = identities.__dict__.setdefault("_numbered", {})
+    pending = []
+    for name, vm in policy.vms.items():
+        state = (vm, name in policy.quarantine)
+        seen = done.get(name)
+        if seen is not None and seen[0] is vm and seen[1] == state[1]:
+            continue
+        learned = [m for m in vm.macs if m in topo.hosts]
+        if learned:
+            pending.append((min(learned), name, vm, state))
+    for _, name, vm, state in sorted(pending, key=lambda p: p[0]):
+        identities.id_for(policy.effective_labels(vm))
+        done[name] = state
 
 
 class IdentityLabels(dict):
     """identity -> labels (None for unmanaged), remembering which identities each selector
-    selects: a compile asks the same question for every hypervisor."""
+    selects: a compile asks the same question for every hypervisor. Not to be changed once asked."""
 
     def selected(self, selector) -> frozenset[int]:
         cache = self.__dict__.setdefault("_selected", {})
@@ -66,9 +83,17 @@ class IdentityLabels(dict):
             found = cache[selector] = frozenset(i for i, lbl in self.items() if i != UNKNOWN and selector.matches(lbl))
         return found
 
+    def selected_sorted(self, selector) -> list[int]:
+        """selected(), sorted (shared: callers must not change it)."""
+        cache = self.__dict__.setdefault("_sorted", {})
+        found = cache.get(selector)
+        if found is None:
+            found = cache[selector] = sorted(self.selected(selector))
+        return found
 
-def identity_labels(numbers: set[int], identities: Identities) -> IdentityLabels:
-    """Labels per identity in use; None for unmanaged (and unknown) identities."""
-    return IdentityLabels(
-        {n: (None if n in (UNKNOWN, UNMANAGED) else dict(identities.labels_of(n) or ())) for n in numbers}
-    )
+    def everyone(self) -> frozenset[int]:
+        """Every identity in use and UNKNOWN: the candidates of a rule's far end."""
+        found = self.__dict__.get("_everyone")
+        if found is None:
+            found = self.__dict__["_everyone"] = frozenset(self) | {UNKNOWN}
+        return found

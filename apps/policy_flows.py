@@ -69,24 +69,30 @@ def _verdict(action: str, zone: int) -> tuple[tuple, int | None]:
 
 
 def referenced_destinations(
-    local_identities: set[int], identity_labels: Mapping[int, Mapping[str, str] | None], rules: Sequence[Rule]
+    local_identities: set[int] | frozenset[int],
+    identity_labels: Mapping[int, Mapping[str, str] | None],
+    rules: Sequence[Rule],
+    positions: Iterable[int] | None = None,
 ) -> set[int]:
     """Destination identities some rule names for a source on this hypervisor. Only these need
     a classify entry there: for any other destination, every applicable rule with a label
-    selector fails to match it, exactly as it fails to match an unknown destination."""
+    selector fails to match it, exactly as it fails to match an unknown destination.
+    positions: the rules to look at (the others select no local identity), default all."""
     needed: set[int] = set()
     rules = rules[: pipeline.MAX_RULES]
     last_encrypt = _last_encrypt(rules)
-    for index, rule in enumerate(rules):
+    everyone = identity_labels.everyone() if isinstance(identity_labels, IdentityLabels) else set(identity_labels)
+    for index in range(len(rules)) if positions is None else positions:
+        rule = rules[index]
         if matching_identities(rule.src, local_identities, identity_labels) != []:
-            destinations = matching_identities(rule.dst, set(identity_labels), identity_labels)
+            destinations = matching_identities(rule.dst, everyone, identity_labels)
             if destinations:
                 needed.update(destinations)
         if last_encrypt is not None and index <= last_encrypt:
             # Replies of connections to local VMs are re-evaluated too (_established_flows): the
             # remote original sender, the rule's source, is the reply's destination.
             if matching_identities(rule.dst, local_identities, identity_labels) != []:
-                sources = matching_identities(rule.src, set(identity_labels), identity_labels)
+                sources = matching_identities(rule.src, everyone, identity_labels)
                 if sources:
                     needed.update(sources)
     return needed
@@ -113,20 +119,42 @@ def policy_flows(
     travels only inside the tunnel."""
     rules = rules[: pipeline.MAX_RULES]
     last_encrypt = _last_encrypt(rules)
-    flows = _bypass_and_conntrack(zone, reevaluate=last_encrypt is not None)
-    all_ids = dict(identity_labels)
-    all_ids.setdefault(UNKNOWN, None)
-    new = ct_state(set_bits=pipeline.CT_TRK | pipeline.CT_NEW)
+    all_ids = identity_labels.everyone() if isinstance(identity_labels, IdentityLabels) else set(identity_labels) | {UNKNOWN}
+    flows = policy_base_flows(zone, last_encrypt is not None, default_action)
     for index, rule in enumerate(rules):
-        priority = pipeline.PRIO_RULE_TOP - index
-        sources = matching_identities(rule.src, local_identities, identity_labels)
-        destinations = matching_identities(rule.dst, set(all_ids), identity_labels)
-        if sources != [] and destinations != []:  # None is `any`; [] is nobody this hypervisor sends for
-            actions, goto = _verdict(rule.action, zone)
-            for match in _rule_matches(rule, sources, destinations, new):
-                flows.append(FlowEntry.make(pipeline.POLICY, priority, match, actions, goto, app=APP))
-        if last_encrypt is not None and index <= last_encrypt:
-            flows += _established_flows(zone, rule, priority, local_identities, identity_labels, all_ids)
+        flows += rule_flows(zone, index, rule, local_identities, identity_labels, all_ids, last_encrypt)
+    return flows
+
+
+def rule_flows(
+    zone: int,
+    index: int,
+    rule: Rule,
+    local_identities: set[int] | frozenset[int],
+    identity_labels: Mapping[int, Mapping[str, str] | None],
+    all_ids: set[int],
+    last_encrypt: int | None,
+) -> list[FlowEntry]:
+    """The entries of the rule at position `index` on one hypervisor (policy_flows): new connections
+    it decides, and while an encrypt rule at or after it exists, established ones it re-evaluates.
+    all_ids: every identity in use, UNKNOWN included."""
+    flows = []
+    priority = pipeline.PRIO_RULE_TOP - index
+    sources = matching_identities(rule.src, local_identities, identity_labels)
+    destinations = matching_identities(rule.dst, all_ids, identity_labels)
+    if sources != [] and destinations != []:  # None is `any`; [] is nobody this hypervisor sends for
+        actions, goto = _verdict(rule.action, zone)
+        new = ct_state(set_bits=pipeline.CT_TRK | pipeline.CT_NEW)
+        for match in _rule_matches(rule, sources, destinations, new):
+            flows.append(FlowEntry.make(pipeline.POLICY, priority, match, actions, goto, app=APP))
+    if last_encrypt is not None and index <= last_encrypt:
+        flows += _established_flows(zone, rule, priority, local_identities, identity_labels, all_ids)
+    return flows
+
+
+def policy_base_flows(zone: int, reevaluate: bool, default_action: str) -> list[FlowEntry]:
+    """The entries of a policy table that no rule adds: bypasses, conntrack, the default action."""
+    flows = _bypass_and_conntrack(zone, reevaluate=reevaluate)
     actions, goto = _verdict(default_action, zone)
     for family in IP_FAMILIES:
         new = {"eth_type": family, "ct_state": ct_state(set_bits=pipeline.CT_TRK | pipeline.CT_NEW)}
@@ -166,7 +194,7 @@ def _established_flows(
     priority: int,
     local_identities,
     identity_labels: Mapping[int, Mapping[str, str] | None],
-    all_ids: Mapping[int, Mapping[str, str] | None],
+    all_ids: set[int],
 ) -> list[FlowEntry]:
     """Established, unmarked frames meet the rules up to the last encrypt rule, at the rules' own
     priorities: an encrypt rule marks the connection and the frame; any other rule (or none) lets
@@ -181,12 +209,12 @@ def _established_flows(
     reply = ct_state(set_bits=pipeline.CT_TRK | pipeline.CT_EST | pipeline.CT_RPL, clear_bits=pipeline.CT_INV)
     flows = []
     sources = matching_identities(rule.src, local_identities, identity_labels)
-    destinations = matching_identities(rule.dst, set(all_ids), identity_labels)
+    destinations = matching_identities(rule.dst, all_ids, identity_labels)
     if sources != [] and destinations != []:
         for match in _rule_matches(rule, sources, destinations, original):
             flows.append(FlowEntry.make(pipeline.POLICY, priority, {**match, **unmarked}, actions, goto, app=APP))
     answering = matching_identities(rule.dst, local_identities, identity_labels)
-    askers = matching_identities(rule.src, set(all_ids), identity_labels)
+    askers = matching_identities(rule.src, all_ids, identity_labels)
     if answering != [] and askers != []:
         for match in _rule_matches(rule, answering, askers, reply, reply=True):
             flows.append(FlowEntry.make(pipeline.POLICY, priority, {**match, **unmarked}, actions, goto, app=APP))
@@ -229,7 +257,9 @@ def matching_identities(selector, candidates: set[int], labels: Mapping[int, Map
     if selector.kind == ANY:
         return None
     if isinstance(labels, IdentityLabels):
-        return sorted(labels.selected(selector) & set(candidates)) or []
+        if candidates is labels.__dict__.get("_everyone"):
+            return labels.selected_sorted(selector)  # every identity: the same answer for every hypervisor
+        return sorted(labels.selected(selector).intersection(candidates)) or []
     return sorted(i for i in candidates if i != UNKNOWN and selector.matches(labels.get(i))) or []
 
 

@@ -55,6 +55,14 @@ class Selector:
     kind: str  # "any" | "unmanaged" | "labels"
     requirements: tuple[Requirement, ...] = ()
 
+    def __hash__(self) -> int:
+        # Selectors key the compiler's caches, asked for every hypervisor: hashed once.
+        found = self.__dict__.get("_hash")
+        if found is None:
+            found = hash((self.kind, self.requirements))
+            object.__setattr__(self, "_hash", found)
+        return found
+
     def matches(self, labels: Mapping[str, str] | None) -> bool:
         """labels is None for an unmanaged host (seen on the network, not in the inventory)."""
         if self.kind == ANY:

@@ -152,10 +152,17 @@ def encrypt_forward_flows(
         match = {"reg0": pipeline.REG0_ENCRYPT, "eth_dst": host.mac}
         flows.append(FlowEntry.make(pipeline.FORWARD, pipeline.PRIO_ENCRYPT_LOCAL, match, goto=pipeline.EGRESS, app=APP))
     for peer in sorted(plan_ports):
-        port = plan_ports[peer]
-        for host in remote.get(peer, ()):
-            match = {"reg0": pipeline.REG0_ENCRYPT, "eth_dst": host.mac}
-            flows.append(FlowEntry.make(pipeline.FORWARD, pipeline.PRIO_ENCRYPT_TUNNEL, match, (Output(port),), app=APP))
+        flows += tunnel_route_flows(remote.get(peer, ()), plan_ports[peer])
+    return flows
+
+
+def tunnel_route_flows(hosts: Iterable[Host], port: int) -> list[FlowEntry]:
+    """Marked frames for the VMs of one peer hypervisor go out of the tunnel port toward it (the
+    compiler shares these between the hypervisors that reach the peer through a port of that number)."""
+    flows = []
+    for host in hosts:
+        match = {"reg0": pipeline.REG0_ENCRYPT, "eth_dst": host.mac}
+        flows.append(FlowEntry.make(pipeline.FORWARD, pipeline.PRIO_ENCRYPT_TUNNEL, match, (Output(port),), app=APP))
     return flows
 
 

@@ -1,10 +1,10 @@
 """A switch's desired table as its own entries plus shared groups, so that large fabrics are cheap.
 
-Many switches hold the same entries: every hypervisor the same ARP responders, every switch
-behind the same port the same route to a hypervisor's VMs. A group is one immutable mapping
-(cookie -> entry) built once per compile and shared by every switch that holds it; when
-nothing it depends on changed, the next compile hands out the very same object, and the
-reconciler skips it without looking inside."""
+Many switches hold the same entries: the ARP responders and classify entries of one identity,
+every switch behind the same port the same route to a hypervisor's VMs. A group is one
+immutable mapping (cookie -> entry) built once by the compiler (apps/compiler.py) and shared by
+every switch that holds it; when nothing it depends on changed, the next compile hands out the
+very same object, and the reconciler skips it without looking inside."""
 
 from __future__ import annotations
 
@@ -52,23 +52,6 @@ class SwitchTable(Mapping[int, FlowEntry]):
 
     def __repr__(self) -> str:
         return f"SwitchTable({len(self.own)} own, {len(self.groups)} groups, {len(self)} entries)"
-
-
-class GroupCache:
-    """Hands out the same group object for the same inputs across compiles (bounded)."""
-
-    def __init__(self, limit: int = 65536) -> None:
-        self._groups: dict[Hashable, Group] = {}
-        self.limit = limit
-
-    def get(self, key: Hashable, build) -> Group:
-        group = self._groups.get(key)
-        if group is None:
-            if len(self._groups) >= self.limit:
-                self._groups.clear()
-            group = MappingProxyType({e.cookie: e for e in build()})
-            self._groups[key] = group
-        return group
 
 
 def diff_tables(old: SwitchTable, new: SwitchTable, memo: dict | None = None) -> tuple[list[FlowEntry], list[int]]:

@@ -60,31 +60,47 @@ def build(vms: int, hypervisors: int, rules: int, seed: int = 1):
 
 
 def _changes(fabric, state):
-    """The single changes timed at each size: (name, topology, policy) after the change."""
-    import copy
-
+    """The single changes timed at each size, each applied to the live model and then undone:
+    (name, apply, undo), where apply and undo return the policy to compile with."""
     from apps.policy import rule_from_json
-
-    mover = next(iter(state.vms.values()))
-    new_tier = "db" if mover.label_map.get("tier") != "db" else "web"
-    yield "label change", fabric.topo, state.with_labels(mover.name, {"tier": new_tier}, [])
-    rule = rule_from_json({"name": "new", "src": "tenant=t1,tier=web", "dst": "tenant=t1,tier=db", "services": ["tcp/443"],
-                           "action": "allow"})  # fmt: skip
-    yield "new rule", fabric.topo, state.with_rule(rule)
-    moved = copy.deepcopy(fabric.topo)
-    host = moved.hosts[mover.macs[0]]
-    target = next(d for d in fabric.hypervisors if d != host.dpid)
-    spare = max(moved.switches[target].ports) + 1
     from topology.model import Port
 
-    moved.set_port(target, Port(spare, f"s{target}-eth{spare}"))
-    moved.switches[target].edge_confirmed.add(spare)
-    moved.host_seen(host.mac, target, spare, next(iter(host.ips)))
-    yield "VM migration", moved, state
-    cut = copy.deepcopy(fabric.topo)
-    link = next(lk for lk in sorted(cut.links, key=lambda lk: (lk.a.dpid, lk.a.port)) if lk.a.dpid in fabric.spines)
-    del cut.links[link]
-    yield "link failure", cut, state
+    topo = fabric.topo
+    mover = next(iter(state.vms.values()))
+    new_tier = "db" if mover.label_map.get("tier") != "db" else "web"
+    relabelled = state.with_labels(mover.name, {"tier": new_tier}, [])
+    yield "label change", lambda: relabelled, lambda: state
+    rule = rule_from_json({"name": "new", "src": "tenant=t1,tier=web", "dst": "tenant=t1,tier=db", "services": ["tcp/443"],
+                           "action": "allow"})  # fmt: skip
+    with_rule = state.with_rule(rule)
+    yield "new rule", lambda: with_rule, lambda: state
+    host = topo.hosts[mover.macs[0]]
+    target = next(d for d in fabric.hypervisors if d != host.dpid)
+    spare = max(p for p in topo.switches[target].ports if p < 0xFFFFFF00) + 1  # a new VM port (not above LOCAL)
+
+    def migrate():
+        topo.set_port(target, Port(spare, f"s{target}-eth{spare}"))
+        topo.switches[target].edge_confirmed.add(spare)
+        topo.host_seen(host.mac, target, spare, next(iter(host.ips)))
+        return state
+
+    def migrate_back():
+        topo.host_seen(host.mac, host.dpid, host.port, next(iter(host.ips)))
+        return state
+
+    yield "VM migration", migrate, migrate_back
+    link = next(lk for lk in sorted(topo.links, key=lambda lk: (lk.a.dpid, lk.a.port)) if lk.a.dpid in fabric.spines)
+    kept = topo.links[link]
+
+    def cut():
+        del topo.links[link]
+        return state
+
+    def restore():
+        topo.links[link] = kept
+        return state
+
+    yield "link failure", cut, restore
 
 
 def _packet_in_micros(topo, count: int = 2000) -> tuple[float, float]:
@@ -119,15 +135,17 @@ def _packet_in_micros(topo, count: int = 2000) -> tuple[float, float]:
 def measure(vms: int, hypervisors: int, rules: int) -> dict:
     from collections import Counter
 
-    from apps.desired import desired_tables
-    from apps.identity import Identities
+    from apps.compiler import Compiler
+    from apps.identity import Identities, assign_identities
     from controller.reconciler import SwitchSync
 
     fabric, state = build(vms, hypervisors, rules)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     identities = Identities()
+    compiler = Compiler()  # the controller's: one for its life
     started = time.perf_counter()
-    tables = desired_tables(fabric.topo, state, identities)
+    assign_identities(fabric.topo, state, identities)
+    tables = compiler.compile(fabric.topo, state, identities).tables
     compile_seconds = time.perf_counter() - started
     rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     syncs = {}
@@ -143,23 +161,38 @@ def measure(vms: int, hypervisors: int, rules: int) -> dict:
     per_table.sort(key=sum)
     median_hv = per_table[len(per_table) // 2]
 
-    # Each change from the same steady state: time until every switch's flow-mods are planned
-    # (what the controller then sends), and how many.
-    changes = {}
-    for name, topo, changed in _changes(fabric, state):
+    def change_to_flow_mods(policy) -> tuple[float, int, int]:
+        """What the controller does on a change: assign identities, compile, plan the switches whose
+        table changed; (seconds, flow-mods, switches)."""
         started = time.perf_counter()
-        new_tables = desired_tables(topo, changed, identities)
+        assign_identities(fabric.topo, policy, identities)
+        compiled = compiler.compile(fabric.topo, policy, identities)
+        memo: dict = {}
         flow_mods = switches_touched = 0
-        for dpid, table in new_tables.items():
-            plan = syncs[dpid].next_plan(table, now=float("inf")) if dpid in syncs else None
+        for dpid in compiled.changed:
+            sync = syncs.get(dpid)
+            if sync is None:
+                continue
+            plan = sync.next_plan(compiled.tables[dpid], float("inf"), memo)
+            sync.applied(plan)
             if plan:
                 switches_touched += 1
                 flow_mods += len(plan.adds) + len(plan.deletes)
-        changes[name] = {
-            "seconds": round(time.perf_counter() - started, 2),
-            "flow_mods": flow_mods,
-            "switches": switches_touched,
-        }
+        return time.perf_counter() - started, flow_mods, switches_touched
+
+    # Each change from the steady state, then undone (the undo is not timed). Medians of 5.
+    changes = {}
+    for name, apply, undo in _changes(fabric, state):
+        runs = []
+        for _ in range(5):
+            runs.append(change_to_flow_mods(apply()))
+            change_to_flow_mods(undo())
+        runs.sort()
+        seconds, flow_mods, switches_touched = runs[len(runs) // 2]
+        changes[name] = {"seconds": round(seconds, 4), "flow_mods": flow_mods, "switches": switches_touched}
+    full_started = time.perf_counter()
+    Compiler().compile(fabric.topo, state, identities)
+    full_seconds = time.perf_counter() - full_started
     known_us, new_us = _packet_in_micros(fabric.topo)
     label = changes["label change"]
     return {
@@ -170,6 +203,7 @@ def measure(vms: int, hypervisors: int, rules: int) -> dict:
         "flows": sum(len(t) for t in tables.values()),
         "hypervisor_flows_by_table": list(median_hv),
         "compile_seconds": round(compile_seconds, 2),
+        "recompile_from_scratch_seconds": round(full_seconds, 2),
         "peak_rss_mib": round(rss_after / 1024),
         "compile_rss_growth_mib": round((rss_after - rss_before) / 1024),
         "label_change_to_flow_mods_seconds": label["seconds"],

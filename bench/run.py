@@ -421,12 +421,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def _plots(results: dict, output: Path) -> None:
+    """The cost-against-size figure beside the report (bench/plots.py)."""
+    if results.get("policy_scale"):
+        from bench.plots import plot
+
+        written = plot(results["policy_scale"], output.parent / "policy-scale.png")
+        if written is not None:
+            log(f"wrote {written}")
+
+
 def main(argv=None) -> int:
     from bench.report import render
 
     args = parse_args(argv)
     if args.render_only:
         results = json.loads(Path(args.json).read_text())
+        _plots(results, Path(args.output))
         Path(args.output).write_text(render(results, args))
         log(f"rewrote {args.output} from {args.json}")
         return 0
@@ -491,6 +502,7 @@ def main(argv=None) -> int:
     results["total_seconds"] = time.monotonic() - started
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(results, indent=1, default=str))
+    _plots(results, Path(args.output))
     Path(args.output).write_text(render(results, args))
     log(f"wrote {args.output} (raw results: {args.json}) in {results['total_seconds']:.0f} s")
     return 0

@@ -20,7 +20,7 @@ from apps.alerts import AlertBook, Threshold
 from apps.context import PolicyState
 from apps.flows import FlowEntry
 from apps.forwarding import base_flows, punt_reason
-from apps.identity import Identities
+from apps.identity import Identities, assign_identities
 from apps.quarantine import quarantined_macs
 from apps.switch_table import SwitchTable
 from controller import ofmsg
@@ -86,7 +86,10 @@ class GoldilocksController(app_manager.RyuApp):
             self.policy = inventory_file.apply_at_start(self.store, self.policy, self.settings.inventory)
         auth.ensure_admin_token(self.store, self.settings.state_dir, reset=self.settings.reset_admin_token)
         self.identities = Identities(self.store.load_identities())
-        self._quarantine_group = desired_mod.quarantine_group(quarantine_macs(self.policy))
+        # One incremental compiler for the controller's life: a change costs what it touches.
+        self.compiler = desired_mod.Compiler()
+        self._group_diffs: dict = {}  # group diffs of the current compile, shared by the switches
+        self._quarantine_group = self.compiler.quarantine_group(quarantine_macs(self.policy))
         from controller.security import SpoofGuard
 
         self.spoof_guard = SpoofGuard(self, self.settings.spoofing_responses)
@@ -163,7 +166,7 @@ class GoldilocksController(app_manager.RyuApp):
         nothing again later. The compile then takes the VM's port out of the floods and relabels it.
         From now on every table sent carries this group, whatever policy the compile that built the
         rest of it saw (one may be under way with the policy of a moment ago)."""
-        self._quarantine_group = desired_mod.quarantine_group(quarantine_macs(self.policy))
+        self._quarantine_group = self.compiler.quarantine_group(quarantine_macs(self.policy))
         for dpid in list(self.desired):
             if dpid in self.datapaths and self.topo.role(dpid) == ROLE_HYPERVISOR:
                 self.reconcile(dpid)
@@ -317,8 +320,10 @@ class GoldilocksController(app_manager.RyuApp):
         """Recompute the desired tables, push the difference to every synced switch, persist."""
         started = time.perf_counter()
         plan = steering.plan_from_topology(self.topo, self.agents.bridge_of_index())
-        compiled = desired_mod.compile_network(self.topo, self.policy, self.identities, plan)
+        assign_identities(self.topo, self.policy, self.identities)
+        compiled = self.compiler.compile(self.topo, self.policy, self.identities, plan)
         self.desired = compiled.tables
+        self._group_diffs = {}
         hypervisor_of = self.agents.hypervisor_of_bridge()
         names = {dpid: hypervisor_of.get(sw.name) for dpid, sw in self.topo.switches.items()}
         self.agents.set_needed(
@@ -327,7 +332,13 @@ class GoldilocksController(app_manager.RyuApp):
         if self.identities.added:
             self.store.add_identities(self.identities.added)
             self.identities.added.clear()
-        for n, dpid in enumerate(list(self.datapaths)):
+        # Only switches whose table changed, or that are not at their table yet, have anything to do.
+        todo = [
+            d
+            for d, sync in self.sync.items()
+            if d in self.datapaths and (d in compiled.changed or sync.last is not self.desired.get(d) or sync.refusals)
+        ]
+        for n, dpid in enumerate(todo):
             self.reconcile(dpid)
             if n % RECONCILE_YIELD_EVERY == RECONCILE_YIELD_EVERY - 1:
                 hub.sleep(0)  # let the switches' send and receive loops run: probes keep flowing
@@ -338,7 +349,7 @@ class GoldilocksController(app_manager.RyuApp):
         datapath, sync = self.datapaths.get(dpid), self.sync.get(dpid)
         if datapath is None or sync is None or not sync.synced or dpid not in self.desired:
             return 0
-        plan = sync.next_plan(self._with_current_quarantine(dpid, self.desired[dpid]), time.monotonic())
+        plan = sync.next_plan(self._with_current_quarantine(dpid, self.desired[dpid]), time.monotonic(), self._group_diffs)
         sync.applied(plan)  # even when empty: it records that the switch is at this table
         if not plan:
             return 0

@@ -12,11 +12,6 @@ from apps.switch_table import SwitchTable, diff_tables
 # refusal that never goes away costs one flow-mod every half minute, reported all along.
 RETRY_BACKOFF = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
 
-# Group diffs are the same on every switch that shares the groups: computed once per change.
-_GROUP_DIFFS: dict = {}
-_GROUP_DIFFS_LIMIT = 1024
-
-
 def _order(adds) -> list[FlowEntry]:
     return sorted(adds, key=lambda e: (-e.table, -e.priority, e.cookie))
 
@@ -91,8 +86,10 @@ class SwitchSync:
         self.synced = True
         self.last = None
 
-    def next_plan(self, desired: Mapping[int, FlowEntry], now: float) -> Plan:
-        result = self._next_plan(desired, now)
+    def next_plan(self, desired: Mapping[int, FlowEntry], now: float, memo: dict | None = None) -> Plan:
+        """The flow-mods from what the switch holds to `desired`. `memo` (the caller's, one per
+        compile) keeps group diffs: the same group change repeats on every switch sharing it."""
+        result = self._next_plan(desired, now, memo)
         if self.refusals:
             for cookie in [c for c in self.refusals if c not in desired]:
                 del self.refusals[cookie]  # no longer wanted: nothing to retry or report
@@ -103,14 +100,12 @@ class SwitchSync:
                 result.adds = kept
         return result
 
-    def _next_plan(self, desired: Mapping[int, FlowEntry], now: float) -> Plan:
+    def _next_plan(self, desired: Mapping[int, FlowEntry], now: float, memo: dict | None) -> Plan:
         if self.last is not None:
             if desired is self.last:
                 return Plan(target=desired)
             if isinstance(desired, SwitchTable) and isinstance(self.last, SwitchTable):
-                if len(_GROUP_DIFFS) > _GROUP_DIFFS_LIMIT:
-                    _GROUP_DIFFS.clear()
-                adds, deletes = diff_tables(self.last, desired, _GROUP_DIFFS)
+                adds, deletes = diff_tables(self.last, desired, memo)
                 return Plan(_order(adds), [c for c in deletes if is_ours(c)], 0, desired)
         result = plan(desired, set(self.installed), allow_deletes=now >= self.settle_until)
         result.target = desired

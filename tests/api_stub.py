@@ -45,6 +45,9 @@ class StubController:
         self.sync: dict = {}
         self.metrics = Metrics()
         self.desired: dict = {}  # no switches: a quarantine has nothing to install at once
+        from apps.compiler import Compiler
+
+        self.compiler = Compiler()
         from apps.alerts import AlertBook
 
         self.alert_book = AlertBook()

@@ -8,8 +8,9 @@ import math
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from apps.compiler import Compiler
 from apps.desired import desired_tables
-from apps.identity import Identities
+from apps.identity import Identities, assign_identities
 from apps.switch_table import SwitchTable
 from controller.reconciler import SwitchSync
 from tests.fakeoftable import build_leaf_spine, policy_state, vm_name
@@ -41,11 +42,17 @@ def _at_target(syncs, tables) -> None:
 def test_hypervisors_share_one_responder_group_and_recompiles_reuse_it():
     fabric = build_leaf_spine(spines=2, leaves=2, hypervisors_per_leaf=2, vms_per_hypervisor=2)
     identities = Identities()
-    first = desired_tables(fabric.topo, policy_state(), identities)
-    second = desired_tables(fabric.topo, policy_state(), identities)
-    groups = {id(first[d].groups["responders"]) for d in fabric.hypervisors}
-    assert len(groups) == 1, "one responder group object for every hypervisor"
-    assert second[fabric.hypervisors[0]].groups["responders"] is first[fabric.hypervisors[0]].groups["responders"]
+    compiler = Compiler()
+    assign_identities(fabric.topo, policy_state(), identities)
+    first = compiler.compile(fabric.topo, policy_state(), identities).tables
+    second = compiler.compile(fabric.topo, policy_state(), identities)
+    keys = {k for d in fabric.hypervisors for k in first[d].groups if k[0] == "responders"}
+    assert keys, "ARP responders are groups, one per identity"
+    for key in keys:
+        groups = {id(first[d].groups[key]) for d in fabric.hypervisors}
+        assert len(groups) == 1, "one responder group object for every hypervisor"
+    assert not second.changed, "nothing changed: no switch gets a new table"
+    assert all(second.tables[d] is first[d] for d in first)
     assert all(isinstance(t, SwitchTable) for t in first.values())
 
 
