@@ -109,9 +109,17 @@ def flood_ports(topo: Topology, dpid: int, view: GraphView) -> set[int]:
     return set(topo.edge_ports(dpid)) | set(view.tree_ports.get(dpid, frozenset()))
 
 
-def flood_actions(flood_set: set[int], in_port: int) -> list[Output]:
+def flood_actions(flood_set: set[int] | frozenset[int], in_port: int) -> tuple[Output, ...]:
     """Out of every flood port but the one the frame came in on; nothing from a non-tree port."""
-    return [Output(p) for p in sorted(flood_set - {in_port})] if in_port in flood_set else []
+    if in_port not in flood_set:
+        return ()
+    return _flood_actions(frozenset(flood_set), in_port)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _flood_actions(flood_set: frozenset[int], in_port: int) -> tuple[Output, ...]:
+    """Asked for every port and every VM of a switch: computed once per flood set and port."""
+    return tuple(Output(p) for p in sorted(flood_set - {in_port}))
 
 
 def needs_routes(topo: Topology, dpid: int) -> bool:

@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 from topology import graph
 from topology.model import Link, Port, PortRef, Topology
 
-PORTS = 8  # ports 1..PORTS are declared (up) on every switch
+PORTS = 8  # links are drawn on ports 1..PORTS
+DECLARED = 40  # ports 1..DECLARED are declared (up) on every switch
 DPIDS = [1, 2, 3, 5, 8, 13, 21, 0x100, 0x101, 0x200, 0x1011, 0x1012, 0xFFFF]  # not in insertion order
 
 
@@ -98,8 +99,24 @@ def assert_same_as_oracle(topo: Topology, history: list[str] | None = None) -> N
             assert have == want, f"next hop of {dpid:#x} toward {dst:#x}: view says {have}, the reference {want}\n{where}"
     for dst, hops in expected.next_hop.items():
         assert dst in got.next_hop, f"no next_hop entry for switch {dst:#x}\n{where}"
-        have = dict(got.next_hop[dst])
+        column = got.next_hop[dst]
+        for dpid in candidates:  # indexing and membership, not only get(), as callers use all three
+            want = hops.get(dpid)
+            assert (dpid in column) == (want is not None), (
+                f"next_hop[{dst:#x}]: `{dpid:#x} in` says {dpid in column}, the reference has {want}\n{where}"
+            )
+            try:
+                have_port = column[dpid]
+            except KeyError:
+                have_port = None
+            assert have_port == want, f"next_hop[{dst:#x}][{dpid:#x}] is {have_port}, the reference {want}\n{where}"
+        assert len(column) == len(hops), f"len(next_hop[{dst:#x}]) is {len(column)}, the reference {len(hops)}\n{where}"
+        have = dict(column)
         assert have == hops, f"next_hop[{dst:#x}] iterates to {_hex(have)}, the reference is {_hex(hops)}\n{where}"
+    for dst in candidates:
+        assert (dst in got.next_hop) == (dst in expected.next_hop), (
+            f"`{dst:#x} in next_hop` says {dst in got.next_hop}, the reference {dst in expected.next_hop}\n{where}"
+        )
     assert set(got.next_hop) == set(expected.next_hop), (
         f"next_hop destinations: view {sorted(got.next_hop)}, reference {sorted(expected.next_hop)}\n{where}"
     )
@@ -124,7 +141,7 @@ def _hex(hops: dict[int, int]) -> dict[str, int]:
 # ---------------------------------------------------------------------------
 def add_switch(topo: Topology, dpid: int) -> None:
     topo.switch_connected(dpid)
-    topo.set_ports(dpid, [Port(p, f"s{dpid:x}-eth{p}") for p in range(1, PORTS + 1)])
+    topo.set_ports(dpid, [Port(p, f"s{dpid:x}-eth{p}") for p in range(1, DECLARED + 1)])
 
 
 ports = st.integers(1, PORTS)
@@ -143,6 +160,7 @@ class Spec:
     self_links: list[tuple[int, int, int]]  # switch index, two ports
     strangers: list[tuple[int, int, int]]  # switch index, port, unknown dpid
     switches: list[int] = field(default_factory=list)
+    fresh_ports: bool = False  # every link on ports of its own (no re-cabling): denser, loopier graphs
 
 
 @st.composite
@@ -157,7 +175,9 @@ def specs(draw) -> Spec:
     core_links = []
     if core:
         index = st.integers(0, len(core) - 1)
-        core_links = draw(st.lists(st.tuples(index, ports, index, ports), max_size=12))
+        core_links = draw(st.lists(st.tuples(index, ports, index, ports), max_size=14))
+        if len(core) >= 3 and draw(st.booleans()):  # a ring under the random links: loops for sure
+            core_links = [(i, 1, (i + 1) % len(core), 2) for i in range(len(core))] + core_links
     stubs = []
     for i, dpid in enumerate(stubs_ids):
         parents = len(core) + i
@@ -173,7 +193,7 @@ def specs(draw) -> Spec:
         index = st.integers(0, len(switches) - 1)
         self_links = draw(st.lists(st.tuples(index, ports, ports), max_size=2))
         strangers = draw(st.lists(st.tuples(index, ports, st.sampled_from([4, 0xDEAD])), max_size=2))
-    return Spec(core, core_links, stubs, isolated, self_links, strangers, switches)
+    return Spec(core, core_links, stubs, isolated, self_links, strangers, switches, draw(st.booleans()))
 
 
 def build(spec: Spec) -> Topology:
@@ -193,7 +213,15 @@ def build(spec: Spec) -> Topology:
         seen.append((PortRef(spec.switches[i], pa), PortRef(spec.switches[i], pb)))
     for i, port, unknown in spec.strangers:
         seen.append((PortRef(spec.switches[i], port), PortRef(unknown, 1)))
+    used: dict[int, int] = {}
+
+    def own_port(ref: PortRef) -> PortRef:
+        used[ref.dpid] = used.get(ref.dpid, 0) + 1
+        return PortRef(ref.dpid, used[ref.dpid])
+
     for a, b in seen:
+        if spec.fresh_ports and (a.dpid, a.port) != (b.dpid, b.port):
+            a, b = own_port(a), own_port(b)
         topo.link_seen(a, b, 0.0)
     return topo
 

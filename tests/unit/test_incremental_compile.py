@@ -477,13 +477,19 @@ def tunnels(w: World, i: int = 0, j: int = 1, *_) -> str:
 
 
 def endpoint(w: World, i: int = 0, j: int = 0, *_) -> str:
-    """As the learner's set_endpoints: the whole endpoint dict replaced, each endpoint placed as a host."""
+    """As the learner's set_endpoints: the whole endpoint dict replaced, each endpoint placed as a
+    host. j picks: a new endpoint on a free port, one gone, one whose WireGuard port changes."""
     endpoints = dict(w.topo.endpoints)
-    if j % 2 and endpoints:
+    if j % 3 == 1 and endpoints:
         mac = pick(sorted(endpoints), i)
         del endpoints[mac]
         w.topo.remove_host(mac)
         what = f"endpoint {mac} gone"
+    elif j % 3 == 2 and endpoints:
+        mac = pick(sorted(endpoints), i)
+        old = endpoints[mac]
+        endpoints[mac] = replace(old, listen_port=old.listen_port + 1)  # its host stays as it is
+        what = f"endpoint {mac} listens on {old.listen_port + 1}"
     else:
         dpid = pick(w.hypervisors, i)
         where = pick(w.free_ports(), i)
@@ -729,6 +735,9 @@ SCENARIOS: dict[str, list[tuple]] = {
     "reip_replace": [("reip", 1, 0, 0)],
     "reip_add": [("reip", 1, 0, 1)],
     "reip_steal": [("reip", 1, 5, 2)],
+    # A VM's port security knows which of its declared addresses any of its MACs was learned with:
+    # its first MAC loses its address, then its second MAC (on another switch) claims it.
+    "reip_second_mac": [("learn", 0, 5, 0), ("vm_add", 0, 0, 0), ("reip", 0, 0, 0), ("reip", 8, 0, 2)],
     "rule_append": [("rule_append", 0, 1, 2)],
     "rule_prepend": [("rule_prepend", 1, 0, 0)],
     "rule_prepend_encrypt": [("rule_prepend", 1, 3, 9)],
@@ -767,6 +776,7 @@ SCENARIOS: dict[str, list[tuple]] = {
     "tunnels_on_again": [("tunnels", 0, 1, 0), ("tunnels", 0b111111, 1, 0)],
     "endpoint_add": [("endpoint", 0, 0, 0)],
     "endpoint_remove": [("endpoint", 0, 0, 0), ("endpoint", 0, 1, 0)],
+    "endpoint_listen_port": [("endpoint", 0, 0, 0), ("endpoint", 0, 2, 0)],
     "swap_topology_then_change": [("swap_topology", 0, 0, 0), ("forget", 0, 0, 0)],
     "hypervisor_emptied": [("forget", 0, 0, 0), ("forget", 0, 0, 0)],
     "port_add_hypervisor": [("port_add", 0, 0, 0)],
