@@ -5,7 +5,9 @@ sent. Emulated switches can be cabled together: an LLDP probe the controller sen
 port arrives as a packet-in on the other end, so the controller learns the fabric as on real
 switches. A switch can also play a VM's first frame on a port (an ARP request, as a table miss).
 
-It keeps no flow table: it is a load generator and a stopwatch, not a switch."""
+It keeps the cookies of the flows it was sent, by slot (table, priority, match), and reports them
+in flow stats: the controller's audits and read-backs then see what a real switch would hold, not
+an empty table to refill. It does not forward anything: it is a load generator and a stopwatch."""
 
 from __future__ import annotations
 
@@ -47,6 +49,11 @@ def packet_in(in_port: int, data: bytes, table_id: int, cookie: int, reason: int
     return message(PACKET_IN, 0, body)
 
 
+def flow_stats_entry(table: int, priority: int, cookie: int) -> bytes:
+    """An ofp_flow_stats with an empty match and no instructions."""
+    return struct.pack("!HBxIIHHHH4xQQQ", 56, table, 0, 0, priority, 0, 0, 0, cookie, 0, 0) + struct.pack("!HH4x", 1, 4)
+
+
 def arp_request(mac: bytes, ip: bytes, target: bytes) -> bytes:
     """A VM's broadcast ARP request (its first frame)."""
     return b"\xff" * 6 + mac + b"\x08\x06" + struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1) + mac + ip + b"\x00" * 6 + target
@@ -72,6 +79,23 @@ class EmulatedSwitch:
     writer: asyncio.StreamWriter | None = None
     on_first_flows: Callable[[EmulatedSwitch], None] | None = None
     connected_at: float | None = None
+    flows: dict[bytes, tuple[int, int, int]] = field(default_factory=dict)  # slot -> (table, priority, cookie)
+
+    def flow_mod(self, body: bytes) -> None:
+        """Add replaces the entry in its slot; delete (strict or not) with a full cookie mask
+        removes that cookie; a delete with no cookie mask removes everything."""
+        cookie, mask, table, command = struct.unpack_from("!QQBB", body, 0)
+        priority = struct.unpack_from("!H", body, 22)[0]
+        match_len = struct.unpack_from("!H", body, 42)[0]
+        if command == 0:  # OFPFC_ADD
+            slot = bytes([table]) + struct.pack("!H", priority) + body[40 : 40 + match_len]
+            self.flows[slot] = (table, priority, cookie)
+        elif command in (3, 4):  # OFPFC_DELETE, OFPFC_DELETE_STRICT
+            if mask == 0:
+                self.flows.clear()
+            else:
+                for slot in [k for k, v in self.flows.items() if v[2] & mask == cookie & mask]:
+                    del self.flows[slot]
 
     def send(self, data: bytes) -> None:
         if self.writer is not None and not self.writer.is_closing():
@@ -115,7 +139,8 @@ class Fabric:
                     if len(buffer) - offset < length:
                         break
                     if msg_type == FLOW_MOD:
-                        self._flow_mod(switch)  # counted, never looked into
+                        switch.flow_mod(buffer[offset + 8 : offset + length])
+                        self._flow_mod(switch)
                     else:
                         self._handle(switch, msg_type, xid, buffer[offset + 8 : offset + length])
                     offset += length
@@ -129,9 +154,7 @@ class Fabric:
 
     def _handle(self, switch: EmulatedSwitch, msg_type: int, xid: int, body: bytes) -> None:
         c = switch.counters
-        if msg_type == FLOW_MOD:
-            self._flow_mod(switch)
-        elif msg_type == BARRIER_REQUEST:
+        if msg_type == BARRIER_REQUEST:
             c.barriers += 1
             switch.send(message(BARRIER_REPLY, xid))
         elif msg_type == ECHO_REQUEST:
@@ -168,7 +191,22 @@ class Fabric:
             payload = desc + b"0".ljust(32, b"\0") + f"emulated {switch.dpid:x}".encode().ljust(256, b"\0")
         elif mp_type == MP_PORT_DESC:
             payload = b"".join(port_entry(n, name, mac) for n, (name, mac) in sorted(switch.ports.items()))
-        else:  # flow stats and anything else: an empty table
+        elif mp_type == MP_FLOW:
+            # The flows held that the request selects (table, cookie under its mask), by cookie (the
+            # controller reads nothing else), in parts of 1,000.
+            table_id = body[8]
+            cookie, mask = struct.unpack_from("!QQ", body, 24)
+            entries = [
+                flow_stats_entry(*flow)
+                for flow in switch.flows.values()
+                if (table_id == 0xFF or flow[0] == table_id) and flow[2] & mask == cookie & mask
+            ]
+            for start in range(0, max(len(entries), 1), 1000):
+                more = 1 if start + 1000 < len(entries) else 0
+                part = b"".join(entries[start : start + 1000])
+                switch.send(message(MULTIPART_REPLY, xid, struct.pack("!HH4x", mp_type, more) + part))
+            return
+        else:  # anything else: nothing to report
             payload = b""
         switch.send(message(MULTIPART_REPLY, xid, struct.pack("!HH4x", mp_type, 0) + payload))
 

@@ -412,8 +412,12 @@ class GoldilocksController(app_manager.RyuApp):
     def _edge_loop(self) -> None:
         """Confirm edge ports soon after their hold time, independently of the LLDP period."""
         while True:
+            slept = time.monotonic()
             hub.sleep(EDGE_CHECK_INTERVAL)
             try:
+                now = time.monotonic()
+                # Oversleeping means the loop was busy: probes waited as long (Learner.note_lag).
+                self.learner.note_lag(max(0.0, now - slept - EDGE_CHECK_INTERVAL), now)
                 if self._barrier_wait:
                     self._give_up_on_silent_switches(time.monotonic())
                 self.carry_out(self.learner.check_edges(time.monotonic(), backlog=self.events.qsize()))

@@ -32,6 +32,13 @@ from topology.model import KIND_DOWN, LINK_TIMEOUT, Endpoint, Link, Port, PortRe
 LOG = logging.getLogger("goldilocks.learner")
 
 LLDP_MAX_AGE = 1.0  # seconds a probe stays fresh: a replayed probe is useless after this
+# While the controller itself runs late (its event loop oversleeps: a cold start's flow-mods, a big
+# table read back), a probe waits as long in its queues: a probe's freshness then allows the lag
+# seen in the last LAG_MEMORY seconds (at most LAG_ALLOWANCE_MAX), and a stall longer than
+# STALL gives every link a fresh window, as nobody could hear its probes meanwhile.
+LAG_ALLOWANCE_MAX = 5.0
+LAG_MEMORY = 10.0
+STALL = 0.5
 PROBE_REPLY_GAP = 0.2  # at most one immediate answering probe per port in this time
 EDGE_CONFIRM_MAX_BACKLOG = 4  # queued events above which no port is confirmed as an edge port
 # A gap longer than this between two edge checks means the controller was busy (a long compile):
@@ -152,6 +159,7 @@ class Learner:
         self.ports: dict[int, dict[int, PortHistory]] = {}  # dpid -> port -> its kind's history
         self.kind_changes: Counter[tuple[str, str]] = Counter()
         self.lldp_rejected = 0  # forged, stale or replayed probes
+        self._lag, self._lag_at = 0.0, -1e9  # the largest recent lag of the controller's own loop
         self.probes_refused = 0  # valid probes on a declared VM port
         self.hosts_forgotten = 0  # hosts dropped because their port turned out to face a switch
         self.endpoint_spoofs = 0  # frames from a tunnel endpoint's MAC on a port that is not its own
@@ -373,9 +381,21 @@ class Learner:
             frames.append(PacketOut(dpid, frame, port_no))
         return frames
 
+    def note_lag(self, lag: float, now: float) -> None:
+        """The controller's loop woke `lag` seconds late: probes waited as long (see STALL)."""
+        if lag >= self._lag or now - self._lag_at > LAG_MEMORY:
+            self._lag, self._lag_at = lag, now
+        if lag > STALL:
+            self.topo.refresh_links(now)
+
+    def probe_max_age(self, now: float) -> float:
+        """How old a probe may be when it arrives: LLDP_MAX_AGE, plus the recent lag of the loop."""
+        lag = self._lag if now - self._lag_at <= LAG_MEMORY else 0.0
+        return LLDP_MAX_AGE + min(lag, LAG_ALLOWANCE_MAX)
+
     def probe_in(self, here: PortRef, frame: bytes, now: float, received: float | None = None) -> Outcome:
         arrived = now if received is None else min(now, received)
-        origin = lldp.parse_probe(self.key, frame, _ms(arrived), int(LLDP_MAX_AGE * 1000))
+        origin = lldp.parse_probe(self.key, frame, _ms(arrived), int(self.probe_max_age(arrived) * 1000))
         if origin is None:
             self.lldp_rejected += 1  # forged, from another controller, stale or replayed
             return Outcome()

@@ -12,6 +12,7 @@ from topology import lldp
 from topology.learner import (
     EDGE_CHECK_STALL,
     HELD_FRAME_MAX_AGE,
+    LAG_MEMORY,
     LLDP_MAX_AGE,
     Learner,
     Outcome,
@@ -128,6 +129,32 @@ def test_stale_forged_and_future_probes_are_refused_and_counted():
     forged = lldp.build_probe(b"x" * 32, 1, 1, port_mac(1, 1), 5000)
     driver.run(learner.packet_in(2, 1, forged, Punt.COPY, 5.0), 5.0)
     assert not learner.topo.links and learner.lldp_rejected == 2
+
+
+def test_a_controller_running_late_accepts_probes_as_late_and_ages_no_link_while_it_stalls():
+    """Under its own load (a cold start's flow-mods, big tables read back) the controller's loop
+    wakes late, and probes wait in its queues as long: refused as stale, no link formed and learned
+    links timed out (a cold start of a hundred emulated hypervisors flapped 110 links). The lag the
+    loop measures widens a probe's freshness for a while, and a stall refreshes every link."""
+    learner, driver = fabric()
+    deliver(learner, driver, B1, A1, 5.0)
+    deliver(learner, driver, A1, B1, 5.0 + LLDP_MAX_AGE + 1.5, sent_at=5.0)
+    assert not learner.topo.links, "without lag, a probe this old is a replay"
+    learner.note_lag(2.0, 6.0)  # the loop woke 2 s late
+    deliver(learner, driver, B1, A1, 7.5, sent_at=7.5)
+    deliver(learner, driver, A1, B1, 7.5 + LLDP_MAX_AGE + 1.5, sent_at=7.5)
+    assert learner.topo.links, "the same age is accepted while the controller runs late"
+    # Long after the lag, the allowance is gone again.
+    later = 7.5 + LAG_MEMORY + 5
+    assert learner.probe_max_age(later) == LLDP_MAX_AGE
+    # A stall longer than STALL: nobody heard the probes meanwhile, so no link ages for it.
+    (link,) = learner.topo.links
+    seen = learner.topo.links[link]
+    learner.note_lag(LINK_TIMEOUT + 1, seen + LINK_TIMEOUT + 2)
+    learner.tick(seen + LINK_TIMEOUT + 2.5)
+    assert link in learner.topo.links, "a link must not time out for the controller's own stall"
+    learner.tick(seen + 2 * LINK_TIMEOUT + 4)
+    assert link not in learner.topo.links, "with the controller listening again, a silent link still ages"
 
 
 def test_a_link_probed_only_one_way_expires_even_while_that_way_keeps_coming():
