@@ -768,37 +768,29 @@ class Compiler:
         return chunks
 
     # -- shared groups ------------------------------------------------------------------------------
-    def _classify_group(self, identity: int) -> Group:
-        key = ("classify", identity)
+    def _shared(self, key: tuple, members: Mapping[str, Host] | None, build) -> Group:
+        """The group `key`, built from its members (sorted by MAC) only when it is not held yet."""
         found = self._groups.get(key)
         if found is None:
-            members = sorted(self._members.get(identity, {}).values(), key=lambda h: h.mac)
-            found = self._groups[key] = _group(policy_flows.destination_flows(members, self._identity).get(identity, []))
+            hosts = sorted((members or {}).values(), key=lambda h: h.mac)
+            found = self._groups[key] = _group(build(hosts))
         return found
+
+    def _classify_group(self, identity: int) -> Group:
+        def build(hosts):
+            return policy_flows.destination_flows(hosts, self._identity).get(identity, [])
+
+        return self._shared(("classify", identity), self._members.get(identity), build)
 
     def _responder_group(self, identity: int) -> Group:
-        key = ("responders", identity)
-        found = self._groups.get(key)
-        if found is None:
-            members = sorted(self._members.get(identity, {}).values(), key=lambda h: h.mac)
-            found = self._groups[key] = _group(arp_responder.responder_flows(members))
-        return found
+        return self._shared(("responders", identity), self._members.get(identity), arp_responder.responder_flows)
 
     def _route_group(self, dst: int, port: int) -> Group:
-        key = ("route", dst, port)
-        found = self._groups.get(key)
-        if found is None:
-            members = sorted(self._by_switch.get(dst, {}).values(), key=lambda h: h.mac)
-            found = self._groups[key] = _group(forwarding.route_flows(members, port))
-        return found
+        return self._shared(("route", dst, port), self._by_switch.get(dst), lambda hosts: forwarding.route_flows(hosts, port))
 
     def _tunnel_group(self, peer: int, port: int) -> Group:
-        key = ("tunnel", peer, port)
-        found = self._groups.get(key)
-        if found is None:
-            members = sorted(self._by_switch.get(peer, {}).values(), key=lambda h: h.mac)
-            found = self._groups[key] = _group(steering.tunnel_route_flows(members, port))
-        return found
+        build = lambda hosts: steering.tunnel_route_flows(hosts, port)  # noqa: E731
+        return self._shared(("tunnel", peer, port), self._by_switch.get(peer), build)
 
     def _encrypt_pairs(self, snap: TopologySnapshot, policy: PolicyState, ch: _Changes) -> None:
         rules = self._in_rules
