@@ -842,7 +842,7 @@ def _converge(rows: list[dict]) -> list[str]:
     ]
     for row in rows:
         if "error" in row:
-            failure = row["error"][-300:].replace("\n", " ")
+            failure = (row["error"].strip().splitlines() or ["?"])[-1][-300:]
             lines.append(f"| {row['hypervisors']} | failed: {failure} | | | | | | | | |")
             continue
         lines.append(
@@ -854,7 +854,12 @@ def _converge(rows: list[dict]) -> list[str]:
         "",
         "Each VM learned is compiled incrementally: the switches whose tables it changes get its entries",
         "(routes on the fabric, its hypervisor's own entries, the responder and classify groups of the",
-        "hypervisors whose VMs may reach it), and the others are not looked at.",
+        "hypervisors whose VMs may reach it), and the others are not looked at. With no inventory every VM is",
+        "unmanaged and the default allows: every hypervisor answers ARP for every VM, so the tables hold",
+        "O(VMs x hypervisors) entries (5 M at 500 hypervisors). Beyond 100 hypervisors the fabric does not settle",
+        "in 10 minutes on this 2-CPU machine, where one Python process emulates every switch: the emulator falls",
+        "behind the controller's flow-mods, probes arrive late, links time out and are relearned, and switches",
+        "whose connection dropped do not reconnect (a real switch would).",
         "",
     ]
     return lines
