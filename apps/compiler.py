@@ -123,10 +123,9 @@ class Compiler:
         self._in_rules: tuple[Rule, ...] = ()
         self._in_default: str | None = None
         self._in_tunnels: dict[int, dict[int, int]] = {}
-        self._in_endpoints: dict[int, tuple] = {}
+        self._in_endpoints: dict[int, list] = {}
         self._first = True
         # Owned intermediate results.
-        self._raw_by_dpid: dict[int, set[str]] = defaultdict(set)
         self._roles: dict[int, str] = {}
         self._view: graph.GraphView | None = None
         self._tree: dict[int, frozenset[int]] = {}
@@ -251,13 +250,9 @@ class Compiler:
         changed += [m for m in old if m not in hosts]
         touched = set()
         for mac in changed:
-            before, after = old.get(mac), hosts.get(mac)
-            if before is not None:
-                self._raw_by_dpid[before.dpid].discard(mac)
-                touched.add(before.dpid)
-            if after is not None:
-                self._raw_by_dpid[after.dpid].add(mac)
-                touched.add(after.dpid)
+            for host in (old.get(mac), hosts.get(mac)):
+                if host is not None:
+                    touched.add(host.dpid)
         self._in_hosts = dict(hosts) if changed or len(old) != len(hosts) else old
         self._raw_changed = changed
         for dpid in touched | ch.struct:
@@ -313,7 +308,7 @@ class Compiler:
         joined get new local entries; a VM's port security reads the addresses of all its MACs."""
         candidates = set(self._raw_changed)
         for dpid in ch.struct:
-            candidates.update(self._raw_by_dpid.get(dpid, ()))
+            candidates.update(snap.hosts.by_dpid.get(dpid, ()))
             candidates.update(self._by_switch.get(dpid, ()))
         self._moved: set[str] = set()
         for mac in candidates:
@@ -469,37 +464,11 @@ class Compiler:
             if plan.get(dpid) != self._in_tunnels.get(dpid):
                 ch.struct.add(dpid)
         self._in_tunnels = plan
-        placed = self._placed_endpoints(snap)
+        placed = snap.placed_endpoints()
         for dpid in placed.keys() | self._in_endpoints.keys():
             if placed.get(dpid) != self._in_endpoints.get(dpid):
                 ch.struct.add(dpid)
         self._in_endpoints = placed
-
-    @staticmethod
-    def _placed_endpoints(snap: TopologySnapshot) -> dict[int, tuple]:
-        """topo.endpoints_on(dpid) for every switch at once (by bridge name, not a scan per switch)."""
-        if not snap.endpoints:
-            return {}
-        by_name: dict[str, list] = defaultdict(list)
-        for sw in snap.switches.values():
-            if sw.name:
-                by_name[sw.name].append(sw)
-        placed: dict[int, list] = defaultdict(list)
-        for mac, endpoint in sorted(snap.endpoints.items()):
-            host = snap.hosts.get(mac)
-            if host is None:
-                continue
-            ref = None
-            for sw in by_name.get(endpoint.bridge, ()):
-                for port in sw.ports.values():
-                    if port.name == endpoint.port_name and port.port_no < pipeline.OFPP_MAX:
-                        ref = (sw.dpid, port.port_no)
-                        break
-                if ref is not None:
-                    break
-            if ref == (host.dpid, host.port):
-                placed[host.dpid].append((endpoint, host.port))
-        return {d: tuple(p) for d, p in placed.items()}
 
     def _global(self, snap: TopologySnapshot, policy: PolicyState, tunnels: steering.TunnelPlan, ch: _Changes) -> None:
         """Quarantine exceptions, mirror copies and transit depend on VMs anywhere: recomputed on

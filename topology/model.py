@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 from apps import pipeline
@@ -534,9 +534,11 @@ class Topology:
         return self._switch_macs
 
     # -- tunnel endpoints --------------------------------------------------------
-    def endpoint_ref(self, endpoint: Endpoint) -> PortRef | None:
-        """Where an endpoint is plugged in: its bridge's switch and port, once both are known."""
-        for sw in self.switches.values():
+    def endpoint_ref(self, endpoint: Endpoint, named: Mapping[str, list[Switch]] | None = None) -> PortRef | None:
+        """Where an endpoint is plugged in: its bridge's switch and port, once both are known.
+        `named` (switches by name, from switches_by_name) saves a scan of every switch."""
+        candidates = named.get(endpoint.bridge, ()) if named is not None else self.switches.values()
+        for sw in candidates:
             if sw.name != endpoint.bridge:
                 continue
             for port in sw.ports.values():
@@ -544,11 +546,19 @@ class Topology:
                     return PortRef(sw.dpid, port.port_no)
         return None
 
+    def switches_by_name(self) -> dict[str, list[Switch]]:
+        named: dict[str, list[Switch]] = {}
+        for sw in self.switches.values():
+            if sw.name:
+                named.setdefault(sw.name, []).append(sw)
+        return named
+
     def place_endpoints(self) -> bool:
         """Every endpoint whose port is known is a host there, with its one address."""
         changed = False
+        named = self.switches_by_name()
         for mac, endpoint in self.endpoints.items():
-            ref = self.endpoint_ref(endpoint)
+            ref = self.endpoint_ref(endpoint, named)
             if ref is None:
                 changed |= self.remove_host(mac)
                 continue
@@ -561,11 +571,18 @@ class Topology:
 
     def endpoints_on(self, dpid: int) -> list[tuple[Endpoint, int]]:
         """The endpoints plugged into a switch, with their port numbers."""
-        placed = []
+        return self.placed_endpoints().get(dpid, [])
+
+    def placed_endpoints(self) -> dict[int, list[tuple[Endpoint, int]]]:
+        """endpoints_on for every switch at once: each endpoint learned on the port its agent names."""
+        placed: dict[int, list[tuple[Endpoint, int]]] = {}
+        if not self.endpoints:
+            return placed
+        named = self.switches_by_name()
         for mac, endpoint in sorted(self.endpoints.items()):
             host = self.hosts.get(mac)
-            if host is not None and host.dpid == dpid and self.endpoint_ref(endpoint) == PortRef(dpid, host.port):
-                placed.append((endpoint, host.port))
+            if host is not None and self.endpoint_ref(endpoint, named) == PortRef(host.dpid, host.port):
+                placed.setdefault(host.dpid, []).append((endpoint, host.port))
         return placed
 
     def remove_host(self, mac: str) -> bool:
@@ -591,9 +608,8 @@ class TopologySnapshot:
         self.inter_switch_ports = topo.inter_switch_ports  # indexed once per change of the links
         self._edge: dict[int, list[int]] = {}
         self._edge_sets: dict[int, frozenset[int]] = {}
-        self._with_hosts = {h.dpid for h in topo.hosts.values()}
         self.endpoints = topo.endpoints
-        self.endpoints_on = topo.endpoints_on
+        self.placed_endpoints = topo.placed_endpoints
 
     def edge_ports(self, dpid: int) -> list[int]:
         ports = self._edge.get(dpid)
@@ -613,7 +629,7 @@ class TopologySnapshot:
         sw = self.switches.get(dpid)
         if sw is not None and sw.role_override:
             return sw.role_override
-        return ROLE_HYPERVISOR if dpid in self._with_hosts else ROLE_FABRIC
+        return ROLE_HYPERVISOR if dpid in self.hosts.by_dpid else ROLE_FABRIC
 
 
 def snapshot(topo: Topology | TopologySnapshot) -> TopologySnapshot:
