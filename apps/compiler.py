@@ -89,6 +89,11 @@ def _switch_signature(sw) -> tuple:
     return (sw.name, sw.role_override, tuple(sw.ports.values()), frozenset(sw.edge_confirmed))
 
 
+def _differing(new: Mapping, old: Mapping) -> set:
+    """The keys whose value differs between two mappings (present in only one included)."""
+    return {key for key in new.keys() | old.keys() if new.get(key) != old.get(key)}
+
+
 def _last_encrypt(rules) -> int | None:
     return max((i for i, r in enumerate(rules) if r.action == "encrypt"), default=None)
 
@@ -223,9 +228,7 @@ class Compiler:
         old = self._in_switches
         if signatures.keys() != old.keys():
             ch.view = True
-        for dpid in signatures.keys() | old.keys():
-            if signatures.get(dpid) != old.get(dpid):
-                ch.struct.add(dpid)
+        ch.struct |= _differing(signatures, old)
         self._in_switches = signatures
         links = frozenset(snap.links)
         if links != self._in_links:
@@ -268,9 +271,7 @@ class Compiler:
         self._view = graph.view(snap)
         ch.view = True
         tree = self._view.tree_ports
-        for dpid in tree.keys() | self._tree.keys():
-            if tree.get(dpid) != self._tree.get(dpid):
-                ch.struct.add(dpid)
+        ch.struct |= _differing(tree, self._tree)
         self._tree = dict(tree)
 
     def _inventory(self, policy: PolicyState, ch: _Changes) -> set[str]:
@@ -453,22 +454,14 @@ class Compiler:
             if host is not None:
                 ports[host.dpid].add(host.port)
         frozen = {d: frozenset(p) for d, p in ports.items()}
-        for dpid in frozen.keys() | self._isolated_ports.keys():
-            if frozen.get(dpid) != self._isolated_ports.get(dpid):
-                ch.struct.add(dpid)
+        ch.struct |= _differing(frozen, self._isolated_ports)
         self._isolated_ports = frozen
 
     def _tunnels(self, snap: TopologySnapshot, tunnels: steering.TunnelPlan, ch: _Changes) -> None:
         plan = {d: dict(p) for d, p in tunnels.ports.items() if p}
-        for dpid in plan.keys() | self._in_tunnels.keys():
-            if plan.get(dpid) != self._in_tunnels.get(dpid):
-                ch.struct.add(dpid)
-        self._in_tunnels = plan
         placed = snap.placed_endpoints()
-        for dpid in placed.keys() | self._in_endpoints.keys():
-            if placed.get(dpid) != self._in_endpoints.get(dpid):
-                ch.struct.add(dpid)
-        self._in_endpoints = placed
+        ch.struct |= _differing(plan, self._in_tunnels) | _differing(placed, self._in_endpoints)
+        self._in_tunnels, self._in_endpoints = plan, placed
 
     def _global(self, snap: TopologySnapshot, policy: PolicyState, tunnels: steering.TunnelPlan, ch: _Changes) -> None:
         """Quarantine exceptions, mirror copies and transit depend on VMs anywhere: recomputed on
