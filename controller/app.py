@@ -423,8 +423,8 @@ class GoldilocksController(app_manager.RyuApp):
                 # Oversleeping means the loop was busy: probes waited as long (Learner.note_lag).
                 self.learner.note_lag(max(0.0, now - slept - EDGE_CHECK_INTERVAL), now)
                 if self._barrier_wait:
-                    self._give_up_on_silent_switches(time.monotonic())
-                self.carry_out(self.learner.check_edges(time.monotonic(), backlog=self.events.qsize()))
+                    self._give_up_on_silent_switches(now)
+                self.carry_out(self.learner.check_edges(now, backlog=self.events.qsize()))
             except Exception:
                 LOG.exception("edge port confirmation failed")
 
