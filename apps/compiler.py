@@ -541,13 +541,10 @@ class Compiler:
         local = sorted(self._by_switch.get(dpid, {}).values(), key=lambda h: h.mac)
         entries = forwarding.base_flows()
         entries += forwarding.ingress_flows(snap, dpid, local, self._identity)
-        on_port: dict[int, set] = defaultdict(set)
+        names = {h.mac: self._vm_by_mac[h.mac].name for h in local if h.mac in self._vm_by_mac}
+        guarded = port_security.guarded_ports(local, names)
         for host in local:
-            vm = self._vm_by_mac.get(host.mac)
-            on_port[host.port].add(vm.name if vm is not None else None)
-        for host in local:
-            names = on_port[host.port]
-            if len(names) != 1 or None in names:
+            if (dpid, host.port) not in guarded:
                 continue
             vm = self._vm_by_mac[host.mac]
             if host.mac == min(vm.macs):  # once per port
