@@ -25,6 +25,8 @@ class Identities:
         self._by_labels: dict[Labels, int] = dict(assigned or {})
         self._labels: dict[int, Labels] = {v: k for k, v in self._by_labels.items()}
         self.added: dict[Labels, int] = {}  # assigned since the last persist
+        # VM name -> (the VM record, quarantined?) as assign_identities last numbered it
+        self.numbered: dict[str, tuple[object, bool]] = {}
 
     def id_for(self, labels: Labels) -> int:
         number = self._by_labels.get(labels)
@@ -57,7 +59,7 @@ def assign_identities(topo, policy: PolicyState, identities: Identities) -> None
     only reads them. New label sets are numbered in the order of their VMs' MACs. The caller
     persists `identities.added`. Costs what changed: a VM already numbered, with the same record
     and quarantine state, is skipped by identity."""
-    done = identities.__dict__.setdefault("_numbered", {})
+    done = identities.numbered
     pending = []
     for name, vm in policy.vms.items():
         state = (vm, name in policy.quarantine)
