@@ -7,7 +7,7 @@ commits it in its egress table, so the reply is +est on both."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence, Set
 
 from apps import pipeline
 from apps.flows import ENCRYPT_MARK, Conntrack, FlowEntry, Output
@@ -81,7 +81,7 @@ def referenced_destinations(
     needed: set[int] = set()
     rules = rules[: pipeline.MAX_RULES]
     last_encrypt = _last_encrypt(rules)
-    everyone = identity_labels.everyone() if isinstance(identity_labels, IdentityLabels) else set(identity_labels)
+    everyone = _everyone(identity_labels)
     for index in range(len(rules)) if positions is None else positions:
         rule = rules[index]
         if matching_identities(rule.src, local_identities, identity_labels) != []:
@@ -96,6 +96,13 @@ def referenced_destinations(
                 if sources:
                     needed.update(sources)
     return needed
+
+
+def _everyone(identity_labels: Mapping[int, Mapping[str, str] | None]) -> Set[int]:
+    """Every identity in use and UNKNOWN (IdentityLabels keeps it, and answers selectors on it once)."""
+    if isinstance(identity_labels, IdentityLabels):
+        return identity_labels.everyone()
+    return set(identity_labels) | {UNKNOWN}
 
 
 def _last_encrypt(rules: Sequence[Rule]) -> int | None:
@@ -119,7 +126,7 @@ def policy_flows(
     travels only inside the tunnel."""
     rules = rules[: pipeline.MAX_RULES]
     last_encrypt = _last_encrypt(rules)
-    all_ids = identity_labels.everyone() if isinstance(identity_labels, IdentityLabels) else set(identity_labels) | {UNKNOWN}
+    all_ids = _everyone(identity_labels)
     flows = policy_base_flows(zone, last_encrypt is not None, default_action)
     for index, rule in enumerate(rules):
         flows += rule_flows(zone, index, rule, local_identities, identity_labels, all_ids, last_encrypt)
@@ -257,7 +264,7 @@ def matching_identities(selector, candidates: set[int], labels: Mapping[int, Map
     if selector.kind == ANY:
         return None
     if isinstance(labels, IdentityLabels):
-        if candidates is labels.__dict__.get("_everyone"):
+        if candidates is labels.everyone():
             return labels.selected_sorted(selector)  # every identity: the same answer for every hypervisor
         return sorted(labels.selected(selector).intersection(candidates)) or []
     return sorted(i for i in candidates if i != UNKNOWN and selector.matches(labels.get(i))) or []
