@@ -186,21 +186,14 @@ def _make_entry(
             if app in (pipeline.APP_QUARANTINE, pipeline.APP_PORT_SECURITY):
                 meter = pipeline.METER_QUARANTINE  # a quarantined VM cannot crowd out anyone's learning
             break
-    _check_shape(table, tuple([name for name, _ in match]), goto)
     # Built without the frozen dataclass's field-by-field __init__ (a compile makes hundreds of
     # thousands): the same fields, the same frozen object.
     entry = object.__new__(FlowEntry)
     entry.__dict__.update(
-        table=table,
-        priority=priority,
-        match=match,
-        actions=actions,
-        goto=goto,
-        app=app,
-        metadata=metadata,
-        meter=meter,
-        cookie=_cookie(table, priority, match, actions, goto, app, metadata, meter),
+        table=table, priority=priority, match=match, actions=actions, goto=goto, app=app, metadata=metadata, meter=meter
     )
+    entry.validate()
+    entry.__dict__["cookie"] = entry.content_cookie()
     return entry
 
 
