@@ -27,6 +27,7 @@ OFPP_LOCAL = 0xFFFFFFFE
 NO_BUFFER = 0xFFFFFFFF
 OFPR_NO_MATCH, OFPR_ACTION = 0, 1
 ETH_TYPE_LLDP = 0x88CC
+FULL_MASK = (1 << 64) - 1
 
 
 def header(msg_type: int, length: int, xid: int) -> bytes:
@@ -80,22 +81,35 @@ class EmulatedSwitch:
     on_first_flows: Callable[[EmulatedSwitch], None] | None = None
     connected_at: float | None = None
     flows: dict[bytes, tuple[int, int, int]] = field(default_factory=dict)  # slot -> (table, priority, cookie)
+    slots: dict[int, set[bytes]] = field(default_factory=dict)  # cookie -> its slots
 
     def flow_mod(self, body: bytes) -> None:
-        """Add replaces the entry in its slot; delete (strict or not) with a full cookie mask
-        removes that cookie; a delete with no cookie mask removes everything."""
+        """Add replaces the entry in its slot; delete (strict or not) removes the flows whose
+        cookie matches under the mask (the controller's: one cookie, found without a scan)."""
         cookie, mask, table, command = struct.unpack_from("!QQBB", body, 0)
         priority = struct.unpack_from("!H", body, 22)[0]
         match_len = struct.unpack_from("!H", body, 42)[0]
         if command == 0:  # OFPFC_ADD
             slot = bytes([table]) + struct.pack("!H", priority) + body[40 : 40 + match_len]
+            replaced = self.flows.get(slot)
+            if replaced is not None:
+                self._forget(slot, replaced[2])
             self.flows[slot] = (table, priority, cookie)
+            self.slots.setdefault(cookie, set()).add(slot)
         elif command in (3, 4):  # OFPFC_DELETE, OFPFC_DELETE_STRICT
-            if mask == 0:
-                self.flows.clear()
+            if mask == FULL_MASK:
+                doomed = list(self.slots.get(cookie, ()))
             else:
-                for slot in [k for k, v in self.flows.items() if v[2] & mask == cookie & mask]:
-                    del self.flows[slot]
+                doomed = [k for k, v in self.flows.items() if v[2] & mask == cookie & mask]
+            for slot in doomed:
+                self._forget(slot, self.flows.pop(slot)[2])
+
+    def _forget(self, slot: bytes, cookie: int) -> None:
+        held = self.slots.get(cookie)
+        if held is not None:
+            held.discard(slot)
+            if not held:
+                del self.slots[cookie]
 
     def send(self, data: bytes) -> None:
         if self.writer is not None and not self.writer.is_closing():
