@@ -111,6 +111,7 @@ class _Changes:
     members: set[int] = field(default_factory=set)  # identities whose members changed
     dsts: set[int] = field(default_factory=set)  # switches whose effective hosts changed
     regroup: set[int] = field(default_factory=set)  # switches whose group set must be re-read
+    asked: set[int] = field(default_factory=set)  # hypervisors whose answers to asked addresses change
     view: bool = False
     global_part: bool = False
 
@@ -129,6 +130,7 @@ class Compiler:
         self._in_default: str | None = None
         self._in_tunnels: dict[int, dict[int, int]] = {}
         self._in_endpoints: dict[int, list] = {}
+        self._in_asked: dict[int, tuple[str, ...]] = {}
         self._first = True
         # Owned intermediate results.
         self._roles: dict[int, str] = {}
@@ -154,11 +156,13 @@ class Compiler:
         self._tables: dict[int, SwitchTable] = {}
         self._pairs: frozenset = frozenset()
         self._chunk_ids: dict[int, frozenset[int]] = {}  # hypervisor -> local identities its policy groups are for
-        self._any_remediate = False
+        self._remediation_hvs: frozenset[int] = frozenset()  # switches where a VM in remediation is
         self._rule_index: tuple | None = None  # (rules, labels, identity -> rule positions, `any` positions)
+        self._askers: dict[str, set[int]] = {}  # address -> the hypervisors whose VMs asked for it
         # This compile's change records that later handlers read.
         self._raw_changed: list[str] = []
         self._moved: set[str] = set()
+        self._changed_ips: set[str] = set()  # addresses whose holder, or its identity, changed
         self._new_ids: set[int] = set()
         self._remediated: tuple = ()
         self._mirrors: tuple = ()
@@ -217,6 +221,7 @@ class Compiler:
         self._quarantine(snap, policy, ch)
         self._tunnels(snap, tunnels, ch)
         self._global(snap, policy, tunnels, ch)
+        self._asked(snap, ch)
         changed = self._build(snap, policy, tunnels, ch)
         self._encrypt_pairs(snap, policy, ch)
         self._first = False
@@ -242,6 +247,8 @@ class Compiler:
     def _forget_switch(self, dpid: int) -> None:
         for store in (self._tables, self._chunks, self._held, self._local_part, self._global_part, self._roles, self._chunk_ids):
             store.pop(dpid, None)
+        for ip in self._in_asked.pop(dpid, ()):
+            self._unask(ip, dpid)
         ids = self._local_ids.pop(dpid, frozenset())
         for identity in ids:
             self._hvs_by_id[identity].discard(dpid)
@@ -312,6 +319,7 @@ class Compiler:
             candidates.update(snap.hosts.by_dpid.get(dpid, ()))
             candidates.update(self._by_switch.get(dpid, ()))
         self._moved: set[str] = set()
+        changed_ips = self._changed_ips = set()
         for mac in candidates:
             host = snap.hosts.get(mac)
             if host is not None and not (host.dpid in snap.switches and snap.is_edge_port(host.dpid, host.port)):
@@ -320,6 +328,9 @@ class Compiler:
             if host is before or host == before:
                 continue
             self._moved.add(mac)
+            for holder in (before, host):
+                if holder is not None:
+                    changed_ips.update(holder.ips)
             if before is not None:
                 del self._hosts[mac]
                 on = self._by_switch[before.dpid]
@@ -345,6 +356,7 @@ class Compiler:
             host = self._hosts.get(mac)
             if host is not None:
                 ch.local.add(host.dpid)
+                changed_ips.update(host.ips)  # its identity may change
 
     def _identities(self, policy: PolicyState, identities: Identities, ch: _Changes, vm_macs: set[str]) -> None:
         for mac in self._moved | vm_macs:
@@ -393,6 +405,49 @@ class Compiler:
             self._new_ids = in_use ^ before_ids
         else:
             self._new_ids = set()
+
+    def _asked(self, snap: TopologySnapshot, ch: _Changes) -> None:
+        """The addresses each hypervisor answers ARP for on request: those its VMs asked for
+        (Topology.asked), and the tunnel endpoints of its tunnel peers, so that an endpoint's
+        first request is answered too. Gives the hypervisors whose list changed, and those that
+        answer an address whose holder changed. Every hypervisor also answers the addresses of the
+        VMs in remediation, which no flood reaches."""
+        asked, old = snap.asked, self._in_asked
+        if self._in_tunnels or self._remediated:
+            asked = dict(asked)
+            for dpid, peers in self._in_tunnels.items():
+                mine = asked.get(dpid, ())
+                ips = {ep.ip: None for peer in sorted(peers) for ep, _ in self._in_endpoints.get(peer, ())}
+                extra = tuple(ip for ip in ips if ip not in mine)
+                if extra:
+                    asked[dpid] = mine + extra
+            # A VM in remediation is cut from every flood: its allowed peers could not resolve it.
+            ips = {ip: None for vm in self._remediated for ip in sorted(vm.ips)}
+            if ips:
+                for dpid in [d for d, r in self._roles.items() if r == ROLE_HYPERVISOR]:
+                    mine = asked.get(dpid, ())
+                    extra = tuple(ip for ip in ips if ip not in mine)
+                    if extra:
+                        asked[dpid] = mine + extra
+        moved = [d for d in asked.keys() | old.keys() if asked.get(d) is not old.get(d) and asked.get(d, ()) != old.get(d, ())]
+        if moved:
+            for dpid in moved:
+                before, now = set(old.get(dpid, ())), set(asked.get(dpid, ()))
+                for ip in before - now:
+                    self._unask(ip, dpid)
+                for ip in now - before:
+                    self._askers.setdefault(ip, set()).add(dpid)
+            self._in_asked = {d: a for d, a in asked.items() if a}
+            ch.asked.update(moved)
+        for ip in self._changed_ips:
+            ch.asked.update(self._askers.get(ip, ()))
+
+    def _unask(self, ip: str, dpid: int) -> None:
+        askers = self._askers.get(ip)
+        if askers is not None:
+            askers.discard(dpid)
+            if not askers:
+                del self._askers[ip]
 
     def _leave(self, identity: int, mac: str, ch: _Changes) -> None:
         members = self._members.get(identity)
@@ -444,10 +499,6 @@ class Compiler:
         if isolated != self._isolated:
             ch.regroup.update(d for d, r in self._roles.items() if r == ROLE_HYPERVISOR)
             self._isolated = isolated
-        any_remediate = any(r.mode == "remediate" for r in policy.quarantine.values())
-        if any_remediate != self._any_remediate:
-            ch.policy_everywhere = True  # which ARP a hypervisor answers (_reachable)
-            self._any_remediate = any_remediate
         ports: dict[int, set[int]] = defaultdict(set)
         for mac in isolated:
             host = snap.hosts.get(mac)
@@ -481,6 +532,11 @@ class Compiler:
             ch.global_part = True
             self._global_key = key
         self._remediated, self._mirrors = remediated, mirrors
+        # The hypervisor of a VM in remediation answers every address (_reachable).
+        hvs = frozenset(dpid for vm in remediated for _, dpid, _ in vm.locations)
+        if hvs != self._remediation_hvs:
+            ch.policy.update((hvs ^ self._remediation_hvs) & {d for d, r in self._roles.items() if r == ROLE_HYPERVISOR})
+            self._remediation_hvs = hvs
         self._analyzers = sorted({analyzer for _, analyzer in mirrors}, key=lambda a: a.vid)
 
     # -- building the tables ----------------------------------------------------------------------
@@ -505,7 +561,7 @@ class Compiler:
         full = own_dirty | policy_dirty
         if ch.view:
             full.update(d for d in switches if forwarding.needs_routes(snap, d))
-        patch = set(ch.regroup)
+        patch = set(ch.regroup) | ch.asked
         if ch.dsts:
             patch.update(d for d in switches if forwarding.needs_routes(snap, d))
             patch.update(d for d, p in self._in_tunnels.items() if p.keys() & ch.dsts)
@@ -619,7 +675,7 @@ class Compiler:
             self._chunks[dpid] = chunks
             rules = self._in_rules
             referenced = frozenset(policy_flows.referenced_destinations(local_ids, self._labels, rules, concerning))
-            reachable = self._reachable(local_ids, concerning, policy)
+            reachable = self._reachable(dpid, local_ids, concerning)
             self._held[dpid] = (referenced, reachable)
         referenced, reachable = self._held[dpid]
         for identity in sorted(referenced):
@@ -627,6 +683,9 @@ class Compiler:
         for identity in sorted(self._members if reachable is None else reachable):
             if identity in self._members:
                 groups[("responders", identity)] = self._responder_group(identity)
+        asked = self._asked_group(snap, dpid, reachable)
+        if asked is not None:
+            groups["asked"] = asked
         groups.update(chunks)
         for peer, port in sorted(tunnels.ports.get(dpid, {}).items()):
             if peer in self._by_switch:
@@ -658,6 +717,8 @@ class Compiler:
             put(("classify", identity), self._classify_group(identity) if identity in referenced else None)
             answered = present and (reachable is None or identity in reachable)
             put(("responders", identity), self._responder_group(identity) if answered else None)
+        if dpid in ch.asked:
+            put("asked", self._asked_group(snap, dpid, reachable))
         plan = tunnels.ports.get(dpid, {})
         for peer in ch.dsts & plan.keys():
             put(("tunnel", peer), self._tunnel_group(peer, plan[peer]) if peer in self._by_switch else None)
@@ -682,25 +743,38 @@ class Compiler:
             positions.update(index[2].get(identity, ()))
         return sorted(positions)
 
-    def _reachable(self, local_ids: frozenset[int], concerning: list[int], policy: PolicyState) -> frozenset[int] | None:
-        """The identities whose ARP this hypervisor answers itself (None: all of them): those its VMs
-        may open connections to (an allow or encrypt rule, or the default), plus unmanaged hosts and
-        tunnel endpoints. Any other address is still resolved, by its owner, as the request is flooded."""
-        every = None
-        if not local_ids or policy.default_action != "deny":
-            return every
-        reach = {UNMANAGED}
+    def _reachable(self, dpid: int, local_ids: frozenset[int], concerning: list[int]) -> frozenset[int] | None:
+        """The identities whose ARP this hypervisor answers for all their members (None: every
+        identity): those that an allow or encrypt rule of its VMs names. Any other address is
+        resolved by its owner, as the request is flooded, and is answered by the hypervisor itself
+        from then on (Topology.asked, _asked_group): so a default allow, an `any` rule or hosts
+        without an inventory entry cost entries for the peers its VMs talk to, not for every VM of
+        the data centre on every hypervisor."""
+        if dpid in self._remediation_hvs:
+            return None  # a VM in remediation cannot flood its ARP: its allowed peers are answered
+        reach: set[int] = set()
         for position in concerning:
             rule = self._in_rules[position]
             if rule.action == "deny" or policy_flows.matching_identities(rule.src, local_ids, self._labels) == []:
                 continue
             targets = policy_flows.matching_identities(rule.dst, self._labels.everyone(), self._labels)
-            if targets is None:
-                return every
-            reach.update(targets)
-        if self._any_remediate:
-            return every  # a VM in remediation cannot flood its ARP: its allowed peers are answered
+            if targets is not None:
+                reach.update(targets)
         return frozenset(reach)
+
+    def _asked_group(self, snap: TopologySnapshot, dpid: int, reachable: frozenset[int] | None) -> Group | None:
+        """Responders for the addresses this hypervisor's VMs asked for that no identity group of
+        it answers: each held by exactly one known host (an address two hosts claim is left to its
+        owners, as the request is flooded)."""
+        if reachable is None:
+            return None
+        entries = []
+        by_ip, hosts, identity = snap.hosts.by_ip, self._hosts, self._identity
+        for ip in self._in_asked.get(dpid, ()):
+            owners = [hosts[m] for m in by_ip.get(ip, ()) if m in hosts]
+            if len(owners) == 1 and identity[owners[0].mac] not in reachable:
+                entries.append(arp_responder.responder_flow(owners[0], ip))
+        return _group(entries) if entries else None
 
     def _policy_chunks(self, dpid: int, local_ids, concerning: list[int], ch: _Changes, before: dict | None) -> dict:
         """The policy table as groups: base and default entries, and one group per rule position

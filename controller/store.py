@@ -272,7 +272,10 @@ class Store:
     def save_topology(self, topo: Topology) -> None:
         """Write what changed since the last save (or load): a compile that changed one host writes
         one row, and one that changed nothing writes nothing."""
-        switches = {sw.dpid: (sw.dpid, sw.name, sw.role_override, json.dumps(_switch_state(sw))) for sw in topo.switches.values()}
+        switches = {
+            sw.dpid: (sw.dpid, sw.name, sw.role_override, json.dumps(_switch_state(sw, topo.asked.get(sw.dpid, ()))))
+            for sw in topo.switches.values()
+        }
         links = {(lk.a.dpid, lk.a.port, lk.b.dpid, lk.b.port) for lk in topo.links}
         hosts = {h.mac: (h.mac, json.dumps(sorted(h.ips)), h.dpid, h.port) for h in topo.hosts.values()}
         saved = self._saved_topology
@@ -315,6 +318,8 @@ class Store:
                 edge_confirmed=set(state["edge_ports"]),
                 fabric_ports=set(state["fabric_ports"]),
             )
+            if state.get("asked"):
+                topo.asked[dpid] = tuple(state["asked"])  # the addresses it answers because its VMs asked
         for a_dpid, a_port, b_dpid, b_port in self.db.execute("SELECT * FROM links"):
             topo.links[Link.between(PortRef(a_dpid, a_port), PortRef(b_dpid, b_port))] = now
         for mac, ips, dpid, port in self.db.execute("SELECT * FROM hosts"):
@@ -322,12 +327,15 @@ class Store:
         return topo
 
 
-def _switch_state(sw: Switch) -> dict:
-    return {
+def _switch_state(sw: Switch, asked: tuple[str, ...]) -> dict:
+    state = {
         "ports": [[p.port_no, p.name, p.hw_addr, p.up] for p in sw.ports.values()],
         "edge_ports": sorted(sw.edge_confirmed),
         "fabric_ports": sorted(sw.fabric_ports),
     }
+    if asked:
+        state["asked"] = list(asked)  # oldest first, as Topology.asked keeps them
+    return state
 
 
 class _Transaction:

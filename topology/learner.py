@@ -50,6 +50,7 @@ HELD_FRAMES_PER_PORT = 16
 HELD_FRAME_MAX_AGE = 2.0
 UNANSWERED_ARP_KEEP = 1.0  # seconds an unanswered ARP request is asked again as ports come up
 UNANSWERED_ARP_MAX = 256
+ASKED_PER_SWITCH = 1024  # addresses a switch answers because its VMs asked for them (the newest)
 # A host that moved between ports this recently is no proof that its new port is a VM port: a
 # VM flooded through a port wrongly taken for an edge port moves there, and back, and there again.
 MOVE_SETTLE = 3.5
@@ -134,6 +135,16 @@ def sender_ip(frame: bytes) -> tuple[str, str | None]:
     if eth_type == pipeline.ETH_TYPE_IPV4 and len(frame) >= offset + 20:
         return src, _ipv4(frame[offset + 12 : offset + 16])
     return src, None
+
+
+def arp_target(frame: bytes) -> str | None:
+    """The address an ARP request asks for, if the frame is one."""
+    eth_type, offset = ether_type(frame), 14
+    if eth_type == 0x8100 and len(frame) >= 18:
+        eth_type, offset = struct.unpack("!H", frame[16:18])[0], 18
+    if eth_type != pipeline.ETH_TYPE_ARP or len(frame) < offset + 28 or frame[offset + 6 : offset + 8] != b"\x00\x01":
+        return None
+    return _ipv4(frame[offset + 24 : offset + 28])
 
 
 def _ms(now: float) -> int:
@@ -467,7 +478,9 @@ class Learner:
             return Outcome()  # the shell acts on it (controller/security.py); it teaches nothing
         if punt is Punt.UNANSWERED_ARP:
             self.unanswered_arp.append((now, here, frame))
-            return Outcome()
+            # Its switch answers that address itself from now on (the flood reached the owner this time).
+            target = arp_target(frame)
+            return Outcome(changed=target is not None and self.topo.note_asked(dpid, target, ASKED_PER_SWITCH))
         return self._learn(here, frame, punt, now)
 
     def _learn(self, here: PortRef, frame: bytes, punt: Punt, now: float) -> Outcome:

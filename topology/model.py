@@ -252,6 +252,10 @@ class Topology:
         self._switch_macs: frozenset[str] | None = None  # derived from ports; reset when ports change
         # Tunnel endpoints by MAC, from the agents (not persisted here: the agents' registry is).
         self.endpoints: dict[str, Endpoint] = {}
+        # The addresses each switch's VMs asked for and no responder answered yet (their requests
+        # were flooded and copied to the controller), oldest first: the switch answers them itself
+        # from then on. Soft state, not persisted; each value is replaced, never changed in place.
+        self.asked: dict[int, tuple[str, ...]] = {}
 
     def _links_changed(self) -> None:
         self._inter = None
@@ -276,10 +280,20 @@ class Topology:
         if dpid not in self.switches:
             return False
         del self.switches[dpid]
+        self.asked.pop(dpid, None)
         for link in [lk for lk in self.links if dpid in (lk.a.dpid, lk.b.dpid)]:
             del self.links[link]
         for mac in list(self.hosts.by_dpid.get(dpid, ())):
             del self.hosts[mac]
+        return True
+
+    def note_asked(self, dpid: int, ip: str, limit: int = 1024) -> bool:
+        """A VM on switch `dpid` asked for `ip` and no responder answered: remember it (the
+        newest `limit` addresses per switch) when some host is known to hold that address."""
+        asked = self.asked.get(dpid, ())
+        if ip in asked or not self.hosts.by_ip.get(ip) or dpid not in self.switches:
+            return False
+        self.asked[dpid] = (*asked[len(asked) - limit + 1 :], ip) if len(asked) >= limit else (*asked, ip)
         return True
 
     def set_ports(self, dpid: int, ports: Iterable[Port]) -> bool:
@@ -610,6 +624,7 @@ class TopologySnapshot:
         self._edge_sets: dict[int, frozenset[int]] = {}
         self.endpoints = topo.endpoints
         self.placed_endpoints = topo.placed_endpoints
+        self.asked = topo.asked
 
     def edge_ports(self, dpid: int) -> list[int]:
         ports = self._edge.get(dpid)

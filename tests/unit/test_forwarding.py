@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 from dataclasses import replace
 
@@ -219,9 +220,32 @@ def test_ports_still_proving_themselves_get_no_flood(fabric):
 # ---------------------------------------------------------------------------
 # ARP
 # ---------------------------------------------------------------------------
-def test_arp_for_a_known_ip_is_answered_by_the_requesters_own_hypervisor(fabric, net):
+@pytest.fixture(scope="module")
+def asked(fabric) -> FakeNetwork:
+    """Every VM asked for every other VM's address once: each request was flooded to its owner
+    and copied to the controller, which noted it (Topology.note_asked), and compiled."""
+    topo = copy.deepcopy(fabric.topo)
+    first = FakeNetwork.compile(topo)
     for requester, target in itertools.permutations(fabric.vms, 2):
-        trace = net.send(requester, arp_request(requester, first_ip(target)))
+        trace = first.send(requester, arp_request(requester, first_ip(target)))
+        assert not trace.loops
+        assert (target.dpid, target.port) in trace.delivered_to(), "the first request reaches its owner"
+        assert [(p.dpid, p.in_port, p.table) for p in trace.punts] == [(requester.dpid, requester.port, pipeline.FORWARD)]
+        for punt in trace.punts:
+            topo.note_asked(punt.dpid, punt.packet["arp_tpa"])
+    return FakeNetwork.compile(topo)
+
+
+def test_no_hypervisor_holds_a_responder_for_every_vm_of_the_data_centre(fabric, net):
+    """With no inventory (every host unmanaged) and the default allow, a hypervisor answers ARP
+    for no one until its VMs ask: O(VMs x hypervisors) entries otherwise."""
+    for dpid in fabric.hypervisors:
+        assert not [e for e in net.tables[dpid][pipeline.FORWARD] if e.priority == pipeline.PRIO_ARP_RESPONDER]
+
+
+def test_arp_for_a_known_ip_is_answered_by_the_requesters_own_hypervisor_once_asked(fabric, asked):
+    for requester, target in itertools.permutations(fabric.vms, 2):
+        trace = asked.send(requester, arp_request(requester, first_ip(target)))
         assert not trace.loops and not trace.punts
         assert trace.delivered_to() == [(requester.dpid, requester.port)], "answered locally, never flooded"
         reply = trace.deliveries[0]
@@ -248,11 +272,11 @@ def test_a_hosts_arp_for_its_own_address_is_flooded_not_answered(fabric, net):
         assert all(d.packet["arp_op"] == 1 for d in trace.deliveries), "no reply was forged"
 
 
-def test_another_host_on_the_owners_port_is_still_answered(fabric, net):
+def test_another_host_on_the_owners_port_is_still_answered(fabric, asked):
     """The bypass is keyed on the owner's port: a different VM asking for the address gets the reply."""
     owner, asker = fabric.vms[0], fabric.vms[1]
     assert owner.dpid == asker.dpid
-    trace = net.send(asker, arp_request(asker, first_ip(owner)))
+    trace = asked.send(asker, arp_request(asker, first_ip(owner)))
     assert trace.delivered_to() == [(asker.dpid, asker.port)]
     assert trace.deliveries[0].packet["arp_op"] == 2
 
@@ -265,30 +289,32 @@ def test_arp_for_an_unknown_ip_is_flooded_once_everywhere(fabric, net):
     assert [(p.dpid, p.in_port, p.table) for p in trace.punts] == [(src.dpid, src.port, pipeline.FORWARD)]
 
 
-def test_arp_with_a_new_sender_ip_is_answered_and_copied_to_the_controller(fabric, net):
+def test_arp_with_a_new_sender_ip_is_answered_and_copied_to_the_controller(fabric, asked):
     requester, target = fabric.vms[0], fabric.vms[5]
-    trace = net.send(requester, arp_request(requester, first_ip(target), sender_ip="10.200.0.1"))
+    trace = asked.send(requester, arp_request(requester, first_ip(target), sender_ip="10.200.0.1"))
     assert trace.delivered_to() == [(requester.dpid, requester.port)]
     assert [(p.dpid, p.in_port) for p in trace.punts] == [(requester.dpid, requester.port)]
     assert trace.punts[0].packet["arp_spa"] == "10.200.0.1"
 
 
-def test_only_hypervisors_answer_arp(fabric):
-    tables = desired_tables(fabric.topo)
-    for dpid, table in tables.items():
-        answers = [e for e in table.values() if e.priority == pipeline.PRIO_ARP_RESPONDER]
+def test_only_hypervisors_answer_arp(fabric, asked):
+    for dpid, table in asked.tables.items():
+        answers = [e for e in table.get(pipeline.FORWARD, []) if e.priority == pipeline.PRIO_ARP_RESPONDER]
         if dpid in fabric.hypervisors:
             assert fabric.topo.role(dpid) == ROLE_HYPERVISOR
-            assert len(answers) == len(fabric.vms)
+            assert len(answers) == len(fabric.vms), "every VM, asked for by another VM of the hypervisor"
         else:
             assert fabric.topo.role(dpid) == ROLE_FABRIC
             assert answers == []
 
 
-def test_arp_still_works_with_the_controller_down(fabric, net):
-    """Nothing about an answered ARP depends on a packet-in."""
+def test_arp_still_works_with_the_controller_down(fabric, net, asked):
+    """Nothing about ARP depends on a packet-in: an address asked before is answered by the
+    switch, any other reaches its owner by the flood."""
     requester, target = fabric.vms[1], fabric.vms[-1]
-    trace = net.send(requester, arp_request(requester, first_ip(target)))
+    first = net.send(requester, arp_request(requester, first_ip(target)))
+    assert (target.dpid, target.port) in first.delivered_to()
+    trace = asked.send(requester, arp_request(requester, first_ip(target)))
     assert trace.punts == [] and trace.deliveries[0].packet["arp_sha"] == target.mac
 
 

@@ -41,11 +41,13 @@ def _at_target(syncs, tables) -> None:
 
 def test_hypervisors_share_one_responder_group_and_recompiles_reuse_it():
     fabric = build_leaf_spine(spines=2, leaves=2, hypervisors_per_leaf=2, vms_per_hypervisor=2)
+    labels = {vm: {"tier": TIERS[i % 3]} for i, vm in enumerate(fabric.vms)}
+    state = policy_state(labels, [{"src": "any", "dst": "tier in (web,db)", "services": ["any"], "action": "allow"}])
     identities = Identities()
     compiler = Compiler()
-    assign_identities(fabric.topo, policy_state(), identities)
-    first = compiler.compile(fabric.topo, policy_state(), identities).tables
-    second = compiler.compile(fabric.topo, policy_state(), identities)
+    assign_identities(fabric.topo, state, identities)
+    first = compiler.compile(fabric.topo, state, identities).tables
+    second = compiler.compile(fabric.topo, state, identities)
     keys = {k for d in fabric.hypervisors for k in first[d].groups if k[0] == "responders"}
     assert keys, "ARP responders are groups, one per identity"
     for key in keys:

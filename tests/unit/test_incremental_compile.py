@@ -235,6 +235,22 @@ def reip(w: World, i: int = 0, j: int = 0, k: int = 0, *_) -> str:
     return f"{mac} claims {ip}, another host's"
 
 
+def ask(w: World, i: int = 0, j: int = 0, k: int = 0, *_) -> str:
+    """A hypervisor's VM asked for an address no responder answered (the learner's note_asked):
+    a learned host's, a tunnel endpoint's, or one nobody holds; k % 3 == 2 keeps only the newest
+    two of the hypervisor's list."""
+    dpid = pick([d for d in w.hypervisors if d in w.topo.switches], i)
+    if dpid is None:
+        return "no hypervisor"
+    managed = {mac for vm in w.policy.vms.values() for mac in vm.macs}
+    held = sorted(((h.mac in managed, ip) for h in w.topo.hosts.values() for ip in h.ips))  # unmanaged first
+    addresses = [ip for _, ip in held] + ["10.199.0.1"]
+    ip = pick(addresses, j)
+    limit = 2 if k % 3 == 2 else 1024
+    noted = w.topo.note_asked(dpid, ip, limit)
+    return f"{dpid:#x} asked for {ip} (kept: {noted}, limit {limit})"
+
+
 # -- policy: rules and default -------------------------------------------------------------------
 def _new_rule(w: World, i: int, j: int, k: int):
     body = {
@@ -521,6 +537,7 @@ CHANGES = {
     "move": move,
     "forget": forget,
     "reip": reip,
+    "ask": ask,
     "rule_append": rule_append,
     "rule_prepend": rule_prepend,
     "rule_remove": rule_remove,
@@ -732,6 +749,14 @@ SCENARIOS: dict[str, list[tuple]] = {
     "move": [("move", 0, 5, 0)],
     "move_back": [("move", 0, 5, 0), ("move", 0, 0, 0)],
     "forget": [("forget", 3, 0, 0)],
+    "ask_unmanaged": [("learn", 0, 3, 0), ("ask", 0, 0, 0)],
+    "ask_then_move": [("learn", 0, 3, 0), ("ask", 0, 0, 0), ("move", 8, 0, 0)],
+    "ask_then_forget": [("learn", 0, 3, 0), ("ask", 0, 0, 0), ("forget", 8, 0, 0)],
+    "ask_then_reip": [("learn", 0, 3, 0), ("ask", 0, 0, 0), ("reip", 8, 0, 0)],
+    "ask_then_relabel": [("ask", 2, 1, 0), ("relabel", 1, 0, 0)],
+    "ask_evicts": [("learn", 0, 3, 0), ("learn", 0, 3, 0), ("learn", 0, 3, 0), ("ask", 0, 0, 0), ("ask", 0, 1, 0), ("ask", 0, 2, 2)],
+    "ask_then_default_allow": [("learn", 0, 3, 0), ("ask", 0, 0, 0), ("default_flip", 0, 0, 0)],
+    "ask_then_remediate": [("learn", 0, 3, 0), ("ask", 0, 0, 0), ("quarantine", 0, 1, 1)],
     "reip_replace": [("reip", 1, 0, 0)],
     "reip_add": [("reip", 1, 0, 1)],
     "reip_steal": [("reip", 1, 5, 2)],

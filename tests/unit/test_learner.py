@@ -393,3 +393,29 @@ def test_every_kind_is_reachable(kind):
         if kind == "lost-link":
             driver.run(learner.tick(t + LINK_TIMEOUT + 1), t + LINK_TIMEOUT + 1)
     assert learner.port_history(1, 1).kind == kind
+
+
+def test_an_unanswered_arp_request_for_a_known_host_makes_its_switch_answer_that_address():
+    """The request was flooded to its owner and copied to the controller: the switch of the VM
+    that asked answers the address itself from then on (Topology.asked), for known holders only,
+    the newest ASKED_PER_SWITCH addresses per switch."""
+    learner, driver = fabric()
+    t = confirm(learner, driver, 0.0)
+    driver.run(learner.packet_in(2, 1, arp_frame(VM_B, "10.0.0.2"), Punt.MISS, t), t)
+    compiles = driver.compiles
+    asking = arp_frame(VM_A, "10.0.0.1", target_ip="10.0.0.2")
+    assert driver.run(learner.packet_in(1, 2, asking, Punt.UNANSWERED_ARP, t), t).changed
+    assert learner.topo.asked == {1: ("10.0.0.2",)} and driver.compiles == compiles + 1
+    assert not learner.packet_in(1, 2, asking, Punt.UNANSWERED_ARP, t).changed, "asked twice: noted once"
+    nobody = arp_frame(VM_A, "10.0.0.1", target_ip="10.9.9.9")
+    assert not learner.packet_in(1, 2, nobody, Punt.UNANSWERED_ARP, t).changed, "no host holds it: nothing to answer"
+    reply = bytearray(asking)
+    reply[21] = 2  # an ARP reply is never a question
+    assert not learner.packet_in(1, 3, bytes(reply), Punt.UNANSWERED_ARP, t).changed
+    assert learner.topo.asked == {1: ("10.0.0.2",)}
+    for i in range(3):
+        learner.topo.host_seen(f"02:00:00:00:01:{i:02x}", 2, 2, f"10.0.1.{i}")
+        assert learner.topo.note_asked(1, f"10.0.1.{i}", limit=2)
+    assert learner.topo.asked[1] == ("10.0.1.1", "10.0.1.2"), "the newest, oldest forgotten first"
+    learner.topo.remove_switch(1)
+    assert 1 not in learner.topo.asked

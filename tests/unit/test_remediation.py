@@ -86,6 +86,18 @@ def test_an_inbound_allowance_lets_the_peers_in_and_not_the_vm_out(fabric):
     assert exchange(net, web1, flagged, "tcp", 22) == (False, False)
 
 
+def test_its_peers_resolve_it_on_every_hypervisor_though_no_flood_reaches_it(fabric):
+    """A VM in remediation is cut from every flood, so an ARP request for it never reaches it:
+    every hypervisor answers its address itself (any other peer stays unanswered ahead of time)."""
+    flagged, *others = fabric.vms
+    state = remediate(policy(fabric), flagged, allow=SSH_IN)
+    net = FakeNetwork.compile(fabric.topo, state, tunnels=fabric.tunnels)
+    for other in others:
+        trace = net.send(other, arp_request(other, first_ip(flagged)))
+        assert trace.delivered_to() == [(other.dpid, other.port)], other.mac
+        assert trace.deliveries[0].packet["arp_sha"] == flagged.mac
+
+
 def test_connections_open_before_the_quarantine_are_cut_even_on_an_allowed_service(fabric):
     """Its connections were tracked in the hypervisors' zones; remediation tracks in a zone of its
     own, where a connection it did not open since is unknown: a TCP stream midway is refused."""

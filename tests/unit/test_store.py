@@ -43,6 +43,24 @@ def test_a_restart_compiles_exactly_the_flows_the_switches_hold(tmp_path):
     assert after == before
 
 
+def test_the_addresses_a_hypervisor_answers_because_its_vms_asked_survive_a_restart(tmp_path):
+    """The responders a hypervisor holds for the addresses its VMs asked for are flows the switch
+    holds: a restarted controller must want exactly them again, not delete them."""
+    fabric = build_leaf_spine(spines=1, leaves=2, hypervisors_per_leaf=1)
+    topo = fabric.topo
+    asker, target = fabric.vms[0], fabric.vms[-1]
+    assert topo.note_asked(asker.dpid, next(iter(target.ips)))
+    store = Store(tmp_path)
+    store.save_topology(topo)
+    loaded = Store(tmp_path).load_topology(now=0.0)
+    assert loaded.asked == topo.asked == {asker.dpid: (next(iter(target.ips)),)}
+    before = {d: set(t) for d, t in desired_tables(topo).items()}
+    assert {d: set(t) for d, t in desired_tables(loaded).items()} == before
+    del topo.asked[asker.dpid]
+    store.save_topology(topo)
+    assert Store(tmp_path).load_topology(now=0.0).asked == {}
+
+
 def test_a_save_replaces_the_previous_state(tmp_path):
     fabric = build_leaf_spine(spines=1, leaves=2, hypervisors_per_leaf=1)
     topo = fabric.topo
