@@ -9,15 +9,24 @@ Measured, from the moment the connections open:
 - settled: the last flow-mod, once the controller shows every link and VM and no flow-mod came for 3 s;
 - flow-mods sent, and per second between the first and the last;
 - controller CPU seconds and peak memory (its process, from /proc);
-- how many learned links timed out meanwhile (flaps under load).
+- how many learned links timed out meanwhile (flaps under load);
+- how many times an emulated switch connected again after its connection dropped (it does, as Open
+  vSwitch would: bench/ofswitch.py).
 
-    python -m bench.converge HYPERVISORS     # prints one JSON line
+    python -m bench.converge HYPERVISORS [--timeout S] [--debug] [--legacy]   # prints one JSON line
+
+--debug prints progress and every dropped connection to stderr, measures the emulator's loop lag,
+keeps the controller's log (its path is printed) with Ryu's connection layer logging at debug level
+(why Ryu closes a connection: a send that timed out, a socket error), and adds a "debug" summary of
+both to the result. --legacy runs the emulator as it was before its reads were sliced (1 MiB reads,
+waiting for its writes to drain), for comparing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import time
@@ -37,11 +46,11 @@ def _mac(kind: int, number: int, port: int) -> bytes:
     return bytes([kind]) + number.to_bytes(3, "big") + port.to_bytes(2, "big")
 
 
-def build(hypervisors: int) -> tuple[Fabric, list[tuple[int, int, bytes, bytes]]]:
-    """The fabric and its VMs: (dpid, port, MAC, IPv4) each."""
+def build(hypervisors: int, **options) -> tuple[Fabric, list[tuple[int, int, bytes, bytes]]]:
+    """The fabric and its VMs: (dpid, port, MAC, IPv4) each. `options` go to Fabric."""
     from apps.forwarding import MISS_COOKIE
 
-    fabric = Fabric(MISS_COOKIE)
+    fabric = Fabric(MISS_COOKIE, **options)
     leaves = -(-hypervisors // HYPERVISORS_PER_LEAF)
     spines = [0x30000 + k for k in range(SPINES)]
     for k, dpid in enumerate(spines):
@@ -118,6 +127,8 @@ async def _converge(fabric: Fabric, vms, controller, timeout: float) -> dict:
     cpu_before, _ = _proc_stats(controller.proc.pid)
     started = time.monotonic()
     tasks = [asyncio.create_task(fabric.run_switch(s, "127.0.0.1", controller.of_port)) for s in fabric.switches.values()]
+    if fabric.debug:
+        tasks.append(asyncio.create_task(fabric.watch_loop()))
     deadline = started + timeout
     seen = {}
     try:
@@ -126,7 +137,7 @@ async def _converge(fabric: Fabric, vms, controller, timeout: float) -> dict:
             text = await loop.run_in_executor(None, lambda: rest_get(controller.rest_url, "/metrics", timeout=30))
             seen = {k: _metric(text, f"goldilocks_{k}") for k in ("switches_connected", "links", "hosts")}
             everyone_learned = seen["hosts"] >= len(vms)
-            if DEBUG:
+            if DEBUG or fabric.debug:
                 print(round(time.monotonic() - started, 1), seen, fabric.counters, file=sys.stderr, flush=True)
             last = fabric.counters.last_flow_mod
             if (
@@ -147,6 +158,8 @@ async def _converge(fabric: Fabric, vms, controller, timeout: float) -> dict:
         cpu_after, peak_mib = _proc_stats(controller.proc.pid)
         for task in tasks:
             task.cancel()
+        if fabric.debug:
+            print("debug:", json.dumps(_debug_summary(fabric, controller.log_path)), file=sys.stderr, flush=True)
     converged = [s["converge_seconds"] for s in topo["switches"]]
     c = fabric.counters
     span = (c.last_flow_mod - c.first_flow_mod) if c.first_flow_mod else 0.0
@@ -164,7 +177,47 @@ async def _converge(fabric: Fabric, vms, controller, timeout: float) -> dict:
         "probes_delivered": c.probes_delivered,
         "links_timed_out": flaps,
         "probes_rejected_stale": int(rejected),
+        "reconnects": c.reconnects,
+        **({"debug": _debug_summary(fabric, controller.log_path)} if fabric.debug else {}),
     }
+
+
+# What the controller's log says about connections: Goldilocks' own lines, and Ryu's connection layer
+# (ryu.controller.controller, at debug level only under --debug) on why it closed one.
+LOG_MARKS = {
+    "switch_connected": " connected\n",
+    "switch_disconnected": " disconnected",
+    "ryu_send_timed_out": "Socket timed out while sending",
+    "ryu_send_error": "Socket error while sending",
+    "ryu_datapath_error": "Error in the datapath",
+    "ryu_connections_accepted": "connected socket:",
+    "ryu_sends_discarded": "send() to",
+    "tracebacks": "Traceback",
+}
+
+
+def _debug_summary(fabric: Fabric, log_path: str) -> dict:
+    counts = dict.fromkeys(LOG_MARKS, 0)
+    try:
+        with open(log_path, errors="replace") as log:
+            for line in log:
+                for key, mark in LOG_MARKS.items():
+                    if mark in line:
+                        counts[key] += 1
+    except OSError:
+        pass
+    return {"emulator": fabric.drop_summary(), "controller_log": log_path, "controller_log_counts": counts}
+
+
+def _debug_ryu_connections() -> None:
+    """Under --debug: the controller child logs Ryu's connection layer at debug level (it says why it
+    closes a connection only there), through a sitecustomize on its PYTHONPATH; its code is untouched."""
+    import tempfile
+
+    path = tempfile.mkdtemp(prefix="goldilocks-converge-debug-")
+    with open(os.path.join(path, "sitecustomize.py"), "w") as f:
+        f.write("import logging\nlogging.getLogger('ryu.controller.controller').setLevel(logging.DEBUG)\n")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (path, os.environ.get("PYTHONPATH")) if p)
 
 
 def _timed_out_links(log_path: str) -> int:
@@ -174,10 +227,18 @@ def _timed_out_links(log_path: str) -> int:
         return sum(1 for line in log if "timed out: no probe" in line)
 
 
-def measure(hypervisors: int, timeout: float = 600.0, log_path: str = "") -> dict:
+# The emulator as it was before its reads were sliced, for comparing (--legacy).
+LEGACY = {"read_slice": 1 << 20, "drain_at": 1 << 20, "packet_in_backlog": 1 << 30}
+
+
+def measure(hypervisors: int, timeout: float = 600.0, log_path: str = "", debug: bool = False, legacy: bool = False) -> dict:
     from mininet_scenarios.harness import ControllerProcess
 
-    fabric, vms = build(hypervisors)
+    fabric, vms = build(hypervisors, debug=debug, **(LEGACY if legacy else {}))
+    if debug:
+        _debug_ryu_connections()
+        log_path = log_path or f"/tmp/goldilocks-converge-{hypervisors}-{os.getpid()}.log"
+        print(f"controller log: {log_path}", file=sys.stderr, flush=True)
     controller = ControllerProcess(log_path=log_path).start()
     try:
         return asyncio.run(_converge(fabric, vms, controller, timeout))
@@ -222,7 +283,14 @@ def _exit_on_term(signum, frame) -> None:
 
 
 if __name__ == "__main__":
+    import argparse
     import signal
 
+    parser = argparse.ArgumentParser(prog="python -m bench.converge", description=__doc__.split("\n\n")[0])
+    parser.add_argument("hypervisors", type=int)
+    parser.add_argument("--timeout", type=float, default=600.0, help="give up after this many seconds (default 600)")
+    parser.add_argument("--debug", action="store_true", help="progress, dropped connections and their causes to stderr")
+    parser.add_argument("--legacy", action="store_true", help="the emulator before sliced reads, for comparing")
+    args = parser.parse_args()
     signal.signal(signal.SIGTERM, _exit_on_term)
-    print(json.dumps(measure(int(sys.argv[1]))))
+    print(json.dumps(measure(args.hypervisors, args.timeout, debug=args.debug, legacy=args.legacy)))

@@ -7,13 +7,26 @@ switches. A switch can also play a VM's first frame on a port (an ARP request, a
 
 It keeps the cookies of the flows it was sent, by slot (table, priority, match), and reports them
 in flow stats: the controller's audits and read-backs then see what a real switch would hold, not
-an empty table to refill. It does not forward anything: it is a load generator and a stopwatch."""
+an empty table to refill. It does not forward anything: it is a load generator and a stopwatch.
+
+Like Open vSwitch, a switch whose controller connection drops (or is refused) connects again after a
+backoff (1 s, doubling to 8 s while attempts keep failing; 1 s again after a connection that lasted),
+keeps its flow table meanwhile (fail-mode secure) and answers the new handshake from it.
+
+Fairness on one loop: a switch handles at most READ_SLICE bytes of what the controller sent before
+the others get their turn, and it never stops reading to wait for its own writes to drain (a
+controller blocked writing to it may be what keeps it from reading ours); like Open vSwitch's
+packet-in queue, packet-ins are dropped while the connection's backlog toward the controller is too
+long. With `debug`, the fabric measures its loop's lag and each connection's longest gap between
+reads while data was waiting, and records why every connection ended."""
 
 from __future__ import annotations
 
 import asyncio
 import struct
+import sys
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -28,6 +41,9 @@ NO_BUFFER = 0xFFFFFFFF
 OFPR_NO_MATCH, OFPR_ACTION = 0, 1
 ETH_TYPE_LLDP = 0x88CC
 FULL_MASK = (1 << 64) - 1
+BACKOFF_START, MAX_BACKOFF = 1.0, 8.0  # Open vSwitch's reconnect backoff (rconn): 1 s, doubling to max_backoff
+READ_SLICE = 64 * 1024  # bytes one switch handles before the others get their turn
+PACKET_IN_BACKLOG = 256 * 1024  # bytes not yet taken by the controller past which packet-ins are dropped
 
 
 def header(msg_type: int, length: int, xid: int) -> bytes:
@@ -66,6 +82,9 @@ class Counters:
     barriers: int = 0
     packet_outs: int = 0
     probes_delivered: int = 0
+    packet_ins_dropped: int = 0  # while the connection's backlog was too long (Open vSwitch drops them too)
+    disconnects: int = 0  # connections that ended, and connection attempts that failed
+    reconnects: int = 0  # connections made after the first
     first_flow_mod: float | None = None
     last_flow_mod: float | None = None
 
@@ -82,6 +101,7 @@ class EmulatedSwitch:
     connected_at: float | None = None
     flows: dict[bytes, tuple[int, int, int]] = field(default_factory=dict)  # slot -> (table, priority, cookie)
     slots: dict[int, set[bytes]] = field(default_factory=dict)  # cookie -> its slots
+    connections: int = 0  # connections made so far
 
     def flow_mod(self, body: bytes) -> None:
         """Add replaces the entry in its slot; delete (strict or not) removes the flows whose
@@ -116,14 +136,48 @@ class EmulatedSwitch:
             self.writer.write(data)
 
 
+@dataclass
+class Drop:
+    """Why one connection ended (or an attempt failed), for the debug report."""
+
+    dpid: int
+    at: float  # seconds since the fabric started
+    reason: str  # "eof" (the controller closed), "reset", "refused", "error: ..."
+    connected_for: float  # seconds the connection lasted (0 for a failed attempt)
+    flow_mods: int  # the switch's flow-mods so far
+    unsent: int  # bytes written and not yet taken by the controller when it ended
+    max_read_gap: float  # the longest wait between two reads while data was waiting, that connection
+    last_read_gap: float  # seconds since the last read when it ended
+
+
 class Fabric:
     """Emulated switches, their cables, and one connection each to the controller."""
 
-    def __init__(self, miss_cookie: int, lldp_cookie: int = 0) -> None:
+    def __init__(
+        self,
+        miss_cookie: int,
+        lldp_cookie: int = 0,
+        reconnect: bool = True,
+        read_slice: int = READ_SLICE,
+        debug: bool = False,
+        drain_at: int | None = None,
+        packet_in_backlog: int = PACKET_IN_BACKLOG,
+    ) -> None:
+        """`drain_at` (bytes; None: never) makes a switch stop reading until its backlog toward the
+        controller drains, and `packet_in_backlog` sets when packet-ins are dropped: with
+        read_slice=drain_at=packet_in_backlog=1 MiB, the emulator as it was before its reads were
+        sliced (for comparing)."""
         self.switches: dict[int, EmulatedSwitch] = {}
         self.cables: dict[tuple[int, int], tuple[int, int]] = {}  # (dpid, port) -> (dpid, port)
         self.miss_cookie, self.lldp_cookie = miss_cookie, lldp_cookie
         self.counters = Counters()
+        self.reconnect, self.read_slice, self.debug = reconnect, read_slice, debug
+        self.drain_at, self.packet_in_backlog = drain_at, packet_in_backlog
+        self.started = time.monotonic()
+        self.drops: list[Drop] = []
+        self.errors: list[str] = []  # the emulator's own exceptions (a bug, not the controller), first few
+        self.loop_lag_max = 0.0  # debug: the longest the loop was late waking the lag watcher
+        self.loop_lags_over = {1.0: 0, 5.0: 0}  # debug: how many times it was later than that
 
     def add(self, switch: EmulatedSwitch) -> None:
         self.switches[switch.dpid] = switch
@@ -133,14 +187,49 @@ class Fabric:
 
     # -- the controller's side of the conversation -------------------------------------------------
     async def run_switch(self, switch: EmulatedSwitch, host: str, port: int) -> None:
-        reader, writer = await asyncio.open_connection(host, port)
+        """Connect to the controller, and again whenever the connection drops or is refused, after
+        Open vSwitch's backoff (rconn): 1 s, doubled after each attempt that failed or lasted less
+        than the backoff, up to MAX_BACKOFF; back to 1 s after a connection that lasted. The flow
+        table is kept meanwhile (fail-mode secure). Without `reconnect`, one connection only."""
+        backoff, backoff_deadline = 0.0, 0.0
+        while True:
+            opened = time.monotonic()
+            try:
+                reader, writer = await asyncio.open_connection(host, port)
+            except OSError as exc:
+                backoff_deadline = float("inf")  # a failed attempt never resets the backoff
+                self._dropped(switch, f"refused: {exc.strerror or exc}", opened, opened, opened, 0.0)
+            else:
+                backoff_deadline = opened + backoff
+                if switch.connections:
+                    switch.counters.reconnects += 1
+                    self.counters.reconnects += 1
+                switch.connections += 1
+                await self._session(switch, reader, writer)
+            if not self.reconnect:
+                return
+            if time.monotonic() >= backoff_deadline:
+                backoff = BACKOFF_START
+            else:
+                backoff = min(max(BACKOFF_START, 2 * backoff), MAX_BACKOFF)
+            await asyncio.sleep(backoff)
+
+    async def _session(self, switch: EmulatedSwitch, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One connection: hello, then answer what the controller sends until it closes."""
         switch.writer = writer
-        switch.connected_at = time.monotonic()
+        switch.connected_at = opened = time.monotonic()
         writer.write(message(HELLO, 0))
         buffer = b""
+        reason = "eof"
+        last_read, waiting, max_gap = opened, False, 0.0
         try:
             while True:
-                data = await reader.read(1 << 20)
+                data = await reader.read(self.read_slice)
+                now = time.monotonic()
+                if waiting and now - last_read > max_gap:
+                    max_gap = now - last_read
+                # A full slice: more is probably waiting, so the time to the next read is a delay.
+                last_read, waiting = now, len(data) == self.read_slice
                 if not data:
                     break
                 buffer += data
@@ -159,17 +248,103 @@ class Fabric:
                         self._handle(switch, msg_type, xid, buffer[offset + 8 : offset + length])
                     offset += length
                 buffer = buffer[offset:]
-                if writer.transport.get_write_buffer_size() > 1 << 20:
-                    await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
+                if self.drain_at is not None and writer.transport.get_write_buffer_size() > self.drain_at:
+                    await writer.drain()  # only when asked to (see __init__)
+                # The others' turn: one switch flooded with flow-mods does not starve the rest. It
+                # never waits for its own writes to drain here: the controller may be blocked
+                # writing to it, and would then never read what it waits on.
+                await asyncio.sleep(0)
+        except ConnectionResetError:
+            reason = "reset"
+        except (asyncio.IncompleteReadError, ConnectionError, OSError) as exc:
+            reason = f"error: {exc!r}"
+        except Exception as exc:  # a bug in the emulator: recorded, and the switch reconnects
+            reason = f"emulator exception: {exc!r}"
+            if len(self.errors) < 20:
+                self.errors.append(f"switch {switch.dpid:x}: {traceback.format_exc()}")
         finally:
+            unsent = writer.transport.get_write_buffer_size() if writer.transport is not None else 0
+            switch.writer = None
             writer.close()
+        self._dropped(switch, reason, opened, time.monotonic(), last_read, max_gap, unsent)
+
+    def _dropped(
+        self,
+        switch: EmulatedSwitch,
+        reason: str,
+        opened: float,
+        now: float,
+        last_read: float,
+        max_gap: float,
+        unsent: int = 0,
+    ) -> None:
+        switch.counters.disconnects += 1
+        self.counters.disconnects += 1
+        drop = Drop(
+            switch.dpid,
+            round(now - self.started, 2),
+            reason,
+            round(now - opened, 2),
+            switch.counters.flow_mods,
+            unsent,
+            round(max_gap, 2),
+            round(now - last_read, 2),
+        )
+        if len(self.drops) < 10_000:
+            self.drops.append(drop)
+        if self.debug:
+            print(f"ofswitch: {drop}", file=sys.stderr, flush=True)
+
+    async def watch_loop(self, interval: float = 0.1) -> None:
+        """Debug: how late the loop wakes a task sleeping `interval` (every switch waits as long)."""
+        while True:
+            before = time.monotonic()
+            await asyncio.sleep(interval)
+            lag = time.monotonic() - before - interval
+            self.loop_lag_max = max(self.loop_lag_max, lag)
+            for threshold in self.loop_lags_over:
+                if lag > threshold:
+                    self.loop_lags_over[threshold] += 1
+
+    def drop_summary(self) -> dict:
+        """The connections that ended, by reason, and what preceded them."""
+        by_reason: dict[str, int] = {}
+        for drop in self.drops:
+            key = drop.reason.split(":")[0]
+            by_reason[key] = by_reason.get(key, 0) + 1
+        lasted = [d for d in self.drops if d.connected_for > 0]
+        return {
+            "disconnects": self.counters.disconnects,
+            "reconnects": self.counters.reconnects,
+            "by_reason": by_reason,
+            "switches_dropped": len({d.dpid for d in self.drops}),
+            "first_drop_at": min((d.at for d in self.drops), default=None),
+            "max_read_gap_before_drop": max((d.max_read_gap for d in lasted), default=None),
+            "max_unsent_at_drop": max((d.unsent for d in lasted), default=None),
+            "packet_ins_dropped": self.counters.packet_ins_dropped,
+            "emulator_errors": len(self.errors),
+            "loop_lag_max": round(self.loop_lag_max, 2),
+            "loop_lags_over": {str(k): v for k, v in self.loop_lags_over.items()},
+        }
+
+    def send_packet_in(self, switch: EmulatedSwitch, data: bytes) -> bool:
+        """A packet-in goes out unless the controller has not taken `packet_in_backlog` bytes of
+        what the switch wrote already (Open vSwitch too drops packet-ins beyond a queue limit)."""
+        writer = switch.writer
+        if writer is None or writer.is_closing():
+            return False
+        if writer.transport.get_write_buffer_size() > self.packet_in_backlog:
+            switch.counters.packet_ins_dropped += 1
+            self.counters.packet_ins_dropped += 1
+            return False
+        writer.write(data)
+        return True
 
     def _handle(self, switch: EmulatedSwitch, msg_type: int, xid: int, body: bytes) -> None:
         c = switch.counters
         if msg_type == BARRIER_REQUEST:
             c.barriers += 1
+            self.counters.barriers += 1
             switch.send(message(BARRIER_REPLY, xid))
         elif msg_type == ECHO_REQUEST:
             switch.send(message(ECHO_REPLY, xid, body))
@@ -181,6 +356,7 @@ class Fabric:
             self._multipart(switch, xid, body)
         elif msg_type == PACKET_OUT:
             c.packet_outs += 1
+            self.counters.packet_outs += 1
             self._packet_out(switch, body)
         # HELLO, SET_CONFIG, METER_MOD and anything else: nothing to answer.
 
@@ -237,10 +413,11 @@ class Fabric:
                 out_port = struct.unpack("!I", actions[offset + 4 : offset + 8])[0]
                 peer = self.cables.get((switch.dpid, out_port))
                 if peer is not None and peer[0] in self.switches:
-                    self.switches[peer[0]].send(packet_in(peer[1], data, 0, self.lldp_cookie, OFPR_ACTION))
-                    self.counters.probes_delivered += 1
+                    if self.send_packet_in(self.switches[peer[0]], packet_in(peer[1], data, 0, self.lldp_cookie, OFPR_ACTION)):
+                        self.counters.probes_delivered += 1
             offset += max(length, 8)
 
     def play_arp(self, dpid: int, port: int, mac: bytes, ip: bytes, target: bytes) -> None:
         """A VM's first frame on its port, as the table-miss entry would send it."""
-        self.switches[dpid].send(packet_in(port, arp_request(mac, ip, target), 0, self.miss_cookie, OFPR_NO_MATCH))
+        frame = arp_request(mac, ip, target)
+        self.send_packet_in(self.switches[dpid], packet_in(port, frame, 0, self.miss_cookie, OFPR_NO_MATCH))

@@ -243,7 +243,7 @@ def ask(w: World, i: int = 0, j: int = 0, k: int = 0, *_) -> str:
     if dpid is None:
         return "no hypervisor"
     managed = {mac for vm in w.policy.vms.values() for mac in vm.macs}
-    held = sorted(((h.mac in managed, ip) for h in w.topo.hosts.values() for ip in h.ips))  # unmanaged first
+    held = sorted((h.mac in managed, ip) for h in w.topo.hosts.values() for ip in h.ips)  # unmanaged first
     addresses = [ip for _, ip in held] + ["10.199.0.1"]
     ip = pick(addresses, j)
     limit = 2 if k % 3 == 2 else 1024
@@ -754,7 +754,7 @@ SCENARIOS: dict[str, list[tuple]] = {
     "ask_then_forget": [("learn", 0, 3, 0), ("ask", 0, 0, 0), ("forget", 8, 0, 0)],
     "ask_then_reip": [("learn", 0, 3, 0), ("ask", 0, 0, 0), ("reip", 8, 0, 0)],
     "ask_then_relabel": [("ask", 2, 1, 0), ("relabel", 1, 0, 0)],
-    "ask_evicts": [("learn", 0, 3, 0), ("learn", 0, 3, 0), ("learn", 0, 3, 0), ("ask", 0, 0, 0), ("ask", 0, 1, 0), ("ask", 0, 2, 2)],
+    "ask_evicts": [*[("learn", 0, 3, 0)] * 3, ("ask", 0, 0, 0), ("ask", 0, 1, 0), ("ask", 0, 2, 2)],
     "ask_then_default_allow": [("learn", 0, 3, 0), ("ask", 0, 0, 0), ("default_flip", 0, 0, 0)],
     "ask_then_remediate": [("learn", 0, 3, 0), ("ask", 0, 0, 0), ("quarantine", 0, 1, 1)],
     "reip_replace": [("reip", 1, 0, 0)],
