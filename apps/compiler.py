@@ -159,6 +159,9 @@ class Compiler:
         self._remediation_hvs: frozenset[int] = frozenset()  # switches where a VM in remediation is
         self._rule_index: tuple | None = None  # (rules, labels, identity -> rule positions, `any` positions)
         self._askers: dict[str, set[int]] = {}  # address -> the hypervisors whose VMs asked for it
+        self._old_next_hop: Mapping | None = None  # the forwarding view's next hops before this compile's
+        self._route_patch: dict[int, set[int]] = {}  # switch -> destinations whose route it swaps (view change)
+        self._rule_sets_for: tuple | None = None  # (rules, labels, per position (action, src ids, dst ids), last encrypt)
         # This compile's change records that later handlers read.
         self._raw_changed: list[str] = []
         self._moved: set[str] = set()
@@ -275,6 +278,7 @@ class Compiler:
                     self._roles[dpid] = role
 
     def _new_view(self, snap: TopologySnapshot, ch: _Changes) -> None:
+        self._old_next_hop = self._view.next_hop if self._view is not None else None
         self._view = graph.view(snap)
         ch.view = True
         tree = self._view.tree_ports
@@ -559,9 +563,17 @@ class Compiler:
         everywhere = ch.policy_all or ch.policy_everywhere or self._first
         policy_dirty = set(ch.policy) | (set(hypervisors) if everywhere else set())
         full = own_dirty | policy_dirty
-        if ch.view:
-            full.update(d for d in switches if forwarding.needs_routes(snap, d))
         patch = set(ch.regroup) | ch.asked
+        self._route_patch = {}
+        if ch.view:
+            moves = None if self._first or self._old_next_hop is None else self._route_moves(self._old_next_hop)
+            if moves is None:
+                full.update(d for d in switches if forwarding.needs_routes(snap, d))
+            else:
+                # Only the switches whose port toward some destination changed swap those routes
+                # (a switch whose own links changed is in `full` already).
+                self._route_patch = {d: dsts for d, dsts in moves.items() if d in switches}
+                patch.update(self._route_patch)
         if ch.dsts:
             patch.update(d for d in switches if forwarding.needs_routes(snap, d))
             patch.update(d for d, p in self._in_tunnels.items() if p.keys() & ch.dsts)
@@ -673,8 +685,7 @@ class Compiler:
             concerning = self._concerning(local_ids)
             chunks = self._policy_chunks(dpid, local_ids, concerning, ch, None if ch.policy_all or self._first else chunks)
             self._chunks[dpid] = chunks
-            rules = self._in_rules
-            referenced = frozenset(policy_flows.referenced_destinations(local_ids, self._labels, rules, concerning))
+            referenced = self._referenced(local_ids, concerning)
             reachable = self._reachable(dpid, local_ids, concerning)
             self._held[dpid] = (referenced, reachable)
         referenced, reachable = self._held[dpid]
@@ -703,9 +714,10 @@ class Compiler:
             else:
                 groups[key] = group
 
-        if ch.dsts and forwarding.needs_routes(snap, dpid):
+        route_dsts = ch.dsts | self._route_patch.get(dpid, set())
+        if route_dsts and forwarding.needs_routes(snap, dpid):
             next_hop = self._view.next_hop
-            for dst in ch.dsts:
+            for dst in route_dsts:
                 port = next_hop.get(dst, {}).get(dpid) if dst != dpid and dst in self._by_switch else None
                 put(("route", dst), None if port is None else self._route_group(dst, port))
         if self._roles.get(dpid) != ROLE_HYPERVISOR:
@@ -723,6 +735,29 @@ class Compiler:
         for peer in ch.dsts & plan.keys():
             put(("tunnel", peer), self._tunnel_group(peer, plan[peer]) if peer in self._by_switch else None)
         return groups
+
+    def _route_moves(self, old_next_hop) -> dict[int, set[int]] | None:
+        """switch -> the destinations (switches with hosts) whose next hop from it differs between the
+        old forwarding view and the new one; None when a destination left or joined the graph.
+        A stub's column is its parent's plus one port, so parents' columns are compared once."""
+        new_next_hop = self._view.next_hop
+        moves: dict[int, set[int]] = defaultdict(set)
+        compared: dict[tuple[int, int], set[int]] = {}
+        for dst in self._by_switch:
+            if dst not in old_next_hop or dst not in new_next_hop:
+                return None
+            before, after = old_next_hop[dst], new_next_hop[dst]
+            if isinstance(before, graph.StubColumn) and isinstance(after, graph.StubColumn) and before.same_stub(after):
+                key = (id(before.base), id(after.base))
+                differing = compared.get(key)
+                if differing is None:
+                    differing = compared[key] = {d for d, _ in before.base.items() ^ after.base.items()}
+                differing = differing - {dst, after.parent}
+            else:
+                differing = {d for d, _ in dict(before).items() ^ dict(after).items()}
+            for dpid in differing:
+                moves[dpid].add(dst)
+        return moves
 
     def _concerning(self, local_ids: frozenset[int]) -> list[int]:
         """The positions of the rules whose source or destination selects one of these identities
@@ -743,6 +778,39 @@ class Compiler:
             positions.update(index[2].get(identity, ()))
         return sorted(positions)
 
+    def _rule_sets(self) -> tuple:
+        """Per rule position, what every hypervisor asks of it: (action, source identities, destination
+        identities), None for `any`. Built once per rules and labels, not once per hypervisor."""
+        index = self._rule_sets_for
+        if index is None or index[0] is not self._in_rules or index[1] is not self._labels:
+            labels = self._labels
+            sets = [
+                (
+                    rule.action,
+                    None if rule.src.kind == ANY else labels.selected(rule.src),
+                    None if rule.dst.kind == ANY else labels.selected(rule.dst),
+                )
+                for rule in self._in_rules
+            ]
+            index = self._rule_sets_for = (self._in_rules, labels, sets, _last_encrypt(self._in_rules))
+        return index
+
+    def _referenced(self, local_ids: frozenset[int], concerning: list[int]) -> frozenset[int]:
+        """The identities this hypervisor classifies: the destinations its VMs' rules name (for any
+        other destination every applicable label selector fails, as for an unknown one) and, up to the
+        last encrypt rule, the sources of rules whose destination is local (replies of connections
+        to local VMs are re-evaluated: policy_flows._established_flows)."""
+        _, _, sets, last_encrypt = self._rule_sets()
+        needed: set[int] = set()
+        for index in concerning:
+            _, src, dst = sets[index]
+            if dst is not None and (src is None or not src.isdisjoint(local_ids)):
+                needed |= dst
+            if last_encrypt is not None and index <= last_encrypt and src is not None:
+                if dst is None or not dst.isdisjoint(local_ids):
+                    needed |= src
+        return frozenset(needed)
+
     def _reachable(self, dpid: int, local_ids: frozenset[int], concerning: list[int]) -> frozenset[int] | None:
         """The identities whose ARP this hypervisor answers for all their members (None: every
         identity): those that an allow or encrypt rule of its VMs names. Any other address is
@@ -753,13 +821,12 @@ class Compiler:
         if dpid in self._remediation_hvs:
             return None  # a VM in remediation cannot flood its ARP: its allowed peers are answered
         reach: set[int] = set()
+        sets = self._rule_sets()[2]
         for position in concerning:
-            rule = self._in_rules[position]
-            if rule.action == "deny" or policy_flows.matching_identities(rule.src, local_ids, self._labels) == []:
+            action, src, dst = sets[position]
+            if action == "deny" or (src is not None and src.isdisjoint(local_ids)) or dst is None:
                 continue
-            targets = policy_flows.matching_identities(rule.dst, self._labels.everyone(), self._labels)
-            if targets is not None:
-                reach.update(targets)
+            reach |= dst
         return frozenset(reach)
 
     def _asked_group(self, snap: TopologySnapshot, dpid: int, reachable: frozenset[int] | None) -> Group | None:

@@ -38,7 +38,7 @@ def source_identity_metadata(identity: int) -> tuple[int, int]:
 
 def destination_flows(hosts: Iterable[Host], identity_of: Mapping[str, int]) -> dict[int, list[FlowEntry]]:
     """Classify: destination MAC -> destination identity, grouped by identity (a hypervisor
-    holds only the groups its rules refer to; see referenced_destinations). Anything else
+    holds only the groups its rules refer to: apps/compiler.py, Compiler._referenced). Anything else
     keeps identity 0: the table's miss entry, in forwarding.base_flows, goes on to policy."""
     groups: dict[int, list[FlowEntry]] = {}
     for host in hosts:
@@ -66,36 +66,6 @@ def _verdict(action: str, zone: int) -> tuple[tuple, int | None]:
     if action == "encrypt":
         return (Conntrack(zone, commit=True, mark=pipeline.CT_MARK_ENCRYPT), ENCRYPT_MARK), pipeline.FORWARD
     return (Conntrack(zone, commit=True),), pipeline.FORWARD
-
-
-def referenced_destinations(
-    local_identities: set[int] | frozenset[int],
-    identity_labels: Mapping[int, Mapping[str, str] | None],
-    rules: Sequence[Rule],
-    positions: Iterable[int] | None = None,
-) -> set[int]:
-    """Destination identities some rule names for a source on this hypervisor. Only these need
-    a classify entry there: for any other destination, every applicable rule with a label
-    selector fails to match it, exactly as it fails to match an unknown destination.
-    positions: the rules to look at (the others select no local identity), default all."""
-    needed: set[int] = set()
-    rules = rules[: pipeline.MAX_RULES]
-    last_encrypt = _last_encrypt(rules)
-    everyone = _everyone(identity_labels)
-    for index in range(len(rules)) if positions is None else positions:
-        rule = rules[index]
-        if matching_identities(rule.src, local_identities, identity_labels) != []:
-            destinations = matching_identities(rule.dst, everyone, identity_labels)
-            if destinations:
-                needed.update(destinations)
-        if last_encrypt is not None and index <= last_encrypt:
-            # Replies of connections to local VMs are re-evaluated too (_established_flows): the
-            # remote original sender, the rule's source, is the reply's destination.
-            if matching_identities(rule.dst, local_identities, identity_labels) != []:
-                sources = matching_identities(rule.src, everyone, identity_labels)
-                if sources:
-                    needed.update(sources)
-    return needed
 
 
 def _everyone(identity_labels: Mapping[int, Mapping[str, str] | None]) -> Set[int]:

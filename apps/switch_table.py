@@ -58,17 +58,21 @@ def diff_tables(old: SwitchTable, new: SwitchTable, memo: dict | None = None) ->
     """Entries to add and cookies to delete to go from `old` to `new`, looking only at what
     changed: own entries, and groups that are not the same object as before. Group diffs are
     memoised by object pair, since the same change repeats on every switch sharing the group."""
-    adds: dict[int, FlowEntry] = {c: e for c, e in new.own.items() if c not in old.own}
-    deletes: set[int] = {c for c in old.own if c not in new.own}
-    for key in new.groups.keys() | old.groups.keys():
-        before, after = old.groups.get(key, EMPTY), new.groups.get(key, EMPTY)
-        if before is after:
-            continue
+    if new.own is old.own:
+        adds: dict[int, FlowEntry] = {}
+        deletes: set[int] = set()
+    else:
+        adds = {c: e for c, e in new.own.items() if c not in old.own}
+        deletes = set(_not_refilled([e for c, e in old.own.items() if c not in new.own], adds.values()))
+    old_groups = old.groups
+    pairs = [(old_groups.get(k, EMPTY), g) for k, g in new.groups.items() if old_groups.get(k) is not g]
+    pairs += [(g, EMPTY) for k, g in old_groups.items() if k not in new.groups]
+    for before, after in pairs:
         pair = (id(before), id(after))
         cached = memo.get(pair) if memo is not None else None
         if cached is None or cached[0] is not before or cached[1] is not after:
             added = [e for c, e in after.items() if c not in before]
-            removed = [c for c in before if c not in after]
+            removed = _not_refilled([e for c, e in before.items() if c not in after], added)
             cached = (before, after, added, removed)
             if memo is not None:
                 memo[pair] = cached
@@ -83,3 +87,15 @@ def diff_tables(old: SwitchTable, new: SwitchTable, memo: dict | None = None) ->
     # Own entries and groups never share a cookie (the compiler builds them apart), so what is
     # left is exactly the difference, without a lookup in either whole table.
     return list(adds.values()), sorted(deletes)
+
+
+def _not_refilled(removed: list[FlowEntry], added) -> list[int]:
+    """The cookies of the removed entries whose slot no added entry takes: an add to an occupied
+    slot replaces what was there (OpenFlow 1.3, OFPFC_ADD), so deleting the old cookie afterwards
+    is a flow-mod that finds nothing. A changed route is then one flow-mod, not two."""
+    if not removed:
+        return []
+    slots = {e.slot for e in added}
+    if not slots:
+        return [e.cookie for e in removed]
+    return [e.cookie for e in removed if e.slot not in slots]

@@ -454,7 +454,7 @@ class GoldilocksController(app_manager.RyuApp):
         budget = AUDIT_ENTRIES_PER_TICK
         for _, dpid in due:
             sync = self.sync.get(dpid)
-            size = max(1, len(sync.installed) if sync is not None else 1)
+            size = max(1, sync.held() if sync is not None else 1)
             if budget < AUDIT_ENTRIES_PER_TICK and size > budget:
                 break
             budget -= size
@@ -550,7 +550,7 @@ class GoldilocksController(app_manager.RyuApp):
         first = not sync.synced
         sync.set_actual(self._stats_parts.pop(datapath.id), self.desired.get(datapath.id, {}))
         if first:
-            LOG.info("switch %016x holds %d of our flows; reconciling", datapath.id, len(sync.installed))
+            LOG.info("switch %016x holds %d of our flows; reconciling", datapath.id, sync.held())
             self.model_changed(when_sent=lambda: self._first_sync_done(datapath, sync))
         else:
             self.reconcile(datapath.id)

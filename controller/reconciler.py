@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from operator import attrgetter
 
 from apps.flows import FlowEntry, is_ours
 from apps.switch_table import SwitchTable, diff_tables
@@ -12,8 +13,16 @@ from apps.switch_table import SwitchTable, diff_tables
 # refusal that never goes away costs one flow-mod every half minute, reported all along.
 RETRY_BACKOFF = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
 
+_BY_COOKIE = attrgetter("cookie")
+_BY_TABLE_PRIORITY = attrgetter("table", "priority")
+
+
 def _order(adds) -> list[FlowEntry]:
-    return sorted(adds, key=lambda e: (-e.table, -e.priority, e.cookie))
+    """Highest table first, then highest priority, then cookie: two passes with C-level keys (a
+    stable sort, reversed, keeps equal keys in their order)."""
+    ordered = sorted(adds, key=_BY_COOKIE)
+    ordered.sort(key=_BY_TABLE_PRIORITY, reverse=True)
+    return ordered
 
 
 @dataclass
@@ -60,7 +69,6 @@ class SwitchSync:
     Adding an entry to an occupied slot replaces the old entry on the switch, so the old
     cookie is forgotten here too; otherwise a later plan could believe it is still there."""
 
-    installed: dict[int, tuple | None] = field(default_factory=dict)  # cookie -> slot
     synced: bool = False
     settle_until: float = 0.0  # before this, stale flows are kept (the model may still be learning)
     connected_at: float = 0.0
@@ -78,6 +86,33 @@ class SwitchSync:
     # The desired table the switch was last brought to exactly (installed == its cookies). While
     # that holds, the next plan diffs the two desired tables, looking only at what changed.
     last: Mapping[int, FlowEntry] | None = None
+    # cookie -> slot of what the switch holds. While the switch sits exactly at a desired table, it
+    # is kept as that table plus the few entries not ours (_lazy), and written out only when asked
+    # for: a plan that reaches its target then costs nothing per entry here.
+    _installed: dict[int, tuple | None] = field(default_factory=dict, repr=False)
+    _lazy: tuple[Mapping[int, FlowEntry], dict[int, tuple | None]] | None = field(default=None, repr=False)
+
+    @property
+    def installed(self) -> dict[int, tuple | None]:
+        if self._lazy is not None:
+            target, foreign = self._lazy
+            self._lazy = None
+            installed = {c: e.slot for c, e in target.items()}
+            installed.update(foreign)
+            self._installed = installed
+            self._by_slot = {slot: c for c, slot in installed.items() if slot is not None}
+        return self._installed
+
+    @installed.setter
+    def installed(self, value: dict[int, tuple | None]) -> None:
+        self._lazy = None
+        self._installed = value
+
+    def held(self) -> int:
+        """How many entries the switch holds, without writing the books out."""
+        if self._lazy is not None:
+            return len(self._lazy[0]) + len(self._lazy[1])
+        return len(self._installed)
 
     def set_actual(self, cookies: set[int], known: Mapping[int, FlowEntry]) -> None:
         """The switch's table as read back: cookies, with slots for the entries we know."""
@@ -112,18 +147,32 @@ class SwitchSync:
         return result
 
     def applied(self, result: Plan) -> None:
+        exact = result.target is not None and result.deferred_deletes == 0 and result.withheld == 0
+        if exact and self._lazy is not None:
+            # From one desired table exactly to the next: the books are the new table (plus the
+            # entries not ours that no add replaced).
+            foreign = self._lazy[1]
+            if foreign and result.adds:
+                taken = {e.slot for e in result.adds}
+                foreign = {c: s for c, s in foreign.items() if s not in taken}
+            self._lazy = (result.target, foreign)
+            self.last = result.target
+            return
+        installed = self.installed
         for entry in result.adds:
             replaced = self._by_slot.get(entry.slot)
             if replaced is not None and replaced != entry.cookie:
-                self.installed.pop(replaced, None)
+                installed.pop(replaced, None)
             self._by_slot[entry.slot] = entry.cookie
-            self.installed[entry.cookie] = entry.slot
+            installed[entry.cookie] = entry.slot
         for cookie in result.deletes:
-            slot = self.installed.pop(cookie, None)
+            slot = installed.pop(cookie, None)
             if slot is not None and self._by_slot.get(slot) == cookie:
                 del self._by_slot[slot]
         # Exactly at the target only if nothing stale or refused was kept back.
         self.last = result.target if result.deferred_deletes == 0 and result.withheld == 0 else None
+        if exact:
+            self._lazy = (result.target, {c: s for c, s in installed.items() if not is_ours(c)})
 
     # -- what the switch did with them ------------------------------------------------------------
     def sent(self, xid: int, kind: str, item: FlowEntry | int) -> None:

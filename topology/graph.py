@@ -60,25 +60,30 @@ class NextHops(Mapping[int, Mapping[int, int]]):
     def __init__(self, graph: nx.Graph) -> None:
         self._graph = graph
         self._adjacent = {n: sorted(graph.neighbors(n)) for n in graph.nodes}
+        # node -> [(neighbour, the neighbour's port toward node)], in neighbour order: a BFS step
+        # reads the port from here rather than from the graph's edge attributes.
+        self._toward: dict[int, list[tuple[int, int]]] = {
+            n: [(c, graph.edges[c, n]["ports"][c]) for c in neighbours] for n, neighbours in self._adjacent.items()
+        }
         self._columns: dict[int, Mapping[int, int]] = {}
 
     def _port(self, node: int, toward: int) -> int:
         return self._graph.edges[node, toward]["ports"][node]
 
     def _bfs(self, root: int) -> dict[int, int]:
-        adjacent = self._adjacent
+        toward = self._toward
         column: dict[int, int] = {}
         seen = {root}
         queue = deque([root])
         while queue:
             node = queue.popleft()
-            neighbours = adjacent[node]
+            neighbours = toward[node]
             if node != root and len(neighbours) == 1:
                 continue  # a stub: its one neighbour discovered it
-            for child in neighbours:
+            for child, port in neighbours:
                 if child not in seen:
                     seen.add(child)
-                    column[child] = self._port(child, node)
+                    column[child] = port
                     queue.append(child)
         return column
 
@@ -89,7 +94,7 @@ class NextHops(Mapping[int, Mapping[int, int]]):
             if len(neighbours) == 1:
                 parent = neighbours[0]
                 base = self[parent] if len(self._adjacent[parent]) != 1 else self._bfs(parent)  # a pair: no recursion
-                column = _StubColumn(base, dst, parent, self._port(parent, dst))
+                column = StubColumn(base, dst, parent, self._port(parent, dst))
             else:
                 column = self._bfs(dst)
             self._columns[dst] = column
@@ -105,7 +110,7 @@ class NextHops(Mapping[int, Mapping[int, int]]):
         return dst in self._adjacent
 
 
-class _StubColumn(Mapping[int, int]):
+class StubColumn(Mapping[int, int]):
     """The column of a stub switch `dst`: its neighbour `parent`'s column, where the stub itself is
     no one's next hop and the parent's port toward it is its own."""
 
@@ -120,6 +125,18 @@ class _StubColumn(Mapping[int, int]):
         if dpid == self._dst:
             raise KeyError(dpid)
         return self._base[dpid]
+
+    @property
+    def base(self) -> Mapping[int, int]:
+        return self._base
+
+    @property
+    def parent(self) -> int:
+        return self._parent
+
+    def same_stub(self, other: StubColumn) -> bool:
+        """The same stub behind the same parent port (the columns then differ only where the bases do)."""
+        return (self._dst, self._parent, self._port) == (other._dst, other._parent, other._port)
 
     def get(self, dpid, default=None):
         if dpid == self._parent:
