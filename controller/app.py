@@ -15,7 +15,7 @@ from ryu.lib import hub
 from ryu.ofproto import ofproto_v1_3
 
 from apps import desired as desired_mod
-from apps import pipeline, steering
+from apps import steering
 from apps.alerts import AlertBook, Threshold
 from apps.context import PolicyState
 from apps.flows import FlowEntry
@@ -136,7 +136,7 @@ class GoldilocksController(app_manager.RyuApp):
         self._when_sent: list[Callable[[], None]] = []
         self._touched: set[int] = set()  # switches sent flow-mods since the last barrier round
         # Each unanswered barrier, keyed (dpid, xid), and what waits for it (_when_flows_in_place).
-        self._barrier_wait: dict[tuple[int, int], _FlowWait] = {}
+        self._barrier_wait: dict[tuple[int, int], list[_FlowWait]] = {}  # (dpid, barrier xid) -> waits
         self._next_audit: dict[int, float] = {}  # dpid -> when its table is due to be read again
         self._drop_count_xids: set[tuple[int, int]] = set()
         from controller.rest import register as register_rest
@@ -234,9 +234,9 @@ class GoldilocksController(app_manager.RyuApp):
         if datapath is None:
             return
         ofp, parser = datapath.ofproto, datapath.ofproto_parser
-        if packet.out_port == pipeline.OFPP_TABLE:
-            # Re-injection through the pipeline: the flow-mods sent before it must be in place.
-            datapath.send_msg(parser.OFPBarrierRequest(datapath))
+        # A re-injection through the pipeline (OFPP_TABLE) needs the flow-mods sent before it in
+        # place: every batch of them ends with a barrier (reconcile), and the switch handles what
+        # follows a barrier only after everything before it, so no barrier of its own is needed.
         datapath.send_msg(
             parser.OFPPacketOut(
                 datapath=datapath,
@@ -287,28 +287,36 @@ class GoldilocksController(app_manager.RyuApp):
             datapath = self.datapaths.get(dpid)
             if datapath is None:
                 continue
-            barrier = datapath.ofproto_parser.OFPBarrierRequest(datapath)
-            datapath.set_xid(barrier)
-            datapath.send_msg(barrier)
-            wait.pending.add((dpid, barrier.xid))
-            self._barrier_wait[(dpid, barrier.xid)] = wait
+            sync = self.sync.get(dpid)
+            if sync is not None and sync.barriers:
+                # The barrier that closed the switch's last batch answers for every flow-mod before it.
+                xid = next(reversed(sync.barriers))
+            else:
+                barrier = datapath.ofproto_parser.OFPBarrierRequest(datapath)
+                datapath.set_xid(barrier)
+                datapath.send_msg(barrier)
+                xid = barrier.xid
+            wait.pending.add((dpid, xid))
+            self._barrier_wait.setdefault((dpid, xid), []).append(wait)
         if not wait.pending:
             self._run_callbacks(callbacks)
 
     def _barrier_answered(self, keys) -> None:
         """Barriers (dpid, xid) were answered, or their switch is gone: run the waits left with none."""
         for key in keys:
-            wait = self._barrier_wait.pop(key, None)
-            if wait is None:
-                continue
-            wait.pending.discard(key)
-            if not wait.pending:
-                self._run_callbacks(wait.callbacks)
+            for wait in self._barrier_wait.pop(key, ()):
+                wait.pending.discard(key)
+                if not wait.pending:
+                    self._run_callbacks(wait.callbacks)
 
     def _give_up_on_silent_switches(self, now: float) -> None:
-        for wait in {w for w in self._barrier_wait.values() if now >= w.give_up_at}:
+        for wait in {w for waits in self._barrier_wait.values() for w in waits if now >= w.give_up_at}:
             for key in wait.pending:
-                del self._barrier_wait[key]
+                waits = self._barrier_wait.get(key, [])
+                if wait in waits:
+                    waits.remove(wait)
+                if not waits:
+                    self._barrier_wait.pop(key, None)
             wait.pending.clear()
             self._run_callbacks(wait.callbacks)
 

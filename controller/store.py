@@ -101,6 +101,7 @@ class Store:
             raise StateError(f"cannot use state dir {self.state_dir}: {exc}") from exc
 
         self._saved_topology: tuple[dict, set, dict] | None = None  # rows as last written or read
+        self._seen: tuple[dict, dict] = ({}, {})  # what they were built from: switch signatures, Host objects
 
     def transaction(self) -> _Transaction:
         return _Transaction(self.db)
@@ -271,19 +272,36 @@ class Store:
     # -- topology -----------------------------------------------------------
     def save_topology(self, topo: Topology) -> None:
         """Write what changed since the last save (or load): a compile that changed one host writes
-        one row, and one that changed nothing writes nothing."""
-        switches = {
-            sw.dpid: (sw.dpid, sw.name, sw.role_override, json.dumps(_switch_state(sw, topo.asked.get(sw.dpid, ()))))
-            for sw in topo.switches.values()
-        }
-        links = {(lk.a.dpid, lk.a.port, lk.b.dpid, lk.b.port) for lk in topo.links}
-        hosts = {h.mac: (h.mac, json.dumps(sorted(h.ips)), h.dpid, h.port) for h in topo.hosts.values()}
+        one row, and one that changed nothing writes nothing. Rows are built only for the switches
+        and hosts that are not the same as at the last save: the cost grows with the change, not
+        with the data centre."""
         saved = self._saved_topology
         if saved is None:
             saved = self._read_topology_rows()
         old_switches, old_links, old_hosts = saved
+        seen_switches, seen_hosts = self._seen
+        signatures = {}
+        switches = dict(old_switches)
+        for sw in topo.switches.values():
+            asked = topo.asked.get(sw.dpid, ())
+            signature = (sw.name, sw.role_override, tuple(sw.ports.values()), frozenset(sw.edge_confirmed),
+                         frozenset(sw.fabric_ports), asked)  # fmt: skip
+            signatures[sw.dpid] = signature
+            if seen_switches.get(sw.dpid) != signature or sw.dpid not in switches:
+                switches[sw.dpid] = (sw.dpid, sw.name, sw.role_override, json.dumps(_switch_state(sw, asked)))
+        for dpid in [d for d in switches if d not in topo.switches]:
+            del switches[dpid]
+        links = {(lk.a.dpid, lk.a.port, lk.b.dpid, lk.b.port) for lk in topo.links}
+        hosts = dict(old_hosts)
+        current = topo.hosts
+        for mac, host in current.items():
+            if seen_hosts.get(mac) is not host or mac not in hosts:
+                hosts[mac] = (mac, json.dumps(sorted(host.ips)), host.dpid, host.port)
+        if len(hosts) != len(current):
+            for mac in [m for m in hosts if m not in current]:
+                del hosts[mac]
         changed_switches = [row for dpid, row in switches.items() if old_switches.get(dpid) != row]
-        changed_hosts = [row for mac, row in hosts.items() if old_hosts.get(mac) != row]
+        changed_hosts = [row for mac, row in hosts.items() if old_hosts.get(mac) is not row and old_hosts.get(mac) != row]
         gone_switches = [(d,) for d in old_switches.keys() - switches.keys()]
         gone_hosts = [(m,) for m in old_hosts.keys() - hosts.keys()]
         new_links, gone_links = links - old_links, old_links - links
@@ -298,6 +316,7 @@ class Store:
                 self.db.executemany("DELETE FROM hosts WHERE mac = ?", gone_hosts)
                 self.db.executemany("INSERT OR REPLACE INTO hosts VALUES (?, ?, ?, ?)", changed_hosts)
         self._saved_topology = (switches, links, hosts)
+        self._seen = (signatures, dict(current))
 
     def _read_topology_rows(self) -> tuple[dict, set, dict]:
         switches = {row[0]: tuple(row) for row in self.db.execute("SELECT dpid, name, role_override, state FROM switches")}

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 
 from apps import pipeline
 from topology import lldp
-from topology.model import KIND_DOWN, LINK_TIMEOUT, Endpoint, Link, Port, PortRef, Topology, is_tunnel_port_name
+from topology.model import KIND_DOWN, KIND_EDGE, LINK_TIMEOUT, Endpoint, Link, Port, PortRef, Topology, is_tunnel_port_name
 
 LOG = logging.getLogger("goldilocks.learner")
 
@@ -50,6 +50,12 @@ HELD_FRAMES_PER_PORT = 16
 HELD_FRAME_MAX_AGE = 2.0
 UNANSWERED_ARP_KEEP = 1.0  # seconds an unanswered ARP request is asked again as ports come up
 UNANSWERED_ARP_MAX = 256
+# A port that has faced hosts for EDGE_SETTLED seconds is probed every EDGE_PROBE_EVERY-th tick,
+# staggered: a switch plugged in behind it later probes its own new ports every tick, and its probe
+# is answered at once (probe_in), so the link is found as fast; probing a data centre's VM ports
+# every second was most of the probes a large cold start sent (11,000 a second at 500 hypervisors).
+EDGE_SETTLED = 10.0
+EDGE_PROBE_EVERY = 5
 ASKED_PER_SWITCH = 1024  # addresses a switch answers because its VMs asked for them (the newest)
 # A host that moved between ports this recently is no proof that its new port is a VM port: a
 # VM flooded through a port wrongly taken for an edge port moves there, and back, and there again.
@@ -165,6 +171,8 @@ class Learner:
         self.one_way: dict[PortRef, float] = {}  # ends of a probe seen one way only -> when
         self.held: dict[PortRef, list[tuple[float, Punt, bytes]]] = {}
         self.unanswered_arp: deque[tuple[float, PortRef, bytes]] = deque(maxlen=UNANSWERED_ARP_MAX)
+        self._unanswered_at: dict[tuple[PortRef, bytes], float] = {}  # each kept request -> when first kept
+        self._ticks = 0
         self.declared_vm_interfaces: frozenset[str] = frozenset()
         self.inventory_macs: Mapping[str, str] = {}  # MAC -> inventory VM name
         self.ports: dict[int, dict[int, PortHistory]] = {}  # dpid -> port -> its kind's history
@@ -326,10 +334,11 @@ class Learner:
         has not read yet (probes among them, perhaps): no link ages this tick. Without these, a
         cold start of a hundred switches flapped its links under its own flow-mods."""
         out = Outcome()
+        self._ticks += 1
         for dpid in sorted(self.probed):
             sw = self.topo.switches.get(dpid)
             if sw is not None and dpid not in busy:
-                out.send += self._probes_from(dpid, sw.live_ports(), now)
+                out.send += self._probes_from(dpid, self._due_for_probe(dpid, sw.live_ports(), now), now)
         if busy:
             self.topo.refresh_links(now, set(busy))
         if behind:
@@ -391,6 +400,21 @@ class Learner:
             frame = lldp.build_probe(self.key, dpid, port_no, port.hw_addr, _ms(now))
             frames.append(PacketOut(dpid, frame, port_no))
         return frames
+
+    def _due_for_probe(self, dpid: int, live: list[int], now: float) -> list[int]:
+        """The ports to probe this tick: all but settled edge ports, which take turns (EDGE_SETTLED)."""
+        histories = self.ports.get(dpid)
+        if not histories:
+            return live
+        due = []
+        tick = self._ticks + dpid
+        for port_no in live:
+            history = histories.get(port_no)
+            if history is not None and history.kind == KIND_EDGE and now - history.since > EDGE_SETTLED:
+                if (tick + port_no) % EDGE_PROBE_EVERY:
+                    continue
+            due.append(port_no)
+        return due
 
     def note_lag(self, lag: float, now: float) -> None:
         """The controller's loop woke `lag` seconds late: probes waited as long (see STALL)."""
@@ -477,11 +501,31 @@ class Learner:
         if punt is Punt.EVIDENCE:
             return Outcome()  # the shell acts on it (controller/security.py); it teaches nothing
         if punt is Punt.UNANSWERED_ARP:
-            self.unanswered_arp.append((now, here, frame))
+            self._note_unanswered(here, frame, now)
             # Its switch answers that address itself from now on (the flood reached the owner this time).
             target = arp_target(frame)
             return Outcome(changed=target is not None and self.topo.note_asked(dpid, target, ASKED_PER_SWITCH))
         return self._learn(here, frame, punt, now)
+
+    def _note_unanswered(self, here: PortRef, frame: bytes, now: float) -> None:
+        """Keep an unanswered request to ask again. The same request seen again while kept (the
+        copy of one asked again, or the VM's own retry) keeps its first time: otherwise every
+        asking-again would renew it, and a cold start that confirms ports for minutes would keep
+        re-injecting the same requests, each copied back, for as long."""
+        key = (here, frame)
+        first = self._unanswered_at.get(key)
+        if first is not None and now - first <= UNANSWERED_ARP_KEEP:
+            return
+        queue = self.unanswered_arp
+        if len(queue) == queue.maxlen:
+            self._forget_unanswered(queue.popleft())
+        self._unanswered_at[key] = now
+        queue.append((now, here, frame))
+
+    def _forget_unanswered(self, item: tuple[float, PortRef, bytes]) -> None:
+        at, ref, frame = item
+        if self._unanswered_at.get((ref, frame)) == at:
+            del self._unanswered_at[(ref, frame)]
 
     def _learn(self, here: PortRef, frame: bytes, punt: Punt, now: float) -> Outcome:
         """Learn the sender of a frame from an edge port; if it came from the table-miss entry,
@@ -517,7 +561,7 @@ class Learner:
 
     def _recent_unanswered(self, now: float) -> list[tuple[PortRef, bytes]]:
         while self.unanswered_arp and now - self.unanswered_arp[0][0] > UNANSWERED_ARP_KEEP:
-            self.unanswered_arp.popleft()
+            self._forget_unanswered(self.unanswered_arp.popleft())
         recent = {}
         for _, ref, frame in self.unanswered_arp:
             recent[(ref, frame)] = None  # the same request asked twice is asked again once

@@ -140,12 +140,27 @@ class Switch:
     # the port stays up (an overloaded controller, a lost probe), the port is held, never
     # confirmed as an edge port: mistaking a fabric port for a host port loops the fabric.
     fabric_ports: set[int] = field(default_factory=set)
+    # live_ports(), worked out once per change of the ports (asked for every port check and probe).
+    _live: list[int] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __setattr__(self, name, value) -> None:
+        if name == "ports":
+            object.__setattr__(self, "_live", None)
+        object.__setattr__(self, name, value)
+
+    def ports_changed(self) -> None:
+        """The ports dict was changed in place (Topology.set_port, delete_port)."""
+        self._live = None
 
     def live_ports(self) -> list[int]:
-        """Up ports that face hosts or other switches: not LOCAL, not tunnel ports."""
-        return sorted(
-            p.port_no for p in self.ports.values() if p.up and p.port_no < pipeline.OFPP_MAX and not is_tunnel_port_name(p.name)
-        )
+        """Up ports that face hosts or other switches: not LOCAL, not tunnel ports (shared: callers
+        must not change it)."""
+        live = self._live
+        if live is None:
+            ports = self.ports.values()
+            live = sorted(p.port_no for p in ports if p.up and p.port_no < pipeline.OFPP_MAX and not is_tunnel_port_name(p.name))
+            self._live = live
+        return live
 
     def tunnel_ports(self) -> dict[int, str]:
         """Up tunnel ports: port number -> name."""
@@ -317,6 +332,7 @@ class Topology:
         if sw.ports.get(port.port_no) == port:
             return False
         sw.ports[port.port_no] = port
+        sw.ports_changed()
         if not port.up:
             self._unconfirm(sw, port.port_no)
             sw.fabric_ports.discard(port.port_no)
@@ -329,6 +345,7 @@ class Topology:
         if sw is None or port_no not in sw.ports:
             return False
         del sw.ports[port_no]
+        sw.ports_changed()
         self._unconfirm(sw, port_no)
         sw.fabric_ports.discard(port_no)
         self._drop_links_on_dead_ports(dpid)
@@ -362,7 +379,13 @@ class Topology:
                 continue
             probing_done = probed is None or sw.dpid in probed
             inter = self.inter_switch_ports(sw.dpid)
-            for port_no in sw.live_ports():
+            live = sw.live_ports()
+            if not sw.pending_since:
+                # Nothing is being proved here: skip the switch when every live port is judged already.
+                judged = sw.edge_confirmed | inter if declared else sw.edge_confirmed | inter | sw.fabric_ports
+                if judged.issuperset(live):
+                    continue
+            for port_no in live:
                 if port_no in sw.edge_confirmed or port_no in inter:
                     sw.pending_since.pop(port_no, None)
                     continue

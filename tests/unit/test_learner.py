@@ -419,3 +419,48 @@ def test_an_unanswered_arp_request_for_a_known_host_makes_its_switch_answer_that
     assert learner.topo.asked[1] == ("10.0.1.1", "10.0.1.2"), "the newest, oldest forgotten first"
     learner.topo.remove_switch(1)
     assert 1 not in learner.topo.asked
+
+
+def test_a_request_asked_again_and_copied_back_is_not_kept_for_ever():
+    """Asking an unanswered request again re-injects it, and its copy comes back to the controller:
+    that copy must not renew it, or a cold start that keeps confirming ports re-injects the same
+    requests (each copied back) for as long as it lasts."""
+    from topology.learner import UNANSWERED_ARP_KEEP
+
+    learner, driver = fabric()
+    t = confirm(learner, driver, 0.0)
+    asking = arp_frame(VM_A, "10.0.0.1", target_ip="10.0.0.254")
+    learner.packet_in(1, 2, asking, Punt.UNANSWERED_ARP, t)
+    again = learner.ask_again(t + 0.1).send
+    assert [(p.dpid, p.in_port, p.out_port) for p in again] == [(1, 2, pipeline.OFPP_TABLE)]
+    learner.packet_in(1, 2, asking, Punt.UNANSWERED_ARP, t + 0.2)  # its copy, back from the switch
+    assert learner.ask_again(t + UNANSWERED_ARP_KEEP * 0.9).send, "still kept within its time"
+    assert not learner.ask_again(t + UNANSWERED_ARP_KEEP + 0.05).send, "kept from when it was first seen"
+    learner.packet_in(1, 2, asking, Punt.UNANSWERED_ARP, t + UNANSWERED_ARP_KEEP + 0.1)  # the VM asks again later
+    assert learner.ask_again(t + UNANSWERED_ARP_KEEP + 0.2).send, "a new request is kept anew"
+
+
+def test_settled_edge_ports_take_turns_being_probed_and_a_switch_plugged_in_behind_one_is_found_at_once():
+    from topology.learner import EDGE_PROBE_EVERY, EDGE_SETTLED
+
+    learner, driver = fabric(switches=(1,), ports=3)
+    t = confirm(learner, driver, 0.0)
+    assert set(learner.topo.switches[1].edge_confirmed) == {1, 2, 3}
+
+    def probed(now: float) -> list[int]:
+        return sorted(p.out_port for p in learner.tick(now).send if p.frame[12:14] == b"\x88\xcc")
+
+    assert probed(t + 1) == [1, 2, 3], "newly confirmed edge ports are probed every tick"
+    later = t + EDGE_SETTLED + 1
+    rounds = [probed(later + i) for i in range(EDGE_PROBE_EVERY)]
+    assert sorted(p for r in rounds for p in r) == [1, 2, 3], "each settled edge port once in EDGE_PROBE_EVERY ticks"
+    # A switch plugged in behind port 2: its new ports probe every tick, its probe is answered at once.
+    now = later + EDGE_PROBE_EVERY
+    driver.run(learner.switch_connected(2, now), now)
+    driver.run(learner.ports_described(2, [Port(1, "s2-eth1", port_mac(2, 1))], now), now)
+    driver.run(learner.switch_synced(2, now), now)
+    deliver(learner, driver, PortRef(2, 1), PortRef(1, 2), now + 0.01)
+    answers = driver.probes()
+    assert (1, 2) in [(p.dpid, p.out_port) for p in answers], "answered from the settled edge port at once"
+    deliver(learner, driver, PortRef(1, 2), PortRef(2, 1), now + 0.02)
+    assert Link.between(PortRef(1, 2), PortRef(2, 1)) in learner.topo.links
