@@ -50,6 +50,11 @@ from topology.model import ROLE_HYPERVISOR, Host, Topology, TopologySnapshot, sn
 
 DesiredTables = dict[int, SwitchTable]
 
+# While the data centre has at most this many hosts, every hypervisor answers ARP for every one
+# of them ahead of time (at most this many entries each); above it, only for the members of the
+# identities its VMs' rules name and for the addresses its VMs asked for (Compiler._reachable).
+ARP_AHEAD_MAX = 2000
+
 
 class ConflictError(RuntimeError):
     """Two desired entries share table, priority and match but differ in actions."""
@@ -119,7 +124,9 @@ class _Changes:
 class Compiler:
     """Compiles the model into every switch's desired table, incrementally (module docstring)."""
 
-    def __init__(self) -> None:
+    def __init__(self, arp_ahead_max: int | None = None) -> None:
+        self._ahead_max = ARP_AHEAD_MAX if arp_ahead_max is None else arp_ahead_max
+        self._ahead = False  # every hypervisor answers every address (at most _ahead_max hosts)
         # Inputs as the last compile saw them.
         self._in_hosts: dict[str, Host] = {}
         self._in_switches: dict[int, tuple] = {}
@@ -220,6 +227,10 @@ class Compiler:
         vm_macs = self._inventory(policy, ch)
         self._effective_hosts(snap, ch, vm_macs)
         self._identities(policy, identities, ch, vm_macs)
+        ahead = len(self._hosts) <= self._ahead_max
+        if ahead != self._ahead:
+            ch.policy_everywhere = True  # which ARP every hypervisor answers (_reachable)
+            self._ahead = ahead
         self._rules(policy, ch)
         self._quarantine(snap, policy, ch)
         self._tunnels(snap, tunnels, ch)
@@ -813,13 +824,15 @@ class Compiler:
 
     def _reachable(self, dpid: int, local_ids: frozenset[int], concerning: list[int]) -> frozenset[int] | None:
         """The identities whose ARP this hypervisor answers for all their members (None: every
-        identity): those that an allow or encrypt rule of its VMs names. Any other address is
+        identity, while the data centre has at most ARP_AHEAD_MAX hosts, or on the hypervisor of a
+        VM in remediation): those that an allow or encrypt rule of its VMs names. Any other address is
         resolved by its owner, as the request is flooded, and is answered by the hypervisor itself
         from then on (Topology.asked, _asked_group): so a default allow, an `any` rule or hosts
         without an inventory entry cost entries for the peers its VMs talk to, not for every VM of
         the data centre on every hypervisor."""
-        if dpid in self._remediation_hvs:
-            return None  # a VM in remediation cannot flood its ARP: its allowed peers are answered
+        if self._ahead or dpid in self._remediation_hvs:
+            # A small data centre is answered whole; a VM in remediation cannot flood its ARP.
+            return None
         reach: set[int] = set()
         sets = self._rule_sets()[2]
         for position in concerning:

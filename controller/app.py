@@ -91,7 +91,7 @@ class GoldilocksController(app_manager.RyuApp):
         auth.ensure_admin_token(self.store, self.settings.state_dir, reset=self.settings.reset_admin_token)
         self.identities = Identities(self.store.load_identities())
         # One incremental compiler for the controller's life: a change costs what it touches.
-        self.compiler = desired_mod.Compiler()
+        self.compiler = desired_mod.Compiler(arp_ahead_max=self.settings.arp_ahead_max)
         self._group_diffs: dict = {}  # group diffs of the current compile, shared by the switches
         self._quarantine_group = self.compiler.quarantine_group(quarantine_macs(self.policy))
         from controller.security import SpoofGuard

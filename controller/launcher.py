@@ -33,6 +33,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--log-level", default="info", choices=sorted(LOG_LEVELS), help="log level (default info)")
     parser.add_argument("--lldp-interval", type=float, default=1.0, help="seconds between LLDP probes (default 1)")
     parser.add_argument(
+        "--arp-ahead-max",
+        type=int,
+        default=2000,
+        metavar="HOSTS",
+        help="while the data centre has at most HOSTS hosts, every hypervisor answers ARP for all of them ahead of "
+        "time; above, for its VMs' rule peers and the addresses its VMs asked for (default 2000)",
+    )
+    parser.add_argument(
         "--inventory",
         metavar="FILE",
         help="JSON or YAML file of VMs upserted into the inventory at start (see docs/api.md); a bad file stops the start",
@@ -98,6 +106,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"--{port_flag.replace('_', '-')} must be between 1 and 65535")
     if args.lldp_interval <= 0:
         parser.error("--lldp-interval must be positive")
+    if args.arp_ahead_max < 0:
+        parser.error("--arp-ahead-max must be 0 or more")
     if not 0 <= args.agent_port < 65536:
         parser.error("--agent-port must be between 0 and 65535")
     for flag in ("psk_rotation", "identity_rotation"):
@@ -140,6 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     os.environ["GOLDILOCKS_STATE_DIR"] = os.path.abspath(args.state_dir)
     os.environ["GOLDILOCKS_LLDP_INTERVAL"] = str(args.lldp_interval)
+    os.environ["GOLDILOCKS_ARP_AHEAD_MAX"] = str(args.arp_ahead_max)
     # The flags decide: nothing left in the caller's environment re-applies a file or a reset.
     os.environ["GOLDILOCKS_INVENTORY"] = os.path.abspath(args.inventory) if args.inventory else ""
     os.environ["GOLDILOCKS_RESET_ADMIN_TOKEN"] = "1" if args.reset_admin_token else "0"

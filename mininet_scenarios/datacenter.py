@@ -301,12 +301,14 @@ class DataCentre:
         connect_delays: dict[str, float] | None = None,
         info_path: str | os.PathLike | None = None,
         tunnels: bool = True,
+        controller_args: list[str] | None = None,
     ):
         """fail_mode="standalone" with with_controller=False builds plain OVS NORMAL learning
         bridges (loop-free layouts only: there is no STP), the baseline for benchmarks.
 
         connect_delays: switch name -> seconds after start before the switch is given its
         controller (until then it has none and, in secure fail mode, forwards nothing).
+        controller_args: extra command-line flags for the controller this data centre starts.
         info_path: where start() writes the run's info document (see info()).
         tunnels: give every hypervisor a tunnel-endpoint host and a goldilocks-agent, enrolled with the
         controller, so that `encrypt` rules have tunnels to use (needs a controller)."""
@@ -320,6 +322,7 @@ class DataCentre:
         self.dp_desc_roles = dict(layout.roles) if declare_roles else {}
         self.dp_desc_roles.update(role_overrides or {})
         self.connect_delays = dict(connect_delays or {})
+        self.controller_args = list(controller_args or [])
         for name, delay in self.connect_delays.items():
             if name not in layout.switches:
                 raise ValueError(f"connect_delays: {name!r} is not a switch of the layout")
@@ -373,7 +376,7 @@ class DataCentre:
             of_host, of_port = host or "127.0.0.1", int(port)
             self.rest_url = self.rest_url or f"http://{of_host}:8080"
         else:
-            self.controller_proc = ControllerProcess().start()
+            self.controller_proc = ControllerProcess(extra_args=list(self.controller_args)).start()
             of_host, of_port = "127.0.0.1", self.controller_proc.of_port
             self.rest_url = self.controller_proc.rest_url
         self.openflow = f"{of_host}:{of_port}" if of_port is not None else None

@@ -32,9 +32,9 @@ def environment() -> None:
     require_environment()
 
 
-def start_datacentre(layout: Layout):
-    """A running data centre whose fabric the controller has fully learned."""
-    cm = running(layout)
+def start_datacentre(layout: Layout, **kwargs):
+    """A running data centre whose fabric the controller has fully learned (kwargs: DataCentre's)."""
+    cm = running(layout, **kwargs)
     dc = cm.__enter__()
     try:
         dc.wait_for_fabric(timeout=60)

@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import pytest
 
-from apps import pipeline
+from apps import compiler, pipeline
 from apps.desired import desired_tables
 from tests.fakeoftable import (
     BROADCAST,
@@ -220,27 +220,48 @@ def test_ports_still_proving_themselves_get_no_flood(fabric):
 # ---------------------------------------------------------------------------
 # ARP
 # ---------------------------------------------------------------------------
+def compile_on_request(topo: Topology) -> FakeNetwork:
+    """Compiled as a data centre above ARP_AHEAD_MAX hosts: ARP answered ahead of time only for
+    the peers rules name, and for the addresses VMs asked for."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(compiler, "ARP_AHEAD_MAX", 0)
+        return FakeNetwork.compile(topo)
+
+
 @pytest.fixture(scope="module")
-def asked(fabric) -> FakeNetwork:
+def on_request(fabric) -> FakeNetwork:
+    return compile_on_request(fabric.topo)
+
+
+@pytest.fixture(scope="module")
+def asked(fabric, on_request) -> FakeNetwork:
     """Every VM asked for every other VM's address once: each request was flooded to its owner
     and copied to the controller, which noted it (Topology.note_asked), and compiled."""
     topo = copy.deepcopy(fabric.topo)
-    first = FakeNetwork.compile(topo)
     for requester, target in itertools.permutations(fabric.vms, 2):
-        trace = first.send(requester, arp_request(requester, first_ip(target)))
+        trace = on_request.send(requester, arp_request(requester, first_ip(target)))
         assert not trace.loops
         assert (target.dpid, target.port) in trace.delivered_to(), "the first request reaches its owner"
         assert [(p.dpid, p.in_port, p.table) for p in trace.punts] == [(requester.dpid, requester.port, pipeline.FORWARD)]
         for punt in trace.punts:
             topo.note_asked(punt.dpid, punt.packet["arp_tpa"])
-    return FakeNetwork.compile(topo)
+    return compile_on_request(topo)
 
 
-def test_no_hypervisor_holds_a_responder_for_every_vm_of_the_data_centre(fabric, net):
-    """With no inventory (every host unmanaged) and the default allow, a hypervisor answers ARP
-    for no one until its VMs ask: O(VMs x hypervisors) entries otherwise."""
+def test_arp_for_a_known_ip_is_answered_by_the_requesters_own_hypervisor(fabric, net):
+    """A data centre of at most ARP_AHEAD_MAX hosts: every hypervisor answers every address ahead of time."""
+    for requester, target in itertools.permutations(fabric.vms, 2):
+        trace = net.send(requester, arp_request(requester, first_ip(target)))
+        assert not trace.loops and not trace.punts
+        assert trace.delivered_to() == [(requester.dpid, requester.port)], "answered locally, never flooded"
+        assert trace.deliveries[0].packet["arp_sha"] == target.mac
+
+
+def test_no_hypervisor_holds_a_responder_for_every_vm_of_a_large_data_centre(fabric, on_request):
+    """Above ARP_AHEAD_MAX hosts, with no inventory (every host unmanaged) and the default allow, a
+    hypervisor answers ARP for no one until its VMs ask: O(VMs x hypervisors) entries otherwise."""
     for dpid in fabric.hypervisors:
-        assert not [e for e in net.tables[dpid][pipeline.FORWARD] if e.priority == pipeline.PRIO_ARP_RESPONDER]
+        assert not [e for e in on_request.tables[dpid][pipeline.FORWARD] if e.priority == pipeline.PRIO_ARP_RESPONDER]
 
 
 def test_arp_for_a_known_ip_is_answered_by_the_requesters_own_hypervisor_once_asked(fabric, asked):
@@ -308,11 +329,11 @@ def test_only_hypervisors_answer_arp(fabric, asked):
             assert answers == []
 
 
-def test_arp_still_works_with_the_controller_down(fabric, net, asked):
+def test_arp_still_works_with_the_controller_down(fabric, on_request, asked):
     """Nothing about ARP depends on a packet-in: an address asked before is answered by the
     switch, any other reaches its owner by the flood."""
     requester, target = fabric.vms[1], fabric.vms[-1]
-    first = net.send(requester, arp_request(requester, first_ip(target)))
+    first = on_request.send(requester, arp_request(requester, first_ip(target)))
     assert (target.dpid, target.port) in first.delivered_to()
     trace = asked.send(requester, arp_request(requester, first_ip(target)))
     assert trace.punts == [] and trace.deliveries[0].packet["arp_sha"] == target.mac

@@ -65,7 +65,8 @@ class World:
     ports per hypervisor), every VM in the inventory with a tier, a few hosts that are neither
     learned nor declared yet, tunnel ports between every pair of hypervisors."""
 
-    def __init__(self, leaves: int = 2, default: str = "deny", tunnels: bool = True) -> None:
+    def __init__(self, leaves: int = 2, default: str = "deny", tunnels: bool = True, ahead_max: int = 0) -> None:
+        self.ahead_max = ahead_max  # Compiler(arp_ahead_max): 0 answers ARP on request only
         fabric = build_leaf_spine(spines=2, leaves=leaves, hypervisors_per_leaf=2, vms_per_hypervisor=2, spare_ports=2)
         self.topo: Topology = fabric.topo
         self.hypervisors: list[int] = fabric.hypervisors
@@ -79,7 +80,9 @@ class World:
         self.removed: list[tuple[int, list[Port], list[Link]]] = []  # switches gone: their ports and links
         self.clock = 1.0
         self.counter = itertools.count(1)
-        self.log: list[str] = [f"start: {leaves} leaves, default {default}, tunnels {'on' if tunnels else 'off'}"]
+        self.log: list[str] = [
+            f"start: {leaves} leaves, default {default}, tunnels {'on' if tunnels else 'off'}, ARP ahead up to {ahead_max} hosts"
+        ]
 
     # -- what the changes pick from ------------------------------------------------------------
     def vm_names(self, quarantined: bool | None = None) -> list[str]:
@@ -666,7 +669,7 @@ class Run:
 
     def __init__(self, world: World) -> None:
         self.world = world
-        self.compiler = Compiler()
+        self.compiler = Compiler(world.ahead_max)
         self.prev = None
         self.prev_contents: dict[int, dict] | None = None
         self.fresh = None
@@ -676,7 +679,7 @@ class Run:
         w = self.world
         assign_identities(w.topo, w.policy, w.identities)
         inc = self.compiler.compile(w.topo, w.policy, w.identities, w.tunnels)
-        fresh = Compiler().compile(w.topo, w.policy, w.identities, w.tunnels)
+        fresh = Compiler(w.ahead_max).compile(w.topo, w.policy, w.identities, w.tunnels)
         assert_same_as_fresh(inc, fresh, w.log)
         assert_changed_honest(self.prev, self.prev_contents, inc, w.log)
         inc_contents = contents(inc)
@@ -719,12 +722,13 @@ def applicable(w: World) -> list[str]:
     leaves=st.sampled_from([2, 3]),
     default=st.sampled_from(["allow", "deny"]),
     tunnels_on=st.booleans(),
+    ahead_max=st.sampled_from([0, 9, 10, 11, 12, 13, 2000]),  # around the fabric's 8 VMs and extra hosts
     steps=st.integers(1, 14),
     data=st.data(),
 )
-def test_incremental_equals_a_fresh_compile_after_every_change(leaves, default, tunnels_on, steps, data):
+def test_incremental_equals_a_fresh_compile_after_every_change(leaves, default, tunnels_on, ahead_max, steps, data):
     """Each change is drawn among those that do something in the current state."""
-    run = Run(World(leaves, default, tunnels_on))
+    run = Run(World(leaves, default, tunnels_on, ahead_max))
     run.check()
     for step in range(steps):
         kind = data.draw(st.sampled_from(applicable(run.world)), label=f"change {step + 1}")
@@ -831,7 +835,7 @@ def test_each_kind_of_change(scenario):
 
 def test_a_compile_with_nothing_changed_reports_nothing_and_hands_out_the_same_tables():
     w = World()
-    compiler = Compiler()
+    compiler = Compiler(0)
     assign_identities(w.topo, w.policy, w.identities)
     first = compiler.compile(w.topo, w.policy, w.identities, w.tunnels)
     assert set(first.changed) == set(first.tables), "the first compile changes every switch"
@@ -861,14 +865,14 @@ def test_the_same_compiler_on_another_topology_object():
     """The compiler is handed a different Topology object (another fabric, then the first again,
     changed meanwhile): each time it equals a fresh compile."""
     a, b = World(leaves=2), World(leaves=3, default="allow", tunnels=False)
-    compiler = Compiler()
+    compiler = Compiler(0)
     previous = None
     for w, change in ((a, None), (b, None), (a, ("forget", 0)), (b, ("relabel", 0, 3)), (a, None), (a, ("move", 1, 3))):
         if change is not None:
             w.apply(change)
         assign_identities(w.topo, w.policy, w.identities)
         inc = compiler.compile(w.topo, w.policy, w.identities, w.tunnels)
-        fresh = Compiler().compile(w.topo, w.policy, w.identities, w.tunnels)
+        fresh = Compiler(w.ahead_max).compile(w.topo, w.policy, w.identities, w.tunnels)
         assert_same_as_fresh(inc, fresh, w.log)
         if previous is not None:
             for dpid, table in inc.tables.items():
@@ -887,3 +891,23 @@ def test_a_change_reverted_compiles_to_the_original_tables():
     run.change(("link_restore", 0, 0, 0))
     run.change(("release", 0, 0, 0))
     assert contents(run.fresh) == original, "undoing every change must give the original tables back\n" + _history(run.world.log)
+
+
+def test_crossing_the_arp_ahead_threshold_both_ways():
+    """At most arp_ahead_max hosts: every hypervisor answers every address ahead of time; one host
+    more, only rule peers and asked addresses; one host fewer again, everything. Each step equals a
+    fresh compile and changes the responders."""
+    probe = World()
+    hosts = len(probe.topo.hosts)
+    run = Run(World(ahead_max=hosts))
+
+    def responders(compiled) -> int:
+        return sum(1 for t in compiled.tables.values() for e in t.values() if e.priority == pipeline.PRIO_ARP_RESPONDER)
+
+    ahead = run.check()
+    above = run.change(("learn", 0, 3, 0))  # one host more than the threshold
+    assert len(run.world.topo.hosts) == hosts + 1
+    assert responders(above) < responders(ahead), "above the threshold: answered on request"
+    below = run.change(("forget", 8, 0, 0))
+    assert len(run.world.topo.hosts) == hosts
+    assert responders(below) >= responders(ahead) - 2 * len(run.world.hypervisors), "back to every address ahead of time"

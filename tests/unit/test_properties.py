@@ -6,9 +6,11 @@ import itertools
 import random
 
 import networkx as nx
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from apps import compiler
 from apps.desired import desired_tables
 from tests.fakeoftable import (
     BROADCAST,
@@ -105,15 +107,29 @@ def test_any_mesh_delivers_unicast_and_floods_without_loops(edges, failed):
 
 @SETTINGS
 @given(spines=st.integers(1, 3), leaves=st.integers(1, 3), dual_homed=st.booleans())
-def test_arp_for_any_known_ip_reaches_its_owner_and_is_answered_locally_from_then_on(spines, leaves, dual_homed):
+def test_arp_for_any_known_ip_is_answered_locally(spines, leaves, dual_homed):
+    """A data centre of at most ARP_AHEAD_MAX hosts: answered ahead of time."""
     fabric = build_leaf_spine(spines, leaves, 1, 2, dual_homed=dual_homed)
     net = FakeNetwork.compile(fabric.topo)
     for requester, target in itertools.permutations(fabric.vms, 2):
         trace = net.send(requester, arp_request(requester, first_ip(target)))
-        assert not trace.loops and (target.dpid, target.port) in trace.delivered_to()
-        for punt in trace.punts:
-            fabric.topo.note_asked(punt.dpid, punt.packet["arp_tpa"])
-    net = FakeNetwork.compile(fabric.topo)
+        assert trace.delivered_to() == [(requester.dpid, requester.port)]
+        assert trace.deliveries[0].packet["arp_sha"] == target.mac
+
+
+@SETTINGS
+@given(spines=st.integers(1, 3), leaves=st.integers(1, 3), dual_homed=st.booleans())
+def test_above_arp_ahead_max_arp_reaches_its_owner_and_is_answered_locally_from_then_on(spines, leaves, dual_homed):
+    fabric = build_leaf_spine(spines, leaves, 1, 2, dual_homed=dual_homed)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(compiler, "ARP_AHEAD_MAX", 0)
+        net = FakeNetwork.compile(fabric.topo)
+        for requester, target in itertools.permutations(fabric.vms, 2):
+            trace = net.send(requester, arp_request(requester, first_ip(target)))
+            assert not trace.loops and (target.dpid, target.port) in trace.delivered_to()
+            for punt in trace.punts:
+                fabric.topo.note_asked(punt.dpid, punt.packet["arp_tpa"])
+        net = FakeNetwork.compile(fabric.topo)
     for requester, target in itertools.permutations(fabric.vms, 2):
         trace = net.send(requester, arp_request(requester, first_ip(target)))
         assert trace.delivered_to() == [(requester.dpid, requester.port)]
