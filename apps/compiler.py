@@ -50,10 +50,12 @@ from topology.model import ROLE_HYPERVISOR, Host, Topology, TopologySnapshot, sn
 
 DesiredTables = dict[int, SwitchTable]
 
-# While the data centre has at most this many hosts, every hypervisor answers ARP for every one
-# of them ahead of time (at most this many entries each); above it, only for the members of the
-# identities its VMs' rules name and for the addresses its VMs asked for (Compiler._reachable).
-ARP_AHEAD_MAX = 2000
+# While the data centre has at most this many hosts and host-facing ports, every hypervisor answers
+# ARP for every host ahead of time (at most this many entries each); above it, only for the members
+# of the identities its VMs' rules name and for the addresses its VMs asked for (_reachable). The
+# ports count too, so that a large fabric starting cold is large from its first compile, before
+# its VMs are learned: it never pushes responders to every hypervisor only to take them back.
+ARP_AHEAD_MAX = 1000
 
 
 class ConflictError(RuntimeError):
@@ -126,7 +128,8 @@ class Compiler:
 
     def __init__(self, arp_ahead_max: int | None = None) -> None:
         self._ahead_max = ARP_AHEAD_MAX if arp_ahead_max is None else arp_ahead_max
-        self._ahead = False  # every hypervisor answers every address (at most _ahead_max hosts)
+        self._ahead = False  # every hypervisor answers every address (at most _ahead_max hosts and ports)
+        self._edge_count = 0  # host-facing ports of the fabric
         # Inputs as the last compile saw them.
         self._in_hosts: dict[str, Host] = {}
         self._in_switches: dict[int, tuple] = {}
@@ -227,7 +230,9 @@ class Compiler:
         vm_macs = self._inventory(policy, ch)
         self._effective_hosts(snap, ch, vm_macs)
         self._identities(policy, identities, ch, vm_macs)
-        ahead = len(self._hosts) <= self._ahead_max
+        if ch.struct or self._first:
+            self._edge_count = sum(len(snap.edge_ports(d)) for d in snap.switches)
+        ahead = max(len(self._hosts), self._edge_count) <= self._ahead_max
         if ahead != self._ahead:
             ch.policy_everywhere = True  # which ARP every hypervisor answers (_reachable)
             self._ahead = ahead
@@ -824,7 +829,7 @@ class Compiler:
 
     def _reachable(self, dpid: int, local_ids: frozenset[int], concerning: list[int]) -> frozenset[int] | None:
         """The identities whose ARP this hypervisor answers for all their members (None: every
-        identity, while the data centre has at most ARP_AHEAD_MAX hosts, or on the hypervisor of a
+        identity, while the data centre has at most ARP_AHEAD_MAX hosts and host-facing ports, or on the hypervisor of a
         VM in remediation): those that an allow or encrypt rule of its VMs names. Any other address is
         resolved by its owner, as the request is flooded, and is answered by the hypervisor itself
         from then on (Topology.asked, _asked_group): so a default allow, an `any` rule or hosts

@@ -35,10 +35,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--arp-ahead-max",
         type=int,
-        default=2000,
+        default=1000,
         metavar="HOSTS",
-        help="while the data centre has at most HOSTS hosts, every hypervisor answers ARP for all of them ahead of "
-        "time; above, for its VMs' rule peers and the addresses its VMs asked for (default 2000)",
+        help="while the data centre has at most HOSTS hosts and host-facing ports, every hypervisor answers ARP for "
+        "every host ahead of time; above, for its VMs' rule peers and the addresses its VMs asked for (default 1000)",
     )
     parser.add_argument(
         "--inventory",
