@@ -129,7 +129,7 @@ class Compiler:
     def __init__(self, arp_ahead_max: int | None = None) -> None:
         self._ahead_max = ARP_AHEAD_MAX if arp_ahead_max is None else arp_ahead_max
         self._ahead = False  # every hypervisor answers every address (at most _ahead_max hosts and ports)
-        self._edge_count = 0  # host-facing ports of the fabric
+        self._edge_counts: dict[int, int] = {}  # switch -> its host-facing ports
         # Inputs as the last compile saw them.
         self._in_hosts: dict[str, Host] = {}
         self._in_switches: dict[int, tuple] = {}
@@ -230,9 +230,12 @@ class Compiler:
         vm_macs = self._inventory(policy, ch)
         self._effective_hosts(snap, ch, vm_macs)
         self._identities(policy, identities, ch, vm_macs)
-        if ch.struct or self._first:
-            self._edge_count = sum(len(snap.edge_ports(d)) for d in snap.switches)
-        ahead = max(len(self._hosts), self._edge_count) <= self._ahead_max
+        for dpid in snap.switches if self._first else ch.struct:
+            if dpid in snap.switches:
+                self._edge_counts[dpid] = len(snap.edge_ports(dpid))
+            else:
+                self._edge_counts.pop(dpid, None)
+        ahead = max(len(self._hosts), sum(self._edge_counts.values())) <= self._ahead_max
         if ahead != self._ahead:
             ch.policy_everywhere = True  # which ARP every hypervisor answers (_reachable)
             self._ahead = ahead
