@@ -57,8 +57,6 @@ class Metrics:
             ("goldilocks_flow_mods_total", "counter", "Flow-mod messages sent", self.flow_mods),
             ("goldilocks_lldp_rejected_total", "counter", "LLDP frames with a bad or missing signature, stale or replayed",
              learner.lldp_rejected),
-            ("goldilocks_lldp_late_total", "counter", "Signed probes too old to prove a link, taken as late news of a known one",
-             learner.lldp_late),
             ("goldilocks_probes_refused_total", "counter", "Valid probes refused because an end is a declared VM port",
              learner.probes_refused),
             ("goldilocks_hosts_forgotten_total", "counter", "Hosts forgotten because their port turned out to face a switch",

@@ -178,7 +178,6 @@ class Learner:
         self.ports: dict[int, dict[int, PortHistory]] = {}  # dpid -> port -> its kind's history
         self.kind_changes: Counter[tuple[str, str]] = Counter()
         self.lldp_rejected = 0  # forged, stale or replayed probes
-        self.lldp_late = 0  # probes too old to prove a link, taken as late news of a link already known
         self._lag, self._lag_at = 0.0, -1e9  # the largest recent lag of the controller's own loop
         self.probes_refused = 0  # valid probes on a declared VM port
         self.hosts_forgotten = 0  # hosts dropped because their port turned out to face a switch
@@ -417,24 +416,6 @@ class Learner:
             due.append(port_no)
         return due
 
-    def _late_probe(self, src: PortRef, here: PortRef, sent: float, now: float) -> Outcome:
-        """A probe of ours, signed, but too old to prove anything new (a replay could be): refused.
-        Yet on a link already known between exactly these two ports it is proof that the link
-        carried a probe when it was sent: the link counts as seen then, not when the probe arrived,
-        so a controller running late (its probes waiting behind its own work) does not time out
-        the links its backlog delayed, and a replayed probe cannot keep a link alive longer than
-        LINK_TIMEOUT after the moment the real one was sent."""
-        link = Link.between(src, here) if src != here else None
-        if link is None or link not in self.topo.links or now - sent > LINK_TIMEOUT:
-            self.lldp_rejected += 1  # stale or replayed
-            return Outcome()
-        self.lldp_late += 1
-        self.probes[(src, here)] = max(self.probes.get((src, here), sent), sent)
-        back = self.probes.get((here, src))
-        if back is not None:
-            self.topo.links[link] = max(self.topo.links[link], min(sent, back))
-        return Outcome()
-
     def note_lag(self, lag: float, now: float) -> None:
         """The controller's loop woke `lag` seconds late: probes waited as long (see STALL)."""
         if lag >= self._lag or now - self._lag_at > LAG_MEMORY:
@@ -449,18 +430,11 @@ class Learner:
 
     def probe_in(self, here: PortRef, frame: bytes, now: float, received: float | None = None) -> Outcome:
         arrived = now if received is None else min(now, received)
-        signed = lldp.signed_probe(self.key, frame)
-        if signed is None:
-            self.lldp_rejected += 1  # forged, or from another controller
+        origin = lldp.parse_probe(self.key, frame, _ms(arrived), int(self.probe_max_age(arrived) * 1000))
+        if origin is None:
+            self.lldp_rejected += 1  # forged, from another controller, stale or replayed
             return Outcome()
-        dpid, port_no, sent_ms = signed
-        age_ms = _ms(arrived) - sent_ms
-        if age_ms < -1000:
-            self.lldp_rejected += 1  # from the future
-            return Outcome()
-        if age_ms > self.probe_max_age(arrived) * 1000:
-            return self._late_probe(PortRef(dpid, port_no), here, sent_ms / 1000, now)
-        src = PortRef(dpid, port_no)
+        src = PortRef(*origin)
         if src == here or src.dpid not in self.topo.switches:
             return Outcome()
         if self._is_tunnel(here) or self._is_tunnel(src):
