@@ -230,15 +230,7 @@ class Compiler:
         vm_macs = self._inventory(policy, ch)
         self._effective_hosts(snap, ch, vm_macs)
         self._identities(policy, identities, ch, vm_macs)
-        for dpid in snap.switches if self._first else ch.struct:
-            if dpid in snap.switches:
-                self._edge_counts[dpid] = len(snap.edge_ports(dpid))
-            else:
-                self._edge_counts.pop(dpid, None)
-        ahead = max(len(self._hosts), sum(self._edge_counts.values())) <= self._ahead_max
-        if ahead != self._ahead:
-            ch.policy_everywhere = True  # which ARP every hypervisor answers (_reachable)
-            self._ahead = ahead
+        self._arp_ahead(snap, ch)
         self._rules(policy, ch)
         self._quarantine(snap, policy, ch)
         self._tunnels(snap, tunnels, ch)
@@ -429,6 +421,22 @@ class Compiler:
         else:
             self._new_ids = set()
 
+    def _arp_ahead(self, snap: TopologySnapshot, ch: _Changes) -> None:
+        """Whether every hypervisor answers every address ahead of time: while the data centre has
+        at most _ahead_max hosts and host-facing ports (ports counted again only where they changed)."""
+        for dpid in snap.switches if self._first else ch.struct:
+            if dpid in snap.switches:
+                self._edge_counts[dpid] = len(snap.edge_ports(dpid))
+            else:
+                self._edge_counts.pop(dpid, None)
+        ahead = max(len(self._hosts), sum(self._edge_counts.values())) <= self._ahead_max
+        if ahead != self._ahead:
+            ch.policy_everywhere = True  # which ARP every hypervisor answers (_reachable)
+            self._ahead = ahead
+
+    def _hypervisors(self) -> list[int]:
+        return [d for d, r in self._roles.items() if r == ROLE_HYPERVISOR]
+
     def _asked(self, snap: TopologySnapshot, ch: _Changes) -> None:
         """The addresses each hypervisor answers ARP for on request: those its VMs asked for
         (Topology.asked), and the tunnel endpoints of its tunnel peers, so that an endpoint's
@@ -438,20 +446,20 @@ class Compiler:
         asked, old = snap.asked, self._in_asked
         if self._in_tunnels or self._remediated:
             asked = dict(asked)
-            for dpid, peers in self._in_tunnels.items():
+
+            def extend(dpid: int, ips: dict[str, None]) -> None:
                 mine = asked.get(dpid, ())
-                ips = {ep.ip: None for peer in sorted(peers) for ep, _ in self._in_endpoints.get(peer, ())}
                 extra = tuple(ip for ip in ips if ip not in mine)
                 if extra:
                     asked[dpid] = mine + extra
+
+            for dpid, peers in self._in_tunnels.items():
+                extend(dpid, {ep.ip: None for peer in sorted(peers) for ep, _ in self._in_endpoints.get(peer, ())})
             # A VM in remediation is cut from every flood: its allowed peers could not resolve it.
             ips = {ip: None for vm in self._remediated for ip in sorted(vm.ips)}
             if ips:
-                for dpid in [d for d, r in self._roles.items() if r == ROLE_HYPERVISOR]:
-                    mine = asked.get(dpid, ())
-                    extra = tuple(ip for ip in ips if ip not in mine)
-                    if extra:
-                        asked[dpid] = mine + extra
+                for dpid in self._hypervisors():
+                    extend(dpid, ips)
         moved = [d for d in asked.keys() | old.keys() if asked.get(d) is not old.get(d) and asked.get(d, ()) != old.get(d, ())]
         if moved:
             for dpid in moved:
@@ -520,7 +528,7 @@ class Compiler:
         vm_macs = {n: vm.macs for n, vm in policy.vms.items() if n in policy.quarantine}
         isolated = quarantine.quarantined_macs(policy.quarantine, vm_macs)
         if isolated != self._isolated:
-            ch.regroup.update(d for d, r in self._roles.items() if r == ROLE_HYPERVISOR)
+            ch.regroup.update(self._hypervisors())
             self._isolated = isolated
         ports: dict[int, set[int]] = defaultdict(set)
         for mac in isolated:
@@ -558,7 +566,7 @@ class Compiler:
         # The hypervisor of a VM in remediation answers every address (_reachable).
         hvs = frozenset(dpid for vm in remediated for _, dpid, _ in vm.locations)
         if hvs != self._remediation_hvs:
-            ch.policy.update((hvs ^ self._remediation_hvs) & {d for d, r in self._roles.items() if r == ROLE_HYPERVISOR})
+            ch.policy.update((hvs ^ self._remediation_hvs).intersection(self._hypervisors()))
             self._remediation_hvs = hvs
         self._analyzers = sorted({analyzer for _, analyzer in mirrors}, key=lambda a: a.vid)
 
@@ -832,8 +840,9 @@ class Compiler:
 
     def _reachable(self, dpid: int, local_ids: frozenset[int], concerning: list[int]) -> frozenset[int] | None:
         """The identities whose ARP this hypervisor answers for all their members (None: every
-        identity, while the data centre has at most ARP_AHEAD_MAX hosts and host-facing ports, or on the hypervisor of a
-        VM in remediation): those that an allow or encrypt rule of its VMs names. Any other address is
+        identity, while the data centre has at most ARP_AHEAD_MAX hosts and host-facing ports, or
+        on the hypervisor of a VM in remediation): those that an allow or encrypt rule of its VMs
+        names. Any other address is
         resolved by its owner, as the request is flooded, and is answered by the hypervisor itself
         from then on (Topology.asked, _asked_group): so a default allow, an `any` rule or hosts
         without an inventory entry cost entries for the peers its VMs talk to, not for every VM of

@@ -170,7 +170,7 @@ class SwitchSync:
             if slot is not None and self._by_slot.get(slot) == cookie:
                 del self._by_slot[slot]
         # Exactly at the target only if nothing stale or refused was kept back.
-        self.last = result.target if result.deferred_deletes == 0 and result.withheld == 0 else None
+        self.last = result.target if exact else None
         if exact:
             self._lazy = (result.target, {c: s for c, s in installed.items() if not is_ours(c)})
 

@@ -56,7 +56,6 @@ UNANSWERED_ARP_MAX = 256
 # every second was most of the probes a large cold start sent (11,000 a second at 500 hypervisors).
 EDGE_SETTLED = 10.0
 EDGE_PROBE_EVERY = 5
-ASKED_PER_SWITCH = 1024  # addresses a switch answers because its VMs asked for them (the newest)
 # A host that moved between ports this recently is no proof that its new port is a VM port: a
 # VM flooded through a port wrongly taken for an edge port moves there, and back, and there again.
 MOVE_SETTLE = 3.5
@@ -129,13 +128,18 @@ def ether_type(frame: bytes) -> int:
     return struct.unpack("!H", frame[12:14])[0] if len(frame) >= 14 else 0
 
 
+def _payload(frame: bytes) -> tuple[int, int]:
+    """(ether type, offset of the payload) of an Ethernet frame, past one VLAN tag."""
+    eth_type = ether_type(frame)
+    if eth_type == 0x8100 and len(frame) >= 18:
+        return struct.unpack("!H", frame[16:18])[0], 18
+    return eth_type, 14
+
+
 def sender_ip(frame: bytes) -> tuple[str, str | None]:
     """(source MAC, sender IPv4 from ARP or IPv4 header, if any) of an Ethernet frame."""
     src = _mac(frame[6:12])
-    eth_type = ether_type(frame)
-    offset = 14
-    if eth_type == 0x8100 and len(frame) >= 18:
-        eth_type, offset = struct.unpack("!H", frame[16:18])[0], 18
+    eth_type, offset = _payload(frame)
     if eth_type == pipeline.ETH_TYPE_ARP and len(frame) >= offset + 28:
         return src, _ipv4(frame[offset + 14 : offset + 18])
     if eth_type == pipeline.ETH_TYPE_IPV4 and len(frame) >= offset + 20:
@@ -145,9 +149,7 @@ def sender_ip(frame: bytes) -> tuple[str, str | None]:
 
 def arp_target(frame: bytes) -> str | None:
     """The address an ARP request asks for, if the frame is one."""
-    eth_type, offset = ether_type(frame), 14
-    if eth_type == 0x8100 and len(frame) >= 18:
-        eth_type, offset = struct.unpack("!H", frame[16:18])[0], 18
+    eth_type, offset = _payload(frame)
     if eth_type != pipeline.ETH_TYPE_ARP or len(frame) < offset + 28 or frame[offset + 6 : offset + 8] != b"\x00\x01":
         return None
     return _ipv4(frame[offset + 24 : offset + 28])
@@ -504,7 +506,7 @@ class Learner:
             self._note_unanswered(here, frame, now)
             # Its switch answers that address itself from now on (the flood reached the owner this time).
             target = arp_target(frame)
-            return Outcome(changed=target is not None and self.topo.note_asked(dpid, target, ASKED_PER_SWITCH))
+            return Outcome(changed=target is not None and self.topo.note_asked(dpid, target))
         return self._learn(here, frame, punt, now)
 
     def _note_unanswered(self, here: PortRef, frame: bytes, now: float) -> None:

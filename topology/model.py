@@ -12,6 +12,7 @@ ROLE_FABRIC = "fabric"
 
 # A link not confirmed by LLDP for this long is dead (LLDP is sent every second).
 LINK_TIMEOUT = 3.5
+ASKED_PER_SWITCH = 1024  # addresses a switch answers because its VMs asked for them (the newest)
 # A VM port rarely carries more than a few MACs; a port claiming more is flooding us with
 # made-up sources, and the model would grow without bound. Past this, new MACs are ignored.
 MAX_HOSTS_PER_PORT = 64
@@ -269,7 +270,7 @@ class Topology:
         self.endpoints: dict[str, Endpoint] = {}
         # The addresses each switch's VMs asked for and no responder answered yet (their requests
         # were flooded and copied to the controller), oldest first: the switch answers them itself
-        # from then on. Soft state, not persisted; each value is replaced, never changed in place.
+        # from then on. Kept in the switch's store row; each value is replaced, never changed in place.
         self.asked: dict[int, tuple[str, ...]] = {}
 
     def _links_changed(self) -> None:
@@ -302,7 +303,7 @@ class Topology:
             del self.hosts[mac]
         return True
 
-    def note_asked(self, dpid: int, ip: str, limit: int = 1024) -> bool:
+    def note_asked(self, dpid: int, ip: str, limit: int = ASKED_PER_SWITCH) -> bool:
         """A VM on switch `dpid` asked for `ip` and no responder answered: remember it (the
         newest `limit` addresses per switch) when some host is known to hold that address."""
         asked = self.asked.get(dpid, ())

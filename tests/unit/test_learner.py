@@ -398,7 +398,7 @@ def test_every_kind_is_reachable(kind):
 def test_an_unanswered_arp_request_for_a_known_host_makes_its_switch_answer_that_address():
     """The request was flooded to its owner and copied to the controller: the switch of the VM
     that asked answers the address itself from then on (Topology.asked), for known holders only,
-    the newest ASKED_PER_SWITCH addresses per switch."""
+    the newest ASKED_PER_SWITCH (topology.model) addresses per switch."""
     learner, driver = fabric()
     t = confirm(learner, driver, 0.0)
     driver.run(learner.packet_in(2, 1, arp_frame(VM_B, "10.0.0.2"), Punt.MISS, t), t)
