@@ -138,7 +138,8 @@ async def _converge(fabric: Fabric, vms, controller, timeout: float) -> dict:
             seen = {k: _metric(text, f"goldilocks_{k}") for k in ("switches_connected", "links", "hosts")}
             everyone_learned = seen["hosts"] >= len(vms)
             if DEBUG or fabric.debug:
-                print(round(time.monotonic() - started, 1), seen, fabric.counters, file=sys.stderr, flush=True)
+                probes = {k: _metric(text, f"goldilocks_{k}_total") for k in ("lldp_rejected", "probes_refused", "packet_ins")}
+                print(round(time.monotonic() - started, 1), seen, probes, fabric.counters, file=sys.stderr, flush=True)
             last = fabric.counters.last_flow_mod
             if (
                 seen["switches_connected"] == len(fabric.switches)

@@ -27,7 +27,18 @@ from dataclasses import dataclass, field, replace
 
 from apps import pipeline
 from topology import lldp
-from topology.model import KIND_DOWN, KIND_EDGE, LINK_TIMEOUT, Endpoint, Link, Port, PortRef, Topology, is_tunnel_port_name
+from topology.model import (
+    EDGE_CONFIRM_TIME,
+    KIND_DOWN,
+    KIND_EDGE,
+    LINK_TIMEOUT,
+    Endpoint,
+    Link,
+    Port,
+    PortRef,
+    Topology,
+    is_tunnel_port_name,
+)
 
 LOG = logging.getLogger("goldilocks.learner")
 
@@ -39,6 +50,17 @@ LLDP_MAX_AGE = 1.0  # seconds a probe stays fresh: a replayed probe is useless a
 LAG_ALLOWANCE_MAX = 5.0
 LAG_MEMORY = 10.0
 STALL = 0.5
+# Probes themselves say how late news arrives: a signed probe that took longer than PROBE_DELAY_NOTICE
+# from its packet-out to its packet-in (queued behind flow-mods, packet-ins and table reads: a cold
+# start of a thousand switches) lets the next ones be as old, makes links wait as much longer before
+# they time out, and ports as much longer before they are taken to face hosts (at most
+# LAG_ALLOWANCE_MAX, forgotten after LAG_MEMORY). Only a probe that arrives on a port not known to
+# face hosts counts: a VM cannot slow discovery down by replaying an old one.
+PROBE_DELAY_NOTICE = 0.2
+# A switch that connected but has not probed yet may be behind any pending port: no port is taken to
+# face hosts until it has (at most this long after it connected). Otherwise a hypervisor's uplink
+# is an edge port 0.1 s after its own probe found the leaf not yet ready to answer.
+UNHEARD_MAX = 5.0
 PROBE_REPLY_GAP = 0.2  # at most one immediate answering probe per port in this time
 EDGE_CONFIRM_MAX_BACKLOG = 4  # queued events above which no port is confirmed as an edge port
 # A gap longer than this between two edge checks means the controller was busy (a long compile):
@@ -181,6 +203,8 @@ class Learner:
         self.kind_changes: Counter[tuple[str, str]] = Counter()
         self.lldp_rejected = 0  # forged, stale or replayed probes
         self._lag, self._lag_at = 0.0, -1e9  # the largest recent lag of the controller's own loop
+        self._delay, self._delay_at = 0.0, -1e9  # the largest recent delay of a probe (PROBE_DELAY_NOTICE)
+        self._unheard: dict[int, float] = {}  # connected switches that have not probed yet -> since when
         self.probes_refused = 0  # valid probes on a declared VM port
         self.hosts_forgotten = 0  # hosts dropped because their port turned out to face a switch
         self.endpoint_spoofs = 0  # frames from a tunnel endpoint's MAC on a port that is not its own
@@ -197,6 +221,7 @@ class Learner:
     # -- switches and ports ---------------------------------------------------------------
     def switch_connected(self, dpid: int, now: float) -> Outcome:
         self.probed.discard(dpid)  # it probes again once its flows are in place
+        self._unheard[dpid] = now
         self.topo.switch_connected(dpid)
         # Its links could not age while it was away; their window starts again now, or the first tick
         # after it reconnects would drop them before its first probe gets through (a flap that loses frames).
@@ -206,6 +231,7 @@ class Learner:
 
     def switch_disconnected(self, dpid: int, now: float) -> Outcome:
         self.probed.discard(dpid)
+        self._unheard.pop(dpid, None)
         for ref in [r for r in self.held if r.dpid == dpid]:
             del self.held[ref]
         changed = self.topo.switch_disconnected(dpid)
@@ -255,6 +281,7 @@ class Learner:
         """The switch holds its flows (LLDP goes to the controller): it probes every port, and
         from now on its pending ports' proving time runs."""
         self.probed.add(dpid)
+        self._unheard.pop(dpid, None)
         sw = self.topo.switches.get(dpid)
         return Outcome(send=self._probes_from(dpid, sw.live_ports() if sw else [], now))
 
@@ -345,13 +372,14 @@ class Learner:
             self.topo.refresh_links(now, set(busy))
         if behind:
             return out
-        for key in [k for k, seen in self.probes.items() if now - seen > LINK_TIMEOUT]:
+        timeout = LINK_TIMEOUT + self.probe_delay(now)  # as long as probes are late, links wait as long
+        for key in [k for k, seen in self.probes.items() if now - seen > timeout]:
             del self.probes[key]
         for ref in [r for r, seen in self.one_way.items() if now - seen > LINK_TIMEOUT]:
             del self.one_way[ref]
         for mac in [m for m, moved in self._moved_at.items() if now - moved > MOVE_SETTLE]:
             del self._moved_at[mac]
-        expired = self.topo.expire_links(now)
+        expired = self.topo.expire_links(now, timeout)
         if expired:
             for link in expired:
                 LOG.info("link %s timed out: no probe both ways for %.1f s", _link_text(link), LINK_TIMEOUT)
@@ -374,9 +402,15 @@ class Learner:
             self.topo.restart_proving(now)
         if backlog > EDGE_CONFIRM_MAX_BACKLOG:
             return Outcome()  # probes may be waiting in the queue: do not judge ports now
+        if self._unheard and self._waiting_for_probes(now):
+            return Outcome()
         hold_back = {ref for ref, seen in self.one_way.items() if now - seen <= LINK_TIMEOUT}
         confirmed = self.topo.confirm_edge_ports(
-            now, probed=self.probed, hold_back=hold_back, declared=self._not_probed()
+            now,
+            hold=EDGE_CONFIRM_TIME + self.probe_delay(now),
+            probed=self.probed,
+            hold_back=hold_back,
+            declared=self._not_probed(),
         )
         if not confirmed:
             return Outcome()
@@ -426,17 +460,46 @@ class Learner:
             self.topo.refresh_links(now)
 
     def probe_max_age(self, now: float) -> float:
-        """How old a probe may be when it arrives: LLDP_MAX_AGE, plus the recent lag of the loop."""
+        """How old a probe may be when it arrives: LLDP_MAX_AGE, plus the recent lag of the loop
+        or delay of probes, whichever is larger."""
         lag = self._lag if now - self._lag_at <= LAG_MEMORY else 0.0
-        return LLDP_MAX_AGE + min(lag, LAG_ALLOWANCE_MAX)
+        return LLDP_MAX_AGE + min(max(lag, self.probe_delay(now)), LAG_ALLOWANCE_MAX)
+
+    def probe_delay(self, now: float) -> float:
+        """The largest recent delay of a probe over PROBE_DELAY_NOTICE (0 if none), at most LAG_ALLOWANCE_MAX."""
+        return min(self._delay, LAG_ALLOWANCE_MAX) if now - self._delay_at <= LAG_MEMORY else 0.0
+
+    def _note_delay(self, here: PortRef, delay: float, now: float) -> None:
+        if delay <= PROBE_DELAY_NOTICE or delay > LLDP_MAX_AGE + LAG_ALLOWANCE_MAX:
+            return  # on time, or too old to be anything but a replay
+        sw = self.topo.switches.get(here.dpid)
+        if sw is None or here.port in sw.edge_confirmed:
+            return
+        if delay >= self._delay or now - self._delay_at > LAG_MEMORY:
+            self._delay, self._delay_at = delay, now
+
+    def _waiting_for_probes(self, now: float) -> bool:
+        """Has a switch connected, not probed yet, within UNHEARD_MAX (see there)?"""
+        for dpid, since in list(self._unheard.items()):
+            if now - since > UNHEARD_MAX:
+                del self._unheard[dpid]  # it never synced: no longer waited for
+            else:
+                return True
+        return False
 
     def probe_in(self, here: PortRef, frame: bytes, now: float, received: float | None = None) -> Outcome:
         arrived = now if received is None else min(now, received)
-        origin = lldp.parse_probe(self.key, frame, _ms(arrived), int(self.probe_max_age(arrived) * 1000))
-        if origin is None:
+        probe = lldp.read_probe(self.key, frame)
+        max_age = self.probe_max_age(arrived)
+        if probe is not None:
+            delay = (_ms(arrived) - probe[2]) / 1000
+            self._note_delay(here, delay, now)
+            if not -1.0 <= delay <= max_age:
+                probe = None  # stale or replayed (or from the future)
+        if probe is None:
             self.lldp_rejected += 1  # forged, from another controller, stale or replayed
             return Outcome()
-        src = PortRef(*origin)
+        src = PortRef(probe[0], probe[1])
         if src == here or src.dpid not in self.topo.switches:
             return Outcome()
         if self._is_tunnel(here) or self._is_tunnel(src):
@@ -454,7 +517,7 @@ class Learner:
                 return Outcome()
         self.probes[(src, here)] = now
         back = self.probes.get((here, src))
-        if back is None or now - back > LINK_TIMEOUT:
+        if back is None or now - back > LINK_TIMEOUT + self.probe_delay(now):
             # Seen one way only: a switch may be behind either end, so neither is proven to face
             # hosts yet; answer from here at once so the other way is seen in milliseconds.
             self.one_way[src] = self.one_way[here] = now
@@ -467,7 +530,9 @@ class Learner:
         self.one_way.pop(here, None)
         link = Link.between(src, here)
         if link in self.topo.links:
-            self.topo.links[link] = min(now, back)
+            # Seen both ways since `back`: but never older than it was (a refresh gave it a fresh
+            # window while nobody could hear its probes; the other way's last probe predates that).
+            self.topo.links[link] = max(self.topo.links[link], min(now, back))
             return Outcome()
         forgotten = sorted(self.topo.hosts_on(src.dpid, src.port) | self.topo.hosts_on(here.dpid, here.port))
         self.topo.link_seen(src, here, min(now, back))

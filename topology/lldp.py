@@ -38,6 +38,17 @@ def build_probe(key: bytes, dpid: int, port: int, src_mac: str, sent_ms: int = 0
 def parse_probe(key: bytes, frame: bytes, now_ms: int | None = None, max_age_ms: int = 3000) -> tuple[int, int] | None:
     """Return (dpid, port) of the sender if `frame` is one of our valid probes, else None.
     With now_ms, a probe older than max_age_ms (or from the future) is refused as a replay."""
+    probe = read_probe(key, frame)
+    if probe is None:
+        return None
+    dpid, port_no, sent_ms = probe
+    if now_ms is not None and not (now_ms - max_age_ms <= sent_ms <= now_ms + 1000):
+        return None
+    return dpid, port_no
+
+
+def read_probe(key: bytes, frame: bytes) -> tuple[int, int, int] | None:
+    """(dpid, port, sent_ms) of one of our probes with a valid signature, whatever its age; else None."""
     if len(frame) < 14 or struct.unpack("!H", frame[12:14])[0] != ETH_TYPE_LLDP:
         return None
     offset, chassis, port, signature = 14, None, None, None
@@ -68,6 +79,4 @@ def parse_probe(key: bytes, frame: bytes, now_ms: int | None = None, max_age_ms:
     sent_ms = struct.unpack("!Q", signature[:8])[0]
     if not hmac.compare_digest(signature[8:], _signature(key, dpid, port_no, sent_ms)):
         return None
-    if now_ms is not None and not (now_ms - max_age_ms <= sent_ms <= now_ms + 1000):
-        return None
-    return dpid, port_no
+    return dpid, port_no, sent_ms

@@ -12,8 +12,10 @@ from topology import lldp
 from topology.learner import (
     EDGE_CHECK_STALL,
     HELD_FRAME_MAX_AGE,
+    LAG_ALLOWANCE_MAX,
     LAG_MEMORY,
     LLDP_MAX_AGE,
+    UNHEARD_MAX,
     Learner,
     Outcome,
     PacketOut,
@@ -153,8 +155,77 @@ def test_a_controller_running_late_accepts_probes_as_late_and_ages_no_link_while
     learner.note_lag(LINK_TIMEOUT + 1, seen + LINK_TIMEOUT + 2)
     learner.tick(seen + LINK_TIMEOUT + 2.5)
     assert link in learner.topo.links, "a link must not time out for the controller's own stall"
-    learner.tick(seen + 2 * LINK_TIMEOUT + 4)
+    # The late probes widened link time-outs too (as long as they are remembered): after that, and
+    # with the controller listening again, a silent link still ages.
+    learner.tick(seen + 2 * LINK_TIMEOUT + 4 + LAG_ALLOWANCE_MAX)
     assert link not in learner.topo.links, "with the controller listening again, a silent link still ages"
+
+
+def test_a_refreshed_link_is_not_aged_back_by_the_next_probe():
+    """A stall gives every link a fresh window, as nobody could hear its probes. The first probe
+    after it, one way, must not set the link back to when the other way was last heard: every link
+    of a hundred-switch cold start timed out at the same instant, a few seconds after the fabric
+    was learned."""
+    learner, driver = fabric()
+    deliver(learner, driver, A1, B1, 1.0)
+    deliver(learner, driver, B1, A1, 1.0)
+    (link,) = learner.topo.links
+    learner.note_lag(2.0, 4.0)  # a stall: the link's window starts again at 4.0
+    assert learner.topo.links[link] == 4.0
+    deliver(learner, driver, A1, B1, 4.2)  # one way; B1 -> A1 was last heard at 1.0
+    assert learner.topo.links[link] == 4.0
+    driver.run(learner.tick(4.0 + LINK_TIMEOUT - 0.1), 4.0 + LINK_TIMEOUT - 0.1)
+    assert link in learner.topo.links, "timed out for a probe the stall kept from arriving"
+
+
+def test_late_probes_widen_freshness_link_timeouts_and_proving_time_but_not_from_an_edge_port():
+    """A cold start of a thousand switches delays every probe by seconds (queued behind flow-mods and
+    packet-ins): then a probe 1.1 s old is news, a link waits longer before it times out, and a
+    port longer before it is taken to face hosts. The delay is read from the probes themselves."""
+    learner, driver = fabric(ports=3, now=10.0)
+    t = confirm(learner, driver, 10.0)  # every port faces hosts: the probes found nobody
+    assert learner.probe_delay(t) == 0.0
+    # A VM replays an old probe into its (edge) port: refused, and it widens nothing.
+    deliver(learner, driver, A1, PortRef(2, 2), t, sent_at=t - 3.0)
+    assert learner.probe_delay(t) == 0.0 and learner.probe_max_age(t) == LLDP_MAX_AGE
+    # A new port comes up on switch 2; a probe reaches it 2 s late (the controller's queues).
+    driver.run(learner.port_changed(2, Port(4, "s2-eth4", port_mac(2, 4)), t), t)
+    deliver(learner, driver, A1, PortRef(2, 4), t + 0.01, sent_at=t - 2.0)
+    assert learner.probe_delay(t + 0.01) == pytest.approx(2.01)
+    assert learner.probe_max_age(t + 0.01) == pytest.approx(LLDP_MAX_AGE + 2.01)
+    # The proving time of pending ports grows as much: port 4 is not confirmed 0.15 s later.
+    driver.run(learner.port_changed(1, Port(4, "s1-eth4", port_mac(1, 4)), t), t)
+    for step in range(1, 20):
+        driver.run(learner.check_edges(t + 0.05 * step), t + 0.05 * step)
+    assert learner.port_history(1, 4).kind == "pending"
+    t2 = t + LAG_MEMORY + 1  # forgotten after LAG_MEMORY
+    assert learner.probe_delay(t2) == 0.0 and learner.probe_max_age(t2) == LLDP_MAX_AGE
+
+
+def test_no_port_faces_hosts_while_a_connected_switch_has_not_probed_yet():
+    """A hypervisor probes its uplink before the leaf behind it is ready (still connecting, its
+    flows not in place): the uplink must not be taken for a VM port 0.1 s later."""
+    learner, driver = fabric(switches=(1,), ports=2)
+    driver.run(learner.switch_connected(2, 0.0), 0.0)  # connected, not synced: it has not probed
+    port_list = [Port(p, f"s2-eth{p}", port_mac(2, p)) for p in (1, 2)]
+    driver.run(learner.ports_described(2, port_list, 0.0), 0.0)
+    t = confirm(learner, driver, 0.0)
+    assert learner.port_history(1, 1).kind == "pending", "switch 2 may be behind it"
+    driver.run(learner.switch_synced(2, t), t)
+    deliver(learner, driver, B1, A1, t + 0.01)
+    deliver(learner, driver, A1, B1, t + 0.02)
+    confirm(learner, driver, t + 0.02)
+    assert learner.port_history(1, 1).kind == "inter-switch"
+    assert learner.port_history(1, 2).kind == "edge"
+
+
+def test_a_switch_that_never_probes_is_waited_for_only_so_long():
+    learner, driver = fabric(switches=(1,), ports=1)
+    driver.run(learner.switch_connected(2, 0.0), 0.0)  # never syncs
+    confirm(learner, driver, 0.0)
+    assert learner.port_history(1, 1).kind == "pending"
+    confirm(learner, driver, UNHEARD_MAX + 0.1)
+    assert learner.port_history(1, 1).kind == "edge"
 
 
 def test_a_link_probed_only_one_way_expires_even_while_that_way_keeps_coming():
