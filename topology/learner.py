@@ -28,7 +28,6 @@ from dataclasses import dataclass, field, replace
 from apps import pipeline
 from topology import lldp
 from topology.model import (
-    EDGE_CONFIRM_TIME,
     KIND_DOWN,
     KIND_EDGE,
     LINK_TIMEOUT,
@@ -52,10 +51,11 @@ LAG_MEMORY = 10.0
 STALL = 0.5
 # Probes themselves say how late news arrives: a signed probe that took longer than PROBE_DELAY_NOTICE
 # from its packet-out to its packet-in (queued behind flow-mods, packet-ins and table reads: a cold
-# start of a thousand switches) lets the next ones be as old, makes links wait as much longer before
-# they time out, and ports as much longer before they are taken to face hosts (at most
-# LAG_ALLOWANCE_MAX, forgotten after LAG_MEMORY). Only a probe that arrives on a port not known to
-# face hosts counts: a VM cannot slow discovery down by replaying an old one.
+# start of a thousand switches) lets the next ones be as old and makes links wait as much longer
+# before they time out (at most LAG_ALLOWANCE_MAX, forgotten after LAG_MEMORY). Only a probe that
+# arrives on a port not known to face hosts counts: a VM cannot slow discovery down by replaying an
+# old one. (Pending ports do not wait longer for it: Open vSwitch just started delays a few probes
+# that much, and a Mininet data centre's first pingall paid for it.)
 PROBE_DELAY_NOTICE = 0.2
 # A switch that connected but has not probed yet may be behind any pending port: no port is taken to
 # face hosts until it has (at most this long after it connected). Otherwise a hypervisor's uplink
@@ -407,7 +407,6 @@ class Learner:
         hold_back = {ref for ref, seen in self.one_way.items() if now - seen <= LINK_TIMEOUT}
         confirmed = self.topo.confirm_edge_ports(
             now,
-            hold=EDGE_CONFIRM_TIME + self.probe_delay(now),
             probed=self.probed,
             hold_back=hold_back,
             declared=self._not_probed(),
