@@ -43,7 +43,10 @@ SEND_CHUNK_BYTES = 64 * 1024  # flow-mods are written to a switch's socket in ch
 # arrive stale (topology/learner.py, tick). A controller with this many events not yet handled is
 # behind: the probes it has not read yet may be among them, so no link ages.
 BUSY_SEND_CHUNKS = 4
-BUSY_MAX_SECONDS = 10.0  # a switch that confirms nothing for longer is not busy but broken: its links age
+# A switch that confirms nothing for longer than this (or than its unconfirmed flow-mods take at
+# BUSY_MIN_RATE a second, if that is longer) is not busy but broken: its links age.
+BUSY_MAX_SECONDS = 10.0
+BUSY_MIN_RATE = 1000.0
 BEHIND_EVENTS = 32
 RECONCILE_YIELD_EVERY = 16  # switches reconciled between yields to the other green threads
 # Flow entries read back per tick, at most (a table bigger than this is read alone): a fabric of 500
@@ -400,16 +403,15 @@ class GoldilocksController(app_manager.RyuApp):
 
     def _busy_switches(self) -> set[int]:
         """Switches still working through flow-mods: some wait in our send queue, or the switch has
-        not confirmed (barrier) a batch sent less than BUSY_MAX_SECONDS ago. A probe sent to one
-        waits behind them and arrives stale."""
+        not confirmed (barrier) a batch sent less than BUSY_MAX_SECONDS ago (longer for a big batch:
+        SwitchSync.working). A probe sent to one waits behind them and arrives stale."""
         busy = set()
         now = time.monotonic()
         for dpid, datapath in self.datapaths.items():
             queue = getattr(datapath, "send_q", None)
             sync = self.sync.get(dpid)
-            since = sync.unconfirmed_since() if sync is not None else None
             if (queue is not None and queue.qsize() >= BUSY_SEND_CHUNKS) or (
-                since is not None and now - since < BUSY_MAX_SECONDS
+                sync is not None and sync.working(now, BUSY_MAX_SECONDS, BUSY_MIN_RATE)
             ):
                 busy.add(dpid)
         return busy
@@ -445,7 +447,9 @@ class GoldilocksController(app_manager.RyuApp):
         self.ovsdb_inventory.tick(now)
         self.agents.tick()
         self._request_encrypt_drops()
-        outcome = self.learner.tick(now, busy=self._busy_switches(), behind=self.events.qsize() >= BEHIND_EVENTS)
+        outcome = self.learner.tick(
+            now, busy=self._busy_switches(), behind=self.events.qsize() >= BEHIND_EVENTS, period=self.settings.lldp_interval
+        )
         self.carry_out(outcome)
         if not outcome.changed:
             for dpid in list(self.datapaths):

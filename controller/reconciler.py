@@ -189,6 +189,17 @@ class SwitchSync:
         confirmed). Until then it may still be working through them."""
         return min((sent for sent, _ in self.barriers.values()), default=None)
 
+    def working(self, now: float, at_least: float, min_rate: float) -> bool:
+        """Is the switch still working through flow-mods it has not confirmed? For `at_least`
+        seconds after the oldest unconfirmed batch was sent, and longer for a big backlog: as long
+        as it takes at `min_rate` flow-mods a second (a leaf given 20,000 routes at once, behind a
+        spine given as many, is slow, not broken). After that it is taken for broken."""
+        since = self.unconfirmed_since()
+        if since is None:
+            return False
+        backlog = sum(len(xids) for _, xids in self.barriers.values())
+        return now - since < max(at_least, backlog / min_rate)
+
     def barrier_answered(self, barrier_xid: int) -> list[FlowEntry]:
         """Everything sent before the barrier that was not refused is in place; returns the refused
         entries that now went in on a retry."""

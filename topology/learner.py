@@ -204,6 +204,7 @@ class Learner:
         self.lldp_rejected = 0  # forged, stale or replayed probes
         self._lag, self._lag_at = 0.0, -1e9  # the largest recent lag of the controller's own loop
         self._delay, self._delay_at = 0.0, -1e9  # the largest recent delay of a probe (PROBE_DELAY_NOTICE)
+        self._last_tick: float | None = None
         self._unheard: dict[int, float] = {}  # connected switches that have not probed yet -> since when
         self.probes_refused = 0  # valid probes on a declared VM port
         self.hosts_forgotten = 0  # hosts dropped because their port turned out to face a switch
@@ -353,7 +354,7 @@ class Learner:
         return None
 
     # -- timers -------------------------------------------------------------------------------
-    def tick(self, now: float, busy: Collection[int] = (), behind: bool = False) -> Outcome:
+    def tick(self, now: float, busy: Collection[int] = (), behind: bool = False, period: float | None = None) -> Outcome:
         """The probe period: every probing switch probes every live port; links and probes
         whose time ran out are forgotten.
 
@@ -364,6 +365,12 @@ class Learner:
         cold start of a hundred switches flapped its links under its own flow-mods."""
         out = Outcome()
         self._ticks += 1
+        # A tick that comes late (`period`: when it was due) means the controller stalled: the
+        # stall is noted (every link gets a fresh window) before any link may age. The edge loop
+        # notes stalls too, but after a long one either loop may wake first.
+        last, self._last_tick = self._last_tick, now
+        if period is not None and last is not None:
+            self.note_lag(max(0.0, now - last - period), now)
         for dpid in sorted(self.probed):
             sw = self.topo.switches.get(dpid)
             if sw is not None and dpid not in busy:

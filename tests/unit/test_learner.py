@@ -178,6 +178,26 @@ def test_a_refreshed_link_is_not_aged_back_by_the_next_probe():
     assert link in learner.topo.links, "timed out for a probe the stall kept from arriving"
 
 
+def test_a_late_tick_is_a_stall_and_ages_no_link():
+    """After a long stall (a big reconcile) the tick loop may wake before the edge loop that would
+    note the stall: every link of a 1,000-hypervisor cold start then timed out at once. A tick that
+    comes late notes the stall itself."""
+    learner, driver = fabric()
+    deliver(learner, driver, A1, B1, 1.0)
+    deliver(learner, driver, B1, A1, 1.0)
+    (link,) = learner.topo.links
+    driver.run(learner.tick(1.5, period=1.0), 1.5)
+    late = 1.5 + 1.0 + LINK_TIMEOUT + 2  # due at 2.5, woke this late: nobody heard a probe meanwhile
+    driver.run(learner.tick(late, period=1.0), late)
+    assert link in learner.topo.links, "timed out for the controller's own stall"
+    # Ticks on time again, and the link silent: it ages.
+    t = late
+    while t < late + LINK_TIMEOUT + 1:
+        t += 1.0
+        driver.run(learner.tick(t, period=1.0), t)
+    assert link not in learner.topo.links
+
+
 def test_late_probes_widen_freshness_and_link_timeouts_but_not_from_an_edge_port():
     """A cold start of a thousand switches delays every probe by seconds (queued behind flow-mods and
     packet-ins): then a probe 2 s old is news, and a link waits longer before it times out. The

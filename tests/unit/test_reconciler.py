@@ -229,3 +229,19 @@ def test_a_batch_is_unconfirmed_from_when_it_was_sent_until_its_barrier_is_answe
     assert sync.unconfirmed_since() == 5.0
     sync.barrier_answered(10)
     assert sync.unconfirmed_since() is None
+
+
+def test_a_big_unconfirmed_batch_keeps_a_switch_working_for_longer_than_a_small_one():
+    """A leaf sent 20,000 routes at once is slow to confirm them, not broken: taking it for broken
+    after 10 s let every link of a 1,000-hypervisor cold start time out while its switches worked
+    through the flow-mods that followed the last VM learned."""
+    sync = SwitchSync()
+    sync.set_actual(set(), {})
+    assert not sync.working(0.0, 10.0, 1000.0)
+    sync.barrier_sent(10, [1, 2, 3], now=5.0)
+    assert sync.working(14.9, 10.0, 1000.0) and not sync.working(15.1, 10.0, 1000.0)
+    sync.barrier_sent(11, list(range(100, 20_100)), now=6.0)  # 20,000 more: 20 s at 1,000 a second
+    assert sync.working(24.9, 10.0, 1000.0) and not sync.working(25.2, 10.0, 1000.0)
+    sync.barrier_answered(10)
+    sync.barrier_answered(11)
+    assert not sync.working(7.0, 10.0, 1000.0)
