@@ -85,6 +85,11 @@ MOVE_SETTLE = 3.5
 # old ones: a request re-injected at once can still meet a stale "drop" one switch further on.
 # So every ask is made twice, the second time this long after the first.
 ASK_AGAIN_DELAY = 0.25
+# For the same reason a switch that just got its first flows can drop the answer to its own first
+# probes (its datapath still holds the "drop everything" it cached while it had no flows): this long
+# after it synced, it probes again from every port whose probe was heard but not answered, so a late
+# hypervisor's uplink is found then and not a probe period later (its VMs unreachable meanwhile).
+PROBE_AGAIN_DELAY = 0.3
 
 
 class Punt(enum.Enum):
@@ -212,6 +217,7 @@ class Learner:
         self._last_answer: dict[PortRef, float] = {}
         self._last_edge_check: float | None = None
         self._ask_again_at: float | None = None
+        self._probe_again: dict[int, float] = {}  # switch -> when it probes every port once more
         self._moved_at: dict[str, float] = {}  # MAC -> when the host last moved between ports
         self._refusals_logged: set[tuple[PortRef, PortRef]] = set()
         # Links loaded from disk were seen both ways before the restart.
@@ -233,6 +239,7 @@ class Learner:
     def switch_disconnected(self, dpid: int, now: float) -> Outcome:
         self.probed.discard(dpid)
         self._unheard.pop(dpid, None)
+        self._probe_again.pop(dpid, None)
         for ref in [r for r in self.held if r.dpid == dpid]:
             del self.held[ref]
         changed = self.topo.switch_disconnected(dpid)
@@ -283,6 +290,7 @@ class Learner:
         from now on its pending ports' proving time runs."""
         self.probed.add(dpid)
         self._unheard.pop(dpid, None)
+        self._probe_again[dpid] = now + PROBE_AGAIN_DELAY
         sw = self.topo.switches.get(dpid)
         return Outcome(send=self._probes_from(dpid, sw.live_ports() if sw else [], now))
 
@@ -401,6 +409,13 @@ class Learner:
         if self._ask_again_at is not None and now >= self._ask_again_at:
             self._ask_again_at = None
             out.send += self._reinject_unanswered(now)
+        for dpid in [d for d, at in self._probe_again.items() if now >= at]:
+            del self._probe_again[dpid]
+            sw = self.topo.switches.get(dpid)
+            if sw is not None and dpid in self.probed:
+                # Only ports heard one way: a probe from there arrived, its answer did not.
+                ports = [p for p in sw.live_ports() if PortRef(dpid, p) in self.one_way]
+                out.send += self._probes_from(dpid, ports, now)
         return out.add(self._confirm_edges(now, backlog))
 
     def _confirm_edges(self, now: float, backlog: int) -> Outcome:

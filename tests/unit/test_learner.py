@@ -15,6 +15,7 @@ from topology.learner import (
     LAG_ALLOWANCE_MAX,
     LAG_MEMORY,
     LLDP_MAX_AGE,
+    PROBE_AGAIN_DELAY,
     UNHEARD_MAX,
     Learner,
     Outcome,
@@ -196,6 +197,34 @@ def test_a_late_tick_is_a_stall_and_ages_no_link():
         t += 1.0
         driver.run(learner.tick(t, period=1.0), t)
     assert link not in learner.topo.links
+
+
+def test_a_switch_that_just_synced_probes_again_in_case_its_datapath_dropped_the_answer():
+    """Open vSwitch confirms a new switch's first flows before its datapath forgets the "drop"
+    it cached while it had none: the answer to its first probe can be lost, and a late
+    hypervisor's uplink was then found only a probe period later (its VMs unreachable)."""
+    learner, driver = fabric(switches=(1,), ports=2, now=10.0)
+    confirm(learner, driver, 10.0)
+    driver.run(learner.check_edges(11.0), 11.0)  # switch 1's own second round
+    driver.run(learner.switch_connected(2, 12.0), 12.0)
+    port_list = [Port(p, f"s2-eth{p}", port_mac(2, p)) for p in (1, 2)]
+    driver.run(learner.ports_described(2, port_list, 12.0), 12.0)
+    driver.run(learner.switch_synced(2, 12.0), 12.0)
+    driver.probes()
+    deliver(learner, driver, B1, A1, 12.01)  # switch 2's probe reaches switch 1, which answers...
+    assert [(p.dpid, p.out_port) for p in driver.probes()] == [(1, 1)]  # ...and the answer is lost
+    driver.run(learner.check_edges(12.1), 12.1)
+    assert not driver.probes(), "not before PROBE_AGAIN_DELAY"
+    driver.run(learner.check_edges(12.0 + PROBE_AGAIN_DELAY), 12.0 + PROBE_AGAIN_DELAY)
+    again = driver.probes()
+    assert (2, 1) in [(p.dpid, p.out_port) for p in again], "switch 2 probes its ports once more"
+    deliver(learner, driver, B1, A1, 12.0 + PROBE_AGAIN_DELAY + 0.01)
+    answer = [p for p in driver.probes() if (p.dpid, p.out_port) == (1, 1)]
+    assert answer, "switch 1 answers again (its answer gap has passed)"
+    deliver(learner, driver, A1, B1, 12.0 + PROBE_AGAIN_DELAY + 0.02)
+    assert Link.between(A1, B1) in learner.topo.links
+    driver.run(learner.check_edges(13.0), 13.0)
+    assert not [p for p in driver.probes() if p.dpid == 2], "once only"
 
 
 def test_late_probes_widen_freshness_and_link_timeouts_but_not_from_an_edge_port():
