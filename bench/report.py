@@ -859,9 +859,12 @@ def _converge(rows: list[dict]) -> list[str]:
         "(none here: they ask for a gateway that does not exist), so the tables hold O(VMs) entries on the fabric",
         "and O(VMs per hypervisor) on each hypervisor (before, O(VMs x hypervisors): 5 M at 500 hypervisors, and",
         "beyond 100 hypervisors the fabric never settled). Emulated switches reconnect as Open vSwitch does",
-        "(`reconnects`). What is left is the controller's own CPU (one Python process, saturated for the whole",
-        "run: parsing packet-ins and flow stats in Ryu is the largest share) and the link time-outs it causes:",
-        "probes that wait behind its work arrive stale and are refused (`probes_rejected_stale` in the JSON).",
+        "(`reconnects`). What is left is the controller's own CPU: one Python process, saturated for most of the",
+        "run. 20,000 VMs resolving their gateway every 2 s send 10,000 packet-ins a second, about what it can",
+        "read besides its flow-mods; a run where it falls behind (the rest waits in the kernel buffers of 1,052",
+        "connections) learns the last VMs and links tens of seconds later. At 1,000 hypervisors, runs on this",
+        "machine settled in 42-62 s or, when the controller fell behind, in 105-130 s; with no link time-out",
+        "in either (before this, every run took 314-379 s and lost 100 or more links on the way).",
         "",
     ]
     return lines
