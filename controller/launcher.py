@@ -35,10 +35,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--arp-ahead-max",
         type=int,
-        default=1000,
+        default=settings.ARP_AHEAD_MAX,
         metavar="HOSTS",
         help="while the data centre has at most HOSTS hosts and host-facing ports, every hypervisor answers ARP for "
-        "every host ahead of time; above, for its VMs' rule peers and the addresses its VMs asked for (default 1000)",
+        f"every host ahead of time; above, for its VMs' rule peers and the addresses its VMs asked for "
+        f"(default {settings.ARP_AHEAD_MAX})",
     )
     parser.add_argument(
         "--inventory",

@@ -6,6 +6,8 @@ import os
 import shutil
 from dataclasses import dataclass
 
+from apps.compiler import ARP_AHEAD_MAX
+
 DEFAULT_STATE_DIR = "/var/lib/goldilocks"
 
 
@@ -13,7 +15,7 @@ DEFAULT_STATE_DIR = "/var/lib/goldilocks"
 class Settings:
     state_dir: str = DEFAULT_STATE_DIR
     lldp_interval: float = 1.0
-    arp_ahead_max: int = 1000  # hosts and host ports up to which every hypervisor answers every address (apps/compiler.py)
+    arp_ahead_max: int = ARP_AHEAD_MAX  # hosts and host ports up to which every hypervisor answers every address
     audit_interval: float = 30.0
     settle_time: float = 3.0  # after a switch connects, stale flows are kept this long
     inventory: str | None = None  # a JSON or YAML file of VMs, upserted at start
@@ -46,7 +48,7 @@ class Settings:
         return cls(
             state_dir=env.get("GOLDILOCKS_STATE_DIR", DEFAULT_STATE_DIR),
             lldp_interval=float(env.get("GOLDILOCKS_LLDP_INTERVAL", "1.0")),
-            arp_ahead_max=int(env.get("GOLDILOCKS_ARP_AHEAD_MAX", "1000")),
+            arp_ahead_max=int(env.get("GOLDILOCKS_ARP_AHEAD_MAX", ARP_AHEAD_MAX)),
             audit_interval=float(env.get("GOLDILOCKS_AUDIT_INTERVAL", "30")),
             settle_time=float(env.get("GOLDILOCKS_SETTLE_TIME", "3.0")),
             inventory=env.get("GOLDILOCKS_INVENTORY") or None,

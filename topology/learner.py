@@ -186,6 +186,22 @@ def _ms(now: float) -> int:
     return int(now * 1000)
 
 
+class _RecentMax:
+    """The largest value noted in the last LAG_MEMORY seconds (0 once forgotten)."""
+
+    __slots__ = ("value", "at")
+
+    def __init__(self) -> None:
+        self.value, self.at = 0.0, -1e9
+
+    def note(self, value: float, now: float) -> None:
+        if value >= self.value or now - self.at > LAG_MEMORY:
+            self.value, self.at = value, now
+
+    def get(self, now: float) -> float:
+        return self.value if now - self.at <= LAG_MEMORY else 0.0
+
+
 class Learner:
     """Owns the topology model and everything that decides it: probes, held frames, unanswered
     ARP requests, declared VM ports, and the history of every port's kind. Every method takes
@@ -207,8 +223,8 @@ class Learner:
         self.ports: dict[int, dict[int, PortHistory]] = {}  # dpid -> port -> its kind's history
         self.kind_changes: Counter[tuple[str, str]] = Counter()
         self.lldp_rejected = 0  # forged, stale or replayed probes
-        self._lag, self._lag_at = 0.0, -1e9  # the largest recent lag of the controller's own loop
-        self._delay, self._delay_at = 0.0, -1e9  # the largest recent delay of a probe (PROBE_DELAY_NOTICE)
+        self._lag = _RecentMax()  # of the controller's own loop
+        self._delay = _RecentMax()  # of a probe (PROBE_DELAY_NOTICE)
         self._last_tick: float | None = None
         self._unheard: dict[int, float] = {}  # connected switches that have not probed yet -> since when
         self.probes_refused = 0  # valid probes on a declared VM port
@@ -387,7 +403,7 @@ class Learner:
             self.topo.refresh_links(now, set(busy))
         if behind:
             return out
-        timeout = LINK_TIMEOUT + self.probe_delay(now)  # as long as probes are late, links wait as long
+        timeout = self.link_timeout(now)
         for key in [k for k, seen in self.probes.items() if now - seen > timeout]:
             del self.probes[key]
         for ref in [r for r, seen in self.one_way.items() if now - seen > LINK_TIMEOUT]:
@@ -397,7 +413,7 @@ class Learner:
         expired = self.topo.expire_links(now, timeout)
         if expired:
             for link in expired:
-                LOG.info("link %s timed out: no probe both ways for %.1f s", _link_text(link), LINK_TIMEOUT)
+                LOG.info("link %s timed out: no probe both ways for %.1f s", _link_text(link), timeout)
             self._note_kinds(now)
             out.changed = True
         return out
@@ -475,20 +491,22 @@ class Learner:
 
     def note_lag(self, lag: float, now: float) -> None:
         """The controller's loop woke `lag` seconds late: probes waited as long (see STALL)."""
-        if lag >= self._lag or now - self._lag_at > LAG_MEMORY:
-            self._lag, self._lag_at = lag, now
+        self._lag.note(lag, now)
         if lag > STALL:
             self.topo.refresh_links(now)
 
     def probe_max_age(self, now: float) -> float:
         """How old a probe may be when it arrives: LLDP_MAX_AGE, plus the recent lag of the loop
         or delay of probes, whichever is larger."""
-        lag = self._lag if now - self._lag_at <= LAG_MEMORY else 0.0
-        return LLDP_MAX_AGE + min(max(lag, self.probe_delay(now)), LAG_ALLOWANCE_MAX)
+        return LLDP_MAX_AGE + min(max(self._lag.get(now), self._delay.get(now)), LAG_ALLOWANCE_MAX)
 
     def probe_delay(self, now: float) -> float:
         """The largest recent delay of a probe over PROBE_DELAY_NOTICE (0 if none), at most LAG_ALLOWANCE_MAX."""
-        return min(self._delay, LAG_ALLOWANCE_MAX) if now - self._delay_at <= LAG_MEMORY else 0.0
+        return min(self._delay.get(now), LAG_ALLOWANCE_MAX)
+
+    def link_timeout(self, now: float) -> float:
+        """How long a link may go unheard one way: LINK_TIMEOUT, and as much longer as probes are late."""
+        return LINK_TIMEOUT + self.probe_delay(now)
 
     def _note_delay(self, here: PortRef, delay: float, now: float) -> None:
         if delay <= PROBE_DELAY_NOTICE or delay > LLDP_MAX_AGE + LAG_ALLOWANCE_MAX:
@@ -496,8 +514,7 @@ class Learner:
         sw = self.topo.switches.get(here.dpid)
         if sw is None or here.port in sw.edge_confirmed:
             return
-        if delay >= self._delay or now - self._delay_at > LAG_MEMORY:
-            self._delay, self._delay_at = delay, now
+        self._delay.note(delay, now)
 
     def _waiting_for_probes(self, now: float) -> bool:
         """Has a switch connected, not probed yet, within UNHEARD_MAX (see there)?"""
@@ -511,11 +528,10 @@ class Learner:
     def probe_in(self, here: PortRef, frame: bytes, now: float, received: float | None = None) -> Outcome:
         arrived = now if received is None else min(now, received)
         probe = lldp.read_probe(self.key, frame)
-        max_age = self.probe_max_age(arrived)
         if probe is not None:
-            delay = (_ms(arrived) - probe[2]) / 1000
-            self._note_delay(here, delay, now)
-            if not -1.0 <= delay <= max_age:
+            max_age_ms = int(self.probe_max_age(arrived) * 1000)  # judged before this probe's own delay
+            self._note_delay(here, (_ms(arrived) - probe[2]) / 1000, now)
+            if not lldp.fresh(probe[2], _ms(arrived), max_age_ms):
                 probe = None  # stale or replayed (or from the future)
         if probe is None:
             self.lldp_rejected += 1  # forged, from another controller, stale or replayed
@@ -538,7 +554,7 @@ class Learner:
                 return Outcome()
         self.probes[(src, here)] = now
         back = self.probes.get((here, src))
-        if back is None or now - back > LINK_TIMEOUT + self.probe_delay(now):
+        if back is None or now - back > self.link_timeout(now):
             # Seen one way only: a switch may be behind either end, so neither is proven to face
             # hosts yet; answer from here at once so the other way is seen in milliseconds.
             self.one_way[src] = self.one_way[here] = now

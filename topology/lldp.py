@@ -42,9 +42,15 @@ def parse_probe(key: bytes, frame: bytes, now_ms: int | None = None, max_age_ms:
     if probe is None:
         return None
     dpid, port_no, sent_ms = probe
-    if now_ms is not None and not (now_ms - max_age_ms <= sent_ms <= now_ms + 1000):
+    if now_ms is not None and not fresh(sent_ms, now_ms, max_age_ms):
         return None
     return dpid, port_no
+
+
+def fresh(sent_ms: int, now_ms: int, max_age_ms: int) -> bool:
+    """Was a probe stamped `sent_ms` sent at most `max_age_ms` before `now_ms` (and not from the
+    future, beyond a second of clock skew)? An older one is refused as a replay."""
+    return now_ms - max_age_ms <= sent_ms <= now_ms + 1000
 
 
 def read_probe(key: bytes, frame: bytes) -> tuple[int, int, int] | None:
