@@ -146,6 +146,7 @@ class Compiler:
         self._roles: dict[int, str] = {}
         self._view: graph.GraphView | None = None
         self._tree: dict[int, frozenset[int]] = {}
+        self._parent: dict[int, int] = {}  # switch -> its tree port toward the root
         self._vm_by_mac: dict[str, VM] = {}
         self._hosts: dict[str, Host] = {}  # effective hosts: on an edge port of a known switch
         self._by_switch: dict[int, dict[str, Host]] = {}
@@ -295,6 +296,9 @@ class Compiler:
         tree = self._view.tree_ports
         ch.struct |= _differing(tree, self._tree)
         self._tree = dict(tree)
+        # A switch whose parent changed sends other unicast elsewhere: its routes are rebuilt whole.
+        ch.struct |= _differing(self._view.parent, self._parent)
+        self._parent = dict(self._view.parent)
 
     def _inventory(self, policy: PolicyState, ch: _Changes) -> set[str]:
         """VMs added, removed or changed, and VMs entering or leaving quarantine (their effective
@@ -658,7 +662,7 @@ class Compiler:
             # to its edge ports must be committed all the same (forwarding.fabric_flood_commit_flows).
             zone = policy_flows.conntrack_zone(dpid)
             entries += forwarding.fabric_flood_commit_flows(snap.inter_switch_ports(dpid), flood, zone)
-        entries += forwarding.unicast_flows(snap, dpid, local)
+        entries += forwarding.unicast_flows(snap, dpid, local, view.parent.get(dpid), flood_set)
         if self._roles.get(dpid) == ROLE_HYPERVISOR:
             zone = policy_flows.conntrack_zone(dpid)
             entries += arp_responder.owner_bypass_flows(local, flood)
@@ -692,12 +696,10 @@ class Compiler:
     def _switch_groups(self, snap, dpid: int, policy: PolicyState, tunnels, policy_dirty: bool, ch: _Changes) -> dict:
         groups: dict[Hashable, Group] = {}
         if forwarding.needs_routes(snap, dpid):
-            next_hop = self._view.next_hop
             for dst in self._by_switch:
-                if dst != dpid:
-                    port = next_hop.get(dst, {}).get(dpid)
-                    if port is not None:
-                        groups[("route", dst)] = self._route_group(dst, port)
+                group = self._route_for(dpid, dst)
+                if group is not None:
+                    groups[("route", dst)] = group
         if self._roles.get(dpid) != ROLE_HYPERVISOR:
             self._chunks.pop(dpid, None)
             self._held.pop(dpid, None)
@@ -743,10 +745,8 @@ class Compiler:
 
         route_dsts = ch.dsts | self._route_patch.get(dpid, set())
         if route_dsts and forwarding.needs_routes(snap, dpid):
-            next_hop = self._view.next_hop
             for dst in route_dsts:
-                port = next_hop.get(dst, {}).get(dpid) if dst != dpid and dst in self._by_switch else None
-                put(("route", dst), None if port is None else self._route_group(dst, port))
+                put(("route", dst), self._route_for(dpid, dst) if dst in self._by_switch else None)
         if self._roles.get(dpid) != ROLE_HYPERVISOR:
             return groups
         put("quarantine", self.quarantine_group(self._isolated))
@@ -914,6 +914,16 @@ class Compiler:
 
     def _responder_group(self, identity: int) -> Group:
         return self._shared(("responders", identity), self._members.get(identity), arp_responder.responder_flows)
+
+    def _route_for(self, dpid: int, dst: int) -> Group | None:
+        """dpid's routes to dst's hosts: none toward its parent, where its other unicast goes anyway
+        (forwarding.default_route_flows)."""
+        if dst == dpid:
+            return None
+        port = self._view.next_hop.get(dst, {}).get(dpid)
+        if port is None or port == self._parent.get(dpid):
+            return None
+        return self._route_group(dst, port)
 
     def _route_group(self, dst: int, port: int) -> Group:
         return self._shared(("route", dst, port), self._by_switch.get(dst), lambda hosts: forwarding.route_flows(hosts, port))

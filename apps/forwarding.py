@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterable, Mapping
 
-from apps import pipeline
+from apps import pipeline, policy_flows
 from apps.flows import Conntrack, FlowEntry, Output
 from topology.graph import GraphView
 from topology.learner import Punt
@@ -133,13 +133,17 @@ def route_flows(hosts: list[Host], port: int) -> list[FlowEntry]:
     return [FlowEntry.make(pipeline.FORWARD, pipeline.PRIO_UNICAST, {"eth_dst": h.mac}, (Output(port),)) for h in hosts]
 
 
-def unicast_flows(topo: Topology, dpid: int, local: list[Host]) -> list[FlowEntry]:
-    """Known local destination MACs go to the egress table.
+def unicast_flows(
+    topo: Topology, dpid: int, local: list[Host], parent: int | None = None, flood_set: frozenset[int] = frozenset()
+) -> list[FlowEntry]:
+    """Known local destination MACs go to the egress table; other unicast follows the flooding tree.
 
-    A switch with a single uplink (a typical hypervisor) needs no entry per remote host: every
-    unicast frame from its edge ports that is not for a local VM goes up. That keeps a
-    hypervisor's table proportional to its own VMs, not to the data centre. Other switches get
-    per-host routes (route_flows), which the compiler shares between switches as groups."""
+    A switch holds a route per remote host only where the host is not reached through its parent
+    (its tree port toward the root): every other unicast goes to the parent (default_route_flows),
+    and the root, which holds every route, floods what it has none for. A switch with a single
+    uplink (a typical hypervisor) therefore holds no entry per remote host, and a leaf holds only
+    its own hypervisors' hosts: tables grow with the data centre on the spines and the root only.
+    The compiler shares the routes a switch does hold (route_flows) between switches as groups."""
     flows = []
     for host in local:
         match = {"eth_dst": host.mac}
@@ -151,4 +155,54 @@ def unicast_flows(topo: Topology, dpid: int, local: list[Host]) -> list[FlowEntr
         for port in topo.edge_ports(dpid):
             to_any_unicast = {"in_port": port, "eth_dst": UNICAST}
             flows.append(FlowEntry.make(pipeline.FORWARD, pipeline.PRIO_UNICAST_UPLINK, to_any_unicast, (Output(uplink),)))
+    elif uplinks:
+        flows += default_route_flows(topo, dpid, parent, flood_set)
+    if parent is not None:
+        flows += reflected_flows(local, parent, sorted((flood_set & uplinks) - {parent}))
     return flows
+
+
+def default_route_flows(topo: Topology, dpid: int, parent: int | None, flood_set: frozenset[int]) -> list[FlowEntry]:
+    """Unicast that a switch with several inter-switch ports holds no route for.
+
+    Below the root it goes to the parent, whichever port it came in on, so that routes toward
+    the parent can be left out; the parents form a tree, so a frame for a host nobody knows
+    climbs to the root and cannot loop. The root floods it on the tree, back out of the port it
+    came in on too (the sender's own branch has not had it), and, like any flood toward local
+    VMs, commits IP first (fabric_flood_commit_flows). A frame that comes down from the parent
+    is flooded down as before (flood_flows)."""
+    flows = []
+    if parent is not None:
+        for port in sorted((set(topo.edge_ports(dpid)) | topo.inter_switch_ports(dpid)) - {parent}):
+            match = {"in_port": port, "eth_dst": UNICAST}
+            flows.append(FlowEntry.make(pipeline.FORWARD, pipeline.PRIO_UNICAST_UPLINK, match, (Output(parent),)))
+        return flows
+    commit = bool(topo.edge_ports(dpid))
+    zone = policy_flows.conntrack_zone(dpid)
+    for port in sorted(topo.inter_switch_ports(dpid)):
+        if port in flood_set:
+            actions = (*flood_actions(flood_set, port), Output(pipeline.OFPP_IN_PORT))
+        else:
+            actions = tuple(Output(p) for p in sorted(flood_set))
+        match = {"in_port": port, "eth_dst": UNICAST}
+        flows.append(FlowEntry.make(pipeline.FORWARD, pipeline.PRIO_UNICAST_UPLINK, match, actions))
+        if commit:
+            for family in (pipeline.ETH_TYPE_IPV4, pipeline.ETH_TYPE_IPV6):
+                ip = {**match, "eth_type": family}
+                flows.append(
+                    FlowEntry.make(
+                        pipeline.FORWARD, pipeline.PRIO_UNKNOWN_IP_AT_ROOT, ip, (Conntrack(zone, commit=True), *actions)
+                    )
+                )
+    return flows
+
+
+def reflected_flows(local: list[Host], parent: int, children: list[int]) -> list[FlowEntry]:
+    """A local host's own unicast that comes back down from the parent is one the root flooded back
+    (default_route_flows): it goes on down the tree, but not to this switch's edge ports, which
+    never get what their own switch sent up (a hypervisor's VMs never hear their own frames)."""
+    down = tuple(Output(p) for p in children)
+    return [
+        FlowEntry.make(pipeline.FORWARD, pipeline.PRIO_REFLECTED, {"in_port": parent, "eth_src": h.mac, "eth_dst": UNICAST}, down)
+        for h in local
+    ]

@@ -61,9 +61,10 @@ PIPELINE: dict[int, TableSpec] = {
         TableSpec(
             FORWARD,
             "forward",
-            "answer ARP for known IPs, send unicast along shortest paths, flood broadcast on the spanning tree;"
+            "answer ARP for known IPs, send unicast along shortest paths (or up the spanning tree),"
+            " flood broadcast on the spanning tree;"
             " encrypted traffic only into the tunnel toward its destination hypervisor, or dropped",
-            frozenset({"in_port", "eth_dst", "eth_type", "arp_op", "arp_tpa", "reg0"}),
+            frozenset({"in_port", "eth_src", "eth_dst", "eth_type", "arp_op", "arp_tpa", "reg0"}),
             frozenset({EGRESS}),
         ),
         TableSpec(
@@ -133,7 +134,9 @@ PRIO_FLOOD_IP_FROM_FABRIC = 110  # hypervisors: IP flooded from the fabric is co
 PRIO_FLOOD = 300  # broadcast / multicast along the tree
 PRIO_ARP_UNANSWERED = 150  # an ARP request from an edge port that no responder answered
 PRIO_UNICAST = 500
-PRIO_UNICAST_UPLINK = 400  # single-uplink switch: any other unicast from an edge port goes up
+PRIO_UNICAST_UPLINK = 400  # unicast with no route: to the parent; at the root, flooded (forwarding.default_route_flows)
+PRIO_UNKNOWN_IP_AT_ROOT = 410  # the same for IP at a root with local VMs: committed first
+PRIO_REFLECTED = 450  # a local host's unicast flooded back down by the root: on down the tree, not to local VMs
 PRIO_ARP_RESPONDER = 900
 PRIO_ARP_OWNER = 910  # a host's ARP for its own address bypasses the responder
 PRIO_ARP_FROM_FABRIC = 920  # ARP requests flooded by another switch bypass it too

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import networkx as nx
 
@@ -20,6 +20,9 @@ class GraphView:
     next_hop: Mapping[int, Mapping[int, int]]
     # tree_ports[dpid] = inter-switch ports of dpid that belong to the flooding tree
     tree_ports: dict[int, frozenset[int]]
+    # parent[dpid] = dpid's tree port toward its component's root (the root has none): where a
+    # switch sends unicast it holds no route for, so that its routes can leave those out
+    parent: Mapping[int, int] = field(default_factory=dict)
 
 
 def build_graph(topo: Topology) -> nx.Graph:
@@ -158,16 +161,31 @@ class StubColumn(Mapping[int, int]):
         return len(self._base) - (self._dst in self._base) + 1
 
 
-def spanning_tree_ports(graph: nx.Graph) -> dict[int, frozenset[int]]:
-    """Ports on the flooding tree: a BFS tree of each connected component from its lowest dpid."""
+def tree_root(graph: nx.Graph, component: set[int]) -> int:
+    """The root of a component's flooding tree: its lowest dpid with two or more neighbours (a
+    stub, such as a hypervisor with one leaf, would have to hold a route to every host), or its
+    lowest dpid when every switch is a stub."""
+    return min((n for n in component if graph.degree(n) >= 2), default=min(component))
+
+
+def spanning_tree(graph: nx.Graph) -> tuple[dict[int, frozenset[int]], dict[int, int]]:
+    """The flooding tree: a BFS tree of each connected component from its root (tree_root),
+    neighbours in sorted order. Returns every switch's tree ports and its port toward the root."""
     ports: dict[int, set[int]] = {n: set() for n in graph.nodes}
+    parent: dict[int, int] = {}
     for component in sorted(nx.connected_components(graph), key=min):
-        root = min(component)
-        for child, parent in nx.bfs_predecessors(graph, root, sort_neighbors=sorted):
-            edge_ports = graph.edges[child, parent]["ports"]
+        root = tree_root(graph, component)
+        for child, up in nx.bfs_predecessors(graph, root, sort_neighbors=sorted):
+            edge_ports = graph.edges[child, up]["ports"]
             ports[child].add(edge_ports[child])
-            ports[parent].add(edge_ports[parent])
-    return {n: frozenset(p) for n, p in ports.items()}
+            ports[up].add(edge_ports[up])
+            parent[child] = edge_ports[child]
+    return {n: frozenset(p) for n, p in ports.items()}, parent
+
+
+def spanning_tree_ports(graph: nx.Graph) -> dict[int, frozenset[int]]:
+    """Ports on the flooding tree (spanning_tree)."""
+    return spanning_tree(graph)[0]
 
 
 def shortest_path(graph: nx.Graph, src: int, dst: int) -> list[int]:
@@ -193,4 +211,5 @@ def next_hops_for(graph: nx.Graph, dst: int) -> dict[int, int]:
 
 def view(topo: Topology) -> GraphView:
     graph = build_graph(topo)
-    return GraphView(graph, next_hops(graph), spanning_tree_ports(graph))
+    tree_ports, parent = spanning_tree(graph)
+    return GraphView(graph, next_hops(graph), tree_ports, parent)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import signal
 import time
 
+from apps.pipeline import PRIO_UNICAST_UPLINK
 from mininet_scenarios.fabric_check import host_layout
 from mininet_scenarios.harness import rest_get
 from tests.integration.helpers import largest_gap, reply_times, switch_flows, wait_until
@@ -58,15 +59,20 @@ def test_rest_topology_equals_what_was_built(looped_dc):
 
 
 def _uplink_toward(dc, leaf: str, vm: str) -> str:
-    """The spine the leaf uses to reach a VM, from the controller's flows for the leaf."""
+    """The spine the leaf uses to reach a VM, from the controller's flows for the leaf: its route to
+    the VM, or, when it holds none (the VM is reached through its parent on the flooding tree), the
+    port its other unicast goes to."""
     dpid = f"{dc.layout.switches[leaf]:016x}"
     mac = dc.layout.vms[vm][2]
     flows = rest_get(dc.rest_url, f"/v1/switches/{dpid}/flows")["flows"]
-    port = next(
-        int(f["actions"][0].split("port=")[1].split(",")[0])
-        for f in flows
-        if f["table"] == 3 and f["match"].get("eth_dst") == mac
-    )
+
+    def out_port(flow) -> int:
+        return int(flow["actions"][0].split("port=")[1].split(",")[0])
+
+    routes = [out_port(f) for f in flows if f["table"] == 3 and f["match"].get("eth_dst") == mac]
+    defaults = {out_port(f) for f in flows if f["table"] == 3 and f["priority"] == PRIO_UNICAST_UPLINK}
+    assert routes or len(defaults) == 1, (routes, defaults)
+    port = routes[0] if routes else defaults.pop()
     leaf_node = dc.net.get(leaf)
     intf = next(i for i, p in leaf_node.ports.items() if p == port)
     peer = intf.link.intf2 if intf.link.intf1 is intf else intf.link.intf1

@@ -153,6 +153,44 @@ def test_a_single_uplink_hypervisor_holds_no_entry_per_remote_vm(fabric):
         assert not (named & remote), f"hypervisor {dpid:x} still has per-VM entries for remote VMs"
 
 
+def test_a_leaf_routes_only_its_own_hypervisors_vms(fabric):
+    """A switch holds no route toward its parent on the flooding tree: a leaf that is not the
+    tree's root routes only its own hypervisors' VMs and sends the rest up, so the tables that grow
+    with the data centre are the spines' and the root's."""
+    tables = desired_tables(fabric.topo)
+    view = graph.view(fabric.topo)
+    (root,) = [d for d in fabric.topo.switches if d not in view.parent]
+    under = {leaf: {h.mac for h in fabric.vms if _leaf_of(fabric, h.dpid) == leaf} for leaf in fabric.leaves}
+
+    def routed(dpid: int) -> set[str]:
+        return {
+            v
+            for e in tables[dpid].values()
+            if e.table == pipeline.FORWARD
+            for k, v in e.match
+            if k == "eth_dst" and isinstance(v, str)
+        }
+
+    everyone = {h.mac for h in fabric.vms}
+    assert routed(root) == everyone
+    for leaf in fabric.leaves:
+        if leaf != root:
+            assert routed(leaf) == under[leaf], f"leaf {leaf:x}"
+    for spine in fabric.spines:
+        if spine != root:
+            parent_leaf = next(
+                n for n in view.graph.neighbors(spine) if view.graph.edges[spine, n]["ports"][spine] == view.parent[spine]
+            )
+            assert routed(spine) == everyone - under[parent_leaf], f"spine {spine:x}"
+
+
+def _leaf_of(fabric, hypervisor: int) -> int:
+    (leaf,) = {
+        lk.b.dpid if lk.a.dpid == hypervisor else lk.a.dpid for lk in fabric.topo.links if hypervisor in (lk.a.dpid, lk.b.dpid)
+    }
+    return leaf
+
+
 # ---------------------------------------------------------------------------
 # Broadcast
 # ---------------------------------------------------------------------------

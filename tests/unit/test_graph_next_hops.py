@@ -4,8 +4,9 @@ every destination from every switch, and the flooding tree's ports.
 The oracle below is the networkx implementation topology/graph.py had before the BFS over core
 switches (stubs derived from their parent): one BFS tree per destination, rooted there, neighbours
 visited in sorted order, the lowest-numbered link of a parallel bundle, one spanning tree per
-connected component from its lowest dpid. Whatever view() does inside, its public results must
-stay exactly these."""
+connected component from its lowest dpid with two or more neighbours (else its lowest dpid), and
+each switch's parent port on that tree. Whatever view() does inside, its public results must stay
+exactly these."""
 
 from __future__ import annotations
 
@@ -54,26 +55,30 @@ def next_hops(graph_: nx.Graph) -> dict[int, dict[int, int]]:
     return {dst: next_hops_for(graph_, dst) for dst in graph_.nodes}
 
 
-def spanning_tree_ports(graph_: nx.Graph) -> dict[int, frozenset[int]]:
+def spanning_tree(graph_: nx.Graph) -> tuple[dict[int, frozenset[int]], dict[int, int]]:
     ports: dict[int, set[int]] = {n: set() for n in graph_.nodes}
+    parents: dict[int, int] = {}
     for component in sorted(nx.connected_components(graph_), key=min):
-        root = min(component)
+        inner = [n for n in component if len(list(graph_.neighbors(n))) > 1]
+        root = min(inner) if inner else min(component)
         for child, parent in nx.bfs_predecessors(graph_, root, sort_neighbors=sorted):
             edge_ports = graph_.edges[child, parent]["ports"]
             ports[child].add(edge_ports[child])
             ports[parent].add(edge_ports[parent])
-    return {n: frozenset(p) for n, p in ports.items()}
+            parents[child] = edge_ports[child]
+    return {n: frozenset(p) for n, p in ports.items()}, parents
 
 
 @dataclass
 class Oracle:
     next_hop: dict[int, dict[int, int]]
     tree_ports: dict[int, frozenset[int]]
+    parent: dict[int, int]
 
 
 def oracle(topo: Topology) -> Oracle:
     graph_ = build_graph(topo)
-    return Oracle(next_hops(graph_), spanning_tree_ports(graph_))
+    return Oracle(next_hops(graph_), *spanning_tree(graph_))
 
 
 # ---------------------------------------------------------------------------
@@ -130,6 +135,8 @@ def assert_same_as_oracle(topo: Topology, history: list[str] | None = None) -> N
             if have_tree.get(d) != expected.tree_ports.get(d)
         ]
         raise AssertionError("tree_ports differ:\n" + "\n".join(lines) + "\n" + where)
+    have_parent = dict(got.parent)
+    assert have_parent == expected.parent, f"parents: view {_hex(have_parent)}, reference {_hex(expected.parent)}\n{where}"
 
 
 def _hex(hops: dict[int, int]) -> dict[str, int]:

@@ -22,6 +22,7 @@ from tests.fakeoftable import (
     arp_reply,
     arp_request,
     build_leaf_spine,
+    build_mesh,
     first_ip,
     icmp_frame,
     ipv4_frame,
@@ -33,6 +34,7 @@ from tests.fakeoftable import (
     unicast_frame,
     vm_name,
 )
+from topology import graph
 from topology.model import Host
 
 PROTOS = ("tcp", "udp", "icmp")
@@ -534,4 +536,21 @@ def test_ip_flooded_to_a_hypervisor_before_its_first_vm_is_learned_is_committed(
     fabric.topo.host_seen(dst.mac, dst.dpid, dst.port, first_ip(dst))  # the VM answers: learned
     after = FakeNetwork.compile(fabric.topo)
     after.conntrack = before.conntrack  # one datapath: the same conntrack before and after the compile
+    assert delivered(after, dst, src, reply_frame(request)), "the reply is +est, not invalid"
+
+
+def test_ip_the_root_floods_to_its_own_vms_is_committed():
+    """A switch with VMs can be the flooding tree's root (here the middle of a line of three): IP
+    for a host nobody knows climbs to it and it floods it, its own VMs included. Committed there
+    too, or the VM's reply, once the VM is learned, meets no connection and drops."""
+    topo, hosts = build_mesh([(1, 2), (2, 3)])
+    src, dst = next(h for h in hosts if h.dpid == 1), next(h for h in hosts if h.dpid == 2)
+    assert 2 not in graph.view(topo).parent, "the middle switch is the root"
+    topo.remove_host(dst.mac)
+    before = FakeNetwork.compile(topo)
+    request = icmp_frame(src, dst)
+    assert before.send(src, request).reaches(dst)
+    topo.host_seen(dst.mac, dst.dpid, dst.port, first_ip(dst))
+    after = FakeNetwork.compile(topo)
+    after.conntrack = before.conntrack
     assert delivered(after, dst, src, reply_frame(request)), "the reply is +est, not invalid"

@@ -56,6 +56,14 @@ def assert_forwarding_sound(topo: Topology, hosts: list[Host]) -> None:
         assert not trace.loops, (src, trace.loops)
         reachable = sorted((d, p) for d, p in edges if component[d] == component[src.dpid] and (d, p) != (src.dpid, src.port))
         assert trace.delivered_to() == reachable
+        # A destination nobody knows: switches hold no route toward their parent, so it climbs the
+        # tree and the root floods it. Every other switch's edge ports get it once, never the sender.
+        trace = net.send(src, ipv4_frame(src, "02:99:99:99:99:99", "10.255.255.254"))
+        assert not trace.loops, (src, trace.loops)
+        got = trace.delivered_to()
+        assert len(got) == len(set(got)), (src, got)
+        assert set(got) <= set(reachable), (src, got)
+        assert {(d, p) for d, p in reachable if d != src.dpid} <= set(got), (src, got)
 
 
 @SETTINGS
