@@ -234,25 +234,32 @@ class GoldilocksController(app_manager.RyuApp):
             # waits for it too, or a re-injected frame would miss again and bounce.
             self._after_compile.append(then)
         else:
-            then()
+            # Flows sent before may not be in place yet (a cold start's backlog): a frame
+            # re-injected now would miss again, come back, and bounce for as long.
+            self._when_confirmed({p.dpid for p in outcome.send_after}, then)
+
+    def _when_confirmed(self, dpids: set[int], callback: Callable[[], None]) -> None:
+        """Run the callback once these switches have confirmed (barrier) every batch sent to them
+        so far, or FLOWS_IN_PLACE_MAX_WAIT has passed; at once when none is outstanding."""
+        wait = _FlowWait(set(), [callback], time.monotonic() + FLOWS_IN_PLACE_MAX_WAIT)
+        for dpid in sorted(dpids):
+            sync = self.sync.get(dpid)
+            if dpid in self.datapaths and sync is not None and sync.barriers:
+                key = (dpid, next(reversed(sync.barriers)))
+                wait.pending.add(key)
+                self._barrier_wait.setdefault(key, []).append(wait)
+        if not wait.pending:
+            self._run_callbacks(wait.callbacks)
 
     def _packet_out(self, packet: PacketOut) -> None:
         datapath = self.datapaths.get(packet.dpid)
         if datapath is None:
             return
-        ofp, parser = datapath.ofproto, datapath.ofproto_parser
         # A re-injection through the pipeline (OFPP_TABLE) needs the flow-mods sent before it in
         # place: every batch of them ends with a barrier (reconcile), and the switch handles what
         # follows a barrier only after everything before it, so no barrier of its own is needed.
-        datapath.send_msg(
-            parser.OFPPacketOut(
-                datapath=datapath,
-                buffer_id=ofp.OFP_NO_BUFFER,
-                in_port=packet.in_port,
-                actions=[parser.OFPActionOutput(packet.out_port)],
-                data=packet.frame,
-            )
-        )
+        encoded = ofmsg.packet_out_bytes(packet.in_port, packet.out_port, packet.frame)
+        datapath.send(ofmsg.with_xid(encoded, ofmsg.next_xid(datapath)))
 
     # -- compile and reconcile ---------------------------------------------------
     def model_changed(self, then: Callable[[], None] | None = None, when_sent: Callable[[], None] | None = None) -> None:

@@ -10,6 +10,7 @@ from ryu.ofproto import ofproto_v1_3, ofproto_v1_3_parser
 
 from apps import pipeline
 from apps.flows import Conntrack, FlowEntry, Move, Output, PopVlan, PushVlan, SetField
+from controller import fast_encode
 
 ALL_ONES_64 = 0xFFFFFFFFFFFFFFFF
 NX_CT_RECIRC_NONE = 0xFF
@@ -166,7 +167,14 @@ def _encoded(message: Any) -> bytes:
 
 @functools.lru_cache(maxsize=ENCODED_CACHE_SIZE)
 def flow_add_bytes(entry: FlowEntry) -> bytes:
-    """The OFPT_FLOW_MOD adding `entry`, with xid 0."""
+    """The OFPT_FLOW_MOD adding `entry`, with xid 0: packed directly for the common shapes
+    (controller/fast_encode.py, about 5 us), through Ryu's objects for the others."""
+    fast = fast_encode.flow_add_bytes(entry)
+    return fast if fast is not None else ryu_flow_add_bytes(entry)
+
+
+def ryu_flow_add_bytes(entry: FlowEntry) -> bytes:
+    """The same bytes, always through Ryu's message objects."""
     return _encoded(flow_add(_ENCODER, entry))
 
 
@@ -177,6 +185,18 @@ def flow_delete_bytes(cookie: int) -> bytes:
 
 
 BARRIER_BYTES = struct.pack("!BBHI", 4, 20, 8, 0)  # OFPT_BARRIER_REQUEST, OpenFlow 1.3
+_PACKET_OUT = struct.Struct("!BBHIIIH6xHHIH6x")  # header, buffer, in_port, actions length; one output action
+
+
+def packet_out_bytes(in_port: int, out_port: int, frame: bytes) -> bytes:
+    """The OFPT_PACKET_OUT (xid 0) sending `frame` as if it came in on `in_port`, out of `out_port`:
+    the bytes Ryu's OFPPacketOut would serialize (unbuffered, one output action of OFPCML_MAX), packed
+    directly, as probes and re-injected frames are most of what a large cold start sends."""
+    length = _PACKET_OUT.size + len(frame)
+    head = _PACKET_OUT.pack(
+        4, 13, length, 0, ofproto_v1_3.OFP_NO_BUFFER, in_port, 16, 0, 16, out_port, ofproto_v1_3.OFPCML_MAX
+    )
+    return head + frame
 
 
 def with_xid(buf: bytes, xid: int) -> bytes:

@@ -70,6 +70,10 @@ EDGE_CHECK_STALL = 0.2
 # once it is confirmed: a VM's first ARP is then not lost to a one-second retry.
 HELD_FRAMES_PER_PORT = 16
 HELD_FRAME_MAX_AGE = 2.0
+# A known host's frame that missed is re-injected once its switch confirmed its flows (the shell
+# waits); another miss from it within REINJECT_GAP of that is not re-injected: its flows are not in
+# place, and re-injecting each miss would bounce frames between switch and controller until they are.
+REINJECT_GAP = 0.5
 UNANSWERED_ARP_KEEP = 1.0  # seconds an unanswered ARP request is asked again as ports come up
 UNANSWERED_ARP_MAX = 256
 # A port that has faced hosts for EDGE_SETTLED seconds is probed every EDGE_PROBE_EVERY-th tick,
@@ -227,6 +231,8 @@ class Learner:
         self._delay = _RecentMax()  # of a probe (PROBE_DELAY_NOTICE)
         self._last_tick: float | None = None
         self._unheard: dict[int, float] = {}  # connected switches that have not probed yet -> since when
+        self._reinjected_at: dict[tuple[PortRef, str], float] = {}  # (port, known host) -> its last re-injection
+        self.reinjections_refused = 0
         self.probes_refused = 0  # valid probes on a declared VM port
         self.hosts_forgotten = 0  # hosts dropped because their port turned out to face a switch
         self.endpoint_spoofs = 0  # frames from a tunnel endpoint's MAC on a port that is not its own
@@ -408,6 +414,8 @@ class Learner:
             del self.probes[key]
         for ref in [r for r, seen in self.one_way.items() if now - seen > LINK_TIMEOUT]:
             del self.one_way[ref]
+        for key in [k for k, at in self._reinjected_at.items() if now - at >= REINJECT_GAP]:
+            del self._reinjected_at[key]
         for mac in [m for m, moved in self._moved_at.items() if now - moved > MOVE_SETTLE]:
             del self._moved_at[mac]
         expired = self.topo.expire_links(now, timeout)
@@ -653,7 +661,13 @@ class Learner:
             LOG.info("host %s ip %s at switch %016x port %d", mac, ip, here.dpid, here.port)
             return Outcome(changed=True, learned=True, send_after=reinject)
         if reinject and mac in self.topo.hosts:
-            return Outcome(send=reinject)
+            key = (here, mac)
+            last = self._reinjected_at.get(key)
+            if last is not None and now - last < REINJECT_GAP:
+                self.reinjections_refused += 1
+                return Outcome()
+            self._reinjected_at[key] = now
+            return Outcome(send_after=reinject)
         return Outcome()
 
     def ask_again(self, now: float) -> Outcome:

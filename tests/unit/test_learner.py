@@ -8,6 +8,7 @@ import struct
 import pytest
 
 from apps import pipeline
+from topology import learner as learner_module
 from topology import lldp
 from topology.learner import (
     EDGE_CHECK_STALL,
@@ -428,6 +429,24 @@ def test_frames_on_a_pending_port_are_held_and_replayed_once_it_is_an_edge_port(
     assert learner.topo.hosts[VM_A].port == 3
     reinjected = [p for p in driver.sent if p.out_port == pipeline.OFPP_TABLE]
     assert [(p.dpid, p.in_port) for p in reinjected] == [(1, 3)]
+
+
+def test_a_known_hosts_missed_frame_waits_for_its_flows_and_does_not_bounce():
+    """A known host's frame can miss while its flows are still on their way (a cold start's
+    backlog). Re-injected at once it would miss again, come back and bounce between switch and
+    controller until they land: it waits for the switch to confirm them (send_after), and a miss
+    soon after that re-injection is not re-injected again."""
+    learner, driver = fabric()
+    t = confirm(learner, driver, 0.0)
+    frame = arp_frame(VM_A, "10.0.0.1")
+    assert learner.packet_in(1, 3, frame, Punt.MISS, t).changed  # learned
+    again = learner.packet_in(1, 3, frame, Punt.MISS, t + 0.01)
+    assert not again.changed and not again.send
+    assert [(p.dpid, p.in_port, p.out_port) for p in again.send_after] == [(1, 3, pipeline.OFPP_TABLE)]
+    bounced = learner.packet_in(1, 3, frame, Punt.MISS, t + 0.02)
+    assert not bounced.send and not bounced.send_after
+    later = learner.packet_in(1, 3, frame, Punt.MISS, t + 0.02 + learner_module.REINJECT_GAP)
+    assert len(later.send_after) == 1
 
 
 def test_held_frames_on_a_port_that_becomes_inter_switch_are_dropped_and_old_ones_expire():
