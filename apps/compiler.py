@@ -917,7 +917,7 @@ class Compiler:
 
     def _route_for(self, dpid: int, dst: int) -> Group | None:
         """dpid's routes to dst's hosts: none toward its parent, where its other unicast goes anyway
-        (forwarding.default_route_flows)."""
+        (forwarding.unicast_flows)."""
         if dst == dpid:
             return None
         port = self._view.next_hop.get(dst, {}).get(dpid)

@@ -95,13 +95,18 @@ def fabric_flood_commit_flows(fabric_ports: Iterable[int], flood: Callable[[int]
     flows = []
     for port in sorted(fabric_ports):
         actions = flood(port)
-        if not actions:
-            continue  # a non-tree port: nothing is flooded from it
-        for family in (pipeline.ETH_TYPE_IPV4, pipeline.ETH_TYPE_IPV6):
-            match = {"in_port": port, "eth_type": family}
-            commit_then_flood = (Conntrack(zone, commit=True), *actions)
-            flows.append(FlowEntry.make(pipeline.FORWARD, pipeline.PRIO_FLOOD_IP_FROM_FABRIC, match, commit_then_flood))
+        if actions:  # nothing is flooded from a non-tree port
+            flows += _committed_ip(pipeline.PRIO_FLOOD_IP_FROM_FABRIC, {"in_port": port}, actions, zone)
     return flows
+
+
+def _committed_ip(priority: int, match: dict, actions, zone: int) -> list[FlowEntry]:
+    """The IPv4 and IPv6 frames of `match`: committed to conntrack in `zone`, then `actions`."""
+    commit_then = (Conntrack(zone, commit=True), *actions)
+    return [
+        FlowEntry.make(pipeline.FORWARD, priority, {**match, "eth_type": family}, commit_then)
+        for family in (pipeline.ETH_TYPE_IPV4, pipeline.ETH_TYPE_IPV6)
+    ]
 
 
 def flood_ports(topo: Topology, dpid: int, view: GraphView) -> set[int]:
@@ -139,8 +144,8 @@ def unicast_flows(
     """Known local destination MACs go to the egress table; other unicast follows the flooding tree.
 
     A switch holds a route per remote host only where the host is not reached through its parent
-    (its tree port toward the root): every other unicast goes to the parent (default_route_flows),
-    and the root, which holds every route, floods what it has none for. A switch with a single
+    (its tree port toward the root): every other unicast goes to the parent, and the root, which
+    holds every route, floods what it has none for (root_flood_flows). A switch with a single
     uplink (a typical hypervisor) therefore holds no entry per remote host, and a leaf holds only
     its own hypervisors' hosts: tables grow with the data centre on the spines and the root only.
     The compiler shares the routes a switch does hold (route_flows) between switches as groups."""
@@ -150,56 +155,46 @@ def unicast_flows(
         flows.append(FlowEntry.make(pipeline.FORWARD, pipeline.PRIO_UNICAST, match, goto=pipeline.EGRESS))
         flows.append(FlowEntry.make(pipeline.EGRESS, pipeline.PRIO_UNICAST, match, (Output(host.port),)))
     uplinks = topo.inter_switch_ports(dpid)
-    if len(uplinks) == 1:
-        (uplink,) = uplinks
-        for port in topo.edge_ports(dpid):
+    if parent is not None or len(uplinks) == 1:
+        # A stub that is its component's root (two switches) sends such unicast to its one uplink
+        # too: the other end floods what comes down to it.
+        up = parent if parent is not None else next(iter(uplinks))
+        for port in sorted((set(topo.edge_ports(dpid)) | uplinks) - {up}):
             to_any_unicast = {"in_port": port, "eth_dst": UNICAST}
-            flows.append(FlowEntry.make(pipeline.FORWARD, pipeline.PRIO_UNICAST_UPLINK, to_any_unicast, (Output(uplink),)))
+            flows.append(FlowEntry.make(pipeline.FORWARD, pipeline.PRIO_UNICAST_UPLINK, to_any_unicast, (Output(up),)))
     elif uplinks:
-        flows += default_route_flows(topo, dpid, parent, flood_set)
+        flows += root_flood_flows(topo, dpid, flood_set)
     if parent is not None:
         flows += reflected_flows(local, parent, sorted((flood_set & uplinks) - {parent}))
     return flows
 
 
-def default_route_flows(topo: Topology, dpid: int, parent: int | None, flood_set: frozenset[int]) -> list[FlowEntry]:
-    """Unicast that a switch with several inter-switch ports holds no route for.
+def root_flood_flows(topo: Topology, dpid: int, flood_set: frozenset[int]) -> list[FlowEntry]:
+    """Unicast that the root of the flooding tree holds no route for (a host nobody knows).
 
-    Below the root it goes to the parent, whichever port it came in on, so that routes toward
-    the parent can be left out; the parents form a tree, so a frame for a host nobody knows
-    climbs to the root and cannot loop. The root floods it on the tree, back out of the port it
-    came in on too (the sender's own branch has not had it), and, like any flood toward local
-    VMs, commits IP first (fabric_flood_commit_flows). A frame that comes down from the parent
-    is flooded down as before (flood_flows)."""
+    Below the root such a frame goes to the parent, whichever port it came in on, so that routes
+    toward the parent can be left out (unicast_flows); the parents form a tree, so it climbs to the
+    root and cannot loop. The root floods it on the tree, back out of the port it came in on too
+    (the sender's own branch has not had it), and, like any flood toward local VMs, commits IP
+    first (fabric_flood_commit_flows). A frame that comes down from a parent is flooded down as
+    before (flood_flows)."""
     flows = []
-    if parent is not None:
-        for port in sorted((set(topo.edge_ports(dpid)) | topo.inter_switch_ports(dpid)) - {parent}):
-            match = {"in_port": port, "eth_dst": UNICAST}
-            flows.append(FlowEntry.make(pipeline.FORWARD, pipeline.PRIO_UNICAST_UPLINK, match, (Output(parent),)))
-        return flows
-    commit = bool(topo.edge_ports(dpid))
     zone = policy_flows.conntrack_zone(dpid)
     for port in sorted(topo.inter_switch_ports(dpid)):
+        # From a non-tree port, flood_actions would send nothing: the root floods it all the same.
+        actions = _flood_actions(flood_set, port)
         if port in flood_set:
-            actions = (*flood_actions(flood_set, port), Output(pipeline.OFPP_IN_PORT))
-        else:
-            actions = tuple(Output(p) for p in sorted(flood_set))
+            actions = (*actions, Output(pipeline.OFPP_IN_PORT))
         match = {"in_port": port, "eth_dst": UNICAST}
         flows.append(FlowEntry.make(pipeline.FORWARD, pipeline.PRIO_UNICAST_UPLINK, match, actions))
-        if commit:
-            for family in (pipeline.ETH_TYPE_IPV4, pipeline.ETH_TYPE_IPV6):
-                ip = {**match, "eth_type": family}
-                flows.append(
-                    FlowEntry.make(
-                        pipeline.FORWARD, pipeline.PRIO_UNKNOWN_IP_AT_ROOT, ip, (Conntrack(zone, commit=True), *actions)
-                    )
-                )
+        if topo.edge_ports(dpid):
+            flows += _committed_ip(pipeline.PRIO_UNKNOWN_IP_AT_ROOT, match, actions, zone)
     return flows
 
 
 def reflected_flows(local: list[Host], parent: int, children: list[int]) -> list[FlowEntry]:
     """A local host's own unicast that comes back down from the parent is one the root flooded back
-    (default_route_flows): it goes on down the tree, but not to this switch's edge ports, which
+    (root_flood_flows): it goes on down the tree, but not to this switch's edge ports, which
     never get what their own switch sent up (a hypervisor's VMs never hear their own frames)."""
     down = tuple(Output(p) for p in children)
     return [
