@@ -241,15 +241,7 @@ class GoldilocksController(app_manager.RyuApp):
     def _when_confirmed(self, dpids: set[int], callback: Callable[[], None]) -> None:
         """Run the callback once these switches have confirmed (barrier) every batch sent to them
         so far, or FLOWS_IN_PLACE_MAX_WAIT has passed; at once when none is outstanding."""
-        wait = _FlowWait(set(), [callback], time.monotonic() + FLOWS_IN_PLACE_MAX_WAIT)
-        for dpid in sorted(dpids):
-            sync = self.sync.get(dpid)
-            if dpid in self.datapaths and sync is not None and sync.barriers:
-                key = (dpid, next(reversed(sync.barriers)))
-                wait.pending.add(key)
-                self._barrier_wait.setdefault(key, []).append(wait)
-        if not wait.pending:
-            self._run_callbacks(wait.callbacks)
+        self._after_barriers(dpids, [callback], ask=False)
 
     def _packet_out(self, packet: PacketOut) -> None:
         datapath = self.datapaths.get(packet.dpid)
@@ -296,20 +288,27 @@ class GoldilocksController(app_manager.RyuApp):
         """Run the callbacks once every switch sent flow-mods since the last round has answered a
         barrier (or FLOWS_IN_PLACE_MAX_WAIT has passed)."""
         touched, self._touched = self._touched, set()
+        self._after_barriers(touched, callbacks, ask=True)
+
+    def _after_barriers(self, dpids: set[int], callbacks: list[Callable[[], None]], ask: bool) -> None:
+        """Run the callbacks once each of these switches has answered the barrier that closed its
+        last batch (that answers for every flow-mod before it), or FLOWS_IN_PLACE_MAX_WAIT has passed.
+        A switch with no batch outstanding is sent a barrier of its own if `ask`, else not waited for."""
         wait = _FlowWait(set(), callbacks, time.monotonic() + FLOWS_IN_PLACE_MAX_WAIT)
-        for dpid in sorted(touched):
+        for dpid in sorted(dpids):
             datapath = self.datapaths.get(dpid)
             if datapath is None:
                 continue
             sync = self.sync.get(dpid)
             if sync is not None and sync.barriers:
-                # The barrier that closed the switch's last batch answers for every flow-mod before it.
                 xid = next(reversed(sync.barriers))
-            else:
+            elif ask:
                 barrier = datapath.ofproto_parser.OFPBarrierRequest(datapath)
                 datapath.set_xid(barrier)
                 datapath.send_msg(barrier)
                 xid = barrier.xid
+            else:
+                continue
             wait.pending.add((dpid, xid))
             self._barrier_wait.setdefault((dpid, xid), []).append(wait)
         if not wait.pending:
