@@ -183,11 +183,6 @@ def spanning_tree(graph: nx.Graph) -> tuple[dict[int, frozenset[int]], dict[int,
     return {n: frozenset(p) for n, p in ports.items()}, parent
 
 
-def spanning_tree_ports(graph: nx.Graph) -> dict[int, frozenset[int]]:
-    """Ports on the flooding tree (spanning_tree)."""
-    return spanning_tree(graph)[0]
-
-
 def shortest_path(graph: nx.Graph, src: int, dst: int) -> list[int]:
     """The switch path from src to dst that unicast forwarding follows, or [] if none."""
     path = [src]
