@@ -15,7 +15,7 @@ from ryu.lib import hub
 from ryu.ofproto import ofproto_v1_3
 
 from apps import desired as desired_mod
-from apps import steering
+from apps import pipeline, steering
 from apps.alerts import AlertBook, Threshold
 from apps.context import PolicyState
 from apps.flows import FlowEntry
@@ -24,6 +24,7 @@ from apps.identity import Identities, assign_identities
 from apps.quarantine import quarantined_macs
 from apps.switch_table import SwitchTable
 from controller import ofmsg, ryu_parsing
+from controller.intake import Intake
 from controller.metrics import Metrics
 from controller.reconciler import SwitchSync
 from controller.settings import Settings
@@ -35,6 +36,8 @@ LOG = logging.getLogger("goldilocks.controller")
 
 # Packet-ins and flow-stats replies are parsed without the work nobody reads (controller/ryu_parsing.py).
 ryu_parsing.install()
+# Ryu's OpenFlow server listens with eventlet's default backlog of 50 connections (below).
+ryu_parsing.widen_listen_backlog()
 
 
 EDGE_CHECK_INTERVAL = 0.05
@@ -49,6 +52,8 @@ BUSY_MAX_SECONDS = 10.0
 BUSY_MIN_RATE = 1000.0
 BEHIND_EVENTS = 32
 RECONCILE_YIELD_EVERY = 16  # switches reconciled between yields to the other green threads
+COMPILE_BATCH_WAIT = 0.05  # seconds a compile waits for the packet-ins waiting to be handled first
+INTAKE_YIELD_EVERY = 16  # packet-ins handled between yields (controller/intake.py)
 # Flow entries read back per tick, at most (a table bigger than this is read alone): a fabric of 500
 # hypervisors held 5 M entries, and Ryu parsed about 50,000 a second (ryu_parsing now reads only
 # their fixed part, about 1 us each). Read all at once, every audit round, that kept the controller
@@ -59,6 +64,7 @@ AUDIT_ENTRIES_PER_TICK = 25_000
 # switch that got flow-mods: a frame re-injected at one switch crosses others, and OpenFlow orders
 # nothing across connections. A switch that does not answer within this long is not waited for.
 FLOWS_IN_PLACE_MAX_WAIT = 1.0
+LLDP_ETHER_TYPE = pipeline.ETH_TYPE_LLDP.to_bytes(2, "big")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -139,6 +145,7 @@ class GoldilocksController(app_manager.RyuApp):
         self.desired: desired_mod.DesiredTables = {}
         self._dirty = False
         self._compile_pending = False
+        self._last_compile_seconds = 0.0
         self._after_compile: list[Callable[[], None]] = []
         self._when_sent: list[Callable[[], None]] = []
         self._touched: set[int] = set()  # switches sent flow-mods since the last barrier round
@@ -146,6 +153,9 @@ class GoldilocksController(app_manager.RyuApp):
         self._barrier_wait: dict[tuple[int, int], list[_FlowWait]] = {}  # (dpid, barrier xid) -> waits
         self._next_audit: dict[int, float] = {}  # dpid -> when its table is due to be read again
         self._drop_count_xids: set[tuple[int, int]] = set()
+        # Packet-ins wait apart from other events, probes first, retries coalesced (controller/intake.py).
+        self.intake: Intake = Intake()
+        self._intake_ready = hub.Event()
         from controller.rest import register as register_rest
 
         register_rest(kwargs["wsgi"], self)
@@ -155,6 +165,7 @@ class GoldilocksController(app_manager.RyuApp):
 
         self.threads.append(hub.spawn(self._tick_loop))
         self.threads.append(hub.spawn(self._edge_loop))
+        self.threads.append(hub.spawn(self._intake_loop))
 
     # -- policy changes -------------------------------------------------------------
     def apply_policy(self, new: PolicyState, write_more: Callable[[], None] | None = None) -> None:
@@ -272,6 +283,7 @@ class GoldilocksController(app_manager.RyuApp):
         try:
             while self._dirty or self._after_compile:
                 if self._dirty:
+                    self._let_intake_drain()
                     self._dirty = False
                     self._compile_and_reconcile()
                 sent, self._when_sent = self._when_sent, []
@@ -283,6 +295,16 @@ class GoldilocksController(app_manager.RyuApp):
             LOG.exception("compile failed; the switches keep their current flows")
         finally:
             self._compile_pending = False
+
+    def _let_intake_drain(self) -> None:
+        """Packet-ins waiting are handled before the compile, for as long as the last compile took
+        (at least COMPILE_BATCH_WAIT): each compile costs a scan of the model's inputs, and under a
+        storm of packet-ins the controller then spends about as long handling frames as compiling
+        what they taught it. A cold start of 20,000 VMs that compiled every few packet-ins did little
+        else. An idle controller compiles at once."""
+        deadline = time.monotonic() + max(COMPILE_BATCH_WAIT, self._last_compile_seconds)
+        while len(self.intake) and time.monotonic() < deadline:
+            hub.sleep(0)
 
     def _when_flows_in_place(self, callbacks: list[Callable[[], None]]) -> None:
         """Run the callbacks once every switch sent flow-mods since the last round has answered a
@@ -367,7 +389,8 @@ class GoldilocksController(app_manager.RyuApp):
             self.reconcile(dpid)
             if n % RECONCILE_YIELD_EVERY == RECONCILE_YIELD_EVERY - 1:
                 hub.sleep(0)  # let the switches' send and receive loops run: probes keep flowing
-        self.metrics.observe_reconcile(time.perf_counter() - started)
+        self._last_compile_seconds = time.perf_counter() - started
+        self.metrics.observe_reconcile(self._last_compile_seconds)
         self.store.save_topology(self.topo)
 
     def reconcile(self, dpid: int) -> int:
@@ -444,7 +467,7 @@ class GoldilocksController(app_manager.RyuApp):
                 self.learner.note_lag(max(0.0, now - slept - EDGE_CHECK_INTERVAL), now)
                 if self._barrier_wait:
                     self._give_up_on_silent_switches(now)
-                self.carry_out(self.learner.check_edges(now, backlog=self.events.qsize()))
+                self.carry_out(self.learner.check_edges(now, backlog=self.events.qsize() + self.intake.probes_waiting))
             except Exception:
                 LOG.exception("edge port confirmation failed")
 
@@ -453,9 +476,8 @@ class GoldilocksController(app_manager.RyuApp):
         self.ovsdb_inventory.tick(now)
         self.agents.tick()
         self._request_encrypt_drops()
-        outcome = self.learner.tick(
-            now, busy=self._busy_switches(), behind=self.events.qsize() >= BEHIND_EVENTS, period=self.settings.lldp_interval
-        )
+        behind = self.events.qsize() + self.intake.probes_waiting >= BEHIND_EVENTS
+        outcome = self.learner.tick(now, busy=self._busy_switches(), behind=behind, period=self.settings.lldp_interval)
         self.carry_out(outcome)
         if not outcome.changed:
             for dpid in list(self.datapaths):
@@ -652,6 +674,7 @@ class GoldilocksController(app_manager.RyuApp):
     # -- packets ------------------------------------------------------------------
     @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)
     def packet_in(self, ev) -> None:
+        """Handled by _intake_loop: _send_event puts packet-ins in the intake, not Ryu's queue."""
         # When the switch's receive loop handed it over (_send_event): a probe's age and the
         # learning latency both count from there.
         received = getattr(ev, "received_at", None) or time.monotonic()
@@ -670,10 +693,45 @@ class GoldilocksController(app_manager.RyuApp):
         outcome = self.learner.packet_in(msg.datapath.id, in_port, bytes(msg.data), punt, time.monotonic(), received)
         self.carry_out(outcome, received)
 
+    def _offer_packet_in(self, ev) -> None:
+        """Into the intake: probes in their own lane; a frame identical to one waiting is dropped
+        (evidence of spoofing never is: each copy counts)."""
+        msg = ev.msg
+        data = bytes(msg.data)
+        probe = data[12:14] == LLDP_ETHER_TYPE
+        key = None
+        if not probe and punt_reason(msg.table_id, msg.cookie) is not Punt.EVIDENCE:
+            key = (msg.datapath.id, msg.match.get("in_port"), msg.table_id, msg.cookie, data)
+        if self.intake.offer(msg.datapath.id, key, ev, probe=probe) and not self._intake_ready.is_set():
+            self._intake_ready.set()
+
+    def _intake_loop(self) -> None:
+        handled = 0
+        while True:
+            ev = self.intake.take()
+            if ev is None:
+                self._intake_ready.clear()
+                self._intake_ready.wait()
+                continue
+            datapath = ev.msg.datapath
+            if self.datapaths.get(datapath.id) is not datapath:
+                continue  # from a connection that has ended since
+            try:
+                self.packet_in(ev)
+            except Exception:
+                LOG.exception("handling a packet-in failed")
+            handled += 1
+            if handled % INTAKE_YIELD_EVERY == 0:
+                hub.sleep(0)  # the switches' receive loops, the compile and the edge loop run too
+
     def _send_event(self, ev, state) -> None:
         """Every event, as a switch's receive loop hands it over: stamped before it queues behind
-        the ones this app has not handled yet (a probe's age counts from here)."""
+        the ones this app has not handled yet (a probe's age counts from here). Packet-ins go to the
+        intake instead of the queue, so that the receive loop never waits for them to be handled."""
         ev.received_at = time.monotonic()
+        if type(ev) is ofp_event.EventOFPPacketIn and state == MAIN_DISPATCHER:
+            self._offer_packet_in(ev)
+            return
         super()._send_event(ev, state)
 
     # -- views for REST ---------------------------------------------------------------

@@ -47,7 +47,9 @@ class Metrics:
         self.reconcile_seconds_sum += seconds
         self.reconcile_seconds_last = seconds
 
-    def render(self, switches_connected: int, links: int, hosts: int, flows: int, learner: Learner, agents=None) -> str:
+    def render(
+        self, switches_connected: int, links: int, hosts: int, flows: int, learner: Learner, agents=None, intake=None
+    ) -> str:
         rows = [
             ("goldilocks_switches_connected", "gauge", "Switches with a live OpenFlow connection", switches_connected),
             ("goldilocks_links", "gauge", "Inter-switch links known from LLDP", links),
@@ -72,6 +74,14 @@ class Metrics:
             ("goldilocks_endpoint_spoofs_total", "counter", "Frames from a tunnel endpoint's MAC on a port that is not its own",
              learner.endpoint_spoofs),
         ]
+        if intake is not None:
+            rows += [
+                ("goldilocks_packet_ins_waiting", "gauge", "Packet-ins read from switches, not handled yet", len(intake)),
+                ("goldilocks_packet_ins_coalesced_total", "counter", "Packet-ins dropped as identical to one still "
+                 "waiting (a host's retry)", intake.duplicates),
+                ("goldilocks_packet_ins_shed_total", "counter", "Packet-ins dropped because their switch had too many "
+                 "waiting, or the controller did", intake.shed),
+            ]
         if agents is not None:
             states = [agents.tunnel_view(a, b)["state"] for a, b in sorted(agents.pairs)]
             rows += [

@@ -604,7 +604,8 @@ class GoldilocksApi(ControllerBase):
     def metrics(self, call):
         app = self.app
         body = app.metrics.render(
-            len(app.datapaths), len(app.topo.links), len(app.topo.hosts), app.desired_flow_count(), app.learner, app.agents
+            len(app.datapaths), len(app.topo.links), len(app.topo.hosts), app.desired_flow_count(), app.learner, app.agents,
+            intake=app.intake,
         )
         return Response(status=200, content_type="text/plain", charset="utf-8", body=body.encode())
 

@@ -49,6 +49,29 @@ def install() -> None:
     _INSTALLED = True
 
 
+# Connections the OpenFlow (and REST) listening sockets queue before they are accepted; the kernel
+# caps it at net.core.somaxconn (4096 on Debian 12).
+LISTEN_BACKLOG = 4096
+
+
+def widen_listen_backlog() -> None:
+    """Ryu's servers listen with eventlet's default backlog of 50 (ryu.lib.hub.StreamServer passes
+    none). When a thousand switches connect at once, as after a controller restart, the kernel
+    drops the connections beyond it and each switch retries after TCP's back-off of 1, 3, 7 and
+    15 s: the last of 1,052 emulated switches connected 20 s after the first. Idempotent."""
+    import eventlet
+
+    listen = eventlet.listen
+    if getattr(listen, "goldilocks_backlog", False):
+        return
+
+    def wide_listen(addr, family=2, backlog=LISTEN_BACKLOG, *args, **kwargs):
+        return listen(addr, family, backlog, *args, **kwargs)
+
+    wide_listen.goldilocks_backlog = True
+    eventlet.listen = wide_listen
+
+
 def uninstall() -> None:
     """Ryu's own parsers again (for tests that compare both)."""
     global _INSTALLED

@@ -20,6 +20,7 @@ from apps.forwarding import base_flows  # noqa: E402
 from controller import auth, rest  # noqa: E402
 from controller.agents import AgentManager  # noqa: E402
 from controller.app import GoldilocksController  # noqa: E402
+from controller.intake import Intake  # noqa: E402
 from controller.metrics import Metrics  # noqa: E402
 from controller.store import Store  # noqa: E402
 from tests.api_contract import Contract, InProcessClient  # noqa: E402
@@ -44,6 +45,7 @@ class StubController:
         self.datapaths: dict = {}
         self.sync: dict = {}
         self.metrics = Metrics()
+        self.intake = Intake()
         self.desired: dict = {}  # no switches: a quarantine has nothing to install at once
         from apps.compiler import Compiler
 
