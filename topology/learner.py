@@ -303,7 +303,7 @@ class Learner:
         for ref in [r for r in self.held if r.dpid == dpid and r.port not in live]:
             del self.held[ref]
         # A switch whose port MACs we now know may have sent frames we took for hosts.
-        for mac in self.topo.forget_switch_mac_hosts():
+        for mac in self.topo.forget_switch_mac_hosts(dpid):
             LOG.info("forgot host %s: it is a switch port's MAC", mac)
         # Kinds change on this switch, and at the far end of any link a dead port took down.
         far = {end.dpid for link in links_before - set(self.topo.links) for end in link.ends()}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
@@ -89,22 +90,6 @@ class ObservedDict(dict):
         return self
 
 
-class WatchedDict(ObservedDict):
-    """Calls `changed()` whenever its keys change (a key added or removed), and also on every value
-    set when `values_matter`: indexes derived from it are then dropped however it is changed."""
-
-    def __init__(self, changed, values_matter: bool = False) -> None:
-        super().__init__()
-        self._changed, self._values_matter = changed, values_matter
-
-    def _set(self, key, old, value) -> None:
-        if self._values_matter or old is _MISSING:
-            self._changed()
-
-    def _removed(self, key, value) -> None:
-        self._changed()
-
-
 @dataclass(frozen=True)
 class Port:
     """One switch port as OpenFlow reports it."""
@@ -143,15 +128,18 @@ class Switch:
     fabric_ports: set[int] = field(default_factory=set)
     # live_ports(), worked out once per change of the ports (asked for every port check and probe).
     _live: list[int] | None = field(default=None, init=False, repr=False, compare=False)
+    _tunnels: dict[int, str] | None = field(default=None, init=False, repr=False, compare=False)  # tunnel_ports()
 
     def __setattr__(self, name, value) -> None:
         if name == "ports":
             object.__setattr__(self, "_live", None)
+            object.__setattr__(self, "_tunnels", None)
         object.__setattr__(self, name, value)
 
     def ports_changed(self) -> None:
         """The ports dict was changed in place (Topology.set_port, delete_port)."""
         self._live = None
+        self._tunnels = None
 
     def live_ports(self) -> list[int]:
         """Up ports that face hosts or other switches: not LOCAL, not tunnel ports (shared: callers
@@ -164,8 +152,13 @@ class Switch:
         return live
 
     def tunnel_ports(self) -> dict[int, str]:
-        """Up tunnel ports: port number -> name."""
-        return {p.port_no: p.name for p in self.ports.values() if p.up and is_tunnel_port_name(p.name)}
+        """Up tunnel ports: port number -> name (shared: callers must not change it). Asked by every
+        compile for every switch, so worked out once per change of the ports."""
+        tunnels = self._tunnels
+        if tunnels is None:
+            tunnels = {p.port_no: p.name for p in self.ports.values() if p.up and is_tunnel_port_name(p.name)}
+            self._tunnels = tunnels
+        return tunnels
 
 
 @dataclass(frozen=True)
@@ -256,25 +249,72 @@ def parse_role(dp_desc: str) -> str | None:
     return None
 
 
+class LinkTable(ObservedDict):
+    """Links -> when probes last confirmed each, indexed as links come and go (however the dict is
+    changed: the model's methods, a store load, a test): the link at each port, and each switch's
+    inter-switch ports. A thousand links learned one by one then cost a thousand small updates, not
+    a thousand scans of every link."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.at: dict[PortRef, Link] = {}  # a port -> the link on it (the latest, if a port had two)
+        self._ports: dict[int, Counter[int]] = {}  # dpid -> its ports on a link -> how many links
+        self._frozen: dict[int, frozenset[int]] = {}  # inter_switch_ports(), worked out once per change
+
+    def _set(self, key, old, value) -> None:
+        if old is not _MISSING:
+            return
+        for end in key.ends():
+            self.at[end] = key
+            self._ports.setdefault(end.dpid, Counter())[end.port] += 1
+            self._frozen.pop(end.dpid, None)
+
+    def _removed(self, key, value) -> None:
+        for end in key.ends():
+            if self.at.get(end) == key:
+                del self.at[end]
+                other = next((lk for lk in self._on_port(end) if lk != key), None)
+                if other is not None:
+                    self.at[end] = other
+            ports = self._ports.get(end.dpid)
+            if ports is not None:
+                ports[end.port] -= 1
+                if ports[end.port] <= 0:
+                    del ports[end.port]
+                if not ports:
+                    del self._ports[end.dpid]
+            self._frozen.pop(end.dpid, None)
+
+    def _on_port(self, end: PortRef) -> list[Link]:
+        """Every link on a port (a scan: only when a port that carried two links loses one)."""
+        if self._ports.get(end.dpid, {}).get(end.port, 0) <= 1:
+            return []
+        return [lk for lk in dict.keys(self) if end in lk.ends()]
+
+    def inter_switch_ports(self, dpid: int) -> frozenset[int]:
+        ports = self._frozen.get(dpid)
+        if ports is None:
+            ports = self._frozen[dpid] = frozenset(self._ports.get(dpid, ()))
+        return ports
+
+
 class Topology:
     """Mutable model of the network. Every mutator returns True when something changed."""
 
     def __init__(self) -> None:
         self.switches: dict[int, Switch] = {}
         # Derived indexes, rebuilt on demand after the links or hosts they index change.
-        self._inter: dict[int, frozenset[int]] | None = None
-        self.links: dict[Link, float] = WatchedDict(self._links_changed)  # link -> last time probes confirmed it
+        self.links: LinkTable = LinkTable()  # link -> last time probes confirmed it
         self.hosts: HostTable = HostTable()  # mac -> host, indexed by port, switch and address
-        self._switch_macs: frozenset[str] | None = None  # derived from ports; reset when ports change
+        # Switch port MACs -> how many ports have each: kept up to date as ports change, built from
+        # every switch's ports when None (at first use after a load).
+        self._switch_macs: Counter[str] | None = None
         # Tunnel endpoints by MAC, from the agents (not persisted here: the agents' registry is).
         self.endpoints: dict[str, Endpoint] = {}
         # The addresses each switch's VMs asked for and no responder answered yet (their requests
         # were flooded and copied to the controller), oldest first: the switch answers them itself
         # from then on. Kept in the switch's store row; each value is replaced, never changed in place.
         self.asked: dict[int, tuple[str, ...]] = {}
-
-    def _links_changed(self) -> None:
-        self._inter = None
 
     # -- switches and ports -------------------------------------------------
     def switch_connected(self, dpid: int) -> bool:
@@ -292,9 +332,9 @@ class Topology:
         return True
 
     def remove_switch(self, dpid: int) -> bool:
-        self._switch_macs = None
         if dpid not in self.switches:
             return False
+        self._count_macs(self.switches[dpid].ports.values(), -1)
         del self.switches[dpid]
         self.asked.pop(dpid, None)
         for link in [lk for lk in self.links if dpid in (lk.a.dpid, lk.b.dpid)]:
@@ -313,9 +353,10 @@ class Topology:
         return True
 
     def set_ports(self, dpid: int, ports: Iterable[Port]) -> bool:
-        self._switch_macs = None
         sw = self.switches.setdefault(dpid, Switch(dpid))
         new = {p.port_no: p for p in ports}
+        self._count_macs(sw.ports.values(), -1)
+        self._count_macs(new.values(), 1)
         local = new.get(pipeline.OFPP_LOCAL)
         name = local.name if local else sw.name
         changed = new != sw.ports or name != sw.name
@@ -328,10 +369,12 @@ class Topology:
         return changed
 
     def set_port(self, dpid: int, port: Port) -> bool:
-        self._switch_macs = None
         sw = self.switches.setdefault(dpid, Switch(dpid))
-        if sw.ports.get(port.port_no) == port:
+        old = sw.ports.get(port.port_no)
+        if old == port:
             return False
+        self._count_macs([old] if old is not None else [], -1)
+        self._count_macs([port], 1)
         sw.ports[port.port_no] = port
         sw.ports_changed()
         if not port.up:
@@ -341,10 +384,10 @@ class Topology:
         return True
 
     def delete_port(self, dpid: int, port_no: int) -> bool:
-        self._switch_macs = None
         sw = self.switches.get(dpid)
         if sw is None or port_no not in sw.ports:
             return False
+        self._count_macs([sw.ports[port_no]], -1)
         del sw.ports[port_no]
         sw.ports_changed()
         self._unconfirm(sw, port_no)
@@ -456,8 +499,9 @@ class Topology:
         is_new = link not in self.links
         # A port belongs to at most one link: a re-cabled port replaces its old link.
         if is_new:
-            for old in [lk for lk in self.links if set(lk.ends()) & {src, dst}]:
-                del self.links[old]
+            for end in (src, dst):
+                while (old := self.links.at.get(end)) is not None:
+                    del self.links[old]
         self.links[link] = now
         if is_new:
             for end in (src, dst):
@@ -491,13 +535,7 @@ class Topology:
                 self.links[link] = now
 
     def inter_switch_ports(self, dpid: int) -> frozenset[int]:
-        if self._inter is None:
-            inter: dict[int, set[int]] = {}
-            for link in self.links:
-                for end in link.ends():
-                    inter.setdefault(end.dpid, set()).add(end.port)
-            self._inter = {d: frozenset(ports) for d, ports in inter.items()}
-        return self._inter.get(dpid, frozenset())
+        return self.links.inter_switch_ports(dpid)
 
     def port_kind(self, dpid: int, port_no: int) -> str:
         sw = self.switches.get(dpid)
@@ -553,23 +591,41 @@ class Topology:
         """MACs learned on one port."""
         return set(self.hosts.by_port.get((dpid, port_no), ()))
 
-    def forget_switch_mac_hosts(self) -> list[str]:
-        """Hosts whose MAC turned out to be a switch port's (a switch that connected after its
-        interfaces' own frames were seen) were never hosts: forget them; return their MACs."""
-        macs = self.switch_macs()
-        gone = sorted(mac for mac in self.hosts if mac in macs)
+    def forget_switch_mac_hosts(self, dpid: int) -> list[str]:
+        """Hosts whose MAC turned out to be a port's of switch `dpid` (it connected, or its ports
+        changed, after its interfaces' own frames were seen) were never hosts: forget them; return
+        their MACs. Only this switch's ports are looked at: a thousand switches connecting cost a
+        thousand small checks, not a thousand scans of every switch."""
+        sw = self.switches.get(dpid)
+        if sw is None:
+            return []
+        gone = sorted({mac for p in sw.ports.values() if p.hw_addr and (mac := p.hw_addr.lower()) in self.hosts})
         for mac in gone:
             self.remove_host(mac)
         return gone
 
-    def switch_macs(self) -> frozenset[str]:
+    def switch_macs(self) -> Collection[str]:
         """MAC addresses of switch ports: frames from them are never hosts. Asked on every
-        learning packet-in, so it is kept until a port changes."""
+        learning packet-in, so it is kept up to date as ports change rather than built each time
+        (shared: callers must not change it)."""
         if self._switch_macs is None:
-            self._switch_macs = frozenset(
+            self._switch_macs = Counter(
                 p.hw_addr.lower() for sw in self.switches.values() for p in sw.ports.values() if p.hw_addr
             )
         return self._switch_macs
+
+    def _count_macs(self, ports: Iterable[Port], delta: int) -> None:
+        counts = self._switch_macs
+        if counts is None:
+            return  # built from scratch when first asked
+        for port in ports:
+            if port.hw_addr:
+                mac = port.hw_addr.lower()
+                left = counts[mac] + delta
+                if left > 0:
+                    counts[mac] = left
+                else:
+                    counts.pop(mac, None)
 
     # -- tunnel endpoints --------------------------------------------------------
     def endpoint_ref(self, endpoint: Endpoint, named: Mapping[str, list[Switch]] | None = None) -> PortRef | None:

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from tests.fakeoftable import build_leaf_spine, first_ip
 from tests.unit.test_learner import arp_frame
 from topology.learner import Learner, Punt
-from topology.model import Host, HostTable, WatchedDict
+from topology.model import Host, HostTable, LinkTable
 
 MACS = [f"02:00:00:00:00:{i:02x}" for i in range(6)]
 IPS = [f"10.0.0.{i}" for i in range(4)]
@@ -96,7 +96,7 @@ class NoScanHosts(Armed, HostTable):
     pass
 
 
-class NoScanLinks(Armed, WatchedDict):
+class NoScanLinks(Armed, LinkTable):
     pass
 
 
@@ -107,7 +107,7 @@ def test_a_frame_from_a_known_or_a_new_host_scans_no_host_and_no_link():
     watched_hosts = NoScanHosts()
     for mac, host in dict.items(topo.hosts):
         watched_hosts[mac] = host
-    watched_links = NoScanLinks(topo._links_changed)
+    watched_links = NoScanLinks()
     for link, seen in dict.items(topo.links):
         watched_links[link] = seen
     topo.hosts, topo.links = watched_hosts, watched_links
@@ -121,3 +121,55 @@ def test_a_frame_from_a_known_or_a_new_host_scans_no_host_and_no_link():
     learner.packet_in(known.dpid, known.port, arp_frame("02:ee:00:00:00:02", first_ip(fabric.vms[5])), Punt.MISS, 1.2)
     assert dict.__contains__(topo.hosts, "02:ee:00:00:00:01") and dict.__contains__(topo.hosts, "02:ee:00:00:00:02")
     assert first_ip(fabric.vms[5]) not in dict.__getitem__(topo.hosts, fabric.vms[5].mac).ips
+
+
+def test_a_new_link_is_learned_without_scanning_every_link():
+    """A cold start of 1,000 hypervisors learns 1,100 links one by one: a scan of every link for
+    each (the port's old link, the inter-switch ports) cost seconds of the controller's time."""
+    from topology import lldp
+    from topology.model import Link, PortRef
+
+    fabric = build_leaf_spine(spines=2, leaves=2, hypervisors_per_leaf=2, vms_per_hypervisor=4)
+    topo = fabric.topo
+    key = b"k" * 32
+    cut = next(iter(dict.keys(topo.links)))
+    watched_links = NoScanLinks()
+    for link, seen in dict.items(topo.links):
+        if link != cut:
+            watched_links[link] = seen
+    topo.links = watched_links
+    learner = Learner(topo, key=key, now=0.0)
+    learner.probed.update(topo.switches)
+    watched_links.armed = True
+
+    def probe(src: PortRef) -> bytes:
+        return lldp.build_probe(key, src.dpid, src.port, topo.switches[src.dpid].ports[src.port].hw_addr, 1000)
+
+    learner.probe_in(cut.b, probe(cut.a), 1.0)
+    learner.probe_in(cut.a, probe(cut.b), 1.0)
+    assert dict.__contains__(topo.links, Link.between(cut.a, cut.b))
+    assert cut.a.port in topo.inter_switch_ports(cut.a.dpid) and cut.b.port in topo.inter_switch_ports(cut.b.dpid)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["add", "del", "clear"]), st.integers(1, 4), st.integers(1, 3),
+                          st.integers(1, 4), st.integers(1, 3)), max_size=40))  # fmt: skip
+def test_the_link_index_always_equals_a_full_scan(ops):
+    from topology.model import Link, PortRef
+
+    links = LinkTable()
+    for op, a, pa, b, pb in ops:
+        link = Link.between(PortRef(a, pa), PortRef(b, pb))
+        if op == "add":
+            links[link] = 0.0
+        elif op == "del":
+            links.pop(link, None)
+        else:
+            links.clear()
+        for dpid in range(1, 5):
+            ports = {e.port for lk in dict.keys(links) for e in lk.ends() if e.dpid == dpid}
+            assert links.inter_switch_ports(dpid) == ports
+        for lk in dict.keys(links):
+            for end in lk.ends():
+                assert links.at[end] in dict.keys(links) and end in links.at[end].ends()
+        assert all(lk in dict.keys(links) for lk in links.at.values())

@@ -336,3 +336,28 @@ def test_the_link_and_host_indexes_follow_direct_edits_of_links_and_hosts():
     assert topo.hosts_on(1, 2) == set() and topo.hosts_on(1, 3) == {MAC_A}
     topo.hosts.pop(MAC_A)
     assert topo.hosts_on(1, 3) == set()
+
+
+def test_switch_port_macs_follow_every_change_of_the_ports():
+    """Kept up to date as ports change (a scan of every switch's ports for each switch connecting
+    cost a thousand-switch cold start seconds)."""
+    topo = two_switches()
+    assert "aa:00:00:00:01:02" in topo.switch_macs()
+    topo.set_port(1, Port(2, "s1-eth2", "AA:00:00:00:01:22"))
+    assert "aa:00:00:00:01:02" not in topo.switch_macs() and "aa:00:00:00:01:22" in topo.switch_macs()
+    topo.delete_port(1, 2)
+    assert "aa:00:00:00:01:22" not in topo.switch_macs()
+    topo.set_ports(2, [Port(1, "s2-eth1", "aa:00:00:00:01:01")])  # the same MAC on two switches
+    topo.remove_switch(1)
+    assert "aa:00:00:00:01:01" in topo.switch_macs(), "still a port's MAC on switch 2"
+    assert set(topo.switch_macs()) == {"aa:00:00:00:01:01"}
+
+
+def test_a_switch_connecting_forgets_hosts_that_were_its_own_ports():
+    topo = two_switches()
+    topo.host_seen("aa:00:00:00:03:01", 1, 1, "10.0.0.9")  # seen before switch 3 was known
+    topo.host_seen(MAC_A, 1, 2, "10.0.0.1")
+    topo.switch_connected(3)
+    topo.set_ports(3, [Port(1, "s3-eth1", "aa:00:00:00:03:01")])
+    assert topo.forget_switch_mac_hosts(3) == ["aa:00:00:00:03:01"]
+    assert set(topo.hosts) == {MAC_A}
