@@ -3,7 +3,9 @@ loop, each a TCP connection to the controller that answers what a controller ask
 features, descriptions, port descriptions, flow stats, barriers, echo) and counts the flow-mods it is
 sent. Emulated switches can be cabled together: an LLDP probe the controller sends out of a cabled
 port arrives as a packet-in on the other end, so the controller learns the fabric as on real
-switches. A switch can also play a VM's first frame on a port (an ARP request, as a table miss).
+switches. A switch can also play a VM's ARP request on a port: a table miss while the switch holds
+no ingress entry for that VM's MAC on that port, and once it does, the copy the forwarding table's
+unanswered-ARP entry sends up (the emulated VMs ask for an address nobody holds).
 
 It keeps the cookies of the flows it was sent, by slot (table, priority, match), and reports them
 in flow stats: the controller's audits and read-backs then see what a real switch would hold, not
@@ -39,6 +41,7 @@ MP_DESC, MP_FLOW, MP_PORT_DESC = 0, 1, 13
 OFPP_LOCAL = 0xFFFFFFFE
 NO_BUFFER = 0xFFFFFFFF
 OFPR_NO_MATCH, OFPR_ACTION = 0, 1
+FORWARD_TABLE = 3  # apps/pipeline.py FORWARD: where an unanswered ARP request is copied up
 ETH_TYPE_LLDP = 0x88CC
 FULL_MASK = (1 << 64) - 1
 BACKOFF_START, MAX_BACKOFF = 1.0, 8.0  # Open vSwitch's reconnect backoff (rconn): 1 s, doubling to max_backoff
@@ -101,6 +104,9 @@ class EmulatedSwitch:
     connected_at: float | None = None
     flows: dict[bytes, tuple[int, int, int]] = field(default_factory=dict)  # slot -> (table, priority, cookie)
     slots: dict[int, set[bytes]] = field(default_factory=dict)  # cookie -> its slots
+    # Table-0 entries that admit a host: slot -> (in_port, eth_src); and how many admit each pair.
+    sources: dict[bytes, tuple[int, bytes]] = field(default_factory=dict)
+    known: dict[tuple[int, bytes], int] = field(default_factory=dict)
     connections: int = 0  # connections made so far
 
     def flow_mod(self, body: bytes) -> None:
@@ -116,6 +122,11 @@ class EmulatedSwitch:
                 self._forget(slot, replaced[2])
             self.flows[slot] = (table, priority, cookie)
             self.slots.setdefault(cookie, set()).add(slot)
+            if table == 0 and slot not in self.sources:
+                source = _source(body[44 : 40 + match_len])
+                if source is not None:
+                    self.sources[slot] = source
+                    self.known[source] = self.known.get(source, 0) + 1
         elif command in (3, 4):  # OFPFC_DELETE, OFPFC_DELETE_STRICT
             if mask == FULL_MASK:
                 doomed = list(self.slots.get(cookie, ()))
@@ -130,10 +141,34 @@ class EmulatedSwitch:
             held.discard(slot)
             if not held:
                 del self.slots[cookie]
+        source = self.sources.pop(slot, None)
+        if source is not None:
+            left = self.known[source] - 1
+            if left:
+                self.known[source] = left
+            else:
+                del self.known[source]
 
     def send(self, data: bytes) -> None:
         if self.writer is not None and not self.writer.is_closing():
             self.writer.write(data)
+
+
+def _source(oxms: bytes) -> tuple[int, bytes] | None:
+    """(in_port, eth_src) of a match that names both exactly (OXM TLVs after the match header)."""
+    in_port = eth_src = None
+    offset = 0
+    while offset + 4 <= len(oxms):
+        header = struct.unpack_from("!I", oxms, offset)[0]
+        length = header & 0xFF
+        if header >> 16 == 0x8000 and not header & 0x100:  # an OpenFlow basic field, no mask
+            field_no = (header >> 9) & 0x7F
+            if field_no == 0 and length == 4:
+                in_port = struct.unpack_from("!I", oxms, offset + 4)[0]
+            elif field_no == 4 and length == 6:
+                eth_src = bytes(oxms[offset + 4 : offset + 10])
+        offset += 4 + length
+    return (in_port, eth_src) if in_port is not None and eth_src is not None else None
 
 
 @dataclass
@@ -162,6 +197,7 @@ class Fabric:
         debug: bool = False,
         drain_at: int | None = None,
         packet_in_backlog: int = PACKET_IN_BACKLOG,
+        unanswered_cookie: int | None = None,
     ) -> None:
         """`drain_at` (bytes; None: never) makes a switch stop reading until its backlog toward the
         controller drains, and `packet_in_backlog` sets when packet-ins are dropped: with
@@ -169,7 +205,7 @@ class Fabric:
         sliced (for comparing)."""
         self.switches: dict[int, EmulatedSwitch] = {}
         self.cables: dict[tuple[int, int], tuple[int, int]] = {}  # (dpid, port) -> (dpid, port)
-        self.miss_cookie, self.lldp_cookie = miss_cookie, lldp_cookie
+        self.miss_cookie, self.lldp_cookie, self.unanswered_cookie = miss_cookie, lldp_cookie, unanswered_cookie
         self.counters = Counters()
         self.reconnect, self.read_slice, self.debug = reconnect, read_slice, debug
         self.drain_at, self.packet_in_backlog = drain_at, packet_in_backlog
@@ -418,6 +454,12 @@ class Fabric:
             offset += max(length, 8)
 
     def play_arp(self, dpid: int, port: int, mac: bytes, ip: bytes, target: bytes) -> None:
-        """A VM's first frame on its port, as the table-miss entry would send it."""
+        """A VM's ARP request on its port: as the table-miss entry sends it while the switch holds no
+        entry admitting the VM there, else as the unanswered-ARP entry copies it (when the fabric
+        was made with its cookie; nothing otherwise)."""
         frame = arp_request(mac, ip, target)
-        self.send_packet_in(self.switches[dpid], packet_in(port, frame, 0, self.miss_cookie, OFPR_NO_MATCH))
+        switch = self.switches[dpid]
+        if (port, mac) not in switch.known:
+            self.send_packet_in(switch, packet_in(port, frame, 0, self.miss_cookie, OFPR_NO_MATCH))
+        elif self.unanswered_cookie is not None:
+            self.send_packet_in(switch, packet_in(port, frame, FORWARD_TABLE, self.unanswered_cookie, OFPR_ACTION))
