@@ -686,7 +686,18 @@ class Learner:
         recent = {}
         for _, ref, frame in self.unanswered_arp:
             recent[(ref, frame)] = None  # the same request asked twice is asked again once
-        return [key for key in recent if self.topo.is_edge_port(key[0].dpid, key[0].port)]
+        hosts = self.topo.hosts
+        kept = []
+        for ref, frame in recent:
+            if not self.topo.is_edge_port(ref.dpid, ref.port):
+                continue
+            # A sender that moved since asking is not asked for again from where it was: the frame
+            # would miss there, and teach that it moved back.
+            host = hosts.get(_mac(frame[6:12]))
+            if host is not None and (host.dpid, host.port) != (ref.dpid, ref.port):
+                continue
+            kept.append((ref, frame))
+        return kept
 
     def _reinject_unanswered(self, now: float) -> list[PacketOut]:
         return [PacketOut(ref.dpid, frame, pipeline.OFPP_TABLE, ref.port) for ref, frame in self._recent_unanswered(now)]

@@ -605,3 +605,17 @@ def test_settled_edge_ports_take_turns_being_probed_and_a_switch_plugged_in_behi
     assert (1, 2) in [(p.dpid, p.out_port) for p in answers], "answered from the settled edge port at once"
     deliver(learner, driver, PortRef(1, 2), PortRef(2, 1), now + 0.02)
     assert Link.between(PortRef(1, 2), PortRef(2, 1)) in learner.topo.links
+
+
+def test_a_request_is_not_asked_again_from_a_port_its_sender_has_left():
+    """Asked again, a request is re-injected where it was sent. A VM that migrated since would miss
+    there and be learned back on the port it left, its traffic sent there until it spoke again."""
+    learner, driver = fabric()
+    t = confirm(learner, driver, 0.0)
+    driver.run(learner.packet_in(1, 2, arp_frame(VM_A, "10.0.0.1"), Punt.MISS, t), t)
+    asking = arp_frame(VM_A, "10.0.0.1", target_ip="10.0.0.254")
+    learner.packet_in(1, 2, asking, Punt.UNANSWERED_ARP, t)
+    assert [(p.dpid, p.in_port) for p in learner.ask_again(t + 0.1).send] == [(1, 2)]
+    driver.run(learner.packet_in(1, 3, arp_frame(VM_A, "10.0.0.1"), Punt.MISS, t + 0.2), t + 0.2)  # it moved
+    assert (learner.topo.hosts[VM_A].dpid, learner.topo.hosts[VM_A].port) == (1, 3)
+    assert learner.ask_again(t + 0.3).send == []
