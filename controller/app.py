@@ -52,7 +52,7 @@ BUSY_MAX_SECONDS = 10.0
 BUSY_MIN_RATE = 1000.0
 BEHIND_EVENTS = 32
 RECONCILE_YIELD_EVERY = 16  # switches reconciled between yields to the other green threads
-COMPILE_BATCH_WAIT = 0.05  # seconds a compile waits for the packet-ins waiting to be handled first
+COMPILE_BATCH_WAIT = 0.005  # seconds a compile waits, at least, for the packet-ins waiting to be handled first
 INTAKE_YIELD_EVERY = 16  # packet-ins handled between yields (controller/intake.py)
 # Flow entries read back per tick, at most (a table bigger than this is read alone): a fabric of 500
 # hypervisors held 5 M entries, and Ryu parsed about 50,000 a second (ryu_parsing now reads only
