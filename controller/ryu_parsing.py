@@ -16,13 +16,23 @@ looks only at their cookies, yet each entry's match and instructions were parsed
   listed, as `to_jsondict()` does).
 A malformed message still fails where it failed: the OXM fields and the entry lengths are parsed
 eagerly, and a truncated field raises `OFPTruncatedMessage` as before.
+
+Two more adjustments to Ryu's connection layer, both in `install()`/`widen_listen_backlog()`: a
+switch's receive loop reads up to 64 KiB at a time instead of two reads per message (`_recv_loop`),
+and the listening sockets queue 4,096 connections instead of 50.
 """
 
 from __future__ import annotations
 
+import logging
+import ssl
 import struct
 
 from ryu import exception, utils
+from ryu.controller import ofp_event
+from ryu.controller.handler import DEAD_DISPATCHER
+from ryu.lib import hub
+from ryu.ofproto import ofproto_common, ofproto_parser
 from ryu.ofproto import ofproto_v1_3 as ofproto
 from ryu.ofproto import ofproto_v1_3_parser as parser
 
@@ -30,6 +40,7 @@ _ORIGINAL = {
     "match_parser": parser.OFPMatch.__dict__["parser"],
     "flow_stats_parser": parser.OFPFlowStats.__dict__["parser"],
 }
+_RYU_LOG = logging.getLogger("ryu.controller.controller")
 _INSTALLED = False
 
 _FLOW_STATS_0 = struct.Struct(ofproto.OFP_FLOW_STATS_0_PACK_STR)
@@ -46,7 +57,79 @@ def install() -> None:
     parser.OFPFlowStats.parser = classmethod(_flow_stats_parser)
     parser.OFPFlowStats.__getattr__ = _flow_stats_getattr
     parser.OFPFlowStats.__dir__ = _flow_stats_dir
+    # Ryu's connection layer imports its WSGI layer (after launcher.patch_eventlet()), and imports
+    # cleanly only after the app manager, as ryu-manager imports them.
+    from ryu.base import app_manager  # noqa: F401
+    from ryu.controller import controller
+
+    _ORIGINAL.setdefault("recv_loop", controller.Datapath.__dict__["_recv_loop"])
+    controller.Datapath._recv_loop = _recv_loop
     _INSTALLED = True
+
+
+# Bytes a switch's receive loop reads at once (Ryu's reads each message's header, then its body).
+RECV_BYTES = 64 * 1024
+_HEADER = struct.Struct(ofproto_common.OFP_HEADER_PACK_STR)
+
+
+def _recv_loop(self) -> None:
+    """Ryu's Datapath._recv_loop, reading up to RECV_BYTES at once; the socket is closed when it
+    ends, as Ryu's decorator closes it."""
+    try:
+        _read_messages(self)
+    finally:
+        try:
+            self.socket.close()
+        except OSError:
+            pass
+
+
+def _read_messages(self) -> None:
+    """The loop itself, reading up to RECV_BYTES at once. Ryu's makes two reads per
+    message (header, then body), and before each message copies the rest of its buffer twice (to
+    find the header, and to drop what it parsed): at a cold start of 1,000 hypervisors, 10,000
+    packet-ins a second cost two green reads each. Messages, events and handlers are Ryu's: each
+    message is parsed from its own bytes, sent to the observers and handed to the handlers of the
+    connection's state, in order; other green threads get their turn every 2,048 messages."""
+    buf = bytearray()
+    count = 0
+    header_len = ofproto_common.OFP_HEADER_SIZE
+    while self.state != DEAD_DISPATCHER:
+        try:
+            ret = self.socket.recv(RECV_BYTES)
+        except TimeoutError:  # socket.timeout
+            continue
+        except ssl.SSLError:
+            continue  # eventlet raises it on an SSL socket's read timeout
+        except (EOFError, OSError):
+            break
+        if not ret:
+            break
+        buf += ret
+        offset, buf_len = 0, len(buf)
+        while buf_len - offset >= header_len:
+            version, msg_type, msg_len, xid = _HEADER.unpack_from(buf, offset)
+            if msg_len < header_len:
+                _RYU_LOG.debug(
+                    "Message with invalid length %s received from switch at address %s", msg_len, self.address
+                )
+                msg_len = header_len
+            if buf_len - offset < msg_len:
+                break
+            msg = ofproto_parser.msg(self, version, msg_type, msg_len, xid, buf[offset : offset + msg_len])
+            offset += msg_len
+            if msg:
+                ev = ofp_event.ofp_msg_to_ev(msg)
+                self.ofp_brick.send_event_to_observers(ev, self.state)
+                state = self.state
+                handlers = [h for h in self.ofp_brick.get_handlers(ev) if state in h.callers[ev.__class__].dispatchers]
+                for handler in handlers:
+                    handler(ev)
+            count += 1
+            if count > 2048:
+                count = 0
+                hub.sleep(0)
+        del buf[:offset]
 
 
 # Connections the OpenFlow (and REST) listening sockets queue before they are accepted; the kernel
@@ -77,6 +160,10 @@ def uninstall() -> None:
     global _INSTALLED
     parser.OFPMatch.parser = _ORIGINAL["match_parser"]
     parser.OFPFlowStats.parser = _ORIGINAL["flow_stats_parser"]
+    if "recv_loop" in _ORIGINAL:
+        from ryu.controller import controller
+
+        controller.Datapath._recv_loop = _ORIGINAL["recv_loop"]
     for cls, names in ((parser.OFPMatch, ("__getattr__",)), (parser.OFPFlowStats, ("__getattr__", "__dir__"))):
         for name in names:
             if name in cls.__dict__:
