@@ -52,6 +52,7 @@ BUSY_MAX_SECONDS = 10.0
 BUSY_MIN_RATE = 1000.0
 BEHIND_EVENTS = 32
 RECONCILE_YIELD_EVERY = 16  # switches reconciled between yields to the other green threads
+SLOW_COMPILE = 0.5  # seconds: a compile and reconcile this long is logged (a cold start, a big change)
 COMPILE_BATCH_WAIT = 0.005  # seconds a compile waits, at least, for the packet-ins waiting to be handled first
 INTAKE_YIELD_EVERY = 16  # packet-ins handled between yields (controller/intake.py)
 # Flow entries read back per tick, at most (a table bigger than this is read alone): a fabric of 500
@@ -391,6 +392,10 @@ class GoldilocksController(app_manager.RyuApp):
                 hub.sleep(0)  # let the switches' send and receive loops run: probes keep flowing
         self._last_compile_seconds = time.perf_counter() - started
         self.metrics.observe_reconcile(self._last_compile_seconds)
+        if self._last_compile_seconds >= SLOW_COMPILE:
+            LOG.info("compile and reconcile took %.2f s: %d switches changed, %d reconciled, %d hosts, %d links",
+                     self._last_compile_seconds, len(compiled.changed), len(todo), len(self.topo.hosts),
+                     len(self.topo.links))  # fmt: skip
         self.store.save_topology(self.topo)
 
     def reconcile(self, dpid: int) -> int:
