@@ -291,6 +291,15 @@ class LinkTable(ObservedDict):
             return []
         return [lk for lk in dict.keys(self) if end in lk.ends()]
 
+    def of_switch(self, dpid: int) -> list[Link]:
+        """Every link with an end on switch `dpid`, found from its ports' index."""
+        found: dict[Link, None] = {}
+        for port, count in self._ports.get(dpid, {}).items():
+            end = PortRef(dpid, port)
+            for link in self._on_port(end) if count > 1 else (self.at[end],):
+                found[link] = None
+        return list(found)
+
     def inter_switch_ports(self, dpid: int) -> frozenset[int]:
         ports = self._frozen.get(dpid)
         if ports is None:
@@ -337,7 +346,7 @@ class Topology:
         self._count_macs(self.switches[dpid].ports.values(), -1)
         del self.switches[dpid]
         self.asked.pop(dpid, None)
-        for link in [lk for lk in self.links if dpid in (lk.a.dpid, lk.b.dpid)]:
+        for link in self.links.of_switch(dpid):
             del self.links[link]
         for mac in list(self.hosts.by_dpid.get(dpid, ())):
             del self.hosts[mac]
@@ -485,7 +494,7 @@ class Topology:
         return bool(port and port.up)
 
     def _drop_links_on_dead_ports(self, dpid: int) -> bool:
-        dead = [lk for lk in self.links if any(e.dpid == dpid and not self._port_up(e) for e in lk.ends())]
+        dead = [lk for lk in self.links.of_switch(dpid) if any(e.dpid == dpid and not self._port_up(e) for e in lk.ends())]
         for link in dead:
             del self.links[link]
         return bool(dead)

@@ -169,7 +169,33 @@ def test_the_link_index_always_equals_a_full_scan(ops):
         for dpid in range(1, 5):
             ports = {e.port for lk in dict.keys(links) for e in lk.ends() if e.dpid == dpid}
             assert links.inter_switch_ports(dpid) == ports
+            assert set(links.of_switch(dpid)) == {lk for lk in dict.keys(links) if dpid in (lk.a.dpid, lk.b.dpid)}
         for lk in dict.keys(links):
             for end in lk.ends():
                 assert links.at[end] in dict.keys(links) and end in links.at[end].ends()
         assert all(lk in dict.keys(links) for lk in links.at.values())
+
+
+def test_a_port_going_down_and_a_switch_reconnecting_scan_no_link():
+    """Each switch that connects sets its ports, and each port status changes one: a thousand
+    switches each scanning every link for one on a dead port was O(n^2) at a cold start."""
+    from topology.model import Port
+
+    fabric = build_leaf_spine(spines=2, leaves=2, hypervisors_per_leaf=2, vms_per_hypervisor=4)
+    topo = fabric.topo
+    watched_links = NoScanLinks()
+    for link, seen in dict.items(topo.links):
+        watched_links[link] = seen
+    topo.links = watched_links
+    link = next(iter(dict.keys(watched_links)))
+    end = link.a
+    sw = topo.switches[end.dpid]
+    watched_links.armed = True
+    topo.set_ports(end.dpid, list(sw.ports.values()))  # reconnected, nothing changed
+    assert dict.__contains__(watched_links, link)
+    port = sw.ports[end.port]
+    topo.set_port(end.dpid, Port(port.port_no, port.name, port.hw_addr, up=False))
+    assert not dict.__contains__(watched_links, link), "the link on the dead port is gone"
+    other = next(iter(dict.keys(watched_links)))
+    topo.remove_switch(other.a.dpid)
+    assert not any(other.a.dpid in (lk.a.dpid, lk.b.dpid) for lk in dict.keys(watched_links))
