@@ -29,7 +29,7 @@ from controller.metrics import Metrics
 from controller.reconciler import SwitchSync
 from controller.settings import Settings
 from controller.store import Store
-from topology.learner import Learner, Outcome, PacketOut, Punt
+from topology.learner import Learner, Outcome, PacketOut, Punt, ether_type
 from topology.model import ROLE_HYPERVISOR, Port
 
 LOG = logging.getLogger("goldilocks.controller")
@@ -65,7 +65,6 @@ AUDIT_ENTRIES_PER_TICK = 25_000
 # switch that got flow-mods: a frame re-injected at one switch crosses others, and OpenFlow orders
 # nothing across connections. A switch that does not answer within this long is not waited for.
 FLOWS_IN_PLACE_MAX_WAIT = 1.0
-LLDP_ETHER_TYPE = pipeline.ETH_TYPE_LLDP.to_bytes(2, "big")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -450,6 +449,11 @@ class GoldilocksController(app_manager.RyuApp):
                 busy.add(dpid)
         return busy
 
+    def _unhandled(self) -> int:
+        """Events read from the switches and not handled yet that may be probes: Ryu's queue, and the
+        intake's probe lane (host frames wait apart and hold no probe)."""
+        return self.events.qsize() + self.intake.probes_waiting
+
     def _count_refusals(self) -> None:
         self.metrics.flows_refused_now = sum(len(s.refusals) for s in self.sync.values())
 
@@ -472,7 +476,7 @@ class GoldilocksController(app_manager.RyuApp):
                 self.learner.note_lag(max(0.0, now - slept - EDGE_CHECK_INTERVAL), now)
                 if self._barrier_wait:
                     self._give_up_on_silent_switches(now)
-                self.carry_out(self.learner.check_edges(now, backlog=self.events.qsize() + self.intake.probes_waiting))
+                self.carry_out(self.learner.check_edges(now, backlog=self._unhandled()))
             except Exception:
                 LOG.exception("edge port confirmation failed")
 
@@ -481,8 +485,9 @@ class GoldilocksController(app_manager.RyuApp):
         self.ovsdb_inventory.tick(now)
         self.agents.tick()
         self._request_encrypt_drops()
-        behind = self.events.qsize() + self.intake.probes_waiting >= BEHIND_EVENTS
-        outcome = self.learner.tick(now, busy=self._busy_switches(), behind=behind, period=self.settings.lldp_interval)
+        outcome = self.learner.tick(
+            now, busy=self._busy_switches(), behind=self._unhandled() >= BEHIND_EVENTS, period=self.settings.lldp_interval
+        )
         self.carry_out(outcome)
         if not outcome.changed:
             for dpid in list(self.datapaths):
@@ -703,7 +708,7 @@ class GoldilocksController(app_manager.RyuApp):
         (evidence of spoofing never is: each copy counts)."""
         msg = ev.msg
         data = bytes(msg.data)
-        probe = data[12:14] == LLDP_ETHER_TYPE
+        probe = ether_type(data) == pipeline.ETH_TYPE_LLDP
         key = None
         if not probe and punt_reason(msg.table_id, msg.cookie) is not Punt.EVIDENCE:
             key = (msg.datapath.id, msg.match.get("in_port"), msg.table_id, msg.cookie, data)

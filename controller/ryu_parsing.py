@@ -73,8 +73,8 @@ _HEADER = struct.Struct(ofproto_common.OFP_HEADER_PACK_STR)
 
 
 def _recv_loop(self) -> None:
-    """Ryu's Datapath._recv_loop, reading up to RECV_BYTES at once; the socket is closed when it
-    ends, as Ryu's decorator closes it."""
+    """Ryu's Datapath._recv_loop (_read_messages); the socket is closed when it ends, as Ryu's
+    decorator closes it."""
     try:
         _read_messages(self)
     finally:
@@ -85,7 +85,7 @@ def _recv_loop(self) -> None:
 
 
 def _read_messages(self) -> None:
-    """The loop itself, reading up to RECV_BYTES at once. Ryu's makes two reads per
+    """Reads up to RECV_BYTES at once. Ryu's loop makes two reads per
     message (header, then body), and before each message copies the rest of its buffer twice (to
     find the header, and to drop what it parsed): at a cold start of 1,000 hypervisors, 10,000
     packet-ins a second cost two green reads each. Messages, events and handlers are Ryu's: each
@@ -142,13 +142,15 @@ def widen_listen_backlog() -> None:
     none). When a thousand switches connect at once, as after a controller restart, the kernel
     drops the connections beyond it and each switch retries after TCP's back-off of 1, 3, 7 and
     15 s: the last of 1,052 emulated switches connected 20 s after the first. Idempotent."""
+    import socket
+
     import eventlet
 
     listen = eventlet.listen
     if getattr(listen, "goldilocks_backlog", False):
         return
 
-    def wide_listen(addr, family=2, backlog=LISTEN_BACKLOG, *args, **kwargs):
+    def wide_listen(addr, family=socket.AF_INET, backlog=LISTEN_BACKLOG, *args, **kwargs):
         return listen(addr, family, backlog, *args, **kwargs)
 
     wide_listen.goldilocks_backlog = True
