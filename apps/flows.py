@@ -6,31 +6,33 @@ import functools
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from apps import pipeline
 
 MatchValue = int | str | tuple
 
 
-@dataclass(frozen=True)
-class Output:
+# Actions are named tuples: hashed, compared and built in C, as a compile makes and looks up
+# hundreds of thousands of them. Their repr is the dataclass spelling the cookies were always
+# derived from ("Output(port=1, max_len=65509)"), so cookies do not change.
+
+
+class Output(NamedTuple):
     """Send the frame out of a port (an OpenFlow port number or reserved port)."""
 
     port: int
     max_len: int = 0xFFE5  # OFPCML_NO_BUFFER when the port is the controller
 
 
-@dataclass(frozen=True)
-class SetField:
+class SetField(NamedTuple):
     """Overwrite one header field (OXM name, Ryu spelling)."""
 
     name: str
     value: MatchValue
 
 
-@dataclass(frozen=True)
-class Move:
+class Move(NamedTuple):
     """Copy n_bits from one header field to another (Nicira reg_move)."""
 
     src: str
@@ -38,8 +40,7 @@ class Move:
     n_bits: int
 
 
-@dataclass(frozen=True)
-class Conntrack:
+class Conntrack(NamedTuple):
     """Send the frame through connection tracking in a zone. With `table`, the frame is
     re-submitted to that table with its ct_state (and ct_mark) set; with `commit`, the connection is
     remembered so that its replies are +est, and with `mark` too, the connection's ct_mark is set."""
@@ -50,15 +51,13 @@ class Conntrack:
     mark: int | None = None
 
 
-@dataclass(frozen=True)
-class PushVlan:
+class PushVlan(NamedTuple):
     """Push an 802.1Q header (its VID is then set with SetField("vlan_vid", OFPVID_PRESENT | vid))."""
 
     ethertype: int = 0x8100
 
 
-@dataclass(frozen=True)
-class PopVlan:
+class PopVlan(NamedTuple):
     """Pop the outermost 802.1Q header."""
 
 
@@ -73,14 +72,8 @@ class PipelineError(ValueError):
     """A flow entry breaks the pipeline description (a programming error)."""
 
 
-def _freeze_match(match: dict[str, MatchValue] | Iterable[tuple[str, MatchValue]]) -> tuple:
-    items = match.items() if isinstance(match, dict) else match
-    frozen = tuple(sorted(items))  # field names are unique: values are never compared
-    try:
-        hash(frozen)
-    except TypeError:  # a list value: frozen as a tuple (rare, so not looked for on every entry)
-        frozen = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in frozen))
-    return frozen
+def _freeze_match(items: Iterable[tuple[str, MatchValue]]) -> tuple:
+    return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in items))
 
 
 @dataclass(frozen=True)
@@ -112,8 +105,14 @@ class FlowEntry:
         app: int = pipeline.APP_TOPOLOGY,
         metadata: tuple[int, int] | None = None,
     ) -> FlowEntry:
-        actions = actions if type(actions) is tuple else tuple(actions)
-        return _make_entry(table, priority, _freeze_match(match or {}), actions, goto, app, metadata)
+        if type(actions) is not tuple:
+            actions = tuple(actions)
+        # Field names are unique, so sorting never compares values.
+        frozen = tuple(sorted(match.items() if type(match) is dict else match)) if match else ()
+        try:
+            return _make_entry(table, priority, frozen, actions, goto, app, metadata)
+        except TypeError:  # a list value (rare, so not looked for on every entry): frozen as a tuple
+            return _make_entry(table, priority, _freeze_match(frozen), actions, goto, app, metadata)
 
     def validate(self) -> None:
         _check_shape(self.table, tuple([name for name, _ in self.match]), self.goto)
@@ -153,12 +152,32 @@ def _actions_repr(actions: tuple) -> str:
 
 _COOKIE_MAGIC = pipeline.COOKIE_MAGIC << pipeline.COOKIE_MAGIC_SHIFT
 
+# repr() of each (field, value) a match holds, kept while the fields recur: a data centre's
+# matches are made of far fewer distinct pairs (a VM's MAC, an identity's metadata) than entries.
+_ITEM_REPRS: dict[tuple, str] = {}
+_ITEM_REPRS_MAX = 1 << 18
+
+
+def _match_repr(match: tuple) -> str:
+    """repr(match), assembled from the cached repr of each of its items."""
+    get = _ITEM_REPRS.get
+    parts = []
+    for item in match:
+        text = get(item)
+        if text is None:
+            if len(_ITEM_REPRS) >= _ITEM_REPRS_MAX:
+                _ITEM_REPRS.clear()
+            text = _ITEM_REPRS[item] = repr(item)
+        parts.append(text)
+    return f"({parts[0]},)" if len(parts) == 1 else f"({', '.join(parts)})"
+
 
 def _cookie(table, priority, match, actions, goto, app, metadata, meter) -> int:
     """Our namespace, the app, and 48 bits of the digest of
     repr((table, priority, match, actions, goto[, metadata][, ("meter", meter)])); the text is
-    built from the cached repr of the actions, so cookies never change across versions."""
-    text = f"({table!r}, {priority!r}, {match!r}, {_actions_repr(actions)}, {goto!r}"
+    built from cached reprs of the actions and of the match's items, so cookies never change
+    across versions (tests/unit/test_flows.py holds known values)."""
+    text = f"({table!r}, {priority!r}, {_match_repr(match)}, {_actions_repr(actions)}, {goto!r}"
     if metadata is not None:
         text += f", {metadata!r}"
     if meter is not None:
@@ -186,14 +205,25 @@ def _make_entry(
             if app in (pipeline.APP_QUARANTINE, pipeline.APP_PORT_SECURITY):
                 meter = pipeline.METER_QUARANTINE  # a quarantined VM cannot crowd out anyone's learning
             break
+    _check_shape(table, tuple([name for name, _ in match]), goto)
     # Built without the frozen dataclass's field-by-field __init__ (a compile makes hundreds of
     # thousands): the same fields, the same frozen object.
     entry = object.__new__(FlowEntry)
-    entry.__dict__.update(
-        table=table, priority=priority, match=match, actions=actions, goto=goto, app=app, metadata=metadata, meter=meter
+    object.__setattr__(
+        entry,
+        "__dict__",
+        {
+            "table": table,
+            "priority": priority,
+            "match": match,
+            "actions": actions,
+            "goto": goto,
+            "app": app,
+            "metadata": metadata,
+            "meter": meter,
+            "cookie": _cookie(table, priority, match, actions, goto, app, metadata, meter),
+        },
     )
-    entry.validate()
-    entry.__dict__["cookie"] = entry.content_cookie()
     return entry
 
 

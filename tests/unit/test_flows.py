@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from apps import pipeline
+from apps import flows, pipeline
 from apps.desired import ConflictError, desired_tables, index_entries
-from apps.flows import FlowEntry, Output, PipelineError, app_of, is_ours
+from apps.flows import Conntrack, FlowEntry, Move, Output, PipelineError, PopVlan, PushVlan, SetField, app_of, is_ours
 from tests.fakeoftable import build_leaf_spine, check_entry, policy_state
 
 
@@ -59,6 +59,79 @@ def test_the_cookie_is_a_function_of_the_content():
         FlowEntry.make(pipeline.EGRESS, 5, {"eth_dst": "02:00:00:00:00:01"}, (Output(2),)),
     ]
     assert len({a.cookie, *(e.cookie for e in changed)}) == 1 + len(changed)
+
+
+def _golden_entries() -> list[FlowEntry]:
+    return [
+        FlowEntry.make(pipeline.INGRESS, 1000, {"eth_type": pipeline.ETH_TYPE_LLDP}, (Output(pipeline.OFPP_CONTROLLER, 128),)),
+        FlowEntry.make(pipeline.FORWARD, 5, {"in_port": 1, "eth_dst": "02:00:00:00:00:01"}, (Output(2),)),
+        FlowEntry.make(
+            pipeline.FORWARD,
+            5,
+            {"eth_dst": "02:00:00:00:00:01"},
+            (PushVlan(), SetField("vlan_vid", 0x1000 | 7), Output(3), PopVlan()),
+        ),
+        FlowEntry.make(
+            pipeline.POLICY,
+            61010,
+            {"ct_mark": 1, "ct_state": (34, 50)},
+            (SetField("reg0", 1),),
+            goto=pipeline.FORWARD,
+            app=pipeline.APP_POLICY,
+        ),
+        FlowEntry.make(
+            pipeline.EGRESS,
+            520,
+            {"eth_dst": "02:00:00:01:01:01", "eth_type": 2048, "reg0": 1},
+            (Conntrack(zone=4113, commit=True, mark=1), Output(2)),
+            app=pipeline.APP_TUNNEL,
+        ),
+        FlowEntry.make(pipeline.INGRESS, 0, {}, (Output(pipeline.OFPP_CONTROLLER),)),
+        FlowEntry.make(
+            pipeline.INGRESS,
+            10,
+            {"in_port": 3, "eth_src": "02:00:00:00:00:09"},
+            (Move("reg1", "reg2", 32),),
+            goto=pipeline.CLASSIFY,
+            metadata=(5, 0xFFFF),
+        ),
+    ]
+
+
+# Cookies of the entries above, as every earlier version computed them. A switch keeps its entries
+# across a controller upgrade only if the new version names the same content with the same cookie.
+_GOLDEN_COOKIES = [
+    0x6C0159A3BE332853,
+    0x6C016E2008972E18,
+    0x6C018B6AF49EC544,
+    0x6C020DC2A54E5388,
+    0x6C0469A477D81CAB,
+    0x6C01278A861C65B9,
+    0x6C01C6B5CAA5D54E,
+]
+
+
+def test_cookies_never_change_across_versions():
+    assert [e.cookie for e in _golden_entries()] == _GOLDEN_COOKIES
+
+
+def test_cookies_do_not_depend_on_what_was_built_before(monkeypatch):
+    """The per-item repr cache may be emptied at any point; cookies come out the same."""
+    flows._make_entry.cache_clear()
+    monkeypatch.setattr(flows, "_ITEM_REPRS_MAX", 2)
+    flows._ITEM_REPRS.clear()
+    try:
+        assert [e.cookie for e in _golden_entries()] == _GOLDEN_COOKIES
+        assert len(flows._ITEM_REPRS) <= 2
+    finally:
+        flows._make_entry.cache_clear()
+
+
+def test_actions_are_plain_values_that_keep_their_spelling():
+    assert Output(3) == Output(3, 0xFFE5) and hash(Output(3)) == hash(Output(port=3))
+    assert Output(3) != SetField("in_port", 3) and PopVlan() != PushVlan()
+    assert repr(Conntrack(zone=5, commit=True)) == "Conntrack(zone=5, commit=True, table=None, mark=None)"
+    assert repr(PushVlan()) == "PushVlan(ethertype=33024)" and repr(PopVlan()) == "PopVlan()"
 
 
 def test_masked_matches_are_hashable_plain_data():
