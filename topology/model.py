@@ -89,6 +89,11 @@ class ObservedDict(dict):
         self.update(other)
         return self
 
+    def __reduce__(self):
+        """Copies and pickles are built empty and filled item by item, so that their indexes are
+        built by the hooks (copied as attributes too, every item was counted twice)."""
+        return (type(self), (), None, None, iter(dict.items(self)))
+
 
 @dataclass(frozen=True)
 class Port:
