@@ -114,6 +114,25 @@ class FlowEntry:
         except TypeError:  # a list value (rare, so not looked for on every entry): frozen as a tuple
             return _make_entry(table, priority, _freeze_match(frozen), actions, goto, app, metadata)
 
+    def __post_init__(self) -> None:
+        # Built directly rather than by make() (tests do, unchecked): named by its content like every entry.
+        object.__setattr__(self, "cookie", self.content_cookie())
+
+    # Entries are hashed and compared by the hundred thousand (the reconciler's sets, the encoder's
+    # cache): by their cookie, which is a digest of everything compared, then field by field.
+    def __hash__(self) -> int:
+        return self.cookie
+
+    def __eq__(self, other: object) -> bool:
+        if self is other:
+            return True
+        if type(other) is not FlowEntry:
+            return NotImplemented
+        return self.cookie == other.cookie and self._content() == other._content()
+
+    def _content(self) -> tuple:
+        return (self.table, self.priority, self.match, self.actions, self.goto, self.app, self.metadata, self.meter)
+
     def validate(self) -> None:
         _check_shape(self.table, tuple([name for name, _ in self.match]), self.goto)
 
