@@ -145,6 +145,7 @@ async def _converge(fabric: Fabric, vms, controller, timeout: float) -> dict:
             everyone_learned = seen["hosts"] >= len(vms)
             if DEBUG or fabric.debug:
                 probes = {k: _metric(text, f"goldilocks_{k}_total") for k in ("lldp_rejected", "probes_refused", "packet_ins")}
+                probes["packet_ins_waiting"] = _metric(text, "goldilocks_packet_ins_waiting")
                 print(round(time.monotonic() - started, 1), seen, probes, fabric.counters, file=sys.stderr, flush=True)
             last = fabric.counters.last_flow_mod
             if (

@@ -301,9 +301,10 @@ class GoldilocksController(app_manager.RyuApp):
         (at least COMPILE_BATCH_WAIT): each compile costs a scan of the model's inputs, and under a
         storm of packet-ins the controller then spends about as long handling frames as compiling
         what they taught it. A cold start of 20,000 VMs that compiled every few packet-ins did little
-        else. An idle controller compiles at once."""
+        else. Copies of unanswered ARP requests (the intake's background lane) do not hold a compile
+        back: they teach no host. An idle controller compiles at once."""
         deadline = time.monotonic() + max(COMPILE_BATCH_WAIT, self._last_compile_seconds)
-        while len(self.intake) and time.monotonic() < deadline:
+        while self.intake.urgent and time.monotonic() < deadline:
             hub.sleep(0)
 
     def _when_flows_in_place(self, callbacks: list[Callable[[], None]]) -> None:
@@ -710,9 +711,11 @@ class GoldilocksController(app_manager.RyuApp):
         data = bytes(msg.data)
         probe = ether_type(data) == pipeline.ETH_TYPE_LLDP
         key = None
-        if not probe and punt_reason(msg.table_id, msg.cookie) is not Punt.EVIDENCE:
+        punt = None if probe else punt_reason(msg.table_id, msg.cookie)
+        if not probe and punt is not Punt.EVIDENCE:
             key = (msg.datapath.id, msg.match.get("in_port"), msg.table_id, msg.cookie, data)
-        if self.intake.offer(msg.datapath.id, key, ev, probe=probe) and not self._intake_ready.is_set():
+        background = punt is Punt.UNANSWERED_ARP
+        if self.intake.offer(msg.datapath.id, key, ev, probe=probe, background=background) and not self._intake_ready.is_set():
             self._intake_ready.set()
 
     def _intake_loop(self) -> None:

@@ -76,6 +76,9 @@ HELD_FRAME_MAX_AGE = 2.0
 REINJECT_GAP = 0.5
 UNANSWERED_ARP_KEEP = 1.0  # seconds an unanswered ARP request is asked again as ports come up
 UNANSWERED_ARP_MAX = 256
+# Packet-outs at most that send the recent unanswered requests straight out of newly confirmed
+# edge ports; beyond, each request is asked again once through its switch's flows.
+REPLAY_STRAIGHT_MAX = 4096
 # A port that has faced hosts for EDGE_SETTLED seconds is probed every EDGE_PROBE_EVERY-th tick,
 # staggered: a switch plugged in behind it later probes its own new ports every tick, and its probe
 # is answered at once (probe_in), so the link is found as fast; probing a data centre's VM ports
@@ -708,8 +711,16 @@ class Learner:
         they meet no switch whose datapath still caches the old flows), then the frames held on
         them are handled as if they had just arrived."""
         out = Outcome()
-        for ref, frame in self._recent_unanswered(now):
-            out.send += [PacketOut(c.dpid, frame, c.port) for c in sorted(confirmed, key=lambda r: (r.dpid, r.port)) if c != ref]
+        requests = self._recent_unanswered(now)
+        if len(requests) * len(confirmed) <= REPLAY_STRAIGHT_MAX:
+            ports = sorted(confirmed, key=lambda r: (r.dpid, r.port))
+            for ref, frame in requests:
+                out.send += [PacketOut(c.dpid, frame, c.port) for c in ports if c != ref]
+        else:
+            # Every request out of every port would be a packet-out each (256 requests and 20,000
+            # ports confirmed at a cold start: five million). Each is asked again once instead,
+            # where it was sent: the flood of the flows now in place reaches the confirmed ports.
+            out.send += [PacketOut(ref.dpid, frame, pipeline.OFPP_TABLE, ref.port) for ref, frame in requests]
         for ref in sorted(confirmed, key=lambda r: (r.dpid, r.port)):
             for held_at, punt, frame in self.held.pop(ref, []):
                 if now - held_at <= HELD_FRAME_MAX_AGE and self.topo.is_edge_port(ref.dpid, ref.port):

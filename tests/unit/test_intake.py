@@ -113,3 +113,47 @@ def test_a_compile_first_lets_waiting_packet_ins_be_handled_but_not_for_longer_t
     shell._last_compile_seconds, started = 0.3, clock[0]
     GoldilocksController._let_intake_drain(shell)
     assert 0.3 <= clock[0] - started < 0.302 and len(shell.intake) > 0, "a storm waits no longer than a compile takes"
+
+
+def test_copies_of_unanswered_requests_wait_behind_frames_that_teach_but_are_never_starved():
+    """At a cold start every VM already learned keeps asking for its gateway: 20,000 such copies
+    waited ahead of the VMs not learned yet and held their learning back by seconds."""
+    from controller.intake import BACKGROUND_SHARE
+
+    intake: Intake = Intake()
+    for n in range(100):
+        intake.offer(1 + n % 10, ("copy", n), f"copy {n}", background=True)
+    for n in range(100):
+        intake.offer(1 + n % 10, ("new", n), f"new {n}")
+    intake.offer(3, None, "probe", probe=True)
+    assert intake.urgent == 101 and len(intake) == 201
+    taken = [intake.take() for _ in range(201)]
+    assert taken[0] == "probe"
+    new = [t for t in taken if t.startswith("new")]
+    assert new == [f"new {n}" for n in range(100)], "frames keep their order"
+    copies = [i for i, t in enumerate(taken) if t.startswith("copy")]
+    last_new = taken.index("new 99")
+    for start in range(1, last_new - BACKGROUND_SHARE):
+        window = taken[start : start + BACKGROUND_SHARE]
+        assert sum(t.startswith("copy") for t in window) == 1, "one take in BACKGROUND_SHARE goes to a copy while frames wait"
+    assert [taken[i] for i in copies] == [f"copy {n}" for n in range(100)] and intake.take() is None
+
+
+def test_unanswered_arp_copies_go_to_the_background_and_do_not_hold_a_compile_back(monkeypatch):
+    shell = _shell()
+    asking = arp_frame("02:00:00:00:00:01", "10.0.0.1", target_ip="10.0.0.254")
+    unanswered_cookie = (pipeline.COOKIE_MAGIC << pipeline.COOKIE_MAGIC_SHIFT) | 77
+    shell._offer_packet_in(_event(1, 3, asking, unanswered_cookie, table=pipeline.FORWARD))
+    shell._offer_packet_in(_event(1, 4, arp_frame("02:00:00:00:00:02", "10.0.0.2"), MISS_COOKIE))
+    assert len(shell.intake) == 2 and shell.intake.urgent == 1
+    clock = [0.0]
+    monkeypatch.setattr(app_mod.time, "monotonic", lambda: clock[0])
+
+    def handle_one(_seconds) -> None:
+        shell.intake.take()
+        clock[0] += 0.001
+
+    monkeypatch.setattr(app_mod.hub, "sleep", handle_one)
+    shell._last_compile_seconds = 10.0
+    GoldilocksController._let_intake_drain(shell)
+    assert clock[0] == 0.001 and shell.intake.urgent == 0 and len(shell.intake) == 1, "the copy waits; the compile does not"
