@@ -93,6 +93,8 @@ class FlowEntry:
     metadata: tuple[int, int] | None = None  # write-metadata instruction: (value, mask)
     meter: int | None = None  # meter instruction; set by make() for every entry that punts to the controller
     cookie: int = field(default=0, compare=False)
+    # Where the entry goes in a batch of adds (_install_order): set with the cookie.
+    install_order: int = field(default=0, init=False, compare=False, repr=False)
 
     @classmethod
     def make(
@@ -117,6 +119,7 @@ class FlowEntry:
     def __post_init__(self) -> None:
         # Built directly rather than by make() (tests do, unchecked): named by its content like every entry.
         object.__setattr__(self, "cookie", self.content_cookie())
+        object.__setattr__(self, "install_order", _install_order(self.table, self.priority, self.cookie))
 
     # Entries are hashed and compared by the hundred thousand (the reconciler's sets, the encoder's
     # cache): by their cookie, which is a digest of everything compared, then field by field.
@@ -225,6 +228,7 @@ def _make_entry(
                 meter = pipeline.METER_QUARANTINE  # a quarantined VM cannot crowd out anyone's learning
             break
     _check_shape(table, tuple([name for name, _ in match]), goto)
+    cookie = _cookie(table, priority, match, actions, goto, app, metadata, meter)
     # Built without the frozen dataclass's field-by-field __init__ (a compile makes hundreds of
     # thousands): the same fields, the same frozen object.
     entry = object.__new__(FlowEntry)
@@ -240,10 +244,17 @@ def _make_entry(
             "app": app,
             "metadata": metadata,
             "meter": meter,
-            "cookie": _cookie(table, priority, match, actions, goto, app, metadata, meter),
+            "cookie": cookie,
+            "install_order": _install_order(table, priority, cookie),
         },
     )
     return entry
+
+
+def _install_order(table: int, priority: int, cookie: int) -> int:
+    """One integer that sorts entries the way a switch should receive them: highest table first
+    (a frame admitted upstream must find its way on), then highest priority, then cookie."""
+    return ((0xFF - table) << 80) | ((0xFFFF - priority) << 64) | cookie
 
 
 def is_ours(cookie: int) -> bool:

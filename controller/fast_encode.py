@@ -11,6 +11,7 @@ Ryu; `tests/unit/test_fast_encode.py` checks the bytes equal Ryu's."""
 from __future__ import annotations
 
 import functools
+import operator
 import socket
 import struct
 
@@ -42,6 +43,10 @@ _FIELDS = {
 }
 _WIDTH = {"I": 4, "Q": 8, "H": 2, "B": 1, "mac": 6, "ipv4": 4}
 _FLOW_MOD = struct.Struct("!BBHIQQBBHHHIIIH2x")
+_MISSING = object()
+_MATCH_HEADER = struct.Struct("!HH")
+_PADDING = [bytes(n) for n in range(8)]
+_FIRST = operator.itemgetter(0)
 OFPT_FLOW_MOD = 14
 OFP_NO_BUFFER = 0xFFFFFFFF
 
@@ -101,19 +106,32 @@ def _ryu_oxm(name: str, user) -> tuple[int, bytes] | None:
     return (num[0] if isinstance(num, tuple) else num), bytes(buf)
 
 
+# Each (field, value) a match holds, encoded: a data centre's matches are made of far fewer
+# distinct pairs than entries (the same MAC in a VM's ingress, egress and responder entries).
+_OXMS: dict[tuple, tuple[int, bytes] | None] = {}
+_OXMS_MAX = 1 << 18
+
+
 def _match(match: tuple) -> bytes | None:
     fields = []
-    for name, user in match:
-        oxm = _oxm(name, user)
+    cache = _OXMS
+    for item in match:
+        oxm = cache.get(item, _MISSING)
+        if oxm is _MISSING:
+            if len(cache) >= _OXMS_MAX:
+                cache.clear()
+            oxm = cache[item] = _oxm(*item)
         if oxm is None:
             return None
         fields.append(oxm)
-    fields.sort(key=lambda f: f[0])  # stable, as Ryu's: equal keys keep the entry's order
-    body = b"".join(f[1] for f in fields)
+    if len(fields) > 1:
+        fields.sort(key=_FIRST)  # stable, as Ryu's: equal keys keep the entry's order
+    body = b"".join([f[1] for f in fields])
     length = 4 + len(body)
-    return struct.pack("!HH", 1, length) + body + bytes(-length % 8)  # OFPMT_OXM, padded to 8
+    return _MATCH_HEADER.pack(1, length) + body + _PADDING[-length % 8]  # OFPMT_OXM, padded to 8
 
 
+@functools.lru_cache(maxsize=1 << 14)
 def _actions(actions: tuple) -> bytes | None:
     out = []
     for action in actions:
@@ -148,25 +166,34 @@ def _ryu_action(action) -> bytes | None:
     return bytes(buf)
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def _instructions(meter: int | None, actions: tuple, metadata: tuple[int, int] | None, goto: int | None) -> bytes | None:
+    """An entry's instructions, encoded once per distinct combination."""
+    instructions = []
+    if meter is not None:
+        instructions.append(struct.pack("!HHI", 6, 8, meter))  # OFPIT_METER
+    if actions:
+        encoded = _actions(actions)
+        if encoded is None:
+            return None
+        instructions.append(struct.pack("!HH4x", 4, 8 + len(encoded)) + encoded)  # OFPIT_APPLY_ACTIONS
+    if metadata is not None:
+        value, mask = metadata
+        instructions.append(struct.pack("!HH4xQQ", 2, 24, value, mask))  # OFPIT_WRITE_METADATA
+    if goto is not None:
+        instructions.append(struct.pack("!HHB3x", 1, 8, goto))  # OFPIT_GOTO_TABLE
+    return b"".join(instructions)
+
+
 def flow_add_bytes(entry: FlowEntry) -> bytes | None:
     """The OFPT_FLOW_MOD adding `entry` (xid 0), or None if this shape is left to Ryu."""
     match = _match(entry.match)
     if match is None:
         return None
-    instructions = []
-    if entry.meter is not None:
-        instructions.append(struct.pack("!HHI", 6, 8, entry.meter))  # OFPIT_METER
-    if entry.actions:
-        actions = _actions(entry.actions)
-        if actions is None:
-            return None
-        instructions.append(struct.pack("!HH4x", 4, 8 + len(actions)) + actions)  # OFPIT_APPLY_ACTIONS
-    if entry.metadata is not None:
-        value, mask = entry.metadata
-        instructions.append(struct.pack("!HH4xQQ", 2, 24, value, mask))  # OFPIT_WRITE_METADATA
-    if entry.goto is not None:
-        instructions.append(struct.pack("!HHB3x", 1, 8, entry.goto))  # OFPIT_GOTO_TABLE
-    tail = match + b"".join(instructions)
+    instructions = _instructions(entry.meter, entry.actions, entry.metadata, entry.goto)
+    if instructions is None:
+        return None
+    tail = match + instructions
     length = _FLOW_MOD.size + len(tail)
     head = _FLOW_MOD.pack(
         4, OFPT_FLOW_MOD, length, 0, entry.cookie, 0, entry.table, 0, 0, 0, entry.priority, OFP_NO_BUFFER, 0, 0, 0

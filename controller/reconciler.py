@@ -13,16 +13,13 @@ from apps.switch_table import SwitchTable, diff_tables
 # refusal that never goes away costs one flow-mod every half minute, reported all along.
 RETRY_BACKOFF = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
 
-_BY_COOKIE = attrgetter("cookie")
-_BY_TABLE_PRIORITY = attrgetter("table", "priority")
+_BY_INSTALL_ORDER = attrgetter("install_order")
 
 
 def _order(adds) -> list[FlowEntry]:
-    """Highest table first, then highest priority, then cookie: two passes with C-level keys (a
-    stable sort, reversed, keeps equal keys in their order)."""
-    ordered = sorted(adds, key=_BY_COOKIE)
-    ordered.sort(key=_BY_TABLE_PRIORITY, reverse=True)
-    return ordered
+    """Highest table first, then highest priority, then cookie: one sort on an integer each entry
+    carries (FlowEntry.install_order)."""
+    return sorted(adds, key=_BY_INSTALL_ORDER)
 
 
 @dataclass
