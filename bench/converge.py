@@ -9,7 +9,9 @@ of an ARP request no responder answered (the gateway is nobody): 10,000 packet-i
 Measured, from the moment the connections open:
 - every switch converged: the largest `converge_seconds` in /v1/topology (connect to the first reconcile
   confirmed by a barrier: the controller's own definition);
-- settled: the last flow-mod, once the controller shows every link and VM and no flow-mod came for 3 s;
+- settled: the last flow-mod, once the controller shows every link and VM, has no compile due
+  (`goldilocks_compile_pending`), the switches hold every flow it wants (`goldilocks_flows_desired`)
+  and no flow-mod came for 3 s;
 - flow-mods sent, and per second between the first and the last;
 - controller CPU seconds and peak memory (its process, from /proc);
 - how many learned links timed out meanwhile (flaps under load);
@@ -141,7 +143,9 @@ async def _converge(fabric: Fabric, vms, controller, timeout: float) -> dict:
         while time.monotonic() < deadline:
             await asyncio.sleep(1.0)
             text = await loop.run_in_executor(None, lambda: rest_get(controller.rest_url, "/metrics", timeout=30))
-            seen = {k: _metric(text, f"goldilocks_{k}") for k in ("switches_connected", "links", "hosts")}
+            wanted = ("switches_connected", "links", "hosts", "flows_desired", "compile_pending")
+            seen = {k: _metric(text, f"goldilocks_{k}") for k in wanted}
+            seen["flows_held"] = sum(len(s.flows) for s in fabric.switches.values())
             everyone_learned = seen["hosts"] >= len(vms)
             if DEBUG or fabric.debug:
                 probes = {k: _metric(text, f"goldilocks_{k}_total") for k in ("lldp_rejected", "probes_refused", "packet_ins")}
@@ -152,6 +156,10 @@ async def _converge(fabric: Fabric, vms, controller, timeout: float) -> dict:
                 seen["switches_connected"] == len(fabric.switches)
                 and seen["links"] == expected_links
                 and seen["hosts"] >= len(vms)
+                # Every switch holds its whole desired table: a compile that ran longer than the
+                # quiet time without a flow-mod out (a big one does) is not taken for the end.
+                and seen["flows_held"] == seen["flows_desired"]
+                and not seen["compile_pending"]
                 and last is not None
                 and time.monotonic() - last >= SETTLE_QUIET
             ):
@@ -179,6 +187,7 @@ async def _converge(fabric: Fabric, vms, controller, timeout: float) -> dict:
         "all_converged_seconds": round(max(converged), 2) if converged and None not in converged else None,
         "settled_seconds": round(c.last_flow_mod - started, 2),
         "flow_mods": c.flow_mods,
+        "flows_held": int(seen.get("flows_held", 0)),
         "flow_mods_per_second": round(c.flow_mods / span) if span else None,
         "controller_cpu_seconds": round(cpu_after - cpu_before, 1),
         "controller_peak_rss_mib": peak_mib,

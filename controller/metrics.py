@@ -48,7 +48,15 @@ class Metrics:
         self.reconcile_seconds_last = seconds
 
     def render(
-        self, switches_connected: int, links: int, hosts: int, flows: int, learner: Learner, agents=None, intake=None
+        self,
+        switches_connected: int,
+        links: int,
+        hosts: int,
+        flows: int,
+        learner: Learner,
+        agents=None,
+        intake=None,
+        compile_pending: bool = False,
     ) -> str:
         rows = [
             ("goldilocks_switches_connected", "gauge", "Switches with a live OpenFlow connection", switches_connected),
@@ -69,6 +77,8 @@ class Metrics:
             ("goldilocks_flows_refused", "gauge", "Desired entries a switch refused and does not hold yet",
              self.flows_refused_now),
             ("goldilocks_reconcile_seconds_last", "gauge", "Last compile and reconcile", self.reconcile_seconds_last),
+            ("goldilocks_compile_pending", "gauge", "1 while a compile is due or running (the flows desired are about to change)",
+             int(compile_pending)),
             ("goldilocks_encrypt_drops_total", "counter", "Encrypted frames dropped by switches: no tunnel up toward their "
              "destination (fail closed)", self.encrypt_drops),
             ("goldilocks_endpoint_spoofs_total", "counter", "Frames from a tunnel endpoint's MAC on a port that is not its own",

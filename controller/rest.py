@@ -606,6 +606,7 @@ class GoldilocksApi(ControllerBase):
         body = app.metrics.render(
             len(app.datapaths), len(app.topo.links), len(app.topo.hosts), app.desired_flow_count(), app.learner, app.agents,
             intake=app.intake,
+            compile_pending=app._compile_pending,
         )
         return Response(status=200, content_type="text/plain", charset="utf-8", body=body.encode())
 

@@ -46,6 +46,7 @@ class StubController:
         self.sync: dict = {}
         self.metrics = Metrics()
         self.intake = Intake()
+        self._compile_pending = False
         self.desired: dict = {}  # no switches: a quarantine has nothing to install at once
         from apps.compiler import Compiler
 

@@ -646,3 +646,12 @@ def test_identity_rotation_switches_anyway_when_a_peer_never_confirms(api, clock
     clock.now += 2.5
     app.agents.tick()
     assert one.messages[-1] == {"type": "switch_identity", "rotation": rotation}
+
+
+def test_metrics_say_whether_a_compile_is_due(api):
+    """A benchmark or an operator waiting for the controller to catch up cannot tell from the flows
+    alone: a compile of a large fabric can run for seconds with no flow-mod out yet."""
+    app, client = api
+    assert metric(client, "goldilocks_compile_pending") == 0
+    app._compile_pending = True
+    assert metric(client, "goldilocks_compile_pending") == 1
