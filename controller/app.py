@@ -24,6 +24,7 @@ from apps.identity import Identities, assign_identities
 from apps.quarantine import quarantined_macs
 from apps.switch_table import SwitchTable
 from controller import ofmsg, ryu_parsing
+from controller.heap import Heap
 from controller.intake import Intake
 from controller.metrics import Metrics
 from controller.reconciler import SwitchSync
@@ -155,6 +156,7 @@ class GoldilocksController(app_manager.RyuApp):
         self._drop_count_xids: set[tuple[int, int]] = set()
         # Packet-ins wait apart from other events, probes first, retries coalesced (controller/intake.py).
         self.intake: Intake = Intake()
+        self.heap = Heap()
         self._intake_ready = hub.Event()
         from controller.rest import register as register_rest
 
@@ -166,6 +168,7 @@ class GoldilocksController(app_manager.RyuApp):
         self.threads.append(hub.spawn(self._tick_loop))
         self.threads.append(hub.spawn(self._edge_loop))
         self.threads.append(hub.spawn(self._intake_loop))
+        self.heap.settle()  # the modules, the loaded state: here for the process's life
 
     # -- policy changes -------------------------------------------------------------
     def apply_policy(self, new: PolicyState, write_more: Callable[[], None] | None = None) -> None:
@@ -285,7 +288,8 @@ class GoldilocksController(app_manager.RyuApp):
                 if self._dirty:
                     self._let_intake_drain()
                     self._dirty = False
-                    self._compile_and_reconcile()
+                    with self.heap.building():  # controller/heap.py: the collector stays off the tables
+                        self._compile_and_reconcile()
                 sent, self._when_sent = self._when_sent, []
                 self._run_callbacks(sent)
                 callbacks, self._after_compile = self._after_compile, []
@@ -490,6 +494,8 @@ class GoldilocksController(app_manager.RyuApp):
             now, busy=self._busy_switches(), behind=self._unhandled() >= BEHIND_EVENTS, period=self.settings.lldp_interval
         )
         self.carry_out(outcome)
+        if not self._compile_pending:
+            self.heap.maybe_sweep(now)
         if not outcome.changed:
             for dpid in list(self.datapaths):
                 self.reconcile(dpid)  # picks up deletes deferred while a switch settled
