@@ -168,7 +168,6 @@ class GoldilocksController(app_manager.RyuApp):
         self.threads.append(hub.spawn(self._tick_loop))
         self.threads.append(hub.spawn(self._edge_loop))
         self.threads.append(hub.spawn(self._intake_loop))
-        self.heap.settle()  # the modules, the loaded state: here for the process's life
 
     # -- policy changes -------------------------------------------------------------
     def apply_policy(self, new: PolicyState, write_more: Callable[[], None] | None = None) -> None:
@@ -288,7 +287,8 @@ class GoldilocksController(app_manager.RyuApp):
                 if self._dirty:
                     self._let_intake_drain()
                     self._dirty = False
-                    with self.heap.building():  # controller/heap.py: the collector stays off the tables
+                    large = Heap.large(len(self.topo.switches), len(self.topo.hosts))
+                    with self.heap.building(large):  # controller/heap.py: the collector stays off the tables
                         self._compile_and_reconcile()
                 sent, self._when_sent = self._when_sent, []
                 self._run_callbacks(sent)

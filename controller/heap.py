@@ -8,9 +8,10 @@ heap, the last ones a second each: 6.4 s of the controller's 15 s of CPU went to
 which found nothing to collect (what a compile builds holds no reference cycles and is freed by
 reference counting when the next compile replaces it).
 
-So no collection runs while a compile builds, and after it (and once the controller has started) the
-heap is frozen (`gc.freeze()`): what exists then is left out of later collections, which walk only
-what was made since. Anything frozen is still freed by reference
+So in a large data centre (LARGE_SWITCHES switches or LARGE_HOSTS hosts) no collection runs while a
+compile builds, and after it the heap is frozen (`gc.freeze()`): what exists then is left out of later
+collections, which walk only what was made since. A small fabric, whose collections cost little, is
+left to Python's defaults. Anything frozen is still freed by reference
 counting. Only garbage in reference cycles among frozen objects (a transient object caught by the
 freeze) would wait, so every SWEEP_EVERY seconds the heap is unfrozen, collected in full once, and
 frozen again.
@@ -27,6 +28,8 @@ from collections.abc import Callable, Iterator
 LOG = logging.getLogger("goldilocks.controller")
 
 SWEEP_EVERY = 300.0  # seconds between full collections of the whole heap
+LARGE_SWITCHES = 200
+LARGE_HOSTS = 2_000
 
 
 class Heap:
@@ -35,29 +38,34 @@ class Heap:
         self._last_sweep = clock()
         self.sweeps = 0
         self.sweep_seconds = 0.0
+        self.managed = False  # True once a large compile froze the heap
 
-    def settle(self) -> None:
-        """What exists now lives long (the modules at start, the tables a compile built): the
-        collector leaves it be."""
-        gc.freeze()
+    @staticmethod
+    def large(switches: int, hosts: int) -> bool:
+        return switches >= LARGE_SWITCHES or hosts >= LARGE_HOSTS
 
     @contextlib.contextmanager
-    def building(self) -> Iterator[None]:
-        """Around a compile: no collection while it builds (the two or three it triggered walked
-        everything it had built so far, 0.7 s each at 1,000 hypervisors), and what it built is
-        settled at the end."""
+    def building(self, large: bool) -> Iterator[None]:
+        """Around a compile of a `large` data centre: no collection while it builds (the two or
+        three it triggered walked everything it had built so far, 0.7 s each at 1,000
+        hypervisors), and what exists at the end is frozen. Otherwise nothing changes."""
+        if not large:
+            yield
+            return
         enabled = gc.isenabled()
         gc.disable()
         try:
             yield
         finally:
             gc.freeze()
+            self.managed = True
             if enabled:
                 gc.enable()
 
     def maybe_sweep(self, now: float) -> bool:
-        """Every `sweep_every` seconds: one full collection of the whole heap, then freeze it again."""
-        if now - self._last_sweep < self.sweep_every:
+        """Every `sweep_every` seconds once a large compile froze the heap: one full collection of
+        the whole heap, then freeze it again."""
+        if not self.managed or now - self._last_sweep < self.sweep_every:
             return False
         self._last_sweep = now
         started = time.perf_counter()
