@@ -37,7 +37,7 @@ class VM:
 
 
 def check_name(name: object, field: str = "name") -> str:
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise InventoryError(field, f"{name!r} is not a valid name (letters, digits, -, _, . ; at most 63)")
     return name
 
@@ -46,7 +46,7 @@ def normalize_mac(mac: object, field: str = "macs") -> str:
     if not isinstance(mac, str):
         raise InventoryError(field, f"{mac!r} is not a MAC address")
     text = mac.strip().lower().replace("-", ":")
-    if not MAC_RE.match(text):
+    if not MAC_RE.fullmatch(text):
         raise InventoryError(field, f"{mac!r} is not a MAC address (aa:bb:cc:dd:ee:ff)")
     if int(text[:2], 16) & 1:
         raise InventoryError(field, f"{mac!r} is a multicast address, not a VM's")
@@ -72,9 +72,9 @@ def check_labels(labels: object, field: str = "labels") -> tuple[tuple[str, str]
         raise InventoryError(field, "must be an object of key: value strings")
     result = []
     for key, value in labels.items():
-        if not isinstance(key, str) or not KEY_RE.match(key):
+        if not isinstance(key, str) or not KEY_RE.fullmatch(key):
             raise InventoryError(f"{field}.{key}", f"{key!r} is not a valid label key")
-        if not isinstance(value, str) or not VALUE_RE.match(value):
+        if not isinstance(value, str) or not VALUE_RE.fullmatch(value):
             raise InventoryError(f"{field}.{key}", f"{value!r} is not a valid label value")
         result.append((key, value))
     return tuple(sorted(result))

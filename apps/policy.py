@@ -50,7 +50,7 @@ def rule_from_json(body: object, name: str | None = None) -> Rule:
     rule_name = body.get("name", name)
     if name is not None and rule_name != name:
         raise PolicyError("name", f"the body names {rule_name!r} but the path names {name!r}")
-    if not isinstance(rule_name, str) or not RULE_NAME_RE.match(rule_name):
+    if not isinstance(rule_name, str) or not RULE_NAME_RE.fullmatch(rule_name):
         raise PolicyError("name", f"{rule_name!r} is not a valid rule name")
     selectors = {}
     for field in ("src", "dst"):

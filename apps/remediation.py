@@ -91,7 +91,7 @@ def _parse_rule(doc: object, where: str) -> AllowRule:
     if unknown:
         raise RemediationError(f"{where}.{unknown[0]}", "unknown field (allowed: from, name, services, to)")
     name = doc.get("name")
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise RemediationError(f"{where}.name", "required: letters, digits, '-', '_' or '.', at most 63")
     directions = [d for d in DIRECTIONS if d in doc]
     if len(directions) != 1:

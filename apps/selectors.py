@@ -102,13 +102,13 @@ def _split_top_level(text: str) -> list[str]:
 
 
 def _check_key(key: str, clause: str) -> str:
-    if not KEY_RE.match(key):
+    if not KEY_RE.fullmatch(key):
         raise SelectorError(f"invalid label key {key!r} in {clause!r}")
     return key
 
 
 def _check_value(value: str, clause: str) -> str:
-    if not VALUE_RE.match(value):
+    if not VALUE_RE.fullmatch(value):
         raise SelectorError(f"invalid label value {value!r} in {clause!r}")
     return value
 
@@ -120,7 +120,7 @@ def _parse_requirement(clause: str) -> Requirement:
     text = clause.strip()
     if not text:
         raise SelectorError("empty clause in selector (two commas in a row, or a trailing comma)")
-    match = _SET_RE.match(text)
+    match = _SET_RE.fullmatch(text)
     if match:
         values = tuple(sorted({_check_value(v.strip(), text) for v in match["values"].split(",")}))
         if not match["values"].strip():

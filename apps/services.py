@@ -77,8 +77,10 @@ def port_range_masks(low: int, high: int) -> list[tuple[int, int]]:
 
 
 def _port(text: str, service: str) -> int:
-    if not text.isdigit():
-        raise ServiceError(f"service {service!r}: port {text!r} is not a number")
+    # ASCII digits only: str.isdigit() also takes '²' (int() then fails) and other scripts' digits
+    # ('١٢' was stored as 12); and few enough of them for int() to convert.
+    if not (text.isascii() and text.isdigit()) or len(text) > 5:
+        raise ServiceError(f"service {service!r}: port {text!r} is not a number from 1 to 65535")
     port = int(text)
     if not 1 <= port <= 65535:
         raise ServiceError(f"service {service!r}: port {port} is outside 1-65535")

@@ -62,7 +62,7 @@ def bearer_token(header: str | None) -> str | None:
     """The token in an `Authorization: Bearer <token>` header, or None."""
     if not header:
         return None
-    match = _BEARER_RE.match(header)
+    match = _BEARER_RE.fullmatch(header)
     return match.group(1) if match else None
 
 
@@ -88,7 +88,7 @@ def check_token_request(body: object) -> tuple[str, str]:
     if unknown:
         raise TokenError(sorted(unknown)[0], "unknown field (allowed: name, role)")
     name, role = body.get("name"), body.get("role", "read-only")
-    if not isinstance(name, str) or not TOKEN_NAME_RE.match(name):
+    if not isinstance(name, str) or not TOKEN_NAME_RE.fullmatch(name):
         raise TokenError("name", f"{name!r} is not a valid token name (letters, digits, -, _, . ; at most 63)")
     if role not in ROLES:
         raise TokenError("role", f"must be one of {', '.join(ROLES)}")

@@ -240,11 +240,16 @@ def flag(query: Mapping[str, str], name: str) -> bool:
     return value in ("1", "true")
 
 
+_HEX_DPID = re.compile(r"[0-9a-fA-F]{1,16}")
+
+
 def integer(query: Mapping[str, str], name: str, low: int, high: int) -> int | None:
     if name not in query:
         return None
     text = query[name]
-    if not text.isdigit() or not low <= int(text) <= high:
+    # ASCII digits only (str.isdigit() also takes '²' and '①', which int() refuses, and other
+    # scripts' digits, which it takes), and no more of them than int() converts at once.
+    if not (text.isascii() and text.isdigit()) or len(text) > 18 or not low <= int(text) <= high:
         raise ApiError(400, f"{name}: must be an integer from {low} to {high}", name)
     return int(text)
 
@@ -508,7 +513,7 @@ def label_patch(body: Any) -> tuple[dict[str, str], list[str]]:
     if not isinstance(remove, list) or not all(isinstance(k, str) for k in remove):
         raise ApiError(400, "remove: must be a list of label keys", "remove")
     for key in remove:
-        if not KEY_RE.match(key):
+        if not KEY_RE.fullmatch(key):
             raise ApiError(400, f"remove: {key!r} is not a valid label key", "remove")
         if key in add:
             raise ApiError(400, f"remove: {key!r} is both set and removed", "remove")
@@ -545,6 +550,10 @@ class GoldilocksApi(ControllerBase):
 
     def serve(self, declared: Endpoint, handler: Callable, req, urlvars: dict) -> Response:
         try:
+            # The router's patterns end in `$`, which also matches before a final newline: a request
+            # for /v1/tokens/ghost%0A acted on "ghost". No name holds a control character.
+            if any(c < " " or c == "\x7f" for c in req.path_info):
+                raise ApiError(400, "path: control characters are not allowed in a path", "path")
             principal = authorize(self.app.store, declared, req)
             body = read_json_body(req, declared.body == OPTIONAL_BODY) if declared.body else None
             call = Call(principal, parse_query(declared, req), body)
@@ -617,10 +626,9 @@ class GoldilocksApi(ControllerBase):
 
     @endpoint("GET", "/v1/switches/{dpid}/flows", READ)
     def switch_flows(self, call, dpid):
-        try:
-            dpid_int = int(dpid, 16)
-        except ValueError:
-            raise ApiError(400, f"dpid: {dpid!r} is not a hex datapath id", "dpid") from None
+        if not _HEX_DPID.fullmatch(dpid):
+            raise ApiError(400, f"dpid: {dpid!r} is not a hex datapath id", "dpid")
+        dpid_int = int(dpid, 16)
         if dpid_int not in self.app.topo.switches:
             raise ApiError(404, f"no switch with dpid {dpid}")
         flows = [
@@ -991,7 +999,7 @@ class NotFoundApi(ControllerBase):
 
     @route("goldilocks-fallback", "/{path:.*}")
     def fallback(self, req, path, **_):
-        allowed = sorted({e.method for e in ENDPOINTS if e.regex().match(req.path_info)})
+        allowed = sorted({e.method for e in ENDPOINTS if e.regex().fullmatch(req.path_info)})
         if allowed:
             return error_response(405, f"method {req.method} not allowed on {req.path}", headers={"Allow": ", ".join(allowed)})
         return error_response(404, f"no such endpoint: {req.method} {req.path}")

@@ -96,7 +96,7 @@ def _subject_alt_names(names: list[str]) -> list[x509.GeneralName]:
             continue
         except ValueError:
             pass
-        if not _DNS_NAME.match(name):
+        if not _DNS_NAME.fullmatch(name):
             raise CAError(f"server name {name!r} is neither an IP address nor a DNS name")
         result.append(x509.DNSName(name))
     return result

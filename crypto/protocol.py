@@ -273,7 +273,7 @@ def validate(message: Any, accept: frozenset[str] | None = None) -> dict[str, An
     schema = SCHEMA.get(message_type)
     if schema is None or (accept is not None and message_type not in accept):
         # The type names itself only when it looks like one: a value from the frame is never echoed.
-        shown = repr(message_type) if _SHOWABLE_TYPE.match(message_type) else "(unprintable)"
+        shown = repr(message_type) if _SHOWABLE_TYPE.fullmatch(message_type) else "(unprintable)"
         raise ProtocolError(CODE_TYPE, f"message type {shown} is unknown or not accepted here")
     body = schema.check(message, message_type)
     return {"v": VERSION, "type": message_type, **body}
