@@ -82,6 +82,21 @@ class StateError(RuntimeError):
     """The state directory or database cannot be used."""
 
 
+def _owner_only(path: Path) -> None:
+    """The database holds token digests, the audit log and the inventory: only its owner may read
+    it, whatever the state directory's mode. It is created 0600 (SQLite gives its -wal and -shm
+    files the database's mode), and one an older version created readable by others is made 0600."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        if os.fstat(fd).st_mode & 0o077:
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    for extra in (path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        if extra.exists() and extra.stat().st_mode & 0o077:
+            extra.chmod(0o600)
+
+
 class Store:
     """One SQLite database file. Every save is one transaction: all of it or none."""
 
@@ -89,7 +104,9 @@ class Store:
         self.state_dir = Path(state_dir)
         try:
             self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            self.db = sqlite3.connect(self.state_dir / "goldilocks.db", isolation_level=None, check_same_thread=False)
+            path = self.state_dir / "goldilocks.db"
+            _owner_only(path)
+            self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             with self.transaction():

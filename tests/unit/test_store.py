@@ -156,3 +156,25 @@ def test_a_save_builds_rows_only_for_what_changed(tmp_path, monkeypatch):
     assert len(built) == 2, built  # the host's row and the hypervisor's
     assert len(seen) == 2
     assert Store(tmp_path).load_topology(now=0.0).hosts[mover.mac].ips == topo.hosts[mover.mac].ips
+
+
+def test_the_database_is_readable_by_its_owner_only_whatever_the_directory(tmp_path):
+    """It holds token digests, the audit log and the inventory. In a 0755 state directory it was
+    created 0644, readable by anyone on the machine (issue 10)."""
+    import os
+    import stat
+
+    state = tmp_path / "state"
+    state.mkdir(mode=0o755)
+    os.chmod(state, 0o755)
+    store = Store(state)
+    store.add_identities({(("tier", "web"),): 5})  # a write, so the WAL file exists
+    for name in ("goldilocks.db", "goldilocks.db-wal", "goldilocks.db-shm"):
+        assert stat.S_IMODE((state / name).stat().st_mode) == 0o600, name
+    store.db.close()
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "goldilocks.db").touch(mode=0o644)
+    os.chmod(old / "goldilocks.db", 0o644)
+    Store(old).db.close()
+    assert stat.S_IMODE((old / "goldilocks.db").stat().st_mode) == 0o600, "an older version's 0644 file is fixed"
