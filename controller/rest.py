@@ -1005,9 +1005,31 @@ class NotFoundApi(ControllerBase):
         return error_response(404, f"no such endpoint: {req.method} {req.path}")
 
 
+# A request line's query string, in eventlet's access log (Ryu logs it as ryu.lib.hub).
+_QUERY_IN_REQUEST_LINE = re.compile(r'("[A-Z]+ [^ ?"]*)\?[^ "]*')
+
+
+class _NoQueryStrings(logging.Filter):
+    """The access log keeps each request's method and path, not its query string: a token sent by
+    mistake as ?access_token= must not land in a log file (issue 10)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and "?" in record.msg:
+            record.msg = _QUERY_IN_REQUEST_LINE.sub(r"\1?(query not logged)", record.msg)
+        return True
+
+
+def hide_query_strings_in_access_log() -> None:
+    """Idempotent."""
+    logger = logging.getLogger("ryu.lib.hub")
+    if not any(isinstance(f, _NoQueryStrings) for f in logger.filters):
+        logger.addFilter(_NoQueryStrings())
+
+
 def register(wsgi, app) -> None:
     """Connect the endpoints in declaration order (Ryu's own register sorts them by method name,
     which would let /v1/policies/{name} shadow /v1/policies/order), then the fallback."""
+    hide_query_strings_in_access_log()
     for declared in ENDPOINTS:
         wsgi.mapper.connect(
             declared.action,
