@@ -195,16 +195,23 @@ def read_json_body(req, optional: bool = False) -> Any:
         "Transfer-Encoding", ""
     ).lower():
         return None
-    if req.content_type != "application/json":
-        raise ApiError(415, f"Content-Type must be application/json, not {req.content_type or 'missing'}", "Content-Type")
+    if not req.headers.get("Content-Type"):
+        raise ApiError(415, "Content-Type: missing; it must be application/json", "Content-Type")
+    if req.content_type.lower() != "application/json":  # media types are case-insensitive
+        raise ApiError(415, f"Content-Type must be application/json, not {req.content_type}", "Content-Type")
     if req.content_length is not None and req.content_length > MAX_BODY_BYTES:
         raise ApiError(413, f"body: larger than {MAX_BODY_BYTES} bytes", "body")
-    if req.content_length is not None:
-        raw = req.body_file.read(MAX_BODY_BYTES + 1)
-    elif "chunked" in req.headers.get("Transfer-Encoding", "").lower():
-        raw = req.body_file_raw.read(MAX_BODY_BYTES + 1)  # the server de-chunks; read no more than we accept
-    else:
-        raw = b""
+    try:
+        if req.content_length is not None:
+            raw = req.body_file.read(MAX_BODY_BYTES + 1)
+        elif "chunked" in req.headers.get("Transfer-Encoding", "").lower():
+            raw = req.body_file_raw.read(MAX_BODY_BYTES + 1)  # the server de-chunks; read no more than we accept
+        else:
+            raw = b""
+    except (OSError, ValueError):  # the client went away mid-body (eventlet raises IOError or ValueError)
+        raise ApiError(400, "body: the connection ended before the whole body arrived", "body") from None
+    if req.content_length is not None and len(raw) < req.content_length:
+        raise ApiError(400, "body: the connection ended before the whole body arrived", "body")
     if len(raw) > MAX_BODY_BYTES:  # a chunked upload gives no length up front
         raise ApiError(413, f"body: larger than {MAX_BODY_BYTES} bytes", "body")
     try:
@@ -219,6 +226,8 @@ def read_json_body(req, optional: bool = False) -> Any:
         raise ApiError(400, f"{exc.args[0]}: key given twice in the same object", str(exc.args[0])) from None
     except json.JSONDecodeError as exc:
         raise ApiError(400, f"body: malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}", "body") from None
+    except RecursionError:
+        raise ApiError(400, "body: nested too deeply", "body") from None
     except ValueError as exc:
         raise ApiError(400, f"body: malformed JSON: {exc}", "body") from None
 
@@ -999,7 +1008,8 @@ class NotFoundApi(ControllerBase):
 
     @route("goldilocks-fallback", "/{path:.*}")
     def fallback(self, req, path, **_):
-        allowed = sorted({e.method for e in ENDPOINTS if e.regex().fullmatch(req.path_info)})
+        allowed = {e.method for e in ENDPOINTS if e.regex().fullmatch(req.path_info)}
+        allowed = sorted(allowed | ({"HEAD"} if "GET" in allowed else set()))
         if allowed:
             return error_response(405, f"method {req.method} not allowed on {req.path}", headers={"Allow": ", ".join(allowed)})
         return error_response(404, f"no such endpoint: {req.method} {req.path}")
@@ -1037,7 +1047,8 @@ def register(wsgi, app) -> None:
             controller=GoldilocksApi,
             action=declared.action,
             requirements=dict(declared.requirements),
-            conditions={"method": [declared.method]},
+            # HEAD wherever GET is: the same answer without its body (webob drops it).
+            conditions={"method": [declared.method, "HEAD"] if declared.method == "GET" else [declared.method]},
         )
     wsgi.register(GoldilocksApi, {APP_KEY: app})  # no @route methods: this only hands the class its data
     wsgi.register(NotFoundApi)

@@ -26,7 +26,7 @@ def api(tmp_path):
 
 
 def _bad_request(answer, field: str) -> None:
-    assert answer.status == 400, (answer.status, answer.body[:200])
+    assert answer.status == 400, (answer.status, answer.raw[:200])
     assert answer.json.get("field") == field, answer.json
 
 
@@ -96,3 +96,54 @@ def test_the_access_log_keeps_no_query_string(api, caplog):
     assert secret not in "".join(lines) and "limit=5" not in lines[0]
     assert '"GET /v1/audit?(query not logged) HTTP/1.1" 200' in lines[0], lines[0]
     assert '"GET /v1/health HTTP/1.1" 200' in lines[1]
+
+
+def test_media_types_are_case_insensitive_and_a_missing_one_is_named(api):
+    app, client = api
+    import json as json_mod
+
+    raw = json_mod.dumps(WEB_TO_DB).encode()
+    answer = client.call("POST", "/v1/policies", raw=raw, headers={"Content-Type": "APPLICATION/JSON; charset=UTF-8"})
+    assert answer.status == 201, answer.json
+    missing = client.call("POST", "/v1/policies", raw=json_mod.dumps({**WEB_TO_DB, "name": "other"}).encode())
+    assert missing.status == 415 and missing.json["error"] == "Content-Type: missing; it must be application/json"
+    assert missing.json["field"] == "Content-Type"
+
+
+def test_json_nested_too_deeply_is_a_400_not_a_500(api):
+    app, client = api
+    deep = ("[" * 5_000 + "]" * 5_000).encode()  # 10 KB; 1,000 deep (2 KB) raised RecursionError already
+    answer = client.call("POST", "/v1/policies", raw=deep, headers={"Content-Type": "application/json"})
+    _bad_request(answer, "body")
+    assert "nested" in answer.json["error"] and not app.policy.rules
+
+
+def test_a_body_shorter_than_its_length_is_a_400(api):
+    """A client that disconnects mid-body: eventlet hands over what arrived, or raises."""
+    from webob import Request
+
+    from controller.rest import ApiError, read_json_body
+
+    request = Request.blank("/v1/policies", method="POST", headers={"Content-Type": "application/json"})
+    request.body = b'{"name": "x"}'
+    request.environ["CONTENT_LENGTH"] = "100"
+    with pytest.raises(ApiError) as caught:
+        read_json_body(request)
+    assert caught.value.status == 400 and caught.value.field == "body"
+
+    class Broken:
+        def read(self, *_):
+            raise OSError("unexpected end of file while reading the body")
+
+    request.environ["wsgi.input"] = Broken()
+    with pytest.raises(ApiError) as caught:
+        read_json_body(request)
+    assert caught.value.status == 400
+
+
+def test_head_answers_wherever_get_does(api):
+    app, client = api
+    for path in ("/v1/health", "/v1/vms", "/v1/policies", "/metrics"):
+        get, head = client.call("GET", path), client.call("HEAD", path, check=False)
+        assert head.status == get.status == 200 and head.raw == b"", path
+        assert head.headers["content-type"] == get.headers["content-type"]

@@ -116,7 +116,7 @@ def test_order_and_default_are_not_rule_names(api):
         answer = client.call("POST", "/v1/policies", {**RED, "name": name})
         assert answer.status == 400 and answer.json["field"] == "name"
     answer = client.call("DELETE", "/v1/policies/order")
-    assert answer.status == 405 and answer.headers["allow"] == "GET, PUT"
+    assert answer.status == 405 and answer.headers["allow"] == "GET, HEAD, PUT"
     assert client.call("POST", "/v1/policies/default", {"default_action": "deny"}).status == 405
 
 
