@@ -11,18 +11,14 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.api_stub import make_api
-from tests.unit.test_api_policy import VMS, WEB_TO_DB
+from tests.unit.test_api_policy import WEB_TO_DB, api_with_vms
 
 NOT_NUMBERS = ["²", "①", "١٢", "1" * 5000, "-1", "+1", " 1", "1.0", "0x10", ""]
 
 
 @pytest.fixture
 def api(tmp_path):
-    app, client = make_api(tmp_path)
-    for name, doc in VMS.items():
-        assert client.call("PUT", f"/v1/vms/{name}", doc).status == 201
-    return app, client
+    return api_with_vms(tmp_path)
 
 
 def _bad_request(answer, field: str) -> None:

@@ -22,12 +22,17 @@ DENY_PCI = {"name": "deny-pci", "src": "any", "dst": "sensitivity", "services": 
 RED = {"name": "red", "src": "tenant=red", "dst": "any", "action": "allow"}
 
 
-@pytest.fixture
-def api(tmp_path):
+def api_with_vms(tmp_path):
+    """(stub controller, admin client) holding VMS."""
     app, client = make_api(tmp_path)
     for name, doc in VMS.items():
         assert client.call("PUT", f"/v1/vms/{name}", doc).status == 201
     return app, client
+
+
+@pytest.fixture
+def api(tmp_path):
+    return api_with_vms(tmp_path)
 
 
 def names(client) -> list[str]:
