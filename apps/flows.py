@@ -136,9 +136,6 @@ class FlowEntry:
     def _content(self) -> tuple:
         return (self.table, self.priority, self.match, self.actions, self.goto, self.app, self.metadata, self.meter)
 
-    def validate(self) -> None:
-        _check_shape(self.table, tuple([name for name, _ in self.match]), self.goto)
-
     def content_cookie(self) -> int:
         return _cookie(self.table, self.priority, self.match, self.actions, self.goto, self.app, self.metadata, self.meter)
 

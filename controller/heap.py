@@ -11,10 +11,9 @@ reference counting when the next compile replaces it).
 So in a large data centre (LARGE_SWITCHES switches or LARGE_HOSTS hosts) no collection runs while a
 compile builds, and after it the heap is frozen (`gc.freeze()`): what exists then is left out of later
 collections, which walk only what was made since. A small fabric, whose collections cost little, is
-left to Python's defaults. Anything frozen is still freed by reference
-counting. Only garbage in reference cycles among frozen objects (a transient object caught by the
-freeze) would wait, so every SWEEP_EVERY seconds the heap is unfrozen, collected in full once, and
-frozen again.
+left to Python's defaults. Anything frozen is still freed by reference counting. Only garbage in
+reference cycles among frozen objects (a transient object caught by the freeze) would wait, so every
+SWEEP_EVERY seconds the heap is unfrozen, collected in full once, and frozen again.
 """
 
 from __future__ import annotations
@@ -37,7 +36,6 @@ class Heap:
         self.sweep_every = sweep_every
         self._last_sweep = clock()
         self.sweeps = 0
-        self.sweep_seconds = 0.0
         self.managed = False  # True once a large compile froze the heap
 
     @staticmethod
@@ -72,8 +70,6 @@ class Heap:
         gc.unfreeze()
         found = gc.collect()
         gc.freeze()
-        took = time.perf_counter() - started
         self.sweeps += 1
-        self.sweep_seconds += took
-        LOG.debug("heap sweep: %d objects collected in %.3f s", found, took)
+        LOG.debug("heap sweep: %d objects collected in %.3f s", found, time.perf_counter() - started)
         return True

@@ -92,6 +92,11 @@ class Endpoint:
     body: bool = False
     requirements: Mapping[str, str] = field(default_factory=dict)
 
+    @property
+    def methods(self) -> tuple[str, ...]:
+        """The methods it answers: HEAD wherever GET, the same answer without its body (webob drops it)."""
+        return (self.method, "HEAD") if self.method == "GET" else (self.method,)
+
     def regex(self) -> re.Pattern:
         """The path as a regular expression, for the 404/405 fallback."""
         parts = re.split(r"\{(\w+)(?::[^}]*)?\}", self.path)
@@ -209,8 +214,8 @@ def read_json_body(req, optional: bool = False) -> Any:
         else:
             raw = b""
     except (OSError, ValueError):  # the client went away mid-body (eventlet raises IOError or ValueError)
-        raise ApiError(400, "body: the connection ended before the whole body arrived", "body") from None
-    if req.content_length is not None and len(raw) < req.content_length:
+        raw = None
+    if raw is None or (req.content_length is not None and len(raw) < req.content_length):
         raise ApiError(400, "body: the connection ended before the whole body arrived", "body")
     if len(raw) > MAX_BODY_BYTES:  # a chunked upload gives no length up front
         raise ApiError(413, f"body: larger than {MAX_BODY_BYTES} bytes", "body")
@@ -1008,8 +1013,7 @@ class NotFoundApi(ControllerBase):
 
     @route("goldilocks-fallback", "/{path:.*}")
     def fallback(self, req, path, **_):
-        allowed = {e.method for e in ENDPOINTS if e.regex().fullmatch(req.path_info)}
-        allowed = sorted(allowed | ({"HEAD"} if "GET" in allowed else set()))
+        allowed = sorted({m for e in ENDPOINTS if e.regex().fullmatch(req.path_info) for m in e.methods})
         if allowed:
             return error_response(405, f"method {req.method} not allowed on {req.path}", headers={"Allow": ", ".join(allowed)})
         return error_response(404, f"no such endpoint: {req.method} {req.path}")
@@ -1047,8 +1051,7 @@ def register(wsgi, app) -> None:
             controller=GoldilocksApi,
             action=declared.action,
             requirements=dict(declared.requirements),
-            # HEAD wherever GET is: the same answer without its body (webob drops it).
-            conditions={"method": [declared.method, "HEAD"] if declared.method == "GET" else [declared.method]},
+            conditions={"method": list(declared.methods)},
         )
     wsgi.register(GoldilocksApi, {APP_KEY: app})  # no @route methods: this only hands the class its data
     wsgi.register(NotFoundApi)

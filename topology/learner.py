@@ -466,7 +466,7 @@ class Learner:
         if not confirmed:
             return Outcome()
         self._note_kinds(now, {ref.dpid for ref in confirmed})
-        out = Outcome(changed=True, after=[lambda t, c=frozenset(confirmed): self.replay_held(c, t)])
+        out = Outcome(changed=True, after=[lambda t, c=frozenset(confirmed): self.ask_confirmed_ports(c, t)])
         # The frames held on them are handled now, so that the hosts they teach are in the compile
         # this confirmation starts. Handled once its flows were in place, they were learned a
         # compile later: at a cold start of 20,000 VMs, most of them. Re-injecting a frame still
@@ -719,11 +719,11 @@ class Learner:
                     out.add(self.packet_in(ref.dpid, ref.port, frame, punt, now))
         return out
 
-    def replay_held(self, confirmed: Collection[PortRef], now: float) -> Outcome:
-        """Ports were confirmed as edge ports and their flows are in place: the recent unanswered
-        ARP requests go straight out of them (what the flood would have done had they been edge
-        ports already; sent straight, they meet no switch whose datapath still caches the old
-        flows), then any frames still held on them are handled as if they had just arrived."""
+    def ask_confirmed_ports(self, confirmed: Collection[PortRef], now: float) -> Outcome:
+        """Ports were confirmed as edge ports (their held frames were handled then: _confirm_edges)
+        and their flows are in place: the recent unanswered ARP requests go straight out of them
+        (what the flood would have done had they been edge ports already; sent straight, they meet
+        no switch whose datapath still caches the old flows)."""
         out = Outcome()
         requests = self._recent_unanswered(now)
         if len(requests) * len(confirmed) <= REPLAY_STRAIGHT_MAX:
@@ -735,7 +735,6 @@ class Learner:
             # ports confirmed at a cold start: five million). Each is asked again once instead,
             # where it was sent: the flood of the flows now in place reaches the confirmed ports.
             out.send += [PacketOut(ref.dpid, frame, pipeline.OFPP_TABLE, ref.port) for ref, frame in requests]
-        out.add(self._handle_held(confirmed, now))
         # Frames held on ports that turned out to be inter-switch are dropped.
         for ref in [r for r in self.held if not self.topo.is_pending_port(r.dpid, r.port)]:
             del self.held[ref]

@@ -638,7 +638,7 @@ def test_requests_replayed_to_newly_confirmed_ports_cost_at_most_one_packet_out_
     few = [arp_frame(VM_A, "10.0.0.1", target_ip=f"10.0.9.{n}") for n in range(2)]
     for frame in few:
         learner.packet_in(1, 2, frame, Punt.UNANSWERED_ARP, t)
-    straight = learner.replay_held(ports, t + 0.1).send
+    straight = learner.ask_confirmed_ports(ports, t + 0.1).send
     assert len(straight) == len(few) * (len(ports) - 1), "a few requests go straight out of every other port"
     assert {(p.dpid, p.out_port) for p in straight} == {(r.dpid, r.port) for r in ports if r != PortRef(1, 2)}
 
@@ -646,7 +646,7 @@ def test_requests_replayed_to_newly_confirmed_ports_cost_at_most_one_packet_out_
     for frame in many:
         learner.packet_in(1, 2, frame, Punt.UNANSWERED_ARP, t + 0.2)
     assert len(many) * len(ports) > REPLAY_STRAIGHT_MAX
-    asked = learner.replay_held(ports, t + 0.3).send
+    asked = learner.ask_confirmed_ports(ports, t + 0.3).send
     assert len(asked) == learner_module.UNANSWERED_ARP_MAX, "the requests kept (the newest), each once"
     assert {(p.dpid, p.in_port, p.out_port) for p in asked} == {(1, 2, pipeline.OFPP_TABLE)}
 
