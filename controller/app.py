@@ -23,7 +23,7 @@ from apps.forwarding import base_flows, punt_reason
 from apps.identity import Identities, assign_identities
 from apps.quarantine import quarantined_macs
 from apps.switch_table import SwitchTable
-from controller import ofmsg, ryu_parsing
+from controller import listeners, ofmsg, ryu_parsing
 from controller.heap import Heap
 from controller.intake import Intake
 from controller.metrics import Metrics
@@ -39,6 +39,8 @@ LOG = logging.getLogger("goldilocks.controller")
 ryu_parsing.install()
 # Ryu's OpenFlow server listens with eventlet's default backlog of 50 connections (below).
 ryu_parsing.widen_listen_backlog()
+# The REST and OpenFlow listeners survive clients that connect and say nothing (controller/listeners.py).
+listeners.install()
 
 
 EDGE_CHECK_INTERVAL = 0.05

@@ -27,20 +27,24 @@ from __future__ import annotations
 import logging
 import ssl
 import struct
+import time
 
 from ryu import exception, utils
 from ryu.controller import ofp_event
-from ryu.controller.handler import DEAD_DISPATCHER
+from ryu.controller.handler import DEAD_DISPATCHER, MAIN_DISPATCHER
 from ryu.lib import hub
 from ryu.ofproto import ofproto_common, ofproto_parser
 from ryu.ofproto import ofproto_v1_3 as ofproto
 from ryu.ofproto import ofproto_v1_3_parser as parser
+
+from controller import listeners
 
 _ORIGINAL = {
     "match_parser": parser.OFPMatch.__dict__["parser"],
     "flow_stats_parser": parser.OFPFlowStats.__dict__["parser"],
 }
 _RYU_LOG = logging.getLogger("ryu.controller.controller")
+_LOG = logging.getLogger("goldilocks.controller")
 _INSTALLED = False
 
 _FLOW_STATS_0 = struct.Struct(ofproto.OFP_FLOW_STATS_0_PACK_STR)
@@ -74,10 +78,13 @@ _HEADER = struct.Struct(ofproto_common.OFP_HEADER_PACK_STR)
 
 def _recv_loop(self) -> None:
     """Ryu's Datapath._recv_loop (_read_messages); the socket is closed when it ends, as Ryu's
-    decorator closes it."""
+    decorator closes it. A connection that has not completed the OpenFlow handshake within
+    listeners.HANDSHAKE_SECONDS is closed (Ryu kept it for ever)."""
+    listeners.HANDSHAKES.started(self)
     try:
         _read_messages(self)
     finally:
+        listeners.HANDSHAKES.ended(self)
         try:
             self.socket.close()
         except OSError:
@@ -94,7 +101,18 @@ def _read_messages(self) -> None:
     buf = bytearray()
     count = 0
     header_len = ofproto_common.OFP_HEADER_SIZE
+    handshake_by = time.monotonic() + listeners.HANDSHAKE_SECONDS
     while self.state != DEAD_DISPATCHER:
+        if handshake_by:
+            if self.state == MAIN_DISPATCHER:
+                handshake_by = 0.0
+                listeners.HANDSHAKES.ended(self)
+            elif time.monotonic() > handshake_by:
+                _LOG.warning(
+                    "OpenFlow: %s did not complete the handshake within %.0f s; closing it",
+                    self.address, listeners.HANDSHAKE_SECONDS,
+                )  # fmt: skip
+                break
         try:
             ret = self.socket.recv(RECV_BYTES)
         except TimeoutError:  # socket.timeout
