@@ -160,7 +160,8 @@ class GoldilocksController(app_manager.RyuApp):
         self._intake_ready = hub.Event()
         from controller.rest import register as register_rest
 
-        register_rest(kwargs["wsgi"], self)
+        limiter = auth.SignInLimiter(self.settings.auth_failure_burst, self.settings.auth_failure_rate)
+        register_rest(kwargs["wsgi"], self, limiter)
         from controller import ovsdb_inventory
 
         self.ovsdb_inventory = ovsdb_inventory.start(self)  # VMs the hypervisor publishes in OVSDB
