@@ -41,6 +41,8 @@ class Settings:
     # second after; past that the client gets 429 (controller/auth.py SignInLimiter).
     auth_failure_burst: int = FAILURE_BURST
     auth_failure_rate: float = FAILURE_RATE
+    # Audit entries older than this many days are purged (0: kept forever).
+    audit_retention_days: float = 365.0
     # What port security's evidence leads to, per kind: "alert" or "quarantine" (controller/security.py).
     spoofing_responses: tuple[tuple[str, str], ...] = (
         ("mac-spoofing", "quarantine"), ("ip-spoofing", "alert"), ("arp-spoofing", "quarantine"),
@@ -70,6 +72,7 @@ class Settings:
             alert_window=float(env.get("GOLDILOCKS_ALERT_WINDOW", "300")),
             auth_failure_burst=int(env.get("GOLDILOCKS_AUTH_FAILURE_BURST", FAILURE_BURST)),
             auth_failure_rate=float(env.get("GOLDILOCKS_AUTH_FAILURE_RATE", FAILURE_RATE)),
+            audit_retention_days=float(env.get("GOLDILOCKS_AUDIT_RETENTION_DAYS", "365")),
             spoofing_responses=tuple(
                 (kind, env.get(f"GOLDILOCKS_{kind.upper().replace('-', '_')}", default))
                 for kind, default in cls.spoofing_responses
