@@ -100,7 +100,7 @@ class GoldilocksController(app_manager.RyuApp):
         self.learner = Learner(self.store.load_topology(time.monotonic()), now=time.monotonic())
         self.topo = self.learner.topo
         self.policy: PolicyState = self.store.load_policy()
-        from controller import auth, inventory_file
+        from controller import audit, auth, inventory_file
 
         if self.settings.inventory:
             self.policy = inventory_file.apply_at_start(self.store, self.policy, self.settings.inventory)
@@ -162,7 +162,10 @@ class GoldilocksController(app_manager.RyuApp):
         self._intake_ready = hub.Event()
         from controller.rest import register as register_rest
 
-        register_rest(kwargs["wsgi"], self)
+        limiter = auth.SignInLimiter(self.settings.auth_failure_burst, self.settings.auth_failure_rate)
+        register_rest(kwargs["wsgi"], self, limiter)
+        self.audit_retention = audit.Retention(self.store, self.settings.audit_retention_days)
+        self.audit_retention.run(time.time())
         from controller import ovsdb_inventory
 
         self.ovsdb_inventory = ovsdb_inventory.start(self)  # VMs the hypervisor publishes in OVSDB
@@ -508,6 +511,7 @@ class GoldilocksController(app_manager.RyuApp):
                 sync.audited_after_settle = True
                 self._next_audit[dpid] = now
         self._audit(now)
+        self.audit_retention.run(time.time())  # last: a failure here skips nothing else
 
     def _audit(self, now: float) -> None:
         """Read back the tables that are due (every audit_interval per switch), at most about

@@ -1,14 +1,19 @@
-"""API tokens: 256-bit random bearer tokens, stored only as SHA-256 digests, each read-only or admin."""
+"""API tokens: 256-bit random bearer tokens, stored only as SHA-256 digests, each read-only or admin;
+and the budget of failed sign-ins each client address may spend before it is refused (429)."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import logging
+import math
 import os
 import re
 import secrets
 import time
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +30,14 @@ TOKEN_PREFIX = "glk_"
 TOKEN_NAME_RE = re.compile(r"^[A-Za-z0-9][-A-Za-z0-9_.]{0,62}$")
 # RFC 6750 token68 characters; anything else cannot be one of ours.
 _BEARER_RE = re.compile(r"^Bearer +([A-Za-z0-9\-._~+/]+=*) *$", re.IGNORECASE)
+
+
+# Failed sign-ins: a client may fail this many times at once, and this many more each second after.
+FAILURE_BURST = 20
+FAILURE_RATE = 1.0
+# Clients whose failures are remembered, at most (about 150 bytes each). Past it the client that
+# failed longest ago is forgotten, so a spray of source addresses cannot grow the table.
+MAX_CLIENTS = 10_000
 
 
 class TokenError(FieldError):
@@ -137,3 +150,90 @@ def ensure_admin_token(store: Store, state_dir: str | os.PathLike, reset: bool =
         write_secret_file(path, value)
     LOG.info("admin token %s written to %s (mode 0600); send it as 'Authorization: Bearer <token>'", token.fingerprint, path)
     return path
+
+
+@dataclass
+class _Budget:
+    left: float  # failures this client may still make at once
+    at: float  # when `left` was counted
+    announced: bool = False  # its "now limited" line is logged
+
+
+class SignInLimiter:
+    """Failed sign-ins per client, as a token bucket: a client may fail `burst` times at once and
+    `rate` more times a second after. A client whose budget is spent is refused (429) before its
+    token is checked, so no guess can be tested while it is limited, not even a right one.
+    Successful sign-ins cost nothing. A client is an IPv4 address or an IPv6 /64 (one host's
+    usual share). A client whose budget is whole again is forgotten; the table holds at most
+    `max_clients`, and past that the one that failed longest ago is forgotten."""
+
+    def __init__(
+        self,
+        burst: int = FAILURE_BURST,
+        rate: float = FAILURE_RATE,
+        max_clients: int = MAX_CLIENTS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if burst < 1 or not 0 < rate < math.inf or max_clients < 1:
+            raise ValueError("a sign-in limit needs burst >= 1, a positive finite rate and room for one client")
+        self.burst, self.rate, self.max_clients, self.clock = burst, rate, max_clients, clock
+        self._clients: OrderedDict[str, _Budget] = OrderedDict()  # least recently failed first
+
+    @property
+    def remembered(self) -> int:
+        """How many clients' failures are remembered."""
+        return len(self._clients)
+
+    @staticmethod
+    def client(address: str | None) -> str:
+        """Who a request's source address counts as."""
+        try:
+            ip = ipaddress.ip_address(address or "")
+        except ValueError:
+            return address or "unknown"
+        if ip.version == 6:
+            if ip.ipv4_mapped:
+                return str(ip.ipv4_mapped)
+            return str(ipaddress.IPv6Network((ip, 64), strict=False))
+        return str(ip)
+
+    def _left(self, budget: _Budget, now: float) -> float:
+        return min(float(self.burst), budget.left + max(0.0, now - budget.at) * self.rate)
+
+    def retry_after(self, client: str) -> float:
+        """Seconds until `client` may try again; 0 if it may now."""
+        budget = self._clients.get(client)
+        if budget is None:
+            return 0.0
+        left = self._left(budget, self.clock())
+        if left >= self.burst:
+            del self._clients[client]
+            return 0.0
+        return 0.0 if left >= 1 else (1 - left) / self.rate
+
+    def failed(self, client: str) -> None:
+        """Spend one failure of `client`'s budget."""
+        now = self.clock()
+        budget = self._clients.pop(client, None)
+        left = self.burst if budget is None else self._left(budget, now)
+        # A budget that was whole again starts a new episode, with its own log line.
+        announced = budget is not None and left < self.burst and budget.announced
+        budget = _Budget(left - 1, now, announced)
+        if budget.left < 1 and not budget.announced:
+            budget.announced = True
+            # The address is not a secret; the token tried is never seen here.
+            LOG.warning(
+                "client %s has used up its %d failed sign-ins: its requests get 429, one more try allowed every %g s",
+                client, self.burst, 1 / self.rate,
+            )  # fmt: skip
+        self._clients[client] = budget
+        self._forget(now)
+
+    def _forget(self, now: float) -> None:
+        """Drop the least recently failed clients whose budget is whole again, and past the cap,
+        the least recently failed ones whatever their budget."""
+        while self._clients:
+            oldest, budget = next(iter(self._clients.items()))
+            if len(self._clients) <= self.max_clients and self._left(budget, now) < self.burst:
+                return
+            del self._clients[oldest]

@@ -96,6 +96,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             default=default,
             help=f"what {kind.replace('-', ' ')} leads to (default {default}; the frame is dropped either way)",
         )
+    api = parser.add_argument_group("REST API sign-ins and the audit log (docs/api.md)")
+    api.add_argument(
+        "--auth-failure-burst",
+        type=int,
+        default=settings.FAILURE_BURST,
+        metavar="N",
+        help=f"failed sign-ins a client address may make at once before its requests get 429 (default {settings.FAILURE_BURST})",
+    )
+    api.add_argument(
+        "--auth-failure-rate",
+        type=float,
+        default=settings.FAILURE_RATE,
+        metavar="PER_SECOND",
+        help=f"failed sign-ins forgiven per second after that (default {settings.FAILURE_RATE:g})",
+    )
+    api.add_argument(
+        "--audit-retention",
+        type=float,
+        default=365.0,
+        metavar="DAYS",
+        help="purge audit entries older than this (default 365; 0: keep them forever)",
+    )
     parser.add_argument(
         "--reset-admin-token",
         action="store_true",
@@ -124,6 +146,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--alert-quarantine-count must be at least 1")
     if not 0 < args.alert_window < float("inf"):
         parser.error("--alert-window must be a positive number of seconds")
+    if args.auth_failure_burst < 1:
+        parser.error("--auth-failure-burst must be at least 1")
+    if not 0 < args.auth_failure_rate < float("inf"):
+        parser.error("--auth-failure-rate must be a positive number of failures per second")
+    if not 0 <= args.audit_retention < float("inf"):
+        parser.error("--audit-retention must be a number of days >= 0")
     if args.inventory:
         check_inventory(parser, args)
     return args
@@ -165,6 +193,9 @@ def main(argv: list[str] | None = None) -> None:
     os.environ["GOLDILOCKS_ALERT_QUARANTINE_SEVERITY"] = args.alert_quarantine_severity
     os.environ["GOLDILOCKS_ALERT_QUARANTINE_COUNT"] = str(args.alert_quarantine_count)
     os.environ["GOLDILOCKS_ALERT_WINDOW"] = str(args.alert_window)
+    os.environ["GOLDILOCKS_AUTH_FAILURE_BURST"] = str(args.auth_failure_burst)
+    os.environ["GOLDILOCKS_AUTH_FAILURE_RATE"] = str(args.auth_failure_rate)
+    os.environ["GOLDILOCKS_AUDIT_RETENTION_DAYS"] = str(args.audit_retention)
     for kind in ("mac_spoofing", "ip_spoofing", "arp_spoofing"):
         os.environ[f"GOLDILOCKS_{kind.upper()}"] = getattr(args, kind)
     patch_eventlet()

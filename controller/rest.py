@@ -13,6 +13,7 @@ import functools
 import ipaddress
 import json
 import logging
+import math
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -42,6 +43,7 @@ from controller.store import SOURCE_API
 
 LOG = logging.getLogger("goldilocks.rest")
 APP_KEY = "goldilocks"
+LIMITER_KEY = "sign-in-limiter"
 MAX_BODY_BYTES = 64 * 1024
 OPENAPI_FILE = Path(__file__).resolve().parent.parent / "docs" / "openapi.yaml"
 
@@ -144,12 +146,21 @@ def endpoint(
 
 
 # -- request checks -----------------------------------------------------------------------
-def authorize(store, declared: Endpoint, req) -> Principal | None:
+def authorize(store, declared: Endpoint, req, limiter: auth.SignInLimiter | None = None) -> Principal | None:
     if declared.access == OPEN:
         return None
+    client = auth.SignInLimiter.client(req.remote_addr)
+    wait = limiter.retry_after(client) if limiter is not None else 0.0
+    if wait > 0:
+        # Refused before the token is looked at, right or wrong: a guesser learns nothing while limited.
+        raise ApiError(
+            429, "too many failed sign-ins from this address; try again later", headers={"Retry-After": str(math.ceil(wait))}
+        )
     header = req.headers.get("Authorization")
     principal = auth.authenticate(store, header)
     if principal is None:
+        if limiter is not None:
+            limiter.failed(client)
         # The header's value is never echoed or logged: it may be a mistyped real token.
         challenge = 'Bearer realm="goldilocks"' + (', error="invalid_token"' if header else "")
         message = "the bearer token is not valid" if header else "a bearer token is required (Authorization: Bearer <token>)"
@@ -561,6 +572,7 @@ class GoldilocksApi(ControllerBase):
     def __init__(self, req, link, data, **config) -> None:
         super().__init__(req, link, data, **config)
         self.app = data[APP_KEY]
+        self.limiter: auth.SignInLimiter | None = data.get(LIMITER_KEY)
 
     def serve(self, declared: Endpoint, handler: Callable, req, urlvars: dict) -> Response:
         try:
@@ -568,7 +580,7 @@ class GoldilocksApi(ControllerBase):
             # for /v1/tokens/ghost%0A acted on "ghost". No name holds a control character.
             if any(c < " " or c == "\x7f" for c in req.path_info):
                 raise ApiError(400, "path: control characters are not allowed in a path", "path")
-            principal = authorize(self.app.store, declared, req)
+            principal = authorize(self.app.store, declared, req, self.limiter)
             body = read_json_body(req, declared.body == OPTIONAL_BODY) if declared.body else None
             call = Call(principal, parse_query(declared, req), body)
             return handler(self, call, **urlvars)
@@ -1040,9 +1052,11 @@ def hide_query_strings_in_access_log() -> None:
         logger.addFilter(_NoQueryStrings())
 
 
-def register(wsgi, app) -> None:
+def register(wsgi, app, limiter: auth.SignInLimiter | None = None) -> None:
     """Connect the endpoints in declaration order (Ryu's own register sorts them by method name,
-    which would let /v1/policies/{name} shadow /v1/policies/order), then the fallback."""
+    which would let /v1/policies/{name} shadow /v1/policies/order), then the fallback. The
+    controller always passes a `limiter` for failed sign-ins; without one (in-process tests that
+    are not about it) failures are not limited."""
     hide_query_strings_in_access_log()
     for declared in ENDPOINTS:
         wsgi.mapper.connect(
@@ -1053,5 +1067,5 @@ def register(wsgi, app) -> None:
             requirements=dict(declared.requirements),
             conditions={"method": list(declared.methods)},
         )
-    wsgi.register(GoldilocksApi, {APP_KEY: app})  # no @route methods: this only hands the class its data
+    wsgi.register(GoldilocksApi, {APP_KEY: app, LIMITER_KEY: limiter})  # no @route methods: this only hands the class its data
     wsgi.register(NotFoundApi)

@@ -7,6 +7,7 @@ import shutil
 from dataclasses import dataclass
 
 from apps.compiler import ARP_AHEAD_MAX
+from controller.auth import FAILURE_BURST, FAILURE_RATE
 
 DEFAULT_STATE_DIR = "/var/lib/goldilocks"
 
@@ -36,6 +37,12 @@ class Settings:
     alert_quarantine_severity: str = "high"
     alert_quarantine_count: int = 1
     alert_window: float = 300.0
+    # Failed sign-ins to the REST API, per client address: this many at once, this many more a
+    # second after; past that the client gets 429 (controller/auth.py SignInLimiter).
+    auth_failure_burst: int = FAILURE_BURST
+    auth_failure_rate: float = FAILURE_RATE
+    # Audit entries older than this many days are purged (0: kept forever).
+    audit_retention_days: float = 365.0
     # What port security's evidence leads to, per kind: "alert" or "quarantine" (controller/security.py).
     spoofing_responses: tuple[tuple[str, str], ...] = (
         ("mac-spoofing", "quarantine"), ("ip-spoofing", "alert"), ("arp-spoofing", "quarantine"),
@@ -63,6 +70,9 @@ class Settings:
             alert_quarantine_severity=env.get("GOLDILOCKS_ALERT_QUARANTINE_SEVERITY", "high"),
             alert_quarantine_count=int(env.get("GOLDILOCKS_ALERT_QUARANTINE_COUNT", "1")),
             alert_window=float(env.get("GOLDILOCKS_ALERT_WINDOW", "300")),
+            auth_failure_burst=int(env.get("GOLDILOCKS_AUTH_FAILURE_BURST", FAILURE_BURST)),
+            auth_failure_rate=float(env.get("GOLDILOCKS_AUTH_FAILURE_RATE", FAILURE_RATE)),
+            audit_retention_days=float(env.get("GOLDILOCKS_AUDIT_RETENTION_DAYS", "365")),
             spoofing_responses=tuple(
                 (kind, env.get(f"GOLDILOCKS_{kind.upper().replace('-', '_')}", default))
                 for kind, default in cls.spoofing_responses

@@ -240,6 +240,16 @@ class Store:
         )
         return [AuditEntry(*row) for row in rows]
 
+    def purge_audit(self, before: float, limit: int) -> int:
+        """Delete entries recorded before `before` (a time.time()) among the `limit` oldest, and
+        return how many went. Entries are appended in time order, so the oldest ids are the oldest
+        entries: this reads at most `limit` rows however large the log is (there is no index on
+        `at` to search). Call again while it returns `limit`."""
+        with self.transaction():
+            return self.db.execute(
+                "DELETE FROM audit WHERE id IN (SELECT id FROM audit ORDER BY id LIMIT ?) AND at < ?", (limit, before)
+            ).rowcount
+
     # -- agents, their enrollment tokens and the tunnel pairs' keys ------------------------
     # PSKs are stored sealed (crypto/keystore.py); the store never sees them in clear.
     def add_agent_token(self, digest: str, fingerprint: str, created: float, expires: float) -> None:
