@@ -171,9 +171,10 @@ def ether_type(frame: bytes) -> int:
 
 
 def _payload(frame: bytes) -> tuple[int, int]:
-    """(ether type, offset of the payload) of an Ethernet frame, past one VLAN tag."""
+    """(ether type, offset of the payload) of an Ethernet frame, past one VLAN tag (802.1Q or an
+    802.1ad service tag: the switch matched the type behind either, as Open vSwitch parses one tag)."""
     eth_type = ether_type(frame)
-    if eth_type == 0x8100 and len(frame) >= 18:
+    if eth_type in (0x8100, 0x88A8) and len(frame) >= 18:
         return struct.unpack("!H", frame[16:18])[0], 18
     return eth_type, 14
 

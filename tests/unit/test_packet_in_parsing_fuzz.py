@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from apps import pipeline, port_security
-from bench.ofswitch import FUZZ_KINDS, fuzz_frames, fuzz_templates
+from bench.ofswitch import FUZZ_KINDS, fuzz_frames, fuzz_templates, ipv4_frame, vlan_tagged
 from topology import lldp
 from topology.learner import MAX_ADDRESSES_PER_HOST, Learner, Punt, arp_target, ether_type, sender_ip
 from topology.model import MAX_HOSTS_PER_PORT, PortRef
@@ -146,8 +146,9 @@ def test_a_malformed_arp_or_ipv4_header_teaches_the_sender_but_no_address():
     learner.packet_in(FUZZER.dpid, FUZZER.port, good, Punt.MISS, now + 1)
     learner.packet_in(FUZZER.dpid, FUZZER.port, ipv4, Punt.MISS, now + 1)
     assert learner.topo.hosts[FUZZER_MAC].ips == {FUZZER_IP, "10.9.9.9", "10.9.9.8"}, "well-formed, they teach"
-    vlan = good[:12] + b"\x81\x00\x00\x0a" + good[12:]
-    assert sender_ip(vlan) == (FUZZER_MAC, "10.9.9.9"), "behind one VLAN tag too"
+    for tpid in (0x8100, 0x88A8):
+        assert sender_ip(vlan_tagged(good, 10, tpid)) == (FUZZER_MAC, "10.9.9.9"), "behind one VLAN tag too"
+    assert sender_ip(vlan_tagged(vlan_tagged(good, 10), 20, 0x88A8)) == (FUZZER_MAC, None), "not behind two"
 
 
 def test_addresses_no_host_can_hold_are_never_learned():
@@ -179,3 +180,16 @@ def test_a_host_claiming_address_after_address_learns_only_so_many(caplog):
     assert (learner.topo.hosts[FUZZER_MAC].dpid, learner.topo.hosts[FUZZER_MAC].port) == (1, 3)
     learner.packet_in(NEIGHBOUR.dpid, NEIGHBOUR.port, arp_frame(NEIGHBOUR_MAC, "10.2.0.1"), Punt.MISS, now + 1)
     assert "10.2.0.1" in learner.topo.hosts[NEIGHBOUR_MAC].ips and "10.2.0.1" not in learner.topo.hosts[FUZZER_MAC].ips
+
+
+def test_spoofing_behind_a_vlan_tag_is_still_evidence_of_spoofing():
+    """The switch matches the type behind one VLAN tag, so it dropped a managed VM's tagged IPv4
+    from another address as evidence; the controller read the tag as the type and raised nothing."""
+    mac = bytes.fromhex(FUZZER_MAC.replace(":", ""))
+    spoofed_ip = ipv4_frame(mac, bytes(6), bytes([10, 9, 9, 9]), bytes([192, 168, 7, 11]))
+    spoofed_arp = arp_frame(FUZZER_MAC, "192.168.7.11")
+    for tpid in (0x8100, 0x88A8):
+        assert port_security.violation(vlan_tagged(spoofed_ip, 10, tpid), [FUZZER_MAC], [FUZZER_IP])[0] == "ip-spoofing"
+        assert port_security.violation(vlan_tagged(spoofed_arp, 10, tpid), [FUZZER_MAC], [FUZZER_IP])[0] == "arp-spoofing"
+    own = ipv4_frame(mac, bytes(6), bytes([10, 1, 0, 66]), bytes([192, 168, 7, 11]))
+    assert port_security.violation(vlan_tagged(own, 10), [FUZZER_MAC], [FUZZER_IP]) is None
