@@ -27,6 +27,7 @@ EVIDENCE = Output(pipeline.OFPP_CONTROLLER, pipeline.PACKET_IN_BYTES)
 TO_CONTROLLER = EVIDENCE  # the same output; what tells them apart is the entry's app, in its cookie
 KINDS = ("mac-spoofing", "ip-spoofing", "arp-spoofing")
 UNSPECIFIED = "0.0.0.0"
+VLAN_TPIDS = (0x8100, 0x88A8)  # 802.1Q, and 802.1ad's service tag
 
 
 def guarded_ports(hosts: Iterable[Host], vm_of_mac: Mapping[str, str]) -> dict[tuple[int, int], str]:
@@ -76,14 +77,18 @@ def violation(frame: bytes, macs: Iterable[str], ips: Iterable[str]) -> tuple[st
     macs, ips = {m.lower() for m in macs}, set(ips)
     if src not in macs:
         return "mac-spoofing", f"source MAC {src} (the VM has {', '.join(sorted(macs))}), ethertype {eth_type:#06x}"
-    if eth_type == pipeline.ETH_TYPE_IPV4 and len(frame) >= 34:
-        address = str(ipaddress.IPv4Address(frame[26:30]))
-        destination = str(ipaddress.IPv4Address(frame[30:34]))
+    # The switch matched the type behind one VLAN tag (Open vSwitch parses one by default): so do we.
+    at = 14
+    if eth_type in VLAN_TPIDS and len(frame) >= 18:
+        eth_type, at = struct.unpack("!H", frame[16:18])[0], 18
+    if eth_type == pipeline.ETH_TYPE_IPV4 and len(frame) >= at + 20:
+        address = str(ipaddress.IPv4Address(frame[at + 12 : at + 16]))
+        destination = str(ipaddress.IPv4Address(frame[at + 16 : at + 20]))
         if ips and address not in ips and address != UNSPECIFIED:
             return "ip-spoofing", f"source IP {address} to {destination} from {src} (the VM has {', '.join(sorted(ips))})"
-    if eth_type == pipeline.ETH_TYPE_ARP and len(frame) >= 42:
-        op = struct.unpack("!H", frame[20:22])[0]
-        sender = str(ipaddress.IPv4Address(frame[28:32]))
+    if eth_type == pipeline.ETH_TYPE_ARP and len(frame) >= at + 28:
+        op = struct.unpack("!H", frame[at + 6 : at + 8])[0]
+        sender = str(ipaddress.IPv4Address(frame[at + 14 : at + 18]))
         if ips and sender not in ips and sender != UNSPECIFIED:
             what = "reply" if op == 2 else "request"
             return "arp-spoofing", f"ARP {what} claiming {sender} from {src} (the VM has {', '.join(sorted(ips))})"

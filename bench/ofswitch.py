@@ -29,7 +29,7 @@ import struct
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 OFP_VERSION = 4
@@ -153,6 +153,12 @@ class EmulatedSwitch:
         if self.writer is not None and not self.writer.is_closing():
             self.writer.write(data)
 
+    def held_matches(self, table: int, priority: int | None = None) -> list[dict[int, bytes]]:
+        """The matches of the entries held in `table` (at `priority`, if given), each as its OpenFlow
+        basic fields: field number -> value (a masked field's value only). For a test to see what
+        the switch would do, e.g. which addresses its ARP responders answer (field 23, arp_tpa)."""
+        return [_fields(slot[3 + 4 :]) for slot, (t, p, _) in self.flows.items() if t == table and priority in (None, p)]
+
 
 def _source(oxms: bytes) -> tuple[int, bytes] | None:
     """(in_port, eth_src) of a match that names both exactly (OXM TLVs after the match header)."""
@@ -169,6 +175,20 @@ def _source(oxms: bytes) -> tuple[int, bytes] | None:
                 eth_src = bytes(oxms[offset + 4 : offset + 10])
         offset += 4 + length
     return (in_port, eth_src) if in_port is not None and eth_src is not None else None
+
+
+def _fields(oxms: bytes) -> dict[int, bytes]:
+    """OpenFlow basic OXM fields of a match (after its header): field number -> value (mask dropped)."""
+    fields = {}
+    offset = 0
+    while offset + 4 <= len(oxms):
+        header = struct.unpack_from("!I", oxms, offset)[0]
+        length = header & 0xFF
+        if header >> 16 == 0x8000:
+            value = oxms[offset + 4 : offset + 4 + length]
+            fields[(header >> 9) & 0x7F] = bytes(value[: length // 2] if header & 0x100 else value)
+        offset += 4 + length
+    return fields
 
 
 @dataclass
@@ -214,6 +234,9 @@ class Fabric:
         self.errors: list[str] = []  # the emulator's own exceptions (a bug, not the controller), first few
         self.loop_lag_max = 0.0  # debug: the longest the loop was late waking the lag watcher
         self.loop_lags_over = {1.0: 0, 5.0: 0}  # debug: how many times it was later than that
+        # The newest LLDP probe the controller sent out of each port with no cable (where a VM would
+        # receive it): a fuzzing VM can replay what it was sent.
+        self.probes_to_vms: dict[tuple[int, int], bytes] = {}
 
     def add(self, switch: EmulatedSwitch) -> None:
         self.switches[switch.dpid] = switch
@@ -448,6 +471,8 @@ class Fabric:
             if action_type == 0 and length >= 8:  # output
                 out_port = struct.unpack("!I", actions[offset + 4 : offset + 8])[0]
                 peer = self.cables.get((switch.dpid, out_port))
+                if peer is None:
+                    self.probes_to_vms[(switch.dpid, out_port)] = data
                 if peer is not None and peer[0] in self.switches:
                     if self.send_packet_in(self.switches[peer[0]], packet_in(peer[1], data, 0, self.lldp_cookie, OFPR_ACTION)):
                         self.counters.probes_delivered += 1
@@ -463,3 +488,142 @@ class Fabric:
             self.send_packet_in(switch, packet_in(port, frame, 0, self.miss_cookie, OFPR_NO_MATCH))
         elif self.unanswered_cookie is not None:
             self.send_packet_in(switch, packet_in(port, frame, FORWARD_TABLE, self.unanswered_cookie, OFPR_ACTION))
+
+
+# -- Malformed frames, for fuzzing the controller's packet-in path -------------------------------------
+# A VM controls every byte it sends. These are the frames it might send, valid first (so that the
+# mutations below reach deep into each parser), then cut short, bit-flipped or overwritten.
+FUZZ_KINDS = ("arp", "lldp", "ipv4", "ipv6", "vlan", "qinq", "random", "empty")
+
+
+def lldp_frame(src: bytes, chassis: bytes, port_id: bytes, extra: bytes = b"") -> bytes:
+    """An LLDP frame with the given chassis and port IDs (subtype 7, locally assigned), a TTL, any
+    `extra` TLVs and the end TLV: what a switch, or a VM pretending to be one, sends."""
+
+    def tlv(kind: int, value: bytes) -> bytes:
+        return struct.pack("!H", (kind << 9) | len(value)) + value
+
+    body = tlv(1, b"\x07" + chassis) + tlv(2, b"\x07" + port_id) + tlv(3, struct.pack("!H", 120)) + extra + tlv(0, b"")
+    return bytes.fromhex("0180c200000e") + src + struct.pack("!H", ETH_TYPE_LLDP) + body
+
+
+def ipv4_frame(src: bytes, dst: bytes, ip_src: bytes, ip_dst: bytes, protocol: int = 17, payload: bytes = b"") -> bytes:
+    """An IPv4 packet (header checksum left 0: the controller never checks it, nor does it need to)."""
+    if protocol == 17 and not payload:
+        payload = struct.pack("!HHHH", 5353, 53, 8, 0)
+    header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), 1, 0, 64, protocol, 0, ip_src, ip_dst)
+    return dst + src + b"\x08\x00" + header + payload
+
+
+def neighbour_solicitation(src: bytes, target: bytes) -> bytes:
+    """An IPv6 neighbour solicitation (ICMPv6 135) for `target` (16 bytes), to its solicited-node group."""
+    icmp = struct.pack("!BBHI", 135, 0, 0, 0) + target + b"\x01\x01" + src
+    ip6 = struct.pack("!IHBB", 6 << 28, len(icmp), 58, 255) + b"\xfe\x80" + bytes(8) + src[:3] + b"\xff\xfe" + src[3:]
+    ip6 += b"\xff\x02" + bytes(9) + b"\x01\xff" + target[-3:]
+    return b"\x33\x33\xff" + target[-3:] + src + b"\x86\xdd" + ip6 + icmp
+
+
+def vlan_tagged(frame: bytes, vid: int, tpid: int = 0x8100) -> bytes:
+    """`frame` with one more VLAN tag outside any it has (tpid 0x88a8: a QinQ service tag)."""
+    return frame[:12] + struct.pack("!HH", tpid, vid & 0xFFF) + frame[12:]
+
+
+def fuzz_templates(
+    mac: bytes, ip: bytes, neighbour: bytes, other_switch: tuple[int, int], rng, captured: tuple[bytes, ...] = ()
+) -> dict[str, list[bytes]]:
+    """Valid frames a VM with `mac` and `ip` could send, by kind: ARP requests, replies and probes;
+    LLDP claiming to come from `other_switch` (dpid, port) with no, a garbage or a truncated signature,
+    and the `captured` probes (real ones the VM was sent, replayed);
+    IPv4 (UDP, TCP, ICMP, DHCP from 0.0.0.0); IPv6 neighbour discovery; and all of those behind one
+    VLAN tag, or two (QinQ, and 802.1Q in 802.1Q)."""
+    bcast = b"\xff" * 6
+    arp_header = struct.pack("!HHBB", 1, 0x0800, 6, 4)
+
+    def arp_message(dst: bytes, op: int, sender_ip: bytes, target_mac: bytes, target_ip: bytes) -> bytes:
+        return dst + mac + b"\x08\x06" + arp_header + struct.pack("!H", op) + mac + sender_ip + target_mac + target_ip
+
+    arp = [
+        arp_message(bcast, 1, ip, bytes(6), neighbour),
+        arp_message(neighbour_mac(neighbour), 2, ip, neighbour_mac(neighbour), neighbour),
+        arp_message(bcast, 1, bytes(4), bytes(6), ip),  # an ARP probe (duplicate address detection)
+    ]
+    dpid, port = other_switch
+    chassis, port_id = f"dpid:{dpid:016x}".encode(), str(port).encode()
+    oui = bytes.fromhex("6c6c6c01")  # our signature TLV's marker (topology/lldp.py)
+    sent_ms = struct.pack("!Q", int(time.monotonic() * 1000))
+    lldp = [
+        lldp_frame(mac, chassis, port_id),
+        lldp_frame(mac, chassis, port_id, struct.pack("!H", (127 << 9) | 28) + oui + sent_ms + rng.randbytes(16)),
+        lldp_frame(mac, chassis, port_id, struct.pack("!H", (127 << 9) | 20) + oui + sent_ms + rng.randbytes(8)),
+        lldp_frame(mac, b"dpid:" + b"f" * 40, b"9" * 30, struct.pack("!H", (127 << 9) | 28) + oui + sent_ms + bytes(16)),
+        *captured,
+    ]
+    to = neighbour_mac(neighbour)
+    tcp_syn = struct.pack("!HHIIBBHHH", 40000, 22, 1, 0, 0x50, 2, 1024, 0, 0)
+    ipv4 = [
+        ipv4_frame(mac, to, ip, neighbour, 17),
+        ipv4_frame(mac, to, ip, neighbour, 6, tcp_syn),
+        ipv4_frame(mac, to, ip, neighbour, 1, struct.pack("!BBHHH", 8, 0, 0, 1, 1) + b"ping"),
+        ipv4_frame(mac, bcast, bytes(4), b"\xff" * 4, 17, struct.pack("!HHHH", 68, 67, 8, 0) + bytes(240)),  # DHCP
+    ]
+    target = b"\xfe\x80" + bytes(8) + rng.randbytes(8)
+    solicit_router = struct.pack("!IHBB", 6 << 28, 8, 58, 255) + bytes(32) + struct.pack("!BBHI", 133, 0, 0, 0)
+    ipv6 = [neighbour_solicitation(mac, target), b"\x33\x33\x00\x00\x00\x02" + mac + b"\x86\xdd" + solicit_router]
+    plain = arp + ipv4 + ipv6
+    return {
+        "arp": arp,
+        "lldp": lldp,
+        "ipv4": ipv4,
+        "ipv6": ipv6,
+        "vlan": [vlan_tagged(f, 10) for f in plain + lldp],
+        "qinq": [vlan_tagged(vlan_tagged(f, 10), 20, tpid) for f in plain + lldp for tpid in (0x88A8, 0x8100)],
+    }
+
+
+def neighbour_mac(ip: bytes) -> bytes:
+    """A made-up unicast MAC for an IPv4 address (the fuzzer's frames need some destination)."""
+    return b"\x02\xee" + ip
+
+
+def mutate(frame: bytes, rng) -> bytes:
+    """`frame` cut short, bit-flipped (1 to 4 bits), with a byte overwritten (0x00, 0xff or random),
+    or several of those; the Ethernet header is hit as often as any other byte."""
+    data = bytearray(frame)
+    for _ in range(rng.randint(1, 3)):
+        choice = rng.random()
+        if choice < 0.35 and data:
+            del data[rng.randrange(len(data)) :]
+        elif choice < 0.75 and data:
+            for _ in range(rng.randint(1, 4)):
+                bit = rng.randrange(len(data) * 8)
+                data[bit // 8] ^= 1 << (bit % 8)
+        elif data:
+            data[rng.randrange(len(data))] = rng.choice((0x00, 0xFF, rng.randrange(256)))
+    return bytes(data)
+
+
+def fuzz_frames(
+    seed: int,
+    count: int,
+    mac: bytes,
+    ip: bytes,
+    neighbour: bytes,
+    other_switch: tuple[int, int],
+    captured: tuple[bytes, ...] = (),
+) -> Iterator[tuple[str, bytes]]:
+    """`count` malformed or truncated frames, seeded: (kind, frame). Each kind of FUZZ_KINDS in turn;
+    a template frame is sent as it is one time in 16, otherwise mutated; "random" is random bytes of
+    any length up to 1,514, "empty" zero to 13 bytes (no whole Ethernet header)."""
+    import random
+
+    rng = random.Random(seed)
+    templates = fuzz_templates(mac, ip, neighbour, other_switch, rng, captured)
+    for n in range(count):
+        kind = FUZZ_KINDS[n % len(FUZZ_KINDS)]
+        if kind == "random":
+            yield kind, rng.randbytes(rng.randrange(1515))
+        elif kind == "empty":
+            yield kind, rng.randbytes(rng.randrange(14))
+        else:
+            frame = rng.choice(templates[kind])
+            yield kind, frame if rng.randrange(16) == 0 else mutate(frame, rng)

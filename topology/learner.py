@@ -74,6 +74,11 @@ HELD_FRAME_MAX_AGE = 2.0
 # waits); another miss from it within REINJECT_GAP of that is not re-injected: its flows are not in
 # place, and re-injecting each miss would bounce frames between switch and controller until they are.
 REINJECT_GAP = 0.5
+# A host's IPv4 addresses are learned up to this many; beyond, it learns no more (as a port learns
+# no more than MAX_HOSTS_PER_PORT MACs). Each address is an ARP responder on every hypervisor, and a
+# VM can claim a new one in every frame it sends: without a bound, one VM grew every switch's table.
+MAX_ADDRESSES_PER_HOST = 16
+REFUSAL_LOG_GAP = 10.0  # seconds between two log lines about refused addresses
 UNANSWERED_ARP_KEEP = 1.0  # seconds an unanswered ARP request is asked again as ports come up
 UNANSWERED_ARP_MAX = 256
 # Packet-outs at most that send the recent unanswered requests straight out of newly confirmed
@@ -166,28 +171,51 @@ def ether_type(frame: bytes) -> int:
 
 
 def _payload(frame: bytes) -> tuple[int, int]:
-    """(ether type, offset of the payload) of an Ethernet frame, past one VLAN tag."""
+    """(ether type, offset of the payload) of an Ethernet frame, past one VLAN tag (802.1Q or an
+    802.1ad service tag: the switch matched the type behind either, as Open vSwitch parses one tag)."""
     eth_type = ether_type(frame)
-    if eth_type == 0x8100 and len(frame) >= 18:
+    if eth_type in (0x8100, 0x88A8) and len(frame) >= 18:
         return struct.unpack("!H", frame[16:18])[0], 18
     return eth_type, 14
 
 
+# An ARP message for IPv4 over Ethernet: hardware type 1, protocol 0x0800, address lengths 6 and 4.
+_ARP_IPV4_ETHERNET = bytes.fromhex("000108000604")
+_ARP_REQUEST = _ARP_IPV4_ETHERNET + b"\x00\x01"
+
+
+def _host_address(raw: bytes) -> str | None:
+    """`raw` as a dotted address if a host can hold it: not in 0.0.0.0/8 ("this network": 0.0.0.0
+    is a host with no address yet), 127.0.0.0/8 (loopback), 224.0.0.0/4 (multicast) or
+    240.0.0.0/4 (reserved, and the broadcast address)."""
+    first = raw[0]
+    if first == 0 or first == 127 or first >= 224:
+        return None
+    return _ipv4(raw)
+
+
 def sender_ip(frame: bytes) -> tuple[str, str | None]:
-    """(source MAC, sender IPv4 from ARP or IPv4 header, if any) of an Ethernet frame."""
+    """(source MAC, sender IPv4 from ARP or IPv4 header, if any) of an Ethernet frame. Only a whole,
+    well-formed header names an address, and only one a host can hold: a VM sends any bytes it
+    likes, and every address believed is an ARP responder on every hypervisor."""
     src = _mac(frame[6:12])
     eth_type, offset = _payload(frame)
     if eth_type == pipeline.ETH_TYPE_ARP and len(frame) >= offset + 28:
-        return src, _ipv4(frame[offset + 14 : offset + 18])
+        if frame[offset : offset + 6] != _ARP_IPV4_ETHERNET or frame[offset + 6 : offset + 8] not in (b"\x00\x01", b"\x00\x02"):
+            return src, None
+        return src, _host_address(frame[offset + 14 : offset + 18])
     if eth_type == pipeline.ETH_TYPE_IPV4 and len(frame) >= offset + 20:
-        return src, _ipv4(frame[offset + 12 : offset + 16])
+        version, header_words = frame[offset] >> 4, frame[offset] & 0x0F
+        if version != 4 or header_words < 5 or len(frame) < offset + 4 * header_words:
+            return src, None
+        return src, _host_address(frame[offset + 12 : offset + 16])
     return src, None
 
 
 def arp_target(frame: bytes) -> str | None:
     """The address an ARP request asks for, if the frame is one."""
     eth_type, offset = _payload(frame)
-    if eth_type != pipeline.ETH_TYPE_ARP or len(frame) < offset + 28 or frame[offset + 6 : offset + 8] != b"\x00\x01":
+    if eth_type != pipeline.ETH_TYPE_ARP or len(frame) < offset + 28 or frame[offset : offset + 8] != _ARP_REQUEST:
         return None
     return _ipv4(frame[offset + 24 : offset + 28])
 
@@ -242,6 +270,8 @@ class Learner:
         self.probes_refused = 0  # valid probes on a declared VM port
         self.hosts_forgotten = 0  # hosts dropped because their port turned out to face a switch
         self.endpoint_spoofs = 0  # frames from a tunnel endpoint's MAC on a port that is not its own
+        self.addresses_refused = 0  # addresses not learned because their host claims MAX_ADDRESSES_PER_HOST already
+        self._address_refusal_logged = -1e18
         self._last_answer: dict[PortRef, float] = {}
         self._last_edge_check: float | None = None
         self._ask_again_at: float | None = None
@@ -666,6 +696,9 @@ class Learner:
             return Outcome()
         reinject = [PacketOut(here.dpid, frame, pipeline.OFPP_TABLE, here.port)] if punt is Punt.MISS else []
         old = self.topo.hosts.get(mac)
+        if ip is not None and old is not None and ip not in old.ips and len(old.ips) >= MAX_ADDRESSES_PER_HOST:
+            ip = None  # its place is still learned
+            self._refuse_address(mac, now)
         if self.topo.host_seen(mac, here.dpid, here.port, ip):
             if old is not None and (old.dpid, old.port) != (here.dpid, here.port):
                 self._moved_at[mac] = now
@@ -680,6 +713,13 @@ class Learner:
             self._reinjected_at[key] = now
             return Outcome(send_after=reinject)
         return Outcome()
+
+    def _refuse_address(self, mac: str, now: float) -> None:
+        self.addresses_refused += 1
+        if now - self._address_refusal_logged >= REFUSAL_LOG_GAP:
+            self._address_refusal_logged = now
+            LOG.warning("host %s claims more than %d IPv4 addresses: no more are learned for it (%d refused so far)",
+                        mac, MAX_ADDRESSES_PER_HOST, self.addresses_refused)  # fmt: skip
 
     def ask_again(self, now: float) -> Outcome:
         """ARP requests flooded before the network reached their target (its port was still
