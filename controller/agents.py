@@ -36,9 +36,13 @@ HANDSHAKE_FRESH = 180.0  # WireGuard drops a session this long after its handsha
 REPORT_INTERVAL = 2.0  # seconds between an agent's reports
 SWITCH_IDENTITY_MAX_WAIT = 2.0  # identity rotation: switch even if a peer has not confirmed by then
 MAX_VNI = (1 << 24) - 1
+ERROR_TEXT_MAX = 200  # characters of an agent's `applied` error that reach the log
 STALE_REPORT = 3 * REPORT_INTERVAL  # an agent silent this long tells us nothing about its tunnels
 # Names appear in URLs (/v1/agents/{hypervisor}) and in pair names ("a|b"): no '/', no '|'.
 HYPERVISOR_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+# What a hello's bridge and port names may be: printable ASCII without space or '/', as an interface name.
+OVS_NAME = re.compile(r"[\x21-\x2e\x30-\x7e]{1,64}")
+MAC = re.compile(r"[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){5}")
 
 
 class AgentError(Exception):
@@ -116,6 +120,26 @@ def token_fingerprint(value: str) -> str:
     return "sha256:" + hashlib.sha256(b"goldilocks agent token fingerprint:" + value.encode()).hexdigest()[:16]
 
 
+def check_hello(message: dict) -> None:
+    """The facts of a hello (already of the right types) make sense: they become OpenFlow matches on
+    the hypervisor's bridge and WireGuard endpoints at its peers, which a wrong value would break."""
+    port, underlay = message["listen_port"], message["underlay"]
+    if not 1 <= port <= 65535:
+        raise AgentError("hello", "hello.listen_port: expected a UDP port from 1 to 65535")
+    try:
+        ip = ipaddress.IPv4Address(underlay["ip"])
+    except ValueError:
+        raise AgentError("hello", "hello.underlay.ip: expected an IPv4 address") from None
+    if ip.is_unspecified or ip.is_multicast or ip == ipaddress.IPv4Address("255.255.255.255"):
+        raise AgentError("hello", "hello.underlay.ip: expected a unicast IPv4 address")
+    mac = underlay["mac"]
+    if not MAC.fullmatch(mac) or int(mac[:2], 16) & 1 or mac == "00:00:00:00:00:00":
+        raise AgentError("hello", "hello.underlay.mac: expected a unicast MAC address (xx:xx:xx:xx:xx:xx)")
+    for field_name, value in (("bridge", message["bridge"]), ("underlay.port", underlay["port"])):
+        if not OVS_NAME.fullmatch(value):
+            raise AgentError("hello", f"hello.{field_name}: expected 1 to 64 printable ASCII characters, no space or '/'")
+
+
 class AgentManager:
     """Enrolled agents, their sessions, the tunnel pairs and their keys."""
 
@@ -156,6 +180,7 @@ class AgentManager:
         self.sessions: dict[str, Session] = {}
         self.sent: dict[str, tuple[PeerConfig, ...]] = {}
         self.applied_seq: dict[str, int] = {}
+        self.config_seq: dict[str, int] = {}  # the last config seq sent to each agent
         self.seq = 0
         self.needed: frozenset[tuple[str, str]] = frozenset(self.pairs)  # until the first compile says otherwise
         self.unneeded_since: dict[tuple[str, str], float] = {}
@@ -164,7 +189,7 @@ class AgentManager:
         self.last_identity_rotation = clock()
         self.psk_rotations = 0
         self.identity_rotations = 0
-        self.refused_connections = 0
+        self.refused_connections = 0  # counted by the listener (controller/agent_server.py)
 
     # -- enrollment ------------------------------------------------------------------------------
     def issue_token(self, ttl: float = TOKEN_TTL, actor: str = "api") -> tuple[str, str, float]:
@@ -231,18 +256,18 @@ class AgentManager:
         try:
             identity = self.ca.verify_client(cert_der)
         except CAError as exc:
-            self.refused_connections += 1
             raise AgentError("certificate", f"certificate refused: {exc}") from None
         agent = self.agents.get(identity.hypervisor)
         if identity.serial in self.revoked or agent is None or agent.serial != identity.serial:
-            self.refused_connections += 1
             raise AgentError("revoked", f"certificate of {identity.hypervisor} (serial {identity.serial:x}) is revoked")
         return identity
 
     def hello(self, session: Session, identity: ClientIdentity, message: dict) -> None:
         """An authenticated agent introduced itself: remember it, welcome it, configure it."""
         if message["hypervisor"] != identity.hypervisor:
-            raise AgentError("identity", f"hello names {message['hypervisor']!r} but the certificate is {identity.hypervisor!r}")
+            # The name in the frame is not echoed (it may be anything, of any length): the certificate's is ours.
+            raise AgentError("identity", f"hello names another hypervisor than the certificate ({identity.hypervisor!r})")
+        check_hello(message)
         agent = self.agents[identity.hypervisor]
         underlay = message["underlay"]
         info = AgentInfo(
@@ -322,9 +347,14 @@ class AgentManager:
             self.on_interfaces()
 
     def applied(self, hypervisor: str, message: dict) -> None:
+        # An answer to a config this agent was never sent (a copy from elsewhere, or a lie) must not
+        # confirm anything, such as a peer holding a rotated key.
+        if not 1 <= message["seq"] <= self.config_seq.get(hypervisor, 0):
+            raise AgentError("order", "applied names a config that was never sent to this agent")
         self.applied_seq[hypervisor] = message["seq"]
         if not message["ok"]:
-            LOG.error("agent %s could not apply config %d: %s", hypervisor, message["seq"], message.get("error", "?"))
+            reason = message.get("error", "?")[:ERROR_TEXT_MAX]  # the agent's own words, kept to one short line
+            LOG.error("agent %s could not apply config %d: %r", hypervisor, message["seq"], reason)
         for rotation in self.rotations.values():
             if hypervisor in rotation.waiting_for and message["ok"] and message["seq"] >= rotation.config_seq:
                 rotation.waiting_for.discard(hypervisor)
@@ -344,6 +374,7 @@ class AgentManager:
                 continue
             self.seq += 1
             self.sent[name] = peers
+            self.config_seq[name] = self.seq
             session.send({"type": "config", "seq": self.seq, "peers": [p.to_message() for p in peers]})
 
     # -- pairs: on demand, keys, rotation ---------------------------------------------------------------
@@ -500,6 +531,7 @@ class AgentManager:
             del self.pairs[pair]
             self.unneeded_since.pop(pair, None)
         self.rotations.pop(hypervisor, None)
+        self.config_seq.pop(hypervisor, None)
         self._drop_session(hypervisor)
         LOG.warning("agent %s revoked: removed from %d tunnel pairs", hypervisor, len(gone_pairs))
         self.push_configs()
