@@ -23,13 +23,14 @@ from apps.forwarding import base_flows, punt_reason
 from apps.identity import Identities, assign_identities
 from apps.quarantine import quarantined_macs
 from apps.switch_table import SwitchTable
-from controller import listeners, ofmsg, ryu_parsing
+from controller import listeners, ofmsg, ryu_parsing, state_check
 from controller.heap import Heap
 from controller.intake import Intake
+from controller.launcher import EXIT_STATE
 from controller.metrics import Metrics
 from controller.reconciler import SwitchSync
 from controller.settings import Settings
-from controller.store import Store
+from controller.store import StateError, Store
 from topology.learner import Learner, Outcome, PacketOut, Punt, ether_type
 from topology.model import ROLE_HYPERVISOR, Port
 
@@ -96,6 +97,13 @@ class GoldilocksController(app_manager.RyuApp):
             handler.setFormatter(logging.Formatter(LOG_FORMAT))
         self.settings = Settings.from_env()
         self.started_at = time.time()
+        try:
+            # Before anything writes: refuse to start rather than start empty (the launcher checked
+            # too; this covers a controller started by ryu-manager itself).
+            state_check.check(self.settings.state_dir)
+        except StateError as exc:
+            LOG.critical("%s", exc)
+            raise SystemExit(EXIT_STATE) from None
         self.store = Store(self.settings.state_dir)
         self.learner = Learner(self.store.load_topology(time.monotonic()), now=time.monotonic())
         self.topo = self.learner.topo

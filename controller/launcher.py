@@ -11,6 +11,9 @@ import sys
 from controller import settings
 
 APPS = ["controller.app"]
+# The exit status of a refusal to start on damaged or missing state: a service manager can tell it
+# from a crash and not restart in a loop (systemd: RestartPreventExitStatus=3).
+EXIT_STATE = 3
 LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
@@ -152,9 +155,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--auth-failure-rate must be a positive number of failures per second")
     if not 0 <= args.audit_retention < float("inf"):
         parser.error("--audit-retention must be a number of days >= 0")
+    check_state(args.state_dir)
     if args.inventory:
         check_inventory(parser, args)
     return args
+
+
+def check_state(state_dir: str) -> None:
+    """Refuse to start, in one line and with exit status EXIT_STATE, on a state dir that would
+    lose something (controller/state_check.py). Done before Ryu starts and before anything writes."""
+    from controller import state_check
+    from controller.store import StateError
+
+    try:
+        state_check.check(state_dir)
+    except StateError as exc:
+        print(f"goldilocks-controller: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_STATE) from None
 
 
 def check_inventory(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

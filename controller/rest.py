@@ -39,7 +39,7 @@ from controller import agents as agents_mod
 from controller import audit, auth
 from controller.auth import Principal
 from controller.security import record_alert
-from controller.store import SOURCE_API
+from controller.store import SOURCE_API, StateFullError
 
 LOG = logging.getLogger("goldilocks.rest")
 APP_KEY = "goldilocks"
@@ -590,6 +590,9 @@ class GoldilocksApi(ControllerBase):
             return error_response(404, str(exc))
         except FieldError as exc:
             return error_response(400, str(exc), exc.field)
+        except StateFullError as exc:  # the transaction was rolled back: nothing of the request applied
+            LOG.error("%s %s: %s", req.method, req.path, exc)
+            return error_response(507, "the state database's disk is full; nothing was changed; retry once there is space")
         except Exception:
             LOG.exception("%s %s failed", req.method, req.path)
             return error_response(500, "internal error; see the controller log")

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import sqlite3
-from collections.abc import Iterable
+import tempfile
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
@@ -49,7 +52,11 @@ CREATE TABLE IF NOT EXISTS audit (
     id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL,
     target TEXT NOT NULL, summary TEXT NOT NULL);
 """
-SCHEMA_VERSION = "1"
+# The version SCHEMA is. A database of an earlier version is migrated to it (MIGRATIONS); one of
+# a later version is refused. Changing SCHEMA means adding a migration: tests/unit/test_store_migrations.py
+# checks that a database migrated from version 1 has exactly the tables and columns SCHEMA makes.
+SCHEMA_VERSION = 9
+DB_FILE = "goldilocks.db"
 
 # Who last wrote a VM: the REST API, the --inventory file, or the hypervisor's OVSDB. Only VMs
 # whose source is "ovsdb" are updated and removed by what OVS publishes. A VM without a row
@@ -97,23 +104,268 @@ def _owner_only(path: Path) -> None:
             extra.chmod(0o600)
 
 
+class StateFullError(StateError):
+    """A transaction did not fit on the state database's disk: it was rolled back, nothing of it applied."""
+
+
+# -- schema versions ---------------------------------------------------------------------------
+# Version 1, the first schema shipped. Every later version is version 1 plus the migrations up to
+# it. Until version 9 every release wrote "1" into meta, whatever its tables: a database that says
+# "1" is recognised by its tables instead (_legacy_version).
+SCHEMA_V1 = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE switches (
+    dpid INTEGER PRIMARY KEY, name TEXT NOT NULL, role_override TEXT, ports TEXT NOT NULL,
+    edge_ports TEXT NOT NULL DEFAULT '[]');
+CREATE TABLE links (
+    a_dpid INTEGER NOT NULL, a_port INTEGER NOT NULL, b_dpid INTEGER NOT NULL, b_port INTEGER NOT NULL,
+    PRIMARY KEY (a_dpid, a_port, b_dpid, b_port));
+CREATE TABLE hosts (
+    mac TEXT PRIMARY KEY, ips TEXT NOT NULL, dpid INTEGER NOT NULL, port INTEGER NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class Migration:
+    """From version `version - 1` to `version`, in one transaction with the new version number."""
+
+    version: int
+    summary: str
+    apply: Callable[[sqlite3.Connection], None]
+
+
+def _statements(ddl: str) -> Callable[[sqlite3.Connection], None]:
+    def apply(db: sqlite3.Connection) -> None:
+        for statement in ddl.split(";"):
+            if statement.strip():
+                db.execute(statement)
+
+    return apply
+
+
+def _switch_state_in_one_column(db: sqlite3.Connection) -> None:
+    """Version 2 keeps a switch's ports, edge ports and fabric ports as one JSON document. Fabric
+    ports were new: the ports that carry a stored link are fabric ports."""
+    fabric: dict[int, set[int]] = {}
+    for a_dpid, a_port, b_dpid, b_port in db.execute("SELECT a_dpid, a_port, b_dpid, b_port FROM links"):
+        fabric.setdefault(a_dpid, set()).add(a_port)
+        fabric.setdefault(b_dpid, set()).add(b_port)
+    rows = [
+        (dpid, name, role, json.dumps({"ports": json.loads(ports), "edge_ports": json.loads(edge),
+                                       "fabric_ports": sorted(fabric.get(dpid, ()))}))
+        for dpid, name, role, ports, edge in db.execute("SELECT dpid, name, role_override, ports, edge_ports FROM switches")
+    ]  # fmt: skip
+    db.execute("DROP TABLE switches")
+    db.execute("CREATE TABLE switches (dpid INTEGER PRIMARY KEY, name TEXT NOT NULL, role_override TEXT, state TEXT NOT NULL)")
+    db.executemany("INSERT INTO switches VALUES (?, ?, ?, ?)", rows)
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(2, "switch state as one JSON column, with fabric ports", _switch_state_in_one_column),
+    Migration(3, "VM inventory, ordered rules, settings", _statements("""
+        CREATE TABLE vms (name TEXT PRIMARY KEY, doc TEXT NOT NULL);
+        CREATE TABLE rules (position INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL, doc TEXT NOT NULL);
+        CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL)""")),
+    Migration(4, "identity numbers", _statements(
+        "CREATE TABLE identities (labels TEXT PRIMARY KEY, id INTEGER UNIQUE NOT NULL)")),
+    Migration(5, "API tokens and the audit log", _statements("""
+        CREATE TABLE tokens (name TEXT PRIMARY KEY, role TEXT NOT NULL, digest TEXT UNIQUE NOT NULL,
+            fingerprint TEXT NOT NULL, created REAL NOT NULL);
+        CREATE TABLE audit (id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, actor TEXT NOT NULL,
+            action TEXT NOT NULL, target TEXT NOT NULL, summary TEXT NOT NULL)""")),
+    Migration(6, "who wrote each VM", _statements(
+        "CREATE TABLE vm_sources (name TEXT PRIMARY KEY, source TEXT NOT NULL)")),
+    Migration(7, "agents, enrollment tokens, revoked certificates, tunnel pairs", _statements("""
+        CREATE TABLE agent_tokens (digest TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, created REAL NOT NULL,
+            expires REAL NOT NULL, used REAL);
+        CREATE TABLE agents (hypervisor TEXT PRIMARY KEY, idx INTEGER UNIQUE NOT NULL, serial TEXT NOT NULL,
+            enrolled REAL NOT NULL, info TEXT);
+        CREATE TABLE revoked_serials (serial TEXT PRIMARY KEY, hypervisor TEXT NOT NULL, at REAL NOT NULL);
+        CREATE TABLE tunnel_pairs (a TEXT NOT NULL, b TEXT NOT NULL, vni INTEGER UNIQUE NOT NULL, psk BLOB NOT NULL,
+            psk_created REAL NOT NULL, PRIMARY KEY (a, b))""")),
+    Migration(8, "quarantine", _statements("CREATE TABLE quarantine (vm TEXT PRIMARY KEY, doc TEXT NOT NULL)")),
+    Migration(9, "alerts", _statements("""
+        CREATE TABLE alerts (id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, vm TEXT NOT NULL,
+            target TEXT NOT NULL, severity TEXT NOT NULL, source TEXT NOT NULL, signature TEXT NOT NULL,
+            action TEXT NOT NULL)""")),
+)  # fmt: skip
+
+Layout = dict[str, tuple[str, ...]]  # table -> its column names
+
+
+def layout_of(db: sqlite3.Connection) -> Layout:
+    """The tables (SQLite's own left out) and their columns."""
+    names = [n for (n,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")]
+    return {name: tuple(row[1] for row in db.execute(f'PRAGMA table_info("{name}")')) for name in sorted(names)}
+
+
+def layouts() -> dict[int, Layout]:
+    """Each version's tables and columns: version 1, then each migration applied in turn (in memory,
+    about a millisecond)."""
+    db = sqlite3.connect(":memory:", isolation_level=None)
+    try:
+        _statements(SCHEMA_V1)(db)
+        found = {1: layout_of(db)}
+        for step in MIGRATIONS:
+            step.apply(db)
+            found[step.version] = layout_of(db)
+        return found
+    finally:
+        db.close()
+
+
+def _legacy_version(path: Path, found: Layout, known: dict[int, Layout]) -> int:
+    """The version of a database that says "1": the one whose tables it has, exactly."""
+    for version, layout in known.items():
+        if found == layout:
+            return version
+    closest = min(known.values(), key=lambda layout: len(layout.keys() ^ found.keys()))
+    raise StateError(_damaged(path, closest, found))
+
+
+def _damaged(path: Path, expected: Layout, found: Layout) -> str:
+    missing = sorted(expected.keys() - found.keys())
+    differ = sorted(t for t in expected.keys() & found.keys() if expected[t] != found[t])
+    what = []
+    if missing:
+        what.append(f"lacks the tables {', '.join(missing)}")
+    if differ:
+        what.append(f"has other columns in {', '.join(differ)}")
+    extra = sorted(found.keys() - expected.keys())
+    if extra:
+        what.append(f"has unknown tables {', '.join(extra)}")
+    return f"{path} is damaged: it {' and '.join(what)}. {_RESTORE}"
+
+
+def migrate(db: sqlite3.Connection, version: int) -> None:
+    """Bring a database of `version` to SCHEMA_VERSION, one migration per transaction: a crash
+    leaves it at the version of the last migration that committed, whole."""
+    for step in MIGRATIONS[version - 1 :]:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            step.apply(db)
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(step.version),))
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+    (label,) = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    if label != str(SCHEMA_VERSION):  # a version 9 database that says "1"
+        db.execute("BEGIN IMMEDIATE")
+        db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
+        db.execute("COMMIT")
+
+
+# -- looking before writing ------------------------------------------------------------------------
+_RESTORE = "The controller did not start and changed nothing; restore the state dir from a backup"
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What a read-only look at the state database found. `version` is None when there is no
+    database yet (no file, an empty file, or one without tables): a first start creates it."""
+
+    path: Path
+    version: int | None
+    label: str = ""  # the schema version its meta table states
+    tunnel_pairs: tuple[tuple[str, str, int, bytes], ...] = ()  # (a, b, vni, sealed PSK)
+
+
+def snapshot(state_dir: str | os.PathLike) -> Snapshot:
+    """Check the state database without writing a byte of it: raise StateError naming the file and
+    what to do if it is damaged, not Goldilocks's, or of a newer version. SQLite reads its WAL
+    through a shared-memory file it writes to, even read-only, so a private copy is read instead."""
+    path = Path(state_dir) / DB_FILE
+    try:
+        if not os.path.lexists(path):
+            return Snapshot(path, None)
+        if not path.is_file():
+            raise StateError(f"{path} is not a regular file. {_RESTORE}")
+        with open(path, "rb") as file:
+            header = file.read(len(_SQLITE_MAGIC))
+        wal = path.with_name(path.name + "-wal")
+        if not header and not (wal.exists() and wal.stat().st_size):
+            return Snapshot(path, None)  # created by a first start that stopped before SQLite wrote
+        if header != _SQLITE_MAGIC:
+            raise StateError(f"{path} is not an SQLite database (its first bytes are not SQLite's). {_RESTORE}")
+        with tempfile.TemporaryDirectory(prefix="goldilocks-check-") as scratch:
+            copy = Path(scratch) / DB_FILE
+            shutil.copyfile(path, copy)
+            if wal.exists():
+                shutil.copyfile(wal, copy.with_name(copy.name + "-wal"))
+            return _read_snapshot(path, copy)
+    except OSError as exc:
+        raise StateError(f"cannot read {exc.filename or path}: {exc.strerror or exc}") from None
+
+
+def _read_snapshot(path: Path, copy: Path) -> Snapshot:
+    db = sqlite3.connect(copy, isolation_level=None)
+    try:
+        check = [row[0] for row in db.execute("PRAGMA quick_check")]
+        if check != ["ok"]:
+            first = " ".join(check[0].split())[:200]  # one line: SQLite's report has several
+            raise StateError(f"{path} is damaged (SQLite's check: {first}). {_RESTORE}")
+        found = layout_of(db)
+        if not found:
+            return Snapshot(path, None)
+        if "meta" not in found:
+            tables = ", ".join(sorted(found))
+            raise StateError(
+                f"{path} is an SQLite database, but not Goldilocks's state (no meta table; its tables: {tables}). "
+                "The controller did not start and changed nothing; point --state-dir at the right directory"
+            )
+        row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        if row is None or not str(row[0]).isascii() or not str(row[0]).isdigit() or int(row[0]) < 1:
+            raise StateError(f"{path} is damaged: its meta table has no schema version. {_RESTORE}")
+        version = int(row[0])
+        if version > SCHEMA_VERSION:
+            raise StateError(
+                f"{path} was written by a newer Goldilocks (schema version {version}; this one knows up to "
+                f"{SCHEMA_VERSION}). The controller did not start and changed nothing; run the newer version, "
+                "or restore a backup this version wrote"
+            )
+        known = layouts()
+        if version == 1:
+            version = _legacy_version(path, found, known)
+        elif found != known[version]:
+            raise StateError(_damaged(path, known[version], found))
+        pairs = ()
+        if "tunnel_pairs" in found:
+            pairs = tuple(db.execute("SELECT a, b, vni, psk FROM tunnel_pairs ORDER BY a, b"))
+        return Snapshot(path, version, row[0], pairs)
+    except sqlite3.DatabaseError as exc:
+        raise StateError(f"{path} is damaged or not an SQLite database ({exc}). {_RESTORE}") from None
+    finally:
+        db.close()
+
+
 class Store:
     """One SQLite database file. Every save is one transaction: all of it or none."""
 
     def __init__(self, state_dir: str | os.PathLike) -> None:
+        """Open the state database, creating it on a first start and migrating one of an earlier
+        version. A database that cannot be used raises StateError before anything is written."""
         self.state_dir = Path(state_dir)
         try:
             self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            path = self.state_dir / "goldilocks.db"
-            _owner_only(path)
-            self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        except OSError as exc:
+            raise StateError(f"cannot use state dir {self.state_dir}: {exc}") from exc
+        found = snapshot(self.state_dir)
+        self.path = found.path
+        try:
+            _owner_only(self.path)
+            self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
-            with self.transaction():
-                for statement in SCHEMA.split(";"):
-                    if statement.strip():
-                        self.db.execute(statement)
-                self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
+            if found.version is None:
+                with self.transaction():
+                    for statement in SCHEMA.split(";"):
+                        if statement.strip():
+                            self.db.execute(statement)
+                    self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            elif found.label != str(SCHEMA_VERSION):
+                migrate(self.db, found.version)
         except (OSError, sqlite3.Error) as exc:
             raise StateError(f"cannot use state dir {self.state_dir}: {exc}") from exc
 
@@ -121,7 +373,7 @@ class Store:
         self._seen: tuple[dict, dict] = ({}, {})  # what they were built from: switch signatures, Host objects
 
     def transaction(self) -> _Transaction:
-        return _Transaction(self.db)
+        return _Transaction(self.db, self.path)
 
     def close(self) -> None:
         self.db.close()
@@ -385,12 +637,28 @@ def _switch_state(sw: Switch, asked: tuple[str, ...]) -> dict:
 
 
 class _Transaction:
-    def __init__(self, db: sqlite3.Connection) -> None:
+    """BEGIN IMMEDIATE ... COMMIT. If the body or the commit fails, the transaction is rolled back
+    (a commit that fails, on a full disk say, leaves it open otherwise, and every later write would
+    fail too). A full disk is raised as StateFullError."""
+
+    def __init__(self, db: sqlite3.Connection, path: Path) -> None:
         self.db = db
+        self.path = path
 
     def __enter__(self) -> sqlite3.Connection:
         self.db.execute("BEGIN IMMEDIATE")
         return self.db
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+        if exc_type is None:
+            try:
+                self.db.execute("COMMIT")
+                return
+            except sqlite3.Error as error:
+                exc = error
+        with contextlib.suppress(sqlite3.Error):  # SQLite may have rolled back already
+            self.db.execute("ROLLBACK")
+        if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+            raise StateFullError(f"cannot write the state database {self.path}: {exc}; nothing was changed") from exc
+        if exc_type is None:
+            raise exc

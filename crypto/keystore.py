@@ -17,6 +17,7 @@ SEAL_VERSION = 1
 NONCE_LEN = 12
 TAG_LEN = 16
 SECRET_MODE = 0o600
+SEALED_SUFFIX = ".sealed"  # files sealed with the master key that lies beside them
 
 
 class KeystoreError(Exception):
@@ -116,10 +117,25 @@ class MasterKey:
         return f"MasterKey(path={str(self.path) if self.path else None!r})"
 
     @classmethod
+    def load(cls, path: Path | str) -> MasterKey:
+        """Load the key file at `path`; KeystoreError if it is missing or unusable."""
+        path = Path(path)
+        return cls(read_secret_file(path, MASTER_KEY_LEN), path)
+
+    @classmethod
     def load_or_create(cls, path: Path | str) -> MasterKey:
-        """Load the key file at `path`, or create it (32 random bytes, mode 0600) if there is none."""
+        """Load the key file at `path`, or create it (32 random bytes, mode 0600) if there is none.
+
+        A key is never created beside files sealed with the one that is missing (`*.sealed`): a
+        new key would not open them, and whatever they hold would be lost for good."""
         path = Path(path)
         if not os.path.lexists(path):
+            sealed = sorted(p.name for p in path.parent.glob(f"*{SEALED_SUFFIX}")) if path.parent.is_dir() else []
+            if sealed:
+                raise KeystoreError(
+                    f"{path}: missing, but {', '.join(sealed)} in {path.parent} {'is' if len(sealed) == 1 else 'are'} "
+                    "sealed with it; restore it from a backup (a new key would not open them)"
+                )
             try:
                 path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
                 write_file_atomic(path, secrets.token_bytes(MASTER_KEY_LEN), SECRET_MODE, exclusive=True)
@@ -127,7 +143,7 @@ class MasterKey:
                 pass  # another process created it first: use theirs
             except OSError as exc:
                 raise KeystoreError(f"{path}: cannot create master key: {exc.strerror}") from None
-        return cls(read_secret_file(path, MASTER_KEY_LEN), path)
+        return cls.load(path)
 
     @staticmethod
     def _associated_data(context: str) -> bytes:
