@@ -496,6 +496,10 @@ class Agent:
             self._problem("reconcile", f"cannot repair the data plane: {exc}; trying again")
             return False
         self._problems.pop("reconcile", None)
+        if changes and changes[0] == "WireGuard brought up":
+            # A new wireguard-go has no session: the peers would keep sending on the old one, which
+            # it cannot decrypt, until their own rekey timers fire (15 s, measured by the chaos test).
+            self._kick_peers()
         if changes:
             LOG.warning("repaired the data plane: %s", "; ".join(changes))
         return bool(changes)

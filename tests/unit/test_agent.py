@@ -515,6 +515,8 @@ def test_a_dead_wireguard_is_repaired_and_reported_at_once(controller, start):
     report = connection.expect("report", timeout=1.0)  # report_interval is 30 s: this one is the repair's
     assert report["wg_running"] is True
     assert agent.wireguard.held[KEY2] == PeerSpec(KEY2, PSK2, "192.0.2.2:51820", "10.99.0.2/32")
+    # The new wireguard-go starts the handshakes itself: its peers' sessions died with the old one.
+    wait_for(lambda: agent.wireguard.changes[-1].startswith("kick "), what="a handshake kicked after the restart")
 
 
 def test_a_lost_tunnel_port_is_put_back(controller, start):
