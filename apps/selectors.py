@@ -123,7 +123,7 @@ def _parse_requirement(clause: str) -> Requirement:
     match = _SET_RE.fullmatch(text)
     if match:
         values = tuple(sorted({_check_value(v.strip(), text) for v in match["values"].split(",")}))
-        if not match["values"].strip():
+        if not any(values):  # `k in (,)` would read back as `k in ()`, which no longer parses
             raise SelectorError(f"empty value list in {text!r}")
         return Requirement(_check_key(match["key"], text), match["op"], values)
     for op in ("!=", "==", "="):

@@ -273,8 +273,9 @@ def integer(query: Mapping[str, str], name: str, low: int, high: int) -> int | N
         return None
     text = query[name]
     # ASCII digits only (str.isdigit() also takes '²' and '①', which int() refuses, and other
-    # scripts' digits, which it takes), and no more of them than int() converts at once.
-    if not (text.isascii() and text.isdigit()) or len(text) > 18 or not low <= int(text) <= high:
+    # scripts' digits, which it takes), and no more of them than the bound has (int() refuses
+    # thousands, and 19 digits must pass when the bound is 2**63 - 1).
+    if not (text.isascii() and text.isdigit()) or len(text) > len(str(high)) or not low <= int(text) <= high:
         raise ApiError(400, f"{name}: must be an integer from {low} to {high}", name)
     return int(text)
 
