@@ -41,7 +41,7 @@ from apps import arp_responder, forwarding, mirror, pipeline, policy_flows, port
 from apps.context import PolicyState
 from apps.flows import FlowEntry
 from apps.identity import UNKNOWN, UNMANAGED, Identities, IdentityLabels, UnassignedIdentity
-from apps.inventory import VM
+from apps.inventory import VM, Inventory
 from apps.policy import Rule
 from apps.selectors import ANY
 from apps.switch_table import Group, SwitchTable
@@ -134,7 +134,7 @@ class Compiler:
         self._in_hosts: dict[str, Host] = {}
         self._in_switches: dict[int, tuple] = {}
         self._in_links: frozenset = frozenset()
-        self._in_vms: Mapping[str, VM] = {}
+        self._in_vms: Inventory = Inventory()
         self._in_quarantine: Mapping = {}
         self._in_rules: tuple[Rule, ...] = ()
         self._in_default: str | None = None
@@ -306,8 +306,7 @@ class Compiler:
         vms, old = policy.vms, self._in_vms
         names = set()
         if vms is not old:
-            names = {n for n, vm in vms.items() if old.get(n) is not vm}
-            names.update(n for n in old if n not in vms)
+            names = vms.changed_since(old)  # in time proportional to the change
         quarantined, before = policy.quarantine, self._in_quarantine
         if quarantined is not before:
             names.update(n for n in quarantined.keys() ^ before.keys())
@@ -529,7 +528,8 @@ class Compiler:
         return False
 
     def _quarantine(self, snap: TopologySnapshot, policy: PolicyState, ch: _Changes) -> None:
-        vm_macs = {n: vm.macs for n, vm in policy.vms.items() if n in policy.quarantine}
+        vms = policy.vms
+        vm_macs = {n: vms[n].macs for n in policy.quarantine if n in vms}
         isolated = quarantine.quarantined_macs(policy.quarantine, vm_macs)
         if isolated != self._isolated:
             ch.regroup.update(self._hypervisors())

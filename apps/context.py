@@ -1,7 +1,8 @@
 """What the controller knows about VMs and the rules between them: one immutable value per version.
 
-Every change builds a new PolicyState and validates it whole; the REST layer persists it in
-one transaction and only then swaps it in, so a request applies fully or not at all."""
+Every change builds a new, validated PolicyState; the REST layer persists it in one transaction
+and only then swaps it in, so a request applies fully or not at all. A change of one VM checks and
+copies only what it touches (apps/inventory.py Inventory): its cost does not grow with the inventory."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
-from apps.inventory import VM, InventoryError, check_labels, check_unique
+from apps.inventory import VM, Inventory, InventoryError, check_labels
 from apps.pipeline import MAX_RULES
 from apps.policy import DEFAULT_ACTIONS, PolicyError, Rule
 from apps.quarantine import LABEL as QUARANTINE_LABEL
@@ -30,15 +31,19 @@ class NotFound(KeyError):
 
 @dataclass(frozen=True)
 class PolicyState:
-    vms: Mapping[str, VM] = field(default_factory=lambda: MappingProxyType({}))
+    vms: Inventory = field(default_factory=Inventory)
     rules: tuple[Rule, ...] = ()
     default_action: str = "allow"
     quarantine: Mapping[str, Quarantine] = field(default_factory=lambda: MappingProxyType({}))  # VM name -> record
     remediation: tuple[AllowRule, ...] = ()  # the allow-list of a VM in remediation that brought none of its own
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.vms, Inventory):  # any mapping of VMs, checked and indexed once
+            object.__setattr__(self, "vms", Inventory(self.vms.values()))
+
     # -- derived views --------------------------------------------------------------
-    def vm_by_mac(self) -> dict[str, VM]:
-        return {mac: vm for vm in self.vms.values() for mac in vm.macs}
+    def vm_by_mac(self) -> Mapping[str, VM]:
+        return self.vms.by_mac()
 
     def rule(self, name: str) -> Rule:
         for rule in self.rules:
@@ -83,27 +88,17 @@ class PolicyState:
 
     # -- changes: each returns a new, validated state ------------------------------
     def with_vm(self, vm: VM) -> PolicyState:
-        vms = dict(self.vms)
-        vms[vm.name] = vm
-        check_unique(vms)
-        return replace(self, vms=MappingProxyType(vms))
+        return replace(self, vms=self.vms.with_vm(vm))
 
     def with_vms(self, new_vms: Sequence[VM]) -> PolicyState:
         """Replace the whole inventory (an inventory file)."""
-        vms = {}
-        for vm in new_vms:
-            if vm.name in vms:
-                raise InventoryError("name", f"{vm.name!r} appears twice")
-            vms[vm.name] = vm
-        check_unique(vms)
-        return replace(self, vms=MappingProxyType(vms))
+        return replace(self, vms=Inventory(new_vms))
 
     def without_vm(self, name: str) -> PolicyState:
         self.vm(name)
         if name in self.quarantine:
             raise InventoryError("name", f"{name!r} is in quarantine: release it (DELETE /v1/quarantine/{name}) first")
-        vms = {k: v for k, v in self.vms.items() if k != name}
-        return replace(self, vms=MappingProxyType(vms))
+        return replace(self, vms=self.vms.without(name))
 
     def with_labels(self, name: str, add: Mapping[str, str], remove: Sequence[str]) -> PolicyState:
         vm = self.vm(name)

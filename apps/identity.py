@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from apps.context import PolicyState
+from apps.inventory import Inventory
 
 UNKNOWN = 0  # not a learned host (only the `any` selector matches it)
 UNMANAGED = 1  # a learned host that is not in the inventory
@@ -24,16 +25,23 @@ class Identities:
     def __init__(self, assigned: Mapping[Labels, int] | None = None) -> None:
         self._by_labels: dict[Labels, int] = dict(assigned or {})
         self._labels: dict[int, Labels] = {v: k for k, v in self._by_labels.items()}
+        self._last = max(self._labels, default=FIRST_ASSIGNED - 1)
         self.added: dict[Labels, int] = {}  # assigned since the last persist
         # VM name -> (the VM record, quarantined?) as assign_identities last numbered it
         self.numbered: dict[str, tuple[object, bool]] = {}
+        # What assign_identities last saw (it visits only what changed since), and the VMs it has
+        # not numbered because the network has not seen them yet: MAC -> VM name.
+        self.seen_vms: Inventory = Inventory()
+        self.seen_quarantine: Mapping[str, object] = {}
+        self.unlearned: dict[str, str] = {}
 
     def id_for(self, labels: Labels) -> int:
         number = self._by_labels.get(labels)
         if number is None:
-            number = max(self._labels, default=FIRST_ASSIGNED - 1) + 1
+            number = self._last + 1
             if number > MAX_IDENTITY:
                 raise RuntimeError("out of identity numbers")
+            self._last = number
             self._by_labels[labels] = number
             self._labels[number] = labels
             self.added[labels] = number
@@ -57,18 +65,43 @@ class UnassignedIdentity(LookupError):
 def assign_identities(topo, policy: PolicyState, identities: Identities) -> None:
     """Hand out numbers to the label sets of every learned VM, before compiling: compiling itself
     only reads them. New label sets are numbered in the order of their VMs' MACs. The caller
-    persists `identities.added`. Costs what changed: a VM already numbered, with the same record
-    and quarantine state, is skipped by identity."""
-    done = identities.numbered
+    persists `identities.added`. Costs what changed: only the VMs added, replaced or (un)quarantined
+    since the last call are visited, and those the network had not seen (kept by MAC) once it has;
+    a VM already numbered, with the same record and quarantine state, is skipped by identity."""
+    done, unlearned, hosts = identities.numbered, identities.unlearned, topo.hosts
+    vms, quarantined = policy.vms, policy.quarantine
+    names = vms.changed_since(identities.seen_vms)
+    if quarantined is not identities.seen_quarantine:
+        names.update(quarantined.keys() ^ identities.seen_quarantine.keys())
+    gone = identities.seen_vms
+    # Learned since: the smaller of the two sides is scanned.
+    if len(unlearned) <= len(hosts):
+        names.update(unlearned[m] for m in unlearned if m in hosts)
+    else:
+        names.update(unlearned[m] for m in hosts if m in unlearned)
+    identities.seen_vms, identities.seen_quarantine = vms, quarantined
     pending = []
-    for name, vm in policy.vms.items():
-        state = (vm, name in policy.quarantine)
+    for name in names:
+        before = gone.get(name)
+        for mac in before.macs if before is not None else ():
+            if unlearned.get(mac) == name:
+                del unlearned[mac]
+        vm = vms.get(name)
+        if vm is None:
+            done.pop(name, None)
+            continue
+        for mac in vm.macs:
+            if unlearned.get(mac) == name:
+                del unlearned[mac]
+        state = (vm, name in quarantined)
         seen = done.get(name)
         if seen is not None and seen[0] is vm and seen[1] == state[1]:
             continue
-        learned = [m for m in vm.macs if m in topo.hosts]
+        learned = [m for m in vm.macs if m in hosts]
         if learned:
             pending.append((min(learned), name, vm, state))
+        else:
+            unlearned.update((mac, name) for mac in vm.macs)
     for _, name, vm, state in sorted(pending, key=lambda p: p[0]):
         identities.id_for(policy.effective_labels(vm))
         done[name] = state

@@ -82,7 +82,8 @@ class _FlowWait:
 
 
 def quarantine_macs(policy: PolicyState) -> frozenset[str]:
-    return quarantined_macs(policy.quarantine, {name: vm.macs for name, vm in policy.vms.items()})
+    vms = policy.vms
+    return quarantined_macs(policy.quarantine, {name: vms[name].macs for name in policy.quarantine if name in vms})
 
 
 class GoldilocksController(app_manager.RyuApp):
@@ -148,7 +149,7 @@ class GoldilocksController(app_manager.RyuApp):
             len(self.topo.links),
             len(self.topo.hosts),
         )
-        self.learner.set_inventory_macs({mac: vm.name for mac, vm in self.policy.vm_by_mac().items()})
+        self.learner.set_inventory_macs(self.policy.vms.mac_owners)
         self.datapaths: dict[int, object] = {}
         self.sync: dict[int, SwitchSync] = {}
         self._stats_parts: dict[int, set[int]] = {}
@@ -186,13 +187,13 @@ class GoldilocksController(app_manager.RyuApp):
     def apply_policy(self, new: PolicyState, write_more: Callable[[], None] | None = None) -> None:
         """Persist a validated new policy state (and whatever else the request writes, such as
         its audit entry) in one transaction, then make it current and recompile. If the write
-        fails, nothing changes."""
+        fails, nothing changes. Nothing here visits the whole inventory: a write costs what it changes."""
         with self.store.transaction():
             self.store.write_policy(self.policy, new)
             if write_more is not None:
                 write_more()
         old, self.policy = self.policy, new
-        self.learner.set_inventory_macs({mac: vm.name for mac, vm in new.vm_by_mac().items()})
+        self.learner.set_inventory_macs(new.vms.mac_owners)
         if new.quarantine != old.quarantine:
             self._quarantine_now()
         self.model_changed()
