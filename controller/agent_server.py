@@ -5,11 +5,11 @@ certificate or a broken connection closes that connection and nothing else.
 Connections that have not yet shown who they are cannot hold the listener: each must finish its
 TLS handshake and its first message within FIRST_MESSAGE_DEADLINE, one client address may have only
 MAX_UNAUTHENTICATED_PER_CLIENT of them open and all clients together a quarter of the process's file
-descriptors, and running out of descriptors pauses accepting for a moment instead of ending it."""
+descriptors, and running out of descriptors pauses accepting for a moment instead of ending it
+(controller/listeners.py `accept_forever`, shared with the REST and OpenFlow listeners)."""
 
 from __future__ import annotations
 
-import errno
 import logging
 import resource
 import socket
@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 from ryu.lib import hub
 
+from controller import listeners
 from controller.agents import AgentError, AgentManager
 from crypto import protocol
 from crypto.ca import ssl_server_context
@@ -35,9 +36,6 @@ MAX_UNAUTHENTICATED_PER_CLIENT = 32
 RECV_BYTES = 65536
 LINGER_SECONDS = 1.0  # after an error: how long we read (and drop) what the agent still sends
 LINGER_BYTES = 1 << 20
-# accept() failing for want of descriptors or memory: pause this long (doubling), then try again.
-ACCEPT_BACKOFF_MIN, ACCEPT_BACKOFF_MAX = 0.05, 1.0
-OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 # Refusals of connections are logged this many per window; the rest are counted in one line.
 REFUSAL_LOG_BURST, REFUSAL_LOG_WINDOW = 20, 10.0
 
@@ -108,61 +106,6 @@ def unauthenticated_budget(nofile: int) -> int:
     if nofile <= 0 or nofile == resource.RLIM_INFINITY:
         nofile = 65536
     return max(16, nofile // 4)
-
-
-class AcceptBackoff:
-    """What the accept loop does when accept() fails: out of descriptors or memory, it waits (briefly,
-    then longer) and tries again, logging once per episode; anything else is logged and retried."""
-
-    def __init__(self, log: logging.Logger = LOG) -> None:
-        self.log = log
-        self.delay = 0.0
-        self.failures = 0
-
-    def failed(self, exc: BaseException) -> float:
-        """Seconds to wait before the next accept()."""
-        self.failures += 1
-        if isinstance(exc, OSError) and exc.errno in OUT_OF_RESOURCES:
-            if self.delay == 0.0:
-                self.log.error(
-                    "agent listener: cannot accept connections (%s); pausing and retrying until some close",
-                    errno.errorcode.get(exc.errno or 0, exc.__class__.__name__),
-                )
-            self.delay = min(ACCEPT_BACKOFF_MAX, max(ACCEPT_BACKOFF_MIN, self.delay * 2))
-            return self.delay
-        self.log.error("agent listener: accept failed (%s: %s); retrying", exc.__class__.__name__, exc)
-        return ACCEPT_BACKOFF_MAX
-
-    def succeeded(self) -> None:
-        if self.delay:
-            self.log.warning("agent listener: accepting again after %d failed attempts", self.failures)
-        self.delay, self.failures = 0.0, 0
-
-
-def accept_forever(
-    accept: Callable[[], tuple[socket.socket, object]],
-    handle: Callable[[socket.socket, object], None],
-    sleep: Callable[[float], None],
-    running: Callable[[], bool] = lambda: True,
-    backoff: AcceptBackoff | None = None,
-) -> None:
-    """Accept connections and hand each to `handle` while `running()`. No error ends the loop:
-    a listener that stops accepting silences every agent for good."""
-    backoff = backoff or AcceptBackoff()
-    while running():
-        try:
-            sock, address = accept()
-        except Exception as exc:  # noqa: BLE001 - whatever accept() raises, the listener goes on
-            if not running():
-                return
-            sleep(backoff.failed(exc))
-            continue
-        backoff.succeeded()
-        try:
-            handle(sock, address)
-        except Exception:  # noqa: BLE001 - handing a socket over must not end the loop either
-            LOG.exception("agent listener: could not start serving a connection")
-            _close_quietly(sock)
 
 
 class AgentConnection:
@@ -337,7 +280,7 @@ class AgentServer:
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         self.listener = hub.listen((self.host, self.port), family=family, backlog=128)
         self.port = self.listener.getsockname()[1]
-        hub.spawn(accept_forever, self.listener.accept, self._spawn, hub.sleep)
+        hub.spawn(listeners.accept_forever, self.listener.accept, self._spawn, "agent listener", hub.sleep)
         LOG.info("agent listener on %s:%d (TLS 1.3, CA %s)", self.host, self.port, self.manager.ca.fingerprint)
         return self
 

@@ -24,8 +24,9 @@ The OpenFlow listener: a connection must complete the OpenFlow handshake (featur
 within `HANDSHAKE_SECONDS` (controller/ryu_parsing.py closes it otherwise), and when the process
 is out of file descriptors the oldest unfinished handshake is closed to make room.
 
-Every accept loop survives every error `accept()` raises: it logs (at most once a minute) and
-keeps accepting.
+Every accept loop (`accept_forever`, the agents' listener's too) survives every error `accept()`
+raises: out of descriptors it closes the connection that has waited longest on any listener
+(`ROOM_MAKERS`) or, with none, backs off; it logs once per episode, and keeps accepting.
 """
 
 from __future__ import annotations
@@ -325,39 +326,81 @@ def make_room() -> bool:
     return True
 
 
-def accept_forever(sock, on_connection: Callable, name: str) -> None:
-    """Accept until the process ends, whatever accept() raises. Out of descriptors, a connection
-    waiting for its client is closed to make room (or, with none, the loop waits a moment)."""
-    log = _Log()
-    while True:
+# Out of descriptors with none to free: wait this long, doubling, before accepting again.
+ACCEPT_BACKOFF_MIN, ACCEPT_BACKOFF_MAX = 0.05, 1.0
+ROOM_SECONDS = 0.01  # after closing a connection to make room: let its green thread free the descriptor
+
+
+class AcceptBackoff:
+    """How long an accept loop waits after accept() failed, and what it logs: one line when it runs
+    out of descriptors and one when it accepts again (per episode, however long), other errors at
+    most once a minute."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.delay = 0.0
+        self.failures = 0
+        self._out = False
+        self._log = _Log()
+
+    def failed(self, exc: BaseException) -> float:
+        """Seconds to wait before the next accept()."""
+        code = exc.errno if isinstance(exc, OSError) else None
+        if code in (errno.ECONNABORTED, errno.EINTR, errno.EAGAIN, errno.EPROTO):
+            return 0.0  # the client gave up before we accepted it
+        self.failures += 1
+        if code in OUT_OF_RESOURCES:
+            if not self._out:
+                self._out = True
+                LOG.error(
+                    "%s: cannot accept connections (%s); closing connections that wait for their client, "
+                    "oldest first, and retrying", self.name, errno.errorcode.get(code, code),
+                )  # fmt: skip
+            # A closed connection frees its descriptor when its green thread ends: let it run
+            # before trying again, or every waiting connection would be closed at once.
+            if make_room():
+                return ROOM_SECONDS
+            self.delay = min(ACCEPT_BACKOFF_MAX, max(ACCEPT_BACKOFF_MIN, self.delay * 2))
+            return self.delay
+        self._log.warn("error", "%s: accept failed (%s: %s); retrying", self.name, exc.__class__.__name__, exc)
+        return ACCEPT_BACKOFF_MIN
+
+    def succeeded(self) -> None:
+        if self._out:
+            LOG.warning("%s: accepting again after %d failed attempts", self.name, self.failures)
+        self.delay, self.failures, self._out = 0.0, 0, False
+
+
+def accept_forever(
+    accept: Callable[[], tuple[object, object]],
+    on_connection: Callable,
+    name: str,
+    sleep: Callable[[float], None] | None = None,
+    running: Callable[[], bool] = lambda: True,
+) -> None:
+    """Accept connections and hand each to `on_connection` while `running()`. No error ends the
+    loop: a listener that stops accepting is silenced for good (AcceptBackoff says what it does)."""
+    sleep = sleep or eventlet.sleep
+    backoff = AcceptBackoff(name)
+    while running():
         try:
-            client, addr = sock.accept()
-        except OSError as exc:
-            if exc.errno in OUT_OF_RESOURCES:
-                freed = make_room()
-                log.warn(
-                    "out", "%s: cannot accept a connection (%s)%s", name, os.strerror(exc.errno),
-                    "; closed the connection waiting longest" if freed else "",
-                )
-                # A closed connection frees its descriptor when its green thread ends: let it
-                # run before trying again, or every waiting connection would be closed at once.
-                eventlet.sleep(0.01 if freed else 0.05)
-            elif exc.errno in (errno.ECONNABORTED, errno.EINTR, errno.EAGAIN, errno.EPROTO):
-                pass  # the client gave up before we accepted it
-            else:
-                log.warn("error", "%s: accept failed: %s", name, exc)
-                eventlet.sleep(0.05)
+            client, addr = accept()
+        except Exception as exc:  # noqa: BLE001 - whatever accept() raises, the listener goes on
+            if not running():
+                return
+            seconds = backoff.failed(exc)
+            if seconds:
+                sleep(seconds)
             continue
-        except Exception:  # noqa: BLE001 - an accept loop that ends silences the listener for good
-            LOG.exception("%s: accept failed", name)
-            eventlet.sleep(0.05)
-            continue
+        backoff.succeeded()
         try:
             on_connection(client, addr)
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - handing a socket over must not end the loop either
             LOG.exception("%s: could not start serving %s", name, addr)
-            greenio.shutdown_safe(client)
-            client.close()
+            try:
+                client.close()
+            except OSError:
+                pass
 
 
 def serve_api(sock, app, log, limits: Limits | None = None) -> None:
@@ -420,7 +463,7 @@ def serve_api(sock, app, log, limits: Limits | None = None) -> None:
         eventlet.spawn_n(run, [addr, client_sock, wsgi.STATE_IDLE, conn])
 
     LOG.info("REST: serving on %s (%d connections, %d per client)", wsgi.socket_repr(sock), limits.connections, limits.per_client)
-    accept_forever(sock, on_connection, "REST")
+    accept_forever(sock.accept, on_connection, "REST")
 
 
 # -- the OpenFlow listener ------------------------------------------------------------------------
@@ -469,7 +512,7 @@ def _stream_serve_forever(self) -> None:
         ROOM_MAKERS[name] = HANDSHAKES.oldest
     else:
         name = f"listener {wsgi.socket_repr(self.server)}"
-    accept_forever(self.server, on_connection, name)
+    accept_forever(self.server.accept, on_connection, name)
 
 
 def _wsgi_serve_forever(self) -> None:

@@ -13,9 +13,10 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from controller import agent_server
-from controller.agent_server import AgentConnection, ClientSlots, QuietLog, accept_forever
+from controller import agent_server, listeners
+from controller.agent_server import AgentConnection, ClientSlots, QuietLog
 from controller.agents import AgentError, check_hello
+from controller.listeners import accept_forever
 from crypto import ca, wgkeys
 from tests.api_stub import make_api
 
@@ -48,7 +49,8 @@ class FakeSocket:
         self.closed = True
 
 
-def test_the_accept_loop_survives_running_out_of_descriptors_and_logs_it_once(caplog):
+def test_the_accept_loop_survives_running_out_of_descriptors_and_logs_it_once(caplog, monkeypatch):
+    monkeypatch.setattr(listeners, "ROOM_MAKERS", {})  # no listener has a connection to close
     first, second, third = FakeSocket("a"), FakeSocket("b"), FakeSocket("c")
     emfile, enfile = OSError(errno.EMFILE, "Too many open files"), OSError(errno.ENFILE, "Too many open files in system")
     listener = ScriptedListener(
@@ -56,11 +58,11 @@ def test_the_accept_loop_survives_running_out_of_descriptors_and_logs_it_once(ca
          ValueError("something else"), (third, ("192.0.2.3", 3))]
     )  # fmt: skip
     handled, slept = [], []
-    with caplog.at_level(logging.WARNING, logger="goldilocks.agent_server"):
-        accept_forever(listener.accept, lambda sock, address: handled.append(sock.name), slept.append, listener.running)
+    with caplog.at_level(logging.WARNING, logger="goldilocks.listeners"):
+        accept_forever(listener.accept, lambda sock, address: handled.append(sock.name), "agents", slept.append, listener.running)
     assert handled == ["a", "b", "c"], "a connection after the errors was not served"
     # Backing off, doubling up to a ceiling, and starting over once accepting works again.
-    assert slept == [0.05, 0.1, 0.2, 0.4, 0.8, 1.0, 0.05, agent_server.ACCEPT_BACKOFF_MAX]
+    assert slept == [0.05, 0.1, 0.2, 0.4, 0.8, 1.0, 0.05, listeners.ACCEPT_BACKOFF_MIN]
     out_of_fds = [r for r in caplog.records if "cannot accept connections" in r.getMessage()]
     assert [r.getMessage().split("(")[1][:6] for r in out_of_fds] == ["EMFILE", "ENFILE"], "one line per episode"
     assert sum("accepting again" in r.getMessage() for r in caplog.records) == 2
@@ -76,7 +78,7 @@ def test_a_handler_that_fails_closes_the_socket_and_the_loop_goes_on():
             raise RuntimeError("cannot spawn")
         served.append(sock.name)
 
-    accept_forever(listener.accept, handle, lambda seconds: None, listener.running)
+    accept_forever(listener.accept, handle, "agents", lambda seconds: None, listener.running)
     assert bad.closed and served == ["good"]
 
 

@@ -106,6 +106,6 @@ def test_the_accept_loop_outlives_running_out_of_descriptors_and_closes_the_long
     served = []
     sock = _Listening([errno.EMFILE, errno.ENFILE, errno.ECONNABORTED, errno.EINVAL])
     with pytest.raises(KeyboardInterrupt):
-        listeners.accept_forever(sock, lambda c, a: served.append(a), "mine")
+        listeners.accept_forever(sock.accept, lambda c, a: served.append(a), "mine")
     assert served == [("127.0.0.1", 1)], "it accepted after every error"
     assert closed == ["other", "other"], "out of descriptors, the connection waiting longest was closed"
