@@ -268,39 +268,40 @@ def measure(hypervisors: int, timeout: float = 600.0, log_path: str = "", debug:
         controller.stop()
 
 
+def json_from_child(argv: list[str], timeout: float) -> dict:
+    """Run `python -m <argv>` in a fresh interpreter (the controllers it starts are its children) and
+    return the JSON its last line prints; {"error": ...} when it fails, or has no result within
+    `timeout` seconds (it gets SIGTERM first: it stops its controller before exiting)."""
+    child = subprocess.Popen([sys.executable, "-m", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = child.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        child.terminate()
+        try:
+            child.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.communicate()
+        return {"error": f"no result in {timeout:.0f} s"}
+    if child.returncode != 0:
+        return {"error": err[-500:]}
+    return json.loads(out.strip().splitlines()[-1])
+
+
 def run_all(log=print, sizes=SIZES) -> list[dict]:
     """Each size with a fresh controller, in a fresh interpreter (given up after 10 minutes each)."""
     results = []
     for hypervisors in sizes:
         log(f"cold converge: {hypervisors} emulated hypervisors ...")
-        child = subprocess.Popen(
-            [sys.executable, "-m", "bench.converge", str(hypervisors)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            out, err = child.communicate(timeout=700)
-        except subprocess.TimeoutExpired:
-            child.terminate()  # SIGTERM: it stops its controller before exiting
-            try:
-                child.communicate(timeout=30)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.communicate()
-            results.append({"hypervisors": hypervisors, "error": "no result in 700 s"})
-            log(f"cold converge: {results[-1]}")
-            continue
-        if child.returncode != 0:
-            results.append({"hypervisors": hypervisors, "error": err[-500:]})
-            log(f"cold converge: {hypervisors} hypervisors failed: {err.strip().splitlines()[-1] if err.strip() else '?'}")
-            continue
-        results.append(json.loads(out.strip().splitlines()[-1]))
-        log(f"cold converge: {results[-1]}")
+        result = json_from_child(["bench.converge", str(hypervisors)], timeout=700)
+        if "error" in result:
+            result = {"hypervisors": hypervisors, **result}
+        results.append(result)
+        log(f"cold converge: {result}")
     return results
 
 
-def _exit_on_term(signum, frame) -> None:
+def exit_on_term(signum, frame) -> None:
     raise SystemExit(f"stopped by signal {signum}")  # runs measure's cleanup: the controller stops too
 
 
@@ -314,5 +315,5 @@ if __name__ == "__main__":
     parser.add_argument("--debug", action="store_true", help="progress, dropped connections and their causes to stderr")
     parser.add_argument("--legacy", action="store_true", help="the emulator before sliced reads, for comparing")
     args = parser.parse_args()
-    signal.signal(signal.SIGTERM, _exit_on_term)
+    signal.signal(signal.SIGTERM, exit_on_term)
     print(json.dumps(measure(args.hypervisors, args.timeout, debug=args.debug, legacy=args.legacy)))

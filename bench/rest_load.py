@@ -26,11 +26,10 @@ import http.client
 import json
 import random
 import statistics
-import sys
 import threading
 import time
 
-from bench.converge import _proc_stats, build
+from bench.converge import _proc_stats, build, exit_on_term, json_from_child
 
 VMS = 20_000
 MARKS = (1_000, 10_000, 20_000)
@@ -251,31 +250,14 @@ def measure(vms: int = VMS, clients: int = CLIENTS, hypervisors: int = HYPERVISO
 
 def run_all(log=print, timeout: float = 1800.0) -> dict:
     """In a fresh interpreter (the controllers are its children), given up after `timeout` seconds."""
-    import subprocess
-
     log("REST writes under switch churn ...")
-    child = subprocess.Popen([sys.executable, "-m", "bench.rest_load"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        out, err = child.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        child.terminate()  # SIGTERM: it stops its controller before exiting
-        try:
-            child.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.communicate()
-        return {"error": f"no result in {timeout:.0f} s"}
-    if child.returncode != 0:
-        return {"error": err[-500:]}
-    result = json.loads(out.strip().splitlines()[-1])
+    result = json_from_child(["bench.rest_load"], timeout)
+    if "error" in result:
+        return result
     for run in result["runs"]:
         figures = ", ".join(f"{k}: {v['writes_per_second']}/s" for k, v in run["at"].items())
         log(f"REST writes, {run['clients']} client(s): {figures}; {run['errors']} errors")
     return result
-
-
-def _exit_on_term(signum, frame) -> None:
-    raise SystemExit(f"stopped by signal {signum}")  # runs the cleanup: the controller stops too
 
 
 if __name__ == "__main__":
@@ -286,5 +268,5 @@ if __name__ == "__main__":
     parser.add_argument("--clients", type=int, default=CLIENTS, help=f"clients of the concurrent run (default {CLIENTS})")
     parser.add_argument("--hypervisors", type=int, default=HYPERVISORS, help=f"emulated hypervisors (default {HYPERVISORS})")
     args = parser.parse_args()
-    signal.signal(signal.SIGTERM, _exit_on_term)
+    signal.signal(signal.SIGTERM, exit_on_term)
     print(json.dumps(measure(args.vms, args.clients, args.hypervisors)))
