@@ -98,7 +98,7 @@ class Metrics:
                 ("goldilocks_agents_enrolled", "gauge", "Enrolled hypervisor agents", len(agents.agents)),
                 ("goldilocks_agents_connected", "gauge", "Agents with a live session", len(agents.sessions)),
                 ("goldilocks_agent_connections_refused_total", "counter", "Agent connections refused (certificate, "
-                 "revoked, bad frames)", agents.refused_connections),
+                 "revoked, bad frames, too slow to authenticate, over the per-client or total cap)", agents.refused_connections),
                 ("goldilocks_tunnels_up", "gauge", "Tunnel pairs up", states.count("up")),
                 ("goldilocks_tunnels_pending", "gauge", "Tunnel pairs configured, no handshake yet", states.count("pending")),
                 ("goldilocks_tunnels_down", "gauge", "Tunnel pairs down", states.count("down")),

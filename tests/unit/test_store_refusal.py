@@ -261,7 +261,7 @@ def test_a_rest_write_on_a_full_database_is_507_and_applies_nothing(tmp_path: Pa
     policy, audit = app.policy, client.call("GET", "/v1/audit").json
     fill(app.store)
     big = {"macs": ["02:00:00:00:00:02"], "ips": ["10.0.0.2"], "labels": {f"k{n}": "v" * 60 for n in range(60)}}
-    answer = client.call("PUT", "/v1/vms/db1", big, check=False)  # 507 is not in the API document
+    answer = client.call("PUT", "/v1/vms/db1", big)  # checked against the API document
     assert answer.status == 507
     assert answer.json == {"error": "the state database's disk is full; nothing was changed; retry once there is space"}
     assert app.policy is policy, "the controller's model is not changed"
