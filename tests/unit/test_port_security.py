@@ -151,3 +151,19 @@ def test_a_quarantined_vm_is_followed_but_never_believed_about_addresses(fabric)
     learner.packet_in(vm.dpid, vm.port, _arp(vm.mac, first_ip(neighbour)), Punt.FOLLOW, 0.0)
     assert first_ip(neighbour) in fabric.topo.hosts[neighbour.mac].ips
     assert first_ip(neighbour) not in fabric.topo.hosts[vm.mac].ips
+
+
+def test_an_evidence_frame_reads_only_its_own_port_not_every_host_or_vm(guarded, fabric, monkeypatch):
+    """A flood of dropped frames is handled frame by frame: each must cost what its port holds,
+    not a walk of the fabric's hosts and the inventory (it rebuilt a MAC -> VM map per frame)."""
+    app, _, guard = guarded
+    vm, other = fabric.vms[0], fabric.vms[2]
+
+    def walked(*args, **kwargs):
+        raise AssertionError("evidence walked every host or every VM")
+
+    monkeypatch.setattr(type(app.topo.hosts), "values", walked)
+    monkeypatch.setattr(type(app.topo.hosts), "items", walked)
+    monkeypatch.setattr(type(app.policy.vm_by_mac()), "items", walked)
+    monkeypatch.setattr(type(app.policy.vm_by_mac()), "__iter__", walked)
+    assert guard.evidence(vm.dpid, vm.port, _ipv4(vm.mac, first_ip(other), "10.9.9.9")) == "alert"
