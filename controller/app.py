@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -158,6 +159,7 @@ class GoldilocksController(app_manager.RyuApp):
         self._dirty = False
         self._compile_pending = False
         self._last_compile_seconds = 0.0
+        self._save_failed_at: dict[str, float] = {}  # what could not be saved -> when that was last logged
         self._after_compile: list[Callable[[], None]] = []
         self._when_sent: list[Callable[[], None]] = []
         self._touched: set[int] = set()  # switches sent flow-mods since the last barrier round
@@ -395,8 +397,7 @@ class GoldilocksController(app_manager.RyuApp):
         self.agents.set_needed(
             (names[a], names[b]) for a, b in (sorted(pair) for pair in compiled.encrypt_pairs) if names[a] and names[b]
         )
-        if self.identities.added:
-            self.store.add_identities(self.identities.added)
+        if self.identities.added and self._save("identities", lambda: self.store.add_identities(self.identities.added)):
             self.identities.added.clear()
         # Only switches whose table changed, or that are not at their table yet, have anything to do.
         todo = [
@@ -414,7 +415,25 @@ class GoldilocksController(app_manager.RyuApp):
             LOG.info("compile and reconcile took %.2f s: %d switches changed, %d reconciled, %d hosts, %d links",
                      self._last_compile_seconds, len(compiled.changed), len(todo), len(self.topo.hosts),
                      len(self.topo.links))  # fmt: skip
-        self.store.save_topology(self.topo)
+        self._save("topology", lambda: self.store.save_topology(self.topo))
+
+    def _save(self, what: str, write: Callable[[], None]) -> bool:
+        """Write `what` to the state database; False if it failed. A failed write (a full disk)
+        never stops a compile from reaching the switches: what was not written stays to be written
+        by a later compile (identities stay in `added`; the topology is diffed against what was
+        last saved), and the failure is logged at most once a minute."""
+        try:
+            write()
+        except (StateError, sqlite3.Error) as exc:
+            now = time.monotonic()
+            if now - self._save_failed_at.get(what, -60.0) >= 60.0:
+                self._save_failed_at[what] = now
+                LOG.error("could not save the %s to the state database: %s; the switches are programmed "
+                          "all the same, and the next compile tries again", what, exc)  # fmt: skip
+            return False
+        if self._save_failed_at.pop(what, None) is not None:
+            LOG.warning("saved the %s to the state database again", what)
+        return True
 
     def reconcile(self, dpid: int) -> int:
         datapath, sync = self.datapaths.get(dpid), self.sync.get(dpid)

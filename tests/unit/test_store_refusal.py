@@ -271,3 +271,29 @@ def test_a_rest_write_on_a_full_database_is_507_and_applies_nothing(tmp_path: Pa
     app.store.db.execute("PRAGMA max_page_count = 1073741823")
     assert client.call("PUT", "/v1/vms/db1", big).status == 201
     assert client.call("GET", "/v1/vms/db1").status == 200
+
+
+def test_a_compile_whose_state_cannot_be_saved_still_programs_the_switches_and_saves_later(tmp_path: Path, caplog) -> None:
+    """A full disk used to abort the compile at its first write (the identities), before any switch
+    got its flows. Now the write fails alone, is logged once, and is made by a later compile."""
+    import logging
+    from types import SimpleNamespace
+
+    from controller.launcher import patch_eventlet
+
+    patch_eventlet()
+    from controller.app import GoldilocksController
+
+    store = Store(tmp_path)
+    shell = SimpleNamespace(_save_failed_at={})
+    added = {(("tier", "db"),): 7}
+    (pages,) = store.db.execute("PRAGMA page_count").fetchone()
+    big = {tuple((f"k{n}", "v" * 200) for n in range(30)): 8 + i for i in range(200)}
+    fill(store)
+    with caplog.at_level(logging.ERROR, logger="goldilocks.controller"):
+        for _ in range(3):  # three compiles while the disk is full
+            assert GoldilocksController._save(shell, "identities", lambda: store.add_identities({**added, **big})) is False
+    assert sum("could not save the identities" in r.getMessage() for r in caplog.records) == 1, "logged once"
+    store.db.execute(f"PRAGMA max_page_count = {pages * 100}")  # room again
+    assert GoldilocksController._save(shell, "identities", lambda: store.add_identities(added)) is True
+    assert Store(tmp_path).load_identities() == added
