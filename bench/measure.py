@@ -190,6 +190,88 @@ class RyuSimpleSwitch(ManagedProcess):
         raise RuntimeError(f"simple_switch_13 did not listen on {self.of_port} within {wait}s: {self.log_tail()}")
 
 
+FAUCET_VENV = REPO / ".venv-faucet"  # scripts/install.sh puts Faucet there, apart from our own .venv
+
+
+@dataclass
+class FaucetProcess(ManagedProcess):
+    """Faucet (`.venv-faucet/bin/faucet`, on os-ken) in its own process group, with its own OpenFlow and
+    Prometheus ports, its faucet.yaml (`config`, the YAML text) and its logs in a temporary directory.
+    Restarting it (start() again) reads the same configuration."""
+
+    config: str = ""
+    of_port: int = 0
+    prometheus_port: int = 0
+    log_path: str = ""
+    proc: subprocess.Popen | None = None
+    _tmp: tempfile.TemporaryDirectory | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.of_port = self.of_port or free_port()
+        self.prometheus_port = self.prometheus_port or free_port()
+        self._tmp = tempfile.TemporaryDirectory(prefix="bench-faucet-")
+        self.config_path = os.path.join(self._tmp.name, "faucet.yaml")
+        Path(self.config_path).write_text(self.config)
+        self.log_path = self.log_path or os.path.join(self._tmp.name, "faucet.log")
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.of_port}"
+
+    @property
+    def prometheus_url(self) -> str:
+        return f"http://127.0.0.1:{self.prometheus_port}"
+
+    def command(self) -> list[str]:
+        return [str(FAUCET_VENV / "bin" / "faucet"), f"--ryu-ofp-tcp-listen-port={self.of_port}"]
+
+    def environment(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            # faucet execs `osken-manager` by name: the one beside it, not anything else on PATH.
+            "PATH": os.pathsep.join((str(FAUCET_VENV / "bin"), os.environ.get("PATH", ""))),
+            "FAUCET_CONFIG": self.config_path,
+            "FAUCET_LOG": self.log_path,  # its own log lines; stdout and stderr go there too
+            "FAUCET_EXCEPTION_LOG": self.log_path,
+            "FAUCET_PROMETHEUS_PORT": str(self.prometheus_port),
+            "FAUCET_PROMETHEUS_ADDR": "127.0.0.1",
+            "FAUCET_EVENT_SOCK": "0",
+        }
+
+    def start(self, wait: float = 30.0) -> FaucetProcess:
+        if not (FAUCET_VENV / "bin" / "faucet").exists():
+            raise RuntimeError(f"Faucet is not installed in {FAUCET_VENV} (make install puts it there)")
+        with open(self.log_path, "ab") as out:
+            self.proc = subprocess.Popen(
+                self.command(), cwd=self._tmp.name, env=self.environment(), stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"faucet exited with {self.proc.returncode}: {self.log_tail()}")
+            if _listening(self.of_port):
+                return self
+            time.sleep(0.02)
+        raise RuntimeError(f"faucet did not listen on {self.of_port} within {wait}s: {self.log_tail()}")
+
+    def metrics(self, timeout: float = 5.0) -> dict[str, float]:
+        """Faucet's own Prometheus samples, keyed by name plus labels as written."""
+        import urllib.request
+
+        with urllib.request.urlopen(self.prometheus_url, timeout=timeout) as resp:
+            text = resp.read().decode()
+        values = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                try:
+                    values[name] = float(value)
+                except ValueError:
+                    continue
+        return values
+
+
 # -- Goldilocks' own figures ---------------------------------------------------------------------
 def wait_until(predicate, timeout: float, interval: float = 0.1):
     """Poll predicate() (errors count as not yet) until truthy or timeout; return the last value."""
@@ -231,7 +313,10 @@ def metric_values(rest_url: str) -> dict[str, float]:
 
 
 ERROR_PATTERN = re.compile(r"error|exception|traceback|refused|failed|timed out", re.I)
-BENIGN = ("RLock(s) were not greened",)  # eventlet's import-order notice, printed at every start
+BENIGN = (
+    "RLock(s) were not greened",  # eventlet's import-order notice, printed at every start
+    "send_flow_msgs: DP not up",  # Faucet, at every start: its timers fire before the switches connect
+)
 HOST_LINE = re.compile(r"host (\S+) ip (\S+) at switch ([0-9a-f]{16}) port (\d+)$")
 LINK_TIMEOUT_TEXT = "timed out: no probe both ways"  # the learner's line when a link ages out
 
