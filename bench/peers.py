@@ -261,6 +261,7 @@ async def _step(peer: Peer, rate: float, seconds: float, switches: int, ports: i
         cpu_before = _cpu_seconds(peer.pid)
         generator_cpu_before = time.process_time()
         dropped_before = fabric.counters.packet_ins_dropped
+        flow_mods_before, packet_outs_before = fabric.counters.flow_mods, fabric.counters.packet_outs
         punt = peer.punt
 
         def send(dpid: int, port: int, mac: bytes, n: int) -> None:
@@ -307,6 +308,9 @@ async def _step(peer: Peer, rate: float, seconds: float, switches: int, ports: i
             "p99": quantile(latencies, 0.99),
             "max": max(latencies, default=None),
             "retries": retries,
+            # Everything the controller sent the switches meanwhile, LLDP probes and audits included.
+            "flow_mods": fabric.counters.flow_mods - flow_mods_before,
+            "packet_outs": fabric.counters.packet_outs - packet_outs_before,
             "packet_ins_dropped_by_switches": fabric.counters.packet_ins_dropped - dropped_before,
             "controller_cpu_seconds": round(cpu, 2),
             "generator_cpu_seconds": round(generator_cpu, 2),  # the emulated switches, this process

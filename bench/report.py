@@ -1010,6 +1010,9 @@ def _packet_in(peers: dict) -> list[str]:
     def series(name: str, rate: float, key: str) -> list:
         return [step.get(key) for step in steps(name, rate)]
 
+    def per_host(name: str, rate: float, key: str) -> list:
+        return [ratio(step.get(key), step.get("hosts")) for step in steps(name, rate)]
+
     out = [
         "### Packet-in handling under one generator",
         "",
@@ -1026,13 +1029,14 @@ def _packet_in(peers: dict) -> list[str]:
         "entry. Latency: from the packet-in written to the controller's socket to that flow-mod read from it. A "
         f"host not answered within {st.get('retry')} s sends again (at most {st.get('tries')} frames), as a real "
         "host retries; its latency still counts from its first frame. Answered per second: hosts answered divided "
-        "by the time from the first frame to the last answer. Every step starts a fresh controller and fresh "
+        "by the time from the first frame to the last answer. Flow-mods per host: every flow-mod the controller sent "
+        "during the step, divided by the new hosts. Every step starts a fresh controller and fresh "
         f"switches. One step alone: `.venv/bin/python -m bench.peers packet-in CONTROLLER --rate R`; a controller's "
         "whole ladder: `.venv/bin/python -m bench.peers packet-in CONTROLLER`.",
         "",
         "| offered new hosts/s | controller | answered/s | p50 (ms) | p90 (ms) | p99 (ms) | answered of hosts | frames "
-        "sent again | controller CPU (s) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "sent again | flow-mods per host | controller CPU (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for rate in rates:
         label = f"{rate:,.0f}" + (" (saturation)" if rate == st.get("saturation") else "")
@@ -1047,6 +1051,7 @@ def _packet_in(peers: dict) -> list[str]:
                 f"| {with_runs(series(name, rate, 'p50'), 1, 1000)} | {with_runs(series(name, rate, 'p90'), 1, 1000)} "
                 f"| {with_runs(series(name, rate, 'p99'), 1, 1000)} | {', '.join(answered) or DASH} "
                 f"| {', '.join(str(v) for v in series(name, rate, 'retries') if v is not None) or DASH} "
+                f"| {with_runs(per_host(name, rate, 'flow_mods'), 1)} "
                 f"| {with_runs(series(name, rate, 'controller_cpu_seconds'), 2)} |"
                 + (f" failed: `{failed[0][:120]}`" if failed else "")
             )
