@@ -100,6 +100,10 @@ class GapResult:
     sent: int
     restart_seconds: float  # SIGKILL to the restarted controller listening again
     resync_seconds: float | None = None  # SIGKILL to every switch synced again (Goldilocks only)
+    replies_after_kill: int | None = None
+    # No reply came back for the rest of the ping run: largest_gap then runs to the scheduled last
+    # echo request, so it is a lower bound (the path may never have come back).
+    open_ended: bool = False
 
 
 def reply_times(ping_output: str) -> list[float]:
@@ -110,7 +114,10 @@ def ping_gap_across_restart(
     dc, src: str, dst: str, kill: Callable[[], None], restart: Callable[[], None], after_restart=None, count: int = 160
 ) -> GapResult:
     """`ping -D -i 0.05 -c count` from src to dst; SIGKILL the controller 1.5 s in and start it again
-    at once; the largest time between two consecutive replies."""
+    at once; the largest time between two consecutive replies, or, when the replies stopped for good,
+    from the last one to the scheduled last request (open_ended: a lower bound)."""
+    interval = 0.05
+    started_wall = time.time()  # ping -D stamps replies with this clock
     pinger = dc.host(src).popen(
         ["ping", "-D", "-n", "-i", "0.05", "-c", str(count), dc.layout.vms[dst][1]], stdout=subprocess.PIPE, text=True
     )
@@ -118,6 +125,7 @@ def ping_gap_across_restart(
     try:
         time.sleep(1.5)
         killed = time.monotonic()
+        killed_wall = time.time()
         kill()
         restart()
         restarted = time.monotonic() - killed
@@ -131,7 +139,13 @@ def ping_gap_across_restart(
             pinger.wait()
     times = reply_times(out)
     gap = max((b - a for a, b in itertools.pairwise(times)), default=None)
-    return GapResult(gap, len(times), count, restarted, resync)
+    # The requests go out no earlier than scheduled, so the silence at the end is at least this long.
+    silent_to_end = started_wall + (count - 1) * interval - (times[-1] if times else started_wall)
+    open_ended = silent_to_end > 4 * interval and (gap is None or silent_to_end > gap)
+    if open_ended:
+        gap = silent_to_end
+    after = sum(1 for t in times if t > killed_wall)
+    return GapResult(gap, len(times), count, restarted, resync, after, open_ended)
 
 
 # -- Ryu simple_switch_13, the in-run baseline ---------------------------------------------------

@@ -65,6 +65,7 @@ def _headline_series(rows: list[dict], who: str) -> dict:
         "mbps": [get(r.get(who), "iperf_mbps") for r in rows],
         "ratio": [ratio(get(r.get(who), "iperf_mbps"), get(r.get("standalone"), "iperf_mbps")) for r in rows],
         "gap": [get(r.get(who), "gap.largest_gap") for r in rows],
+        "gap_open": [bool(get(r.get(who), "gap.open_ended")) for r in rows],
         "replies": [get(r.get(who), "gap.replies") for r in rows],
         "restart": [get(r.get(who), "gap.restart_seconds") for r in rows],
         "resync": [get(r.get(who), "gap.resync_seconds") for r in rows],
@@ -419,7 +420,7 @@ def _problems(results: dict) -> list[str]:
             found.append(f"- {name}: the controller did not answer REST after the pingall: `{res['figures_error']}`")
         if get(res, "gap.replies") is not None and res["gap"]["replies"] < res["gap"]["sent"]:
             found.append(f"- {name}: {res['gap']['sent'] - res['gap']['replies']} of {res['gap']['sent']} pings lost "
-                         "across the SIGKILL and restart")
+                         "across the SIGKILL and restart" + _open_ended(res))
         if get(res, "iperf_mbps") == 0:
             found.append(f"- {name}: iperf3 failed (0 Mbit/s)")
         if res.get("switch_errors"):
@@ -920,9 +921,12 @@ def _peers(peers: dict, reps: int) -> list[str]:
     configs = [get(row.get("faucet"), "config") for row in rows] + [get(row.get("faucet_looped"), "config") for row in rows]
 
     def line(name: str, x: dict, baseline: bool = False) -> str:
+        open_ended = " (at least: no reply came back after the kill" + (")" if len(x["gap_open"]) == 1 else
+                                                                          " in some runs)")
         return (f"| {name} | {with_runs(x['pingall'])} | {with_runs(x['mbps'], 0)} | "
                 + ("1.00 (by definition) | – | – |" if baseline else
-                   f"{with_runs(x['ratio'])} | {with_runs(x['gap'], 3)} | {with_runs(x['replies'], 0)} |"))
+                   f"{with_runs(x['ratio'])} | {with_runs(x['gap'], 3)}{open_ended if any(x['gap_open']) else ''} "
+                   f"| {with_runs(x['replies'], 0)} |"))
 
     def versus(label: str, key: str, peer: dict, lower: bool, digits: int = 2, gold: dict = g) -> str:
         a, b = med(gold[key]), med(peer[key])
@@ -1071,6 +1075,13 @@ def _packet_in(peers: dict) -> list[str]:
     return out
 
 
+def _open_ended(res: dict) -> str:
+    if not get(res, "gap.open_ended"):
+        return ""
+    return (f"; no reply came back for the rest of the ping run, so the gap ({res['gap']['largest_gap']:.2f} s, to "
+            "the last request) is a lower bound")
+
+
 def _peers_problems(peers: dict) -> list[str]:
     found = []
     for i, row in enumerate(peers.get("runs", []), 1):
@@ -1087,7 +1098,7 @@ def _peers_problems(peers: dict) -> list[str]:
                              f"last failed at {last[1]} to {last[2]})")
             if get(res, "gap.replies") is not None and res["gap"]["replies"] < res["gap"]["sent"]:
                 found.append(f"- {name}: {res['gap']['sent'] - res['gap']['replies']} of {res['gap']['sent']} pings "
-                             "lost across the SIGKILL and restart")
+                             "lost across the SIGKILL and restart" + _open_ended(res))
             lp = res.get("log_problems") or {}
             if lp.get("count"):
                 sample = "; ".join(f"`{line.strip()[:160]}`" for line in lp["lines"][:3])
