@@ -158,9 +158,18 @@ def run_faucet(shape, label: str, stacked: bool = False) -> dict:
             if stacked:
                 result["stack"] = faucet_stack(faucet)
             result["iperf_mbps"] = dc.iperf3(vms[0], vms[-1], IPERF_SECONDS)
-            gap = ping_gap_across_restart(dc, vms[1], vms[-2], kill=lambda: faucet.kill(signal.SIGKILL),
-                                          restart=faucet.start)
+            killed: list[float] = []
+
+            def kill() -> None:
+                killed.append(time.monotonic())
+                faucet.kill(signal.SIGKILL)
+
+            gap = ping_gap_across_restart(dc, vms[1], vms[-2], kill=kill, restart=faucet.start)
             result["gap"] = vars(gap)
+            if gap.open_ended:
+                # The ping run ended before the path came back: how long it took, one ping at a time.
+                back = wait_until(lambda: dc.ping_pair(vms[1], vms[-2], timeout=0.2), 30, 0.05)
+                result["gap"]["back_after_kill"] = time.monotonic() - killed[0] if back else None
     finally:
         faucet.stop()
     result.update({"log": str(log_path.relative_to(REPO)), "log_problems": _problems(str(log_path)),
