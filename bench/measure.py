@@ -100,6 +100,10 @@ class GapResult:
     sent: int
     restart_seconds: float  # SIGKILL to the restarted controller listening again
     resync_seconds: float | None = None  # SIGKILL to every switch synced again (Goldilocks only)
+    replies_after_kill: int | None = None
+    # No reply came back for the rest of the ping run: largest_gap then runs to the scheduled last
+    # echo request, so it is a lower bound (the path may never have come back).
+    open_ended: bool = False
 
 
 def reply_times(ping_output: str) -> list[float]:
@@ -110,7 +114,10 @@ def ping_gap_across_restart(
     dc, src: str, dst: str, kill: Callable[[], None], restart: Callable[[], None], after_restart=None, count: int = 160
 ) -> GapResult:
     """`ping -D -i 0.05 -c count` from src to dst; SIGKILL the controller 1.5 s in and start it again
-    at once; the largest time between two consecutive replies."""
+    at once; the largest time between two consecutive replies, or, when the replies stopped for good,
+    from the last one to the scheduled last request (open_ended: a lower bound)."""
+    interval = 0.05
+    started_wall = time.time()  # ping -D stamps replies with this clock
     pinger = dc.host(src).popen(
         ["ping", "-D", "-n", "-i", "0.05", "-c", str(count), dc.layout.vms[dst][1]], stdout=subprocess.PIPE, text=True
     )
@@ -118,6 +125,7 @@ def ping_gap_across_restart(
     try:
         time.sleep(1.5)
         killed = time.monotonic()
+        killed_wall = time.time()
         kill()
         restart()
         restarted = time.monotonic() - killed
@@ -131,7 +139,13 @@ def ping_gap_across_restart(
             pinger.wait()
     times = reply_times(out)
     gap = max((b - a for a, b in itertools.pairwise(times)), default=None)
-    return GapResult(gap, len(times), count, restarted, resync)
+    # The requests go out no earlier than scheduled, so the silence at the end is at least this long.
+    silent_to_end = started_wall + (count - 1) * interval - (times[-1] if times else started_wall)
+    open_ended = silent_to_end > 4 * interval and (gap is None or silent_to_end > gap)
+    if open_ended:
+        gap = silent_to_end
+    after = sum(1 for t in times if t > killed_wall)
+    return GapResult(gap, len(times), count, restarted, resync, after, open_ended)
 
 
 # -- Ryu simple_switch_13, the in-run baseline ---------------------------------------------------
@@ -190,6 +204,88 @@ class RyuSimpleSwitch(ManagedProcess):
         raise RuntimeError(f"simple_switch_13 did not listen on {self.of_port} within {wait}s: {self.log_tail()}")
 
 
+FAUCET_VENV = REPO / ".venv-faucet"  # scripts/install.sh puts Faucet there, apart from our own .venv
+
+
+@dataclass
+class FaucetProcess(ManagedProcess):
+    """Faucet (`.venv-faucet/bin/faucet`, on os-ken) in its own process group, with its own OpenFlow and
+    Prometheus ports, its faucet.yaml (`config`, the YAML text) and its logs in a temporary directory.
+    Restarting it (start() again) reads the same configuration."""
+
+    config: str = ""
+    of_port: int = 0
+    prometheus_port: int = 0
+    log_path: str = ""
+    proc: subprocess.Popen | None = None
+    _tmp: tempfile.TemporaryDirectory | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.of_port = self.of_port or free_port()
+        self.prometheus_port = self.prometheus_port or free_port()
+        self._tmp = tempfile.TemporaryDirectory(prefix="bench-faucet-")
+        self.config_path = os.path.join(self._tmp.name, "faucet.yaml")
+        Path(self.config_path).write_text(self.config)
+        self.log_path = self.log_path or os.path.join(self._tmp.name, "faucet.log")
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.of_port}"
+
+    @property
+    def prometheus_url(self) -> str:
+        return f"http://127.0.0.1:{self.prometheus_port}"
+
+    def command(self) -> list[str]:
+        return [str(FAUCET_VENV / "bin" / "faucet"), f"--ryu-ofp-tcp-listen-port={self.of_port}"]
+
+    def environment(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            # faucet execs `osken-manager` by name: the one beside it, not anything else on PATH.
+            "PATH": os.pathsep.join((str(FAUCET_VENV / "bin"), os.environ.get("PATH", ""))),
+            "FAUCET_CONFIG": self.config_path,
+            "FAUCET_LOG": self.log_path,  # its own log lines; stdout and stderr go there too
+            "FAUCET_EXCEPTION_LOG": self.log_path,
+            "FAUCET_PROMETHEUS_PORT": str(self.prometheus_port),
+            "FAUCET_PROMETHEUS_ADDR": "127.0.0.1",
+            "FAUCET_EVENT_SOCK": "0",
+        }
+
+    def start(self, wait: float = 30.0) -> FaucetProcess:
+        if not (FAUCET_VENV / "bin" / "faucet").exists():
+            raise RuntimeError(f"Faucet is not installed in {FAUCET_VENV} (make install puts it there)")
+        with open(self.log_path, "ab") as out:
+            self.proc = subprocess.Popen(
+                self.command(), cwd=self._tmp.name, env=self.environment(), stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"faucet exited with {self.proc.returncode}: {self.log_tail()}")
+            if _listening(self.of_port):
+                return self
+            time.sleep(0.02)
+        raise RuntimeError(f"faucet did not listen on {self.of_port} within {wait}s: {self.log_tail()}")
+
+    def metrics(self, timeout: float = 5.0) -> dict[str, float]:
+        """Faucet's own Prometheus samples, keyed by name plus labels as written."""
+        import urllib.request
+
+        with urllib.request.urlopen(self.prometheus_url, timeout=timeout) as resp:
+            text = resp.read().decode()
+        values = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                try:
+                    values[name] = float(value)
+                except ValueError:
+                    continue
+        return values
+
+
 # -- Goldilocks' own figures ---------------------------------------------------------------------
 def wait_until(predicate, timeout: float, interval: float = 0.1):
     """Poll predicate() (errors count as not yet) until truthy or timeout; return the last value."""
@@ -231,7 +327,10 @@ def metric_values(rest_url: str) -> dict[str, float]:
 
 
 ERROR_PATTERN = re.compile(r"error|exception|traceback|refused|failed|timed out", re.I)
-BENIGN = ("RLock(s) were not greened",)  # eventlet's import-order notice, printed at every start
+BENIGN = (
+    "RLock(s) were not greened",  # eventlet's import-order notice, printed at every start
+    "send_flow_msgs: DP not up",  # Faucet, at every start: its timers fire before the switches connect
+)
 HOST_LINE = re.compile(r"host (\S+) ip (\S+) at switch ([0-9a-f]{16}) port (\d+)$")
 LINK_TIMEOUT_TEXT = "timed out: no probe both ways"  # the learner's line when a link ages out
 

@@ -10,6 +10,7 @@ QUOTED = {
     "Faucet 1.10.12": {"pingall": 0.74, "ratio": 1.01, "gap": 0.10},
 }
 DASH = "–"
+FAUCET_VERSION = "1.10.12"
 
 
 def get(d, path: str):
@@ -64,6 +65,7 @@ def _headline_series(rows: list[dict], who: str) -> dict:
         "mbps": [get(r.get(who), "iperf_mbps") for r in rows],
         "ratio": [ratio(get(r.get(who), "iperf_mbps"), get(r.get("standalone"), "iperf_mbps")) for r in rows],
         "gap": [get(r.get(who), "gap.largest_gap") for r in rows],
+        "gap_open": [bool(get(r.get(who), "gap.open_ended")) for r in rows],
         "replies": [get(r.get(who), "gap.replies") for r in rows],
         "restart": [get(r.get(who), "gap.restart_seconds") for r in rows],
         "resync": [get(r.get(who), "gap.resync_seconds") for r in rows],
@@ -93,7 +95,8 @@ def _machine(m: dict, total: float | None) -> list[str]:
         f"- CPUs (`nproc`): {m.get('nproc')}; memory: {_gib(m.get('memory'))}",
         f"- Open vSwitch: {m.get('ovs')} (userspace datapath, `datapath_type=netdev`)",
         f"- Python {m.get('python')}; ryu {pk.get('ryu', '?')}, eventlet {pk.get('eventlet', '?')}, "
-        f"mininet {pk.get('mininet', '?')}",
+        f"mininet {pk.get('mininet', '?')}" + (f"; Faucet {pk['faucet']} on os-ken {pk.get('os-ken', '?')} "
+                                                 "(`.venv-faucet`)" if pk.get("faucet") else ""),
         f"- Code: commit {m.get('commit')}",
         f"- Command: `{m['command']}`" if m.get("command", "").split()[3:] else
         "- Command: `make bench` (runs `.venv/bin/python -m bench.run`)",
@@ -156,16 +159,24 @@ def _figures_table(g: dict) -> list[str]:
     ]
 
 
-def _headline(rows: list[dict], reps: int) -> list[str]:
+def _headline(rows: list[dict], reps: int, faucet: dict | None = None) -> list[str]:
+    """`faucet`: Faucet's series from the peers section of the same run; it then replaces the quoted Faucet."""
     g, r, s = _headline_series(rows, "goldilocks"), _headline_series(rows, "ryu"), _headline_series(rows, "standalone")
+    quoted = {name: q for name, q in QUOTED.items() if not (faucet and name.startswith("Faucet"))}
+    faucet_row = [] if not faucet else [
+        f"| Faucet {FAUCET_VERSION} (in-run, peers section; flat faucet.yaml) | {with_runs(faucet['pingall'])} "
+        f"| {with_runs(faucet['mbps'], 0)} | {with_runs(faucet['ratio'])} | {with_runs(faucet['gap'], 3)} "
+        f"| {with_runs(faucet['replies'], 0)} |"]
     out = [
         "## Headline: loop-free leaf-spine, 1 spine, 3 leaves, 6 hypervisors, 12 VMs (10 switches)",
         "",
-        "`Layout(1, 3, 2, 2)`. All three were measured here, in the same run:",
+        "`Layout(1, 3, 2, 2)`. " + ("All four were measured here, in the same run:" if faucet
+                                    else "All three were measured here, in the same run:"),
         "",
         *_figures_table(g),
         f"| Ryu simple_switch_13 (in-run baseline) | {with_runs(r['pingall'])} | {with_runs(r['mbps'], 0)} "
         f"| {with_runs(r['ratio'])} | {with_runs(r['gap'], 3)} | {with_runs(r['replies'], 0)} |",
+        *faucet_row,
         f"| OVS NORMAL, `fail_mode=standalone`, no controller (baseline) | {with_runs(s['pingall'])} "
         f"| {with_runs(s['mbps'], 0)} | 1.00 (by definition) | {DASH} (no controller) | {DASH} |",
         "",
@@ -176,20 +187,19 @@ def _headline(rows: list[dict], reps: int) -> list[str]:
         "restart (s) |",
         "|---|---|---|---|",
     ]
-    for name, q in QUOTED.items():
+    for name, q in quoted.items():
         out.append(f"| {name} (quoted) | {q['pingall']:.2f} | {q['ratio']:.2f} | {q['gap']:.3f} |")
-    gp, rp, gr, rr, gg, rg = (med(g["pingall"]), med(r["pingall"]), med(g["ratio"]), med(r["ratio"]), med(g["gap"]),
-                              med(r["gap"]))
+    refs = _references(r, faucet, quoted)
     out += [
         "",
         "### Goldilocks against each reference (medians)",
         "",
-        "| figure | Goldilocks | simple_switch_13, in-run | Goldilocks / in-run | simple_switch_13, quoted | Faucet, quoted "
-        "| Goldilocks better than all three? |",
-        "|---|---|---|---|---|---|---|",
-        _versus("first 0%-loss pingall (s), lower is better", gp, rp, "pingall", lower=True),
-        _versus("iperf3 ratio vs OVS NORMAL, higher is better", gr, rr, "ratio", lower=False),
-        _versus("ping gap across SIGKILL + restart (s), lower is better", gg, rg, "gap", lower=True, digits=3),
+        "| figure | Goldilocks | " + " | ".join(f"{name} | Goldilocks / {name}" for name, _ in refs)
+        + " | Goldilocks better than all? |",
+        "|---|---|" + "---|---|" * len(refs) + "---|",
+        _versus("first 0%-loss pingall (s), lower is better", med(g["pingall"]), refs, "pingall", lower=True),
+        _versus("iperf3 ratio vs OVS NORMAL, higher is better", med(g["ratio"]), refs, "ratio", lower=False),
+        _versus("ping gap across SIGKILL + restart (s), lower is better", med(g["gap"]), refs, "gap", lower=True, digits=3),
         "",
         _failures("Goldilocks", g) + " " + _failures("simple_switch_13", r),
         "",
@@ -210,6 +220,17 @@ def _headline(rows: list[dict], reps: int) -> list[str]:
     return out
 
 
+def _references(ryu: dict, faucet: dict | None, quoted: dict) -> list[tuple[str, dict]]:
+    """(name, {figure key: median}) of every reference Goldilocks is compared with in the headline."""
+    refs = [("simple_switch_13, in-run", {"pingall": med(ryu["pingall"]), "ratio": med(ryu["ratio"]),
+                                          "gap": med(ryu["gap"])})]
+    if faucet:
+        refs.append(("Faucet, in-run", {"pingall": med(faucet["pingall"]), "ratio": med(faucet["ratio"]),
+                                        "gap": med(faucet["gap"])}))
+    refs += [(f"{name.split()[-1] if name.startswith('Ryu') else name.split()[0]}, quoted", q) for name, q in quoted.items()]
+    return refs
+
+
 def _failures(who: str, series: dict) -> str:
     """Where each run's first attempt failed: which pair, and when that attempt gave up."""
     firsts = [f[0] if f else None for f in series["failures"]]
@@ -220,18 +241,15 @@ def _failures(who: str, series: dict) -> str:
     return f"First failed attempt of {who}: " + "; ".join(parts) + "."
 
 
-def _versus(label: str, gold, ryu, key: str, lower: bool, digits: int = 2) -> str:
-    refs = [ryu] + [q[key] for q in QUOTED.values()]
-    if gold is None or any(v is None for v in refs):
+def _versus(label: str, gold, refs: list[tuple[str, dict]], key: str, lower: bool, digits: int = 2) -> str:
+    values = [ref[key] for _, ref in refs]
+    if gold is None or any(v is None for v in values):
         verdict = DASH
     else:
-        better = [gold < v if lower else gold > v for v in refs]
-        names = ["in-run simple_switch_13", "quoted simple_switch_13", "quoted Faucet"]
-        behind = [n for n, b in zip(names, better, strict=True) if not b]
+        behind = [name for (name, _), v in zip(refs, values, strict=True) if not (gold < v if lower else gold > v)]
         verdict = "yes" if not behind else "no, not better than " + ", ".join(behind)
-    q = [v[key] for v in QUOTED.values()]
-    return (f"| {label} | {fmt(gold, digits)} | {fmt(ryu, digits)} | {fmt(ratio(gold, ryu))} | {fmt(q[0], digits)} "
-            f"| {fmt(q[1], digits)} | {verdict} |")
+    cells = " | ".join(f"{fmt(v, digits)} | {fmt(ratio(gold, v))}" for v in values)
+    return f"| {label} | {fmt(gold, digits)} | {cells} | {verdict} |"
 
 
 def _looped(rows: list[dict]) -> list[str]:
@@ -402,7 +420,7 @@ def _problems(results: dict) -> list[str]:
             found.append(f"- {name}: the controller did not answer REST after the pingall: `{res['figures_error']}`")
         if get(res, "gap.replies") is not None and res["gap"]["replies"] < res["gap"]["sent"]:
             found.append(f"- {name}: {res['gap']['sent'] - res['gap']['replies']} of {res['gap']['sent']} pings lost "
-                         "across the SIGKILL and restart")
+                         "across the SIGKILL and restart" + _open_ended(res))
         if get(res, "iperf_mbps") == 0:
             found.append(f"- {name}: iperf3 failed (0 Mbit/s)")
         if res.get("switch_errors"):
@@ -427,6 +445,7 @@ def _problems(results: dict) -> list[str]:
                              f"(frames the kernel sent from that veth), e.g. {sample}")
     found += _encryption_problems(results.get("encryption") or {})
     found += _quarantine_problems(results.get("quarantine") or {})
+    found += _peers_problems(results.get("peers") or {})
     if not found:
         return ["## Problems seen", "", "None: every run completed, and no controller log showed errors.", ""]
     return ["## Problems seen", "", "Generated from the runs above. The logs are kept in `bench/out/logs/` (not committed).",
@@ -940,6 +959,223 @@ def _rest(rest: dict) -> list[str]:
     return lines
 
 
+PEER_NAMES = {"goldilocks": "Goldilocks", "simple_switch_13": "simple_switch_13", "faucet": "Faucet"}
+PEERS_COMMAND = ".venv/bin/python -m bench.run --only peers"
+
+
+def _peers(peers: dict, reps: int) -> list[str]:
+    rows = peers.get("runs", [])
+    g, r, f, s = (_headline_series(rows, who) for who in ("goldilocks", "ryu", "faucet", "standalone"))
+    gl, fl = _headline_series(rows, "goldilocks_looped"), _headline_series(rows, "faucet_looped")
+    reused = any(row.get("ryu", {}).get("from_headline") for row in rows)
+    stack = [get(row.get("faucet_looped"), "stack") or {} for row in rows]
+    back = [get(row.get("faucet_looped"), "gap.back_after_kill") for row in rows]
+    configs = [get(row.get("faucet"), "config") for row in rows] + [get(row.get("faucet_looped"), "config") for row in rows]
+
+    def line(name: str, x: dict, baseline: bool = False) -> str:
+        open_ended = " (at least: no reply came back after the kill" + (")" if len(x["gap_open"]) == 1 else
+                                                                          " in some runs)")
+        return (f"| {name} | {with_runs(x['pingall'])} | {with_runs(x['mbps'], 0)} | "
+                + ("1.00 (by definition) | – | – |" if baseline else
+                   f"{with_runs(x['ratio'])} | {with_runs(x['gap'], 3)}{open_ended if any(x['gap_open']) else ''} "
+                   f"| {with_runs(x['replies'], 0)} |"))
+
+    def versus(label: str, key: str, peer: dict, lower: bool, digits: int = 2, gold: dict = g) -> str:
+        a, b = med(gold[key]), med(peer[key])
+        better = DASH if a is None or b is None or NEVER in (a, b) else ("yes" if (a < b if lower else a > b) else "no")
+        return f"| {label} | {fmt(a, digits)} | {fmt(b, digits)} | {fmt(ratio(a, b))} | {better} |"
+
+    header = ["| | first 0%-loss pingall (s) | iperf3 (Mbit/s) | iperf3 ratio vs OVS NORMAL | ping gap across SIGKILL "
+              "+ restart (s) | replies of 160 |", "|---|---|---|---|---|---|"]
+    out = [
+        "## Peers: Goldilocks, Ryu simple_switch_13 and Faucet, measured in the same run",
+        "",
+        f"Everything in this section: `{PEERS_COMMAND}` (add `--reps 1` for a quick look). "
+        + ("Each figure is the median of the repetitions, bold, with every run in brackets. " if reps > 1 else "")
+        + "Faucet runs from its own virtualenv, `.venv-faucet` (`make install` puts `faucet==1.10.12` there), on "
+        "os-ken, with a faucet.yaml generated for each layout by `mininet_scenarios/faucet_config.py` (the same dpids "
+        "and port numbers Mininet builds, checked against the built network in every run; each run's file is kept: "
+        + ", ".join(f"`{c}`" for c in configs if c) + "). "
+        + ("OVS NORMAL, simple_switch_13 and Goldilocks are the headline section's runs of the same repetition. "
+           if reused else ""),
+        "",
+        "### Loop-free: `Layout(1, 3, 2, 2)`, 10 switches, 12 VMs",
+        "",
+        "Faucet's configuration: one VLAN, every port of every switch an untagged member (each switch an "
+        "independent learning switch; on a tree that floods without loops). The figures are measured as in the "
+        "headline section.",
+        "",
+        *header,
+        line("**Goldilocks**", g),
+        line("Ryu simple_switch_13", r),
+        line(f"Faucet {FAUCET_VERSION}", f),
+        line("OVS NORMAL, no controller", s, baseline=True),
+        "",
+        "| figure (medians) | Goldilocks | peer | Goldilocks / peer | Goldilocks better? |",
+        "|---|---|---|---|---|",
+        versus("pingall (s) vs simple_switch_13, lower is better", "pingall", r, True),
+        versus("pingall (s) vs Faucet, lower is better", "pingall", f, True),
+        versus("iperf3 ratio vs simple_switch_13, higher is better", "ratio", r, False),
+        versus("iperf3 ratio vs Faucet, higher is better", "ratio", f, False),
+        versus("ping gap (s) vs simple_switch_13, lower is better", "gap", r, True, 3),
+        versus("ping gap (s) vs Faucet, lower is better", "gap", f, True, 3),
+        "",
+        f"{_failures('Faucet', f)} Faucet listened again {with_runs(f['restart'])} s after the SIGKILL.",
+        "",
+        "### Looped: `Layout(2, 3, 2, 2)`, 11 switches, 12 VMs",
+        "",
+        "What Faucet needs here: a **stacking** configuration. With the flat one above nothing breaks the loops "
+        "(Faucet, like simple_switch_13 and OVS NORMAL without STP, floods out of every port), so the first "
+        "broadcast circles the fabric forever; that is not run here, as a storm would load the machine others "
+        "share. The generated stack: every inter-switch port is a stack port naming the switch and port at its "
+        "other end, `sp1` has stack priority 1 (the root) and `sp2` priority 2 (the next root), and the VMs' "
+        "ports stay untagged VLAN members. Faucet then floods along its own tree toward the root. Its stack ports "
+        "come up only once its LLDP has crossed each link both ways (at its defaults), after every cold start, "
+        "its restart too; until then it logs `no path available to root` and floods nothing, so even two VMs "
+        "of one hypervisor cannot resolve each other.",
+        "",
+        *header,
+        line("**Goldilocks**", gl),
+        line(f"Faucet {FAUCET_VERSION}, stacked", fl),
+        "",
+        "| figure (medians) | Goldilocks | Faucet, stacked | Goldilocks / Faucet | Goldilocks better? |",
+        "|---|---|---|---|---|",
+        versus("pingall (s), lower is better", "pingall", fl, True, gold=gl),
+        versus("iperf3 ratio vs OVS NORMAL (loop-free), higher is better", "ratio", fl, False, gold=gl),
+        versus("ping gap across SIGKILL + restart (s), lower is better", "gap", fl, True, 3, gold=gl),
+        "",
+        f"{_failures('stacked Faucet', fl)} "
+        + (f"Where no reply came back within the ping run, a ping crossed again "
+           f"{', '.join(fmt(b) for b in back)} s after the kill (runs in order). " if any(b is not None for b in back)
+           else "")
+        + "Stack ports by state after the pingall: "
+        + "; ".join(f"run {i}: " + (", ".join(f"{n} {k}" for k, n in st.get("ports_by_state", {}).items()) or DASH)
+                    + (f" (root {', '.join(st['root'])})" if st.get("root") else "") for i, st in enumerate(stack, 1))
+        + ".",
+        "",
+    ]
+    return out + _packet_in(peers)
+
+
+def _packet_in(peers: dict) -> list[str]:
+    ladders = peers.get("packet_in") or {}
+    st = peers.get("packet_in_settings") or {}
+    if not ladders:
+        return []
+    rates = sorted({step["offered_per_second"] for runs in ladders.values() for run in runs for step in run})
+
+    def steps(name: str, rate: float) -> list[dict]:
+        return [step for run in ladders.get(name, []) for step in run if step["offered_per_second"] == rate]
+
+    def series(name: str, rate: float, key: str) -> list:
+        return [step.get(key) for step in steps(name, rate)]
+
+    def per_host(name: str, rate: float, key: str) -> list:
+        return [ratio(step.get(key), step.get("hosts")) for step in steps(name, rate)]
+
+    out = [
+        "### Packet-in handling under one generator",
+        "",
+        f"`bench/peers.py`: {st.get('switches')} emulated OpenFlow 1.3 switches (`bench/ofswitch.py`, no Mininet) with "
+        f"{st.get('ports')} ports each and no cables, the same for all three (Faucet's faucet.yaml is generated for "
+        "those dpids and ports, with the VLAN's `max_hosts` raised from 256 to 4,096: Faucet learns no more hosts per "
+        "switch otherwise). Port 1 of each switch has a gateway host, learned in a warm-up; then new hosts, each a "
+        "new MAC on one of the other ports in turn, send one IPv4/UDP datagram to their gateway, at the offered "
+        f"rate for {st.get('step_seconds')} s ({st.get('saturation_seconds')} s at saturation). Each frame reaches "
+        "the controller as the switch running that controller's pipeline would send it up. The **answer** is the "
+        "first flow-mod that adds an entry matching exactly that host's MAC as `eth_src` on its `in_port`, the "
+        "entry that admits it: Goldilocks' table-0 (ingress) `in_port, eth_src` entry; simple_switch_13's learning "
+        "flow, table 0 `in_port, eth_src, eth_dst`; Faucet's eth_src-table (table 1) `in_port, vlan_vid, eth_src` "
+        "entry. Latency: from the packet-in written to the controller's socket to that flow-mod read from it. A "
+        f"host not answered within {st.get('retry')} s sends again (at most {st.get('tries')} frames), as a real "
+        "host retries; its latency still counts from its first frame. Answered per second: hosts answered divided "
+        "by the time from the first frame to the last answer. Flow-mods per host: every flow-mod the controller sent "
+        "during the step, divided by the new hosts. Every step starts a fresh controller and fresh "
+        f"switches. One step alone: `.venv/bin/python -m bench.peers packet-in CONTROLLER --rate R`; a controller's "
+        "whole ladder: `.venv/bin/python -m bench.peers packet-in CONTROLLER`.",
+        "",
+        "| offered new hosts/s | controller | answered/s | p50 (ms) | p90 (ms) | p99 (ms) | answered of hosts | frames "
+        "sent again | flow-mods per host | controller CPU (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for rate in rates:
+        label = f"{rate:,.0f}" + (" (saturation)" if rate == st.get("saturation") else "")
+        for name in PEER_NAMES:
+            if not steps(name, rate):
+                continue
+            failed = [step["error"] for step in steps(name, rate) if "error" in step]
+            answered = [f"{a}/{h}" for a, h in zip(series(name, rate, "answered"), series(name, rate, "hosts"),
+                                                    strict=True) if a is not None]
+            out.append(
+                f"| {label} | {PEER_NAMES[name]} | {with_runs(series(name, rate, 'answered_per_second'), 0)} "
+                f"| {with_runs(series(name, rate, 'p50'), 1, 1000)} | {with_runs(series(name, rate, 'p90'), 1, 1000)} "
+                f"| {with_runs(series(name, rate, 'p99'), 1, 1000)} | {', '.join(answered) or DASH} "
+                f"| {', '.join(str(v) for v in series(name, rate, 'retries') if v is not None) or DASH} "
+                f"| {with_runs(per_host(name, rate, 'flow_mods'), 1)} "
+                f"| {with_runs(series(name, rate, 'controller_cpu_seconds'), 2)} |"
+                + (f" failed: `{failed[0][:120]}`" if failed else "")
+            )
+    out += [
+        "",
+        "Goldilocks against each peer, same rate, medians (answered/s: higher is better; latency: lower is better):",
+        "",
+        "| offered new hosts/s | peer | answered/s, Goldilocks / peer | p50, Goldilocks / peer | p99, Goldilocks / peer |",
+        "|---|---|---|---|---|",
+    ]
+    for rate in rates:
+        for name in ("simple_switch_13", "faucet"):
+            cells = [fmt(ratio(med(series("goldilocks", rate, key)), med(series(name, rate, key))))
+                     for key in ("answered_per_second", "p50", "p99")]
+            out.append(f"| {rate:,.0f} | {PEER_NAMES[name]} | " + " | ".join(cells) + " |")
+    out.append("")
+    return out
+
+
+def _open_ended(res: dict) -> str:
+    if not get(res, "gap.open_ended"):
+        return ""
+    back = get(res, "gap.back_after_kill")
+    return (f"; no reply came back for the rest of the ping run, so the gap ({res['gap']['largest_gap']:.2f} s, to "
+            "the last request) is a lower bound; "
+            + (f"a ping crossed again {back:.2f} s after the kill" if back is not None else
+               "no ping crossed within 30 s after the run"))
+
+
+def _peers_problems(peers: dict) -> list[str]:
+    found = []
+    for i, row in enumerate(peers.get("runs", []), 1):
+        for who, res in row.items():
+            if res.get("from_headline"):
+                continue  # listed with the headline's runs
+            name = f"peers run {i}, {who}"
+            if "error" in res:
+                found.append(f"- {name}: the run failed: `{res['error']}`")
+                continue
+            if get(res, "pingall.seconds") is None:
+                last = (get(res, "pingall.failures") or [[None, "?", "?"]])[-1]
+                found.append(f"- {name}: no clean pingall within 60 s ({get(res, 'pingall.attempts')} attempts; the "
+                             f"last failed at {last[1]} to {last[2]})")
+            if get(res, "gap.replies") is not None and res["gap"]["replies"] < res["gap"]["sent"]:
+                found.append(f"- {name}: {res['gap']['sent'] - res['gap']['replies']} of {res['gap']['sent']} pings "
+                             "lost across the SIGKILL and restart" + _open_ended(res))
+            lp = res.get("log_problems") or {}
+            if lp.get("count"):
+                sample = "; ".join(f"`{line.strip()[:160]}`" for line in lp["lines"][:3])
+                found.append(f"- {name}: {plural(lp['count'], 'error-like log line')}, e.g. {sample} "
+                             f"(log: `{res.get('log')}`)")
+    for name, runs in (peers.get("packet_in") or {}).items():
+        for i, run in enumerate(runs, 1):
+            for step in run:
+                where = f"- packet-in {name}, run {i}, {step['offered_per_second']:,.0f}/s"
+                if "error" in step:
+                    found.append(f"{where}: the step failed: `{step['error'][:200]}`")
+                elif step.get("unanswered"):
+                    found.append(f"{where}: {step['unanswered']} of {step['hosts']} new hosts never answered")
+                elif step.get("switches_disconnected"):
+                    found.append(f"{where}: {step['switches_disconnected']} emulated switches lost their connection")
+    return found
+
+
 def render(results: dict, args) -> str:
     rows = results.get("headline", [])
     lines = [
@@ -953,8 +1189,10 @@ def render(results: dict, args) -> str:
     ]
     if rows or results.get("scaling"):
         lines += _explanations(len(rows) or args.reps)
+    peers = results.get("peers") or {}
+    faucet = _headline_series(peers["runs"], "faucet") if peers.get("runs") else None
     if rows:
-        lines += _headline(rows, len(rows)) + _looped(rows) + _late(rows)
+        lines += _headline(rows, len(rows), faucet) + _looped(rows) + _late(rows)
     if results.get("scaling"):
         lines += _scaling(results["scaling"], results.get("skipped", []))
     if results.get("encryption"):
@@ -967,5 +1205,7 @@ def render(results: dict, args) -> str:
         lines += _converge(results["converge"])
     if results.get("rest"):
         lines += _rest(results["rest"])
+    if peers:
+        lines += _peers(peers, len(peers.get("runs", [])) or args.reps)
     lines += _problems(results)
     return "\n".join(lines).rstrip() + "\n"

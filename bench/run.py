@@ -1,10 +1,11 @@
-"""`make bench`: measure Goldilocks against Ryu simple_switch_13 and plain OVS NORMAL, then write docs/benchmarks.md.
+"""`make bench`: measure Goldilocks against Ryu simple_switch_13, Faucet and plain OVS NORMAL, then write docs/benchmarks.md.
 
     .venv/bin/python -m bench.run                 # everything (what `make bench` runs)
     .venv/bin/python -m bench.run --reps 1 --scaling-reps 1 --output /tmp/b.md   # a quick look
     .venv/bin/python -m bench.run --only encryption --output /tmp/e.md --json /tmp/e.json   # one section alone
     .venv/bin/python -m bench.run --only quarantine --reps 1 --output /tmp/q.md --json /tmp/q.json
     .venv/bin/python -m bench.run --only rest --output /tmp/r.md --json /tmp/r.json   # no Mininet, no root
+    .venv/bin/python -m bench.run --only peers --reps 1 --output /tmp/p.md --json /tmp/p.json   # Faucet too
 
 Needs root, Open vSwitch running and Mininet; Mininet runs of others are waited for (the machine-wide lock)."""
 
@@ -14,6 +15,7 @@ import argparse
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -23,6 +25,8 @@ import time
 from pathlib import Path
 
 from bench.measure import (
+    FAUCET_VENV,
+    FaucetProcess,
     RyuSimpleSwitch,
     converge_seconds,
     first_clean_pingall,
@@ -48,7 +52,7 @@ OUT_DIR = REPO / "bench" / "out"
 LATE_SECONDS = (1.0, 4.0)
 LEARNING_P50 = 'goldilocks_packet_in_to_flow_mod_seconds_recent{quantile="0.5"}'
 LEARNING_P99 = 'goldilocks_packet_in_to_flow_mod_seconds_recent{quantile="0.99"}'
-SECTIONS = ("headline", "scaling", "encryption", "quarantine", "policy", "converge", "rest")  # --only; each has --no-SECTION
+SECTIONS = ("headline", "scaling", "encryption", "quarantine", "policy", "converge", "rest", "peers")  # --only; --no-SECTION
 
 
 def layout_of(shape: tuple[int, int, int, int]) -> Layout:
@@ -116,6 +120,82 @@ def run_ryu(shape, label: str) -> dict:
         "log_problems": _problems(str(log_path)),
         "wall_seconds": time.monotonic() - started,
     }
+
+
+def built_ports(dc) -> dict[str, dict[int, str]]:
+    """What Mininet really cabled: switch -> port number -> the node at the other end."""
+    ports: dict[str, dict[int, str]] = {}
+    for name in dc.layout.switches:
+        switch = dc.net.get(name)
+        for intf, port in switch.ports.items():
+            link = getattr(intf, "link", None)
+            if link is not None:
+                peer = link.intf2 if link.intf1 is intf else link.intf1
+                ports.setdefault(name, {})[port] = peer.node.name
+    return ports
+
+
+def run_faucet(shape, label: str, stacked: bool = False) -> dict:
+    """Faucet with a faucet.yaml generated for the layout (mininet_scenarios/faucet_config.py): flat on a
+    loop-free layout, stacked (a spine the root) on a looped one. The same figures as simple_switch_13."""
+    from mininet_scenarios.faucet_config import dump, for_layout, layout_ports
+
+    started = time.monotonic()
+    layout = layout_of(shape)
+    log_path = OUT_DIR / "logs" / f"{label}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log_path.unlink(missing_ok=True)
+    config = dump(for_layout(layout, stacked))
+    (OUT_DIR / "logs" / f"{label}.faucet.yaml").write_text(config)
+    faucet = FaucetProcess(config=config, log_path=str(log_path)).start()
+    result: dict = {"config": str((OUT_DIR / "logs" / f"{label}.faucet.yaml").relative_to(REPO)), "stacked": stacked}
+    try:
+        with running(layout, controller=faucet.target, tunnels=False) as dc:
+            vms = list(dc.layout.vms)
+            # The configuration names ports by number: it is only right if Mininet numbered them so.
+            if built_ports(dc) != layout_ports(layout):
+                raise RuntimeError(f"Mininet's port numbers differ from the faucet.yaml's: {built_ports(dc)}")
+            result["pingall"] = _pingall(dc)
+            if stacked:
+                result["stack"] = faucet_stack(faucet)
+            result["iperf_mbps"] = dc.iperf3(vms[0], vms[-1], IPERF_SECONDS)
+            killed: list[float] = []
+
+            def kill() -> None:
+                killed.append(time.monotonic())
+                faucet.kill(signal.SIGKILL)
+
+            gap = ping_gap_across_restart(dc, vms[1], vms[-2], kill=kill, restart=faucet.start)
+            result["gap"] = vars(gap)
+            if gap.open_ended:
+                # The ping run ended before the path came back: how long it took, one ping at a time.
+                back = wait_until(lambda: dc.ping_pair(vms[1], vms[-2], timeout=0.2), 30, 0.05)
+                result["gap"]["back_after_kill"] = time.monotonic() - killed[0] if back else None
+    finally:
+        faucet.stop()
+    result.update({"log": str(log_path.relative_to(REPO)), "log_problems": _problems(str(log_path)),
+                   "wall_seconds": time.monotonic() - started})
+    return result
+
+
+STACK_STATES = {0: "ADMIN_DOWN", 1: "INITIALIZING", 2: "BAD", 3: "UP", 4: "GONE", -1: "NONE"}  # faucet/port.py
+
+
+def faucet_stack(faucet: FaucetProcess) -> dict:
+    """Faucet's stack as its Prometheus port shows it after the pingall: stack ports by state, the root."""
+    try:
+        metrics = faucet.metrics()
+    except (OSError, ValueError) as exc:
+        return {"error": repr(exc)}
+    states: dict[str, int] = {}
+    roots = []
+    for key, value in metrics.items():
+        if key.startswith("port_stack_state{"):
+            name = STACK_STATES.get(int(value), str(value))
+            states[name] = states.get(name, 0) + 1
+        elif key.startswith("is_dp_stack_root{") and value == 1:
+            roots += re.findall(r'dp_name="([^"]+)"', key)
+    return {"ports_by_state": states, "root": roots}
 
 
 def _cpu_seconds(pid: int) -> float | None:
@@ -271,8 +351,10 @@ def run_goldilocks_late(shape, label: str, seed: int) -> dict:
 
 
 # -- orchestration ------------------------------------------------------------------------------
-def preflight(encryption: bool = False, quarantine: bool = False) -> None:
+def preflight(encryption: bool = False, quarantine: bool = False, faucet: bool = False) -> None:
     problems = []
+    if faucet and not (FAUCET_VENV / "bin" / "faucet").exists():
+        problems.append(f"Faucet is not installed in {FAUCET_VENV.relative_to(REPO)} (make install)")
     if os.geteuid() != 0:
         problems.append("needs root (Mininet creates namespaces and veths)")
     missing = [tool for tool in ("ovs-vsctl", "mnexec", "iperf3", "ethtool", "ping") if shutil.which(tool) is None]
@@ -349,6 +431,45 @@ def run_encryption(reps: int) -> dict:
     return {"settings": encryption.settings(), "runs": runs, "wall_seconds": seconds}
 
 
+PEERS_FROM_HEADLINE = ("standalone", "ryu", "goldilocks", "goldilocks_looped")
+
+
+def run_peers(reps: int, headline: list[dict]) -> dict:
+    """Per repetition: OVS NORMAL, simple_switch_13, Goldilocks and Faucet on the loop-free layout, Goldilocks
+    and stacked Faucet on the looped one (the first four taken from the headline section's same repetition
+    when it ran in this run); then the packet-in ladder of each controller on emulated switches."""
+    from bench import peers
+
+    started = time.monotonic()
+    rows = []
+    for rep in range(1, reps + 1):
+        same = headline[rep - 1] if rep <= len(headline) else {}
+        row = {key: {**same[key], "from_headline": True} for key in PEERS_FROM_HEADLINE if key in same}
+        what = f"rep {rep}/{reps}: peers"
+        if "standalone" not in row:
+            row["standalone"] = guarded(f"{what}, OVS NORMAL {describe(LOOP_FREE)}", run_standalone, LOOP_FREE)
+        if "ryu" not in row:
+            row["ryu"] = guarded(f"{what}, simple_switch_13 {describe(LOOP_FREE)}", run_ryu, LOOP_FREE, f"peers-ryu-{rep}")
+        if "goldilocks" not in row:
+            row["goldilocks"] = guarded(f"{what}, Goldilocks {describe(LOOP_FREE)}", run_goldilocks, LOOP_FREE,
+                                        f"peers-goldilocks-{rep}")
+        row["faucet"] = guarded(f"{what}, Faucet {describe(LOOP_FREE)}", run_faucet, LOOP_FREE, f"peers-faucet-{rep}")
+        if "goldilocks_looped" not in row:
+            row["goldilocks_looped"] = guarded(f"{what}, Goldilocks {describe(LOOPED)}", run_goldilocks, LOOPED,
+                                               f"peers-goldilocks-looped-{rep}")
+        row["faucet_looped"] = guarded(f"{what}, Faucet stacked {describe(LOOPED)}", run_faucet, LOOPED,
+                                       f"peers-faucet-looped-{rep}", stacked=True)
+        rows.append(row)
+    packet_in: dict[str, list[list[dict]]] = {name: [] for name in peers.CONTROLLERS}
+    for rep in range(1, reps + 1):
+        for name in peers.CONTROLLERS:
+            log(f"rep {rep}/{reps}: packet-in ladder, {name} ...")
+            packet_in[name].append(peers.ladder(name, log=log))
+    seconds = time.monotonic() - started
+    log(f"peers section: {seconds:.0f} s")
+    return {"runs": rows, "packet_in": packet_in, "packet_in_settings": peers.settings(), "wall_seconds": seconds}
+
+
 def run_quarantine(reps: int) -> dict:
     """Per repetition, a fresh data centre: quarantine latency trials, then moves of the quarantined VM, with a
     bystanders' TCP stream throughout."""
@@ -381,6 +502,10 @@ def machine() -> dict:
         versions = {p: version(p) for p in ("ryu", "eventlet", "mininet")}
     except Exception:  # noqa: BLE001
         versions = {}
+    faucet = run([str(FAUCET_VENV / "bin" / "python"), "-c", "from importlib.metadata import version as v; "
+                  "print(v('faucet'), v('os-ken'))"]).split()
+    if len(faucet) == 2:
+        versions.update({"faucet": faucet[0], "os-ken": faucet[1]})
     return {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "uname": run(["uname", "-a"]),
@@ -406,6 +531,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--no-quarantine", action="store_true", help="skip the quarantine runs")
     parser.add_argument("--no-converge", action="store_true", help="skip the cold converge of emulated switches")
     parser.add_argument("--no-rest", action="store_true", help="skip the REST writes under switch churn")
+    parser.add_argument("--no-peers", action="store_true", help="skip Faucet and the packet-in ladders of all three")
     parser.add_argument("--only", action="append", choices=SECTIONS, metavar="SECTION",
                         help=f"run only this section (repeatable): {', '.join(SECTIONS)}")
     parser.add_argument("--output", default=str(REPO / "docs" / "benchmarks.md"))
@@ -443,8 +569,10 @@ def main(argv=None) -> int:
         Path(args.output).write_text(render(results, args))
         log(f"rewrote {args.output} from {args.json}")
         return 0
-    if not (args.no_headline and args.no_scaling and args.no_encryption and args.no_quarantine):
-        preflight(encryption=not args.no_encryption, quarantine=not args.no_quarantine)  # Mininet's sections only
+    if not (args.no_headline and args.no_scaling and args.no_encryption and args.no_quarantine and args.no_peers):
+        preflight(  # Mininet's sections only
+            encryption=not args.no_encryption, quarantine=not args.no_quarantine, faucet=not args.no_peers
+        )
     started = time.monotonic()
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     results: dict = {"machine": machine(), "headline": [], "scaling": {}, "skipped": []}
@@ -491,6 +619,9 @@ def main(argv=None) -> int:
 
     if not args.no_quarantine:
         results["quarantine"] = run_quarantine(args.reps)
+
+    if not args.no_peers:
+        results["peers"] = run_peers(args.reps, results["headline"])
 
     if not args.no_policy:
         from bench.policy_scale import run_all

@@ -93,6 +93,35 @@ install_python_packages() {
     say "python packages: done"
 }
 
+# Faucet, the peer `make bench` measures (bench/peers.py), in a venv of its own: it runs on os-ken,
+# whose dependencies need not agree with ryu's. Pinned; the stamp names the pin, so changing it reinstalls.
+FAUCET_VENV="$ROOT/.venv-faucet"
+FAUCET_PIN="faucet==1.10.12"
+
+faucet_works() {
+    [ -x "$FAUCET_VENV/bin/faucet" ] && [ -x "$FAUCET_VENV/bin/check_faucet_config" ] \
+        && "$FAUCET_VENV/bin/python" -c 'import faucet.valve' >/dev/null 2>&1
+}
+
+install_faucet() {
+    local stamp="$FAUCET_VENV/.installed-${FAUCET_PIN//=/-}"
+    if [ -f "$stamp" ] && faucet_works; then
+        say "faucet: $FAUCET_PIN present (${FAUCET_VENV#"$ROOT"/})"
+        return
+    fi
+    if [ ! -x "$FAUCET_VENV/bin/python" ] || ! "$FAUCET_VENV/bin/python" -c '' >/dev/null 2>&1; then
+        rm -rf "$FAUCET_VENV"
+        say "faucet: creating ${FAUCET_VENV#"$ROOT"/}"
+        "$PYTHON" -m venv "$FAUCET_VENV"
+    fi
+    say "faucet: installing $FAUCET_PIN"
+    PIP_DISABLE_PIP_VERSION_CHECK=1 "$FAUCET_VENV/bin/python" -m pip install --quiet --progress-bar off "$FAUCET_PIN"
+    faucet_works || die "faucet did not install into ${FAUCET_VENV#"$ROOT"/}"
+    rm -f "$FAUCET_VENV"/.installed-*
+    touch "$stamp"
+    say "faucet: done"
+}
+
 # ovsdb answering is not enough: bridges only forward if ovs-vswitchd runs too.
 ovs_running() {
     ovs-vsctl --timeout=5 show >/dev/null 2>&1 && ovs-appctl --timeout=5 -t ovs-vswitchd version >/dev/null 2>&1
@@ -115,5 +144,6 @@ ensure_ovs() {
 install_system_packages
 ensure_venv
 install_python_packages
+install_faucet
 ensure_ovs
 say "ready"
