@@ -163,6 +163,18 @@ def _listening(port: int) -> bool:
     return False
 
 
+def _until_listening(process, name: str, wait: float):
+    """`process` once its OpenFlow port listens; raises (with its log) if it exits or is late."""
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        if process.proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with {process.proc.returncode}: {process.log_tail()}")
+        if _listening(process.of_port):
+            return process
+        time.sleep(0.02)
+    raise RuntimeError(f"{name} did not listen on {process.of_port} within {wait}s: {process.log_tail()}")
+
+
 @dataclass
 class RyuSimpleSwitch(ManagedProcess):
     """`ryu.app.simple_switch_13` in its own process (process group), on a port of its own."""
@@ -194,14 +206,7 @@ class RyuSimpleSwitch(ManagedProcess):
             self.proc = subprocess.Popen(
                 self.command(), cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
             )
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"simple_switch_13 exited with {self.proc.returncode}: {self.log_tail()}")
-            if _listening(self.of_port):
-                return self
-            time.sleep(0.02)
-        raise RuntimeError(f"simple_switch_13 did not listen on {self.of_port} within {wait}s: {self.log_tail()}")
+        return _until_listening(self, "simple_switch_13", wait)
 
 
 FAUCET_VENV = REPO / ".venv-faucet"  # scripts/install.sh puts Faucet there, apart from our own .venv
@@ -260,14 +265,7 @@ class FaucetProcess(ManagedProcess):
                 self.command(), cwd=self._tmp.name, env=self.environment(), stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"faucet exited with {self.proc.returncode}: {self.log_tail()}")
-            if _listening(self.of_port):
-                return self
-            time.sleep(0.02)
-        raise RuntimeError(f"faucet did not listen on {self.of_port} within {wait}s: {self.log_tail()}")
+        return _until_listening(self, "faucet", wait)
 
     def metrics(self, timeout: float = 5.0) -> dict[str, float]:
         """Faucet's own Prometheus samples, keyed by name plus labels as written."""
