@@ -19,11 +19,13 @@ LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.W
 
 def patch_eventlet() -> None:
     """Ryu 4.34 imports eventlet.wsgi.ALREADY_HANDLED, which eventlet >= 0.33.3 dropped. Setting it
-    back (only when missing) before Ryu is imported makes the WSGI layer work; site-packages stay untouched."""
+    back (only when missing) before Ryu is imported makes the WSGI layer work; site-packages stay
+    untouched. (In the project's venv the .pth hook of controller/eventlet_compat.py already does it.)"""
     import eventlet.wsgi
 
-    if not hasattr(eventlet.wsgi, "ALREADY_HANDLED"):
-        eventlet.wsgi.ALREADY_HANDLED = []
+    from controller import eventlet_compat
+
+    eventlet_compat.patch(eventlet.wsgi)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -34,6 +36,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rest-host", default="127.0.0.1", help="REST listen address (default 127.0.0.1)")
     parser.add_argument("--state-dir", default="/var/lib/goldilocks", help="SQLite state and keys (default /var/lib/goldilocks)")
     parser.add_argument("--log-level", default="info", choices=sorted(LOG_LEVELS), help="log level (default info)")
+    parser.add_argument(
+        "--ryu-app", action="append", default=[], metavar="MODULE", dest="ryu_apps",
+        help="another Ryu app to run beside Goldilocks, as ryu-manager would (repeatable), e.g. ryu.app.ofctl_rest",
+    )  # fmt: skip
     parser.add_argument("--lldp-interval", type=float, default=1.0, help="seconds between LLDP probes (default 1)")
     parser.add_argument(
         "--arp-ahead-max",
@@ -156,6 +162,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not 0 <= args.audit_retention < float("inf"):
         parser.error("--audit-retention must be a number of days >= 0")
     check_state(args.state_dir)
+    for app in args.ryu_apps:
+        check_ryu_app(parser, app)
     if args.inventory:
         check_inventory(parser, args)
     return args
@@ -192,6 +200,20 @@ def check_inventory(parser: argparse.ArgumentParser, args: argparse.Namespace) -
         store.close()
 
 
+def check_ryu_app(parser: argparse.ArgumentParser, app: str) -> None:
+    """A clear error before Ryu starts, rather than its traceback after."""
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec(app) is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        parser.error(f"--ryu-app {app}: no such Python module")
+    if app in APPS:
+        parser.error(f"--ryu-app {app}: Goldilocks runs it already")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     os.environ["GOLDILOCKS_STATE_DIR"] = os.path.abspath(args.state_dir)
@@ -226,6 +248,7 @@ def main(argv: list[str] | None = None) -> None:
         "--wsapi-host", args.rest_host,
         "--default-log-level", str(level),
         *APPS,
+        *dict.fromkeys(args.ryu_apps),
     ]  # fmt: skip
     logging.getLogger("goldilocks").setLevel(level)
     sys.argv = ["goldilocks-controller", *ryu_args]

@@ -93,6 +93,21 @@ install_python_packages() {
     say "python packages: done"
 }
 
+# Ryu 4.34 imports eventlet.wsgi.ALREADY_HANDLED, which our eventlet dropped: a path-configuration
+# file in the venv sets it back whenever eventlet.wsgi is imported (controller/eventlet_compat.py),
+# so a stock `ryu-manager controller.app ryu.app.ofctl_rest` works in it too. Checked every time.
+install_eventlet_compat() {
+    local site pth line
+    site="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+    pth="$site/goldilocks-eventlet-compat.pth"
+    line="$("$VENV/bin/python" -c 'import sys; from controller.eventlet_compat import PTH_LINE; sys.stdout.write(PTH_LINE)')"
+    if [ ! -f "$pth" ] || [ "$(cat "$pth")" != "$line" ]; then
+        printf '%s\n' "$line" > "$pth"
+        say "ryu-manager: eventlet compatibility hook installed (${pth#"$ROOT"/})"
+    fi
+    "$VENV/bin/ryu-manager" --version >/dev/null 2>&1 || die "ryu-manager does not start in $VENV even with the eventlet hook"
+}
+
 # Faucet, the peer `make bench` measures (bench/peers.py), in a venv of its own: it runs on os-ken,
 # whose dependencies need not agree with ryu's. Pinned; the stamp names the pin, so changing it reinstalls.
 FAUCET_VENV="$ROOT/.venv-faucet"
@@ -144,6 +159,7 @@ ensure_ovs() {
 install_system_packages
 ensure_venv
 install_python_packages
+install_eventlet_compat
 install_faucet
 ensure_ovs
 say "ready"
