@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from mininet_scenarios.harness import REPO, ManagedProcess, free_port, rest_get
 
@@ -163,36 +164,58 @@ def _listening(port: int) -> bool:
     return False
 
 
-def _until_listening(process, name: str, wait: float):
-    """`process` once its OpenFlow port listens; raises (with its log) if it exits or is late."""
-    deadline = time.monotonic() + wait
-    while time.monotonic() < deadline:
-        if process.proc.poll() is not None:
-            raise RuntimeError(f"{name} exited with {process.proc.returncode}: {process.log_tail()}")
-        if _listening(process.of_port):
-            return process
-        time.sleep(0.02)
-    raise RuntimeError(f"{name} did not listen on {process.of_port} within {wait}s: {process.log_tail()}")
-
-
 @dataclass
-class RyuSimpleSwitch(ManagedProcess):
-    """`ryu.app.simple_switch_13` in its own process (process group), on a port of its own."""
+class PeerController(ManagedProcess):
+    """A peer OpenFlow controller in its own process (process group), on a port of its own, its
+    output in `log_path`. Subclasses say what to run (`command`), where and with what environment."""
 
+    name: ClassVar[str] = "peer"
     of_port: int = 0
     log_path: str = ""
     proc: subprocess.Popen | None = None
     _tmp: tempfile.TemporaryDirectory | None = field(default=None, repr=False)
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.of_port}"
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def workdir(self) -> str:
+        return str(REPO)
+
+    def environment(self) -> dict[str, str] | None:
+        return None  # ours
+
+    def start(self, wait: float = 30.0):
+        """Start it; return it once its OpenFlow port listens (raises, with its log, if it exits or is late)."""
+        with open(self.log_path, "ab") as out:
+            self.proc = subprocess.Popen(
+                self.command(), cwd=self.workdir(), env=self.environment(), stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}: {self.log_tail()}")
+            if _listening(self.of_port):
+                return self
+            time.sleep(0.02)
+        raise RuntimeError(f"{self.name} did not listen on {self.of_port} within {wait}s: {self.log_tail()}")
+
+
+@dataclass
+class RyuSimpleSwitch(PeerController):
+    """`ryu.app.simple_switch_13`."""
+
+    name: ClassVar[str] = "simple_switch_13"
 
     def __post_init__(self) -> None:
         self.of_port = self.of_port or free_port()
         if not self.log_path:
             self._tmp = tempfile.TemporaryDirectory(prefix="bench-ryu-")
             self.log_path = os.path.join(self._tmp.name, "ryu.log")
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.of_port}"
 
     def command(self) -> list[str]:
         code = (
@@ -201,29 +224,19 @@ class RyuSimpleSwitch(ManagedProcess):
         )
         return [sys.executable, "-c", code]
 
-    def start(self, wait: float = 30.0) -> RyuSimpleSwitch:
-        with open(self.log_path, "ab") as out:
-            self.proc = subprocess.Popen(
-                self.command(), cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        return _until_listening(self, "simple_switch_13", wait)
-
 
 FAUCET_VENV = REPO / ".venv-faucet"  # scripts/install.sh puts Faucet there, apart from our own .venv
 
 
 @dataclass
-class FaucetProcess(ManagedProcess):
+class FaucetProcess(PeerController):
     """Faucet (`.venv-faucet/bin/faucet`, on os-ken) in its own process group, with its own OpenFlow and
     Prometheus ports, its faucet.yaml (`config`, the YAML text) and its logs in a temporary directory.
     Restarting it (start() again) reads the same configuration."""
 
+    name: ClassVar[str] = "faucet"
     config: str = ""
-    of_port: int = 0
     prometheus_port: int = 0
-    log_path: str = ""
-    proc: subprocess.Popen | None = None
-    _tmp: tempfile.TemporaryDirectory | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.of_port = self.of_port or free_port()
@@ -232,10 +245,6 @@ class FaucetProcess(ManagedProcess):
         self.config_path = os.path.join(self._tmp.name, "faucet.yaml")
         Path(self.config_path).write_text(self.config)
         self.log_path = self.log_path or os.path.join(self._tmp.name, "faucet.log")
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.of_port}"
 
     @property
     def prometheus_url(self) -> str:
@@ -257,15 +266,13 @@ class FaucetProcess(ManagedProcess):
             "FAUCET_EVENT_SOCK": "0",
         }
 
+    def workdir(self) -> str:
+        return self._tmp.name
+
     def start(self, wait: float = 30.0) -> FaucetProcess:
         if not (FAUCET_VENV / "bin" / "faucet").exists():
             raise RuntimeError(f"Faucet is not installed in {FAUCET_VENV} (make install puts it there)")
-        with open(self.log_path, "ab") as out:
-            self.proc = subprocess.Popen(
-                self.command(), cwd=self._tmp.name, env=self.environment(), stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        return _until_listening(self, "faucet", wait)
+        return super().start(wait)
 
     def metrics(self, timeout: float = 5.0) -> dict[str, float]:
         """Faucet's own Prometheus samples, keyed by name plus labels as written."""
