@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import re
 import subprocess
@@ -49,3 +50,27 @@ def wait_until(predicate, timeout: float, interval: float = 0.1):
             return value
         time.sleep(interval)
     return predicate()
+
+
+@contextlib.contextmanager
+def emulated_switch(of_port: int, dpid: int):
+    """One emulated OpenFlow switch (bench/ofswitch.py: a VM port and its local port) connected to
+    the controller on `of_port` while the block runs, in a thread of its own; yields the switch."""
+    import asyncio
+    import threading
+
+    from apps.forwarding import MISS_COOKIE
+    from bench.ofswitch import OFPP_LOCAL, EmulatedSwitch, Fabric
+
+    fabric = Fabric(MISS_COOKIE, reconnect=False)
+    switch = EmulatedSwitch(dpid, {1: ("p1", bytes([2, 0, 0, 0, dpid, 1])), OFPP_LOCAL: ("br", bytes([2, 0, 0, 0, dpid, 0xFE]))})
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(fabric.run_switch(switch, "127.0.0.1", of_port))
+    thread = threading.Thread(target=loop.run_until_complete, args=(task,), daemon=True)
+    thread.start()
+    try:
+        yield switch
+    finally:
+        loop.call_soon_threadsafe(task.cancel)
+        thread.join(10)
+        loop.close()

@@ -6,7 +6,6 @@ check answers during the flood, a genuine switch still connects, the flood's soc
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import resource
@@ -17,9 +16,8 @@ import urllib.request
 
 import pytest
 
-from apps.forwarding import MISS_COOKIE
-from bench.ofswitch import OFPP_LOCAL, EmulatedSwitch, Fabric
 from mininet_scenarios.harness import ControllerProcess
+from tests.integration.helpers import emulated_switch, wait_until
 
 FLOOD = 1_100  # more than eventlet's pool of 1,024
 
@@ -159,24 +157,8 @@ def test_errors_of_the_http_layer_are_json(controller, data, status):
 
 def connect_switch(of_port: int, dpid: int, within: float = 20.0) -> bool:
     """An emulated switch connects, and the controller programs it (flow-mods) within `within`."""
-    fabric = Fabric(MISS_COOKIE, reconnect=False)
-    switch = EmulatedSwitch(dpid, {1: ("p1", bytes([2, 0, 0, 0, dpid, 1])), OFPP_LOCAL: ("br", bytes([2, 0, 0, 0, dpid, 0xFE]))})
-
-    async def run() -> None:
-        task = asyncio.create_task(fabric.run_switch(switch, "127.0.0.1", of_port))
-        try:
-            deadline = time.monotonic() + within
-            while time.monotonic() < deadline and not switch.counters.flow_mods:
-                await asyncio.sleep(0.1)
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            if switch.writer is not None:
-                switch.writer.close()
-
-    asyncio.run(run())
-    return switch.counters.flow_mods > 0
+    with emulated_switch(of_port, dpid) as switch:
+        return bool(wait_until(lambda: switch.counters.flow_mods > 0, within))
 
 
 def test_openflow_connections_that_never_handshake_are_closed_and_switches_still_connect(controller):

@@ -6,13 +6,10 @@ programs it."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import os
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -20,10 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from apps.forwarding import MISS_COOKIE
-from bench.ofswitch import OFPP_LOCAL, EmulatedSwitch, Fabric
 from mininet_scenarios.harness import REPO, ControllerProcess, free_port
-from tests.integration.helpers import wait_until
+from tests.integration.helpers import emulated_switch, wait_until
 
 BIN = Path(sys.executable).parent
 DPID = 0x61
@@ -35,26 +30,8 @@ def get(url: str, token: str | None = None):
         return json.loads(answer.read())
 
 
-@contextlib.contextmanager
-def emulated_switch(of_port: int):
-    """One emulated switch connected to the controller while the block runs."""
-    fabric = Fabric(MISS_COOKIE, reconnect=False)
-    mac = bytes([2, 0, 0, 0, DPID, 1])
-    switch = EmulatedSwitch(DPID, {1: ("p1", mac), OFPP_LOCAL: ("br", bytes([2, 0, 0, 0, DPID, 0xFE]))})
-    loop = asyncio.new_event_loop()
-    task = loop.create_task(fabric.run_switch(switch, "127.0.0.1", of_port))
-    thread = threading.Thread(target=loop.run_until_complete, args=(task,), daemon=True)
-    thread.start()
-    try:
-        yield switch
-    finally:
-        loop.call_soon_threadsafe(task.cancel)
-        thread.join(10)
-        loop.close()
-
-
 def both_apps_work(rest_url: str, of_port: int, token: str) -> None:
-    with emulated_switch(of_port) as switch:
+    with emulated_switch(of_port, DPID) as switch:
         assert wait_until(lambda: switch.counters.flow_mods > 0, 20), "Goldilocks did not program the switch"
         assert wait_until(lambda: DPID in get(f"{rest_url}/stats/switches"), 10), "ofctl_rest does not list the switch"
         desc = get(f"{rest_url}/stats/desc/{DPID}")
