@@ -49,6 +49,15 @@ def used_state():
         store.close()
 
 
+def tamper(state_dir: Path, *statements: str | tuple) -> None:
+    """Run SQL on the state database from outside, as another program or a damaged disk would."""
+    db = sqlite3.connect(state_dir / "goldilocks.db")
+    for statement in statements:
+        db.execute(*((statement,) if isinstance(statement, str) else statement))
+    db.commit()
+    db.close()
+
+
 def refused(state_dir: Path, match: str) -> str:
     """Both the launcher's check and the Store refuse, and neither changes a byte."""
     before = files(state_dir)
@@ -105,43 +114,30 @@ def test_a_damaged_page_is_refused(tmp_path: Path) -> None:
 
 def test_an_sqlite_database_that_is_not_ours_is_refused(tmp_path: Path) -> None:
     (tmp_path / "master.key").write_bytes(b"")  # not reached: the database is looked at first
-    db = sqlite3.connect(tmp_path / "goldilocks.db")
-    db.execute("CREATE TABLE moz_places (id INTEGER PRIMARY KEY, url TEXT)")
-    db.execute("INSERT INTO moz_places (url) VALUES ('https://example.org')")
-    db.commit()
-    db.close()
+    tamper(
+        tmp_path, "CREATE TABLE moz_places (id INTEGER PRIMARY KEY, url TEXT)",
+        "INSERT INTO moz_places (url) VALUES ('https://example.org')",
+    )  # fmt: skip
     message = refused(tmp_path, "an SQLite database, but not Goldilocks's state")
     assert "moz_places" in message and "--state-dir" in message
 
 
 def test_a_database_missing_tables_is_refused(tmp_path: Path, used_state) -> None:
     state = used_state(tmp_path)
-    db = sqlite3.connect(state / "goldilocks.db")
-    db.execute("DROP TABLE quarantine")
-    db.execute("DROP TABLE tokens")
-    db.commit()
-    db.close()
+    tamper(state, "DROP TABLE quarantine", "DROP TABLE tokens")
     refused(state, "damaged: it lacks the tables quarantine, tokens")
 
 
 def test_an_old_database_missing_tables_is_refused(tmp_path: Path, used_state) -> None:
     """Releases up to version 9 all say "1": one whose tables match no release is damaged, not old."""
     state = used_state(tmp_path)
-    db = sqlite3.connect(state / "goldilocks.db")
-    db.execute("UPDATE meta SET value = '1'")
-    db.execute("DROP TABLE identities")
-    db.commit()
-    db.close()
+    tamper(state, "UPDATE meta SET value = '1'", "DROP TABLE identities")
     refused(state, "damaged: it lacks the tables identities")
 
 
 def test_a_database_from_a_newer_version_is_refused(tmp_path: Path, used_state) -> None:
     state = used_state(tmp_path)
-    db = sqlite3.connect(state / "goldilocks.db")
-    db.execute("UPDATE meta SET value = ?", (str(SCHEMA_VERSION + 1),))
-    db.execute("CREATE TABLE sign_ins (client TEXT PRIMARY KEY)")
-    db.commit()
-    db.close()
+    tamper(state, ("UPDATE meta SET value = ?", (str(SCHEMA_VERSION + 1),)), "CREATE TABLE sign_ins (client TEXT PRIMARY KEY)")
     message = refused(state, f"written by a newer Goldilocks \\(schema version {SCHEMA_VERSION + 1}; this one knows up to")
     assert "run the newer version" in message
 
