@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 
 from apps.inventory import VM
 from apps.policy import Rule
-from controller.store import AuditEntry, Store
+from controller.store import AuditEntry, StateError, Store
 
 LOG = logging.getLogger("goldilocks.audit")
 
@@ -86,7 +86,7 @@ class Retention:
         self._due = now + PURGE_INTERVAL
         try:
             purged = self.store.purge_audit(now - self.days * 86400.0, self.batch)
-        except sqlite3.Error as exc:  # a full disk, say: the controller goes on, and so does the log
+        except (StateError, sqlite3.Error) as exc:  # a full disk, say: the controller goes on, and so does the log
             LOG.warning("audit log: purging entries older than %g days failed (%s); next try in an hour", self.days, exc)
             return 0
         self._purging += purged

@@ -227,3 +227,20 @@ def test_a_purge_that_fails_is_logged_and_tried_again_later_not_raised(tmp_path,
         assert retention.run(time.time()) == 0
         assert retention.run(time.time() + 60) == 0, "not retried at once"
     assert caplog.text.count("purging entries older than 365 days failed") == 1
+
+
+def test_a_purge_on_a_full_disk_is_logged_not_raised(tmp_path, caplog, monkeypatch):
+    """A full disk is raised by the store as StateFullError, not sqlite3.Error: it must not escape
+    either (at start it would have stopped the controller, on a tick logged a traceback)."""
+    from controller.store import StateFullError
+
+    store = Store(tmp_path)
+    retention = audit.Retention(store, 365)
+
+    def full(before, limit):
+        raise StateFullError("cannot write the state database: database or disk is full; nothing was changed")
+
+    monkeypatch.setattr(store, "purge_audit", full)
+    with caplog.at_level(logging.WARNING, logger="goldilocks.audit"):
+        assert retention.run(time.time()) == 0
+    assert "purging entries older than 365 days failed" in caplog.text
