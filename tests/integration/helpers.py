@@ -66,7 +66,12 @@ def emulated_switch(of_port: int, dpid: int):
     switch = EmulatedSwitch(dpid, {1: ("p1", bytes([2, 0, 0, 0, dpid, 1])), OFPP_LOCAL: ("br", bytes([2, 0, 0, 0, dpid, 0xFE]))})
     loop = asyncio.new_event_loop()
     task = loop.create_task(fabric.run_switch(switch, "127.0.0.1", of_port))
-    thread = threading.Thread(target=loop.run_until_complete, args=(task,), daemon=True)
+
+    def run() -> None:
+        with contextlib.suppress(asyncio.CancelledError):  # the block ended: the switch is cancelled
+            loop.run_until_complete(task)
+
+    thread = threading.Thread(target=run, daemon=True)
     thread.start()
     try:
         yield switch
