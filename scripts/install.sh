@@ -12,6 +12,7 @@ PYTHON="${PYTHON:-python3}"
 APT_PACKAGES=(
     openvswitch-switch mininet wireguard-go wireguard-tools iperf3 tcpdump
     ethtool iproute2 iputils-ping procps psmisc
+    chromium  # the web view's browser tests (Playwright drives /usr/bin/chromium)
 )
 
 say() { printf '[install] %s\n' "$*"; }
