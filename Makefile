@@ -5,7 +5,7 @@ SHELL := /bin/bash
 
 VENV := .venv
 PY := $(VENV)/bin/python
-DEMO_ARGS ?= --check --spines 2 --leaves 2 --hypervisors-per-leaf 2 --vms-per-hypervisor 2
+DEMO_ARGS ?= --spines 2 --leaves 2 --hypervisors-per-leaf 2 --vms-per-hypervisor 2
 
 # pytest exits 5 when it collects nothing: a suite that vanished must fail, loudly.
 define pytest
@@ -19,7 +19,7 @@ endef
 
 help:
 	@echo "make install      system packages, .venv, Open vSwitch (scripts/install.sh)"
-	@echo "make demo         leaf-spine Mininet datacenter with a connectivity check"
+	@echo "make demo         leaf-spine Mininet data centre: check it, then keep it running to explore (Ctrl-C ends)"
 	@echo "make test         lint, unit tests, integration tests (Mininet, serial)"
 	@echo "make unit         unit tests only"
 	@echo "make integration  integration tests only"

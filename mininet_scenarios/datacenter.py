@@ -302,6 +302,7 @@ class DataCentre:
         info_path: str | os.PathLike | None = None,
         tunnels: bool = True,
         controller_args: list[str] | None = None,
+        controller_rest_port: int = 0,
     ):
         """fail_mode="standalone" with with_controller=False builds plain OVS NORMAL learning
         bridges (loop-free layouts only: there is no STP), the baseline for benchmarks.
@@ -309,6 +310,7 @@ class DataCentre:
         connect_delays: switch name -> seconds after start before the switch is given its
         controller (until then it has none and, in secure fail mode, forwards nothing).
         controller_args: extra command-line flags for the controller this data centre starts.
+        controller_rest_port: its REST port (0: any free one).
         info_path: where start() writes the run's info document (see info()).
         tunnels: give every hypervisor a tunnel-endpoint host and a goldilocks-agent, enrolled with the
         controller, so that `encrypt` rules have tunnels to use (needs a controller)."""
@@ -323,6 +325,7 @@ class DataCentre:
         self.dp_desc_roles.update(role_overrides or {})
         self.connect_delays = dict(connect_delays or {})
         self.controller_args = list(controller_args or [])
+        self.controller_rest_port = controller_rest_port
         for name, delay in self.connect_delays.items():
             if name not in layout.switches:
                 raise ValueError(f"connect_delays: {name!r} is not a switch of the layout")
@@ -376,7 +379,9 @@ class DataCentre:
             of_host, of_port = host or "127.0.0.1", int(port)
             self.rest_url = self.rest_url or f"http://{of_host}:8080"
         else:
-            self.controller_proc = ControllerProcess(extra_args=list(self.controller_args)).start()
+            self.controller_proc = ControllerProcess(
+                extra_args=list(self.controller_args), rest_port=self.controller_rest_port
+            ).start()
             of_host, of_port = "127.0.0.1", self.controller_proc.of_port
             self.rest_url = self.controller_proc.rest_url
         self.openflow = f"{of_host}:{of_port}" if of_port is not None else None
@@ -870,6 +875,77 @@ def human_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
+DEMO_REST_PORT = 8080
+
+
+def port_is_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def explore_guide(dc: DataCentre, summary: dict) -> str:
+    """How to look around the running data centre: the web view, the token, three CLI commands."""
+    token_file = os.path.join(dc.controller_proc.state_dir, "admin.token") if dc.controller_proc else None
+    vms = list(dc.layout.vms)
+    roles = None
+    if dc.endpoints:
+        from mininet_scenarios import encryption_check
+
+        roles = encryption_check.pick_roles(dc)
+    src, dst = (roles.pci, roles.db) if roles else (vms[0], vms[-1])
+    cli = os.path.join(os.path.dirname(sys.executable), "goldilocks")
+    env = f"export GOLDILOCKS_URL={dc.rest_url}"
+    if token_file:
+        env += f" GOLDILOCKS_TOKEN_FILE={token_file}"
+    lines = [
+        "",
+        "The data centre keeps running until Ctrl-C.",
+        f"  Web view: {dc.rest_url}/ui/",
+        f"    sign in with the admin token in {token_file}" if token_file else "    sign in with your controller's admin token",
+        "    (on another machine: ssh -L 8080:127.0.0.1:PORT this-host, then http://127.0.0.1:8080/ui/)".replace(
+            "PORT", dc.rest_url.rsplit(":", 1)[-1]
+        ),
+        "  Try the CLI in another terminal:",
+        f"    {env}",
+        f"    {cli} status",
+        f"    {cli} explain {src} {dst} --proto icmp" + ("    # encrypted by the sample rule" if roles else ""),
+        f"    {cli} quarantine {dst} --reason 'looks odd'    # then: {cli} release {dst}",
+    ]
+    if dc.controller_proc:
+        lines.append(f"  Controller log: {dc.controller_proc.log_path}")
+    if not summary["ok"]:
+        lines.insert(1, "The check FAILED (above); the data centre stays up so you can look into it.")
+    return "\n".join(lines)
+
+
+def keep_running(dc: DataCentre, ok: bool) -> int:
+    """Wait for Ctrl-C or SIGTERM (the caller's context then stops everything); 1 if the controller
+    this run started dies meanwhile, else the check's verdict."""
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.wait(1.0):
+            proc = dc.controller_proc.proc if dc.controller_proc else None
+            if proc is not None and proc.poll() is not None:
+                print(
+                    f"error: the controller exited (status {proc.returncode}); its log: {dc.controller_proc.log_path}",
+                    file=sys.stderr,
+                )
+                return 1
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    print("\nstopping the data centre", flush=True)
+    return 0 if ok else 1
+
+
 def _late_connect(text: str) -> tuple[str, float]:
     name, sep, seconds = text.partition("=")
     try:
@@ -916,7 +992,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--cli", action="store_true", help="open the Mininet CLI")
-    mode.add_argument("--check", action="store_true", help="verify learning, pingall and iperf3; print JSON")
+    mode.add_argument("--check", action="store_true", help="verify learning, pingall and iperf3; print JSON and exit")
+    mode.add_argument(
+        "--keep-running",
+        action="store_true",
+        help="after the check, keep the data centre running until Ctrl-C or SIGTERM even when stdin is not a terminal "
+        "(without --check or --cli, it keeps running only when stdin is a terminal)",
+    )
     args = parser.parse_args(argv)
     given = [name for name in LEAF_SPINE_FLAGS if getattr(args, name) is not None]
     if args.topology and given:
@@ -951,6 +1033,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.cli and not layout.vms:
         print(f"error: {args.topology}: vms: the check needs at least one VM (or use --cli)", file=sys.stderr)
         return 2
+    explore = not (args.check or args.cli) and (args.keep_running or sys.stdin.isatty())
     try:
         dc = DataCentre(
             layout,
@@ -960,6 +1043,8 @@ def main(argv: list[str] | None = None) -> int:
             connect_delays=dict(args.connect_late),
             info_path=args.info,
             tunnels=not args.no_tunnels,
+            # A memorable address for the web view when someone is going to open it.
+            controller_rest_port=DEMO_REST_PORT if explore and not args.controller and port_is_free(DEMO_REST_PORT) else 0,
         )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -971,9 +1056,15 @@ def main(argv: list[str] | None = None) -> int:
             CLI(dc.net)
             return 0
         summary = check(dc)
-        print(json.dumps(summary, indent=1))
-        print(human_summary(summary), file=sys.stderr)
-        return 0 if summary["ok"] else 1
+        if args.check or not explore:
+            print(json.dumps(summary, indent=1))
+        print(human_summary(summary), file=sys.stderr if args.check else sys.stdout, flush=True)
+        if not explore:
+            if not args.check:
+                print("(stdin is not a terminal, so the data centre stops now; --keep-running keeps it)", flush=True)
+            return 0 if summary["ok"] else 1
+        print(explore_guide(dc, summary), flush=True)
+        return keep_running(dc, ok=summary["ok"])
 
 
 if __name__ == "__main__":

@@ -1,0 +1,95 @@
+"""`make demo` as a user meets it: the data centre keeps running after its check, the printout says
+how to open the web view and which CLI commands to try, every one of those works as printed, and
+Ctrl-C takes everything down.
+
+In a module of its own, so that no module-scoped data centre of this test process holds the
+machine-wide Mininet lock that the demo process must take."""
+
+from __future__ import annotations
+
+import os
+import re
+import selectors
+import shlex
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+from mininet_scenarios.harness import REPO
+
+FABRIC = ["--spines", "1", "--leaves", "1", "--hypervisors-per-leaf", "2", "--vms-per-hypervisor", "1"]
+READY = "The data centre keeps running until Ctrl-C."
+
+
+def _read_until(proc: subprocess.Popen, marker: str, timeout: float) -> str:
+    """Everything the process printed until a line after `marker` that is blank (the guide's end)."""
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    out, deadline = "", time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if marker in out and re.search(r"Controller log: .*\n", out):
+            return out
+        if proc.poll() is not None:
+            break
+        if sel.select(timeout=1.0):
+            line = proc.stdout.readline()
+            if not line:
+                break
+            out += line
+    raise AssertionError(f"the demo did not print its guide in {timeout} s (status {proc.poll()}):\n{out[-3000:]}")
+
+
+def _bridges() -> set[str]:
+    listed = subprocess.run(["ovs-vsctl", "--timeout=10", "list-br"], capture_output=True, text=True, check=True)
+    return set(listed.stdout.split())
+
+
+def test_the_demo_keeps_running_and_its_printed_commands_work():
+    before = _bridges()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mininet_scenarios.datacenter", *FABRIC, "--keep-running"],
+        cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        guide = _read_until(proc, READY, timeout=240)
+        assert "result: OK" in guide, guide
+        url = re.search(r"Web view: (http://\S+/ui/)", guide).group(1)
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            page = answer.read().decode()
+        assert answer.status == 200 and "<html" in page.lower()
+        token_file = re.search(r"sign in with the admin token in (\S+)", guide).group(1)
+        assert os.stat(token_file).st_mode & 0o077 == 0, "the token file is readable by others"
+
+        exports = re.search(r"^\s*export (.+)$", guide, re.M).group(1)
+        env = dict(os.environ, **dict(item.split("=", 1) for item in shlex.split(exports)))
+        commands = [
+            shlex.split(line.split("#", 1)[0]) for line in guide.splitlines() if re.match(r"\s+\S*goldilocks \w", line)
+        ]
+        assert len(commands) == 3, guide
+        outputs = []
+        for argv in commands:
+            ran = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+            assert ran.returncode == 0, f"{shlex.join(argv)} failed:\n{ran.stdout}\n{ran.stderr}"
+            outputs.append(ran.stdout)
+        assert "encrypt" in outputs[1].lower(), f"explain does not show the sample rule's encryption:\n{outputs[1]}"
+        vm = commands[2][2]
+        api = env["GOLDILOCKS_URL"] + f"/v1/quarantine/{vm}"
+        auth = {"Authorization": "Bearer " + open(token_file).read().strip()}
+        with urllib.request.urlopen(urllib.request.Request(api, headers=auth), timeout=10) as answer:
+            assert answer.status == 200, f"{vm} is not quarantined after the printed command"
+        ran = subprocess.run([commands[2][0], "release", vm], env=env, capture_output=True, text=True, timeout=60)
+        assert ran.returncode == 0, ran.stderr
+        assert proc.poll() is None, "the demo ended by itself"
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        try:
+            rest, _ = proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            rest, _ = proc.communicate()
+    assert proc.returncode == 0, rest[-2000:]
+    assert "stopping the data centre" in rest
+    assert _bridges() <= before, f"the demo left bridges behind: {sorted(_bridges() - before)}"
