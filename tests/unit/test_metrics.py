@@ -5,6 +5,7 @@ drift from the registry."""
 from __future__ import annotations
 
 import json
+import random
 import re
 from pathlib import Path
 
@@ -42,7 +43,7 @@ def test_learning_latency_is_a_histogram_whose_buckets_count_and_sum_agree():
     family = prometheus_text.families(scrape(metrics))["goldilocks_packet_in_to_flow_mod_seconds"]
     assert family.type == "histogram"
     buckets = {float(s.labels["le"]): s.value for s in family.samples if s.name.endswith("_bucket")}
-    assert buckets[0.0005] == 1 and buckets[0.005] == 3 and buckets[0.25] == 4 and buckets[30.0] == 4
+    assert buckets[0.0005] == 1 and buckets[0.005] == 3 and buckets[0.3] == 4 and buckets[30.0] == 4
     assert buckets[float("inf")] == 5
     counts = [buckets[le] for le in sorted(buckets)]
     assert counts == sorted(counts), "buckets are cumulative"
@@ -270,3 +271,21 @@ def test_the_grafana_dashboard_imports_as_is_and_reads_only_metrics_the_registry
     assert wanted <= read, f"no panel for {sorted(wanted - read)}"
     ids = [p["id"] for p in dashboard["panels"]]
     assert len(ids) == len(set(ids))
+
+
+def test_the_bench_reads_learning_quantiles_from_the_histogram_within_a_fifth():
+    from bench.measure import histogram_quantile
+
+    metrics, rng = Metrics(), random.Random(11)
+    samples = sorted(rng.lognormvariate(-5, 1.2) for _ in range(2000))
+    for seconds in samples:
+        metrics.observe_learning(seconds)
+    values = {}
+    for family in text_string_to_metric_families(scrape(metrics)):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            values[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    for q in (0.5, 0.9, 0.99):
+        exact = samples[int(q * len(samples))]
+        assert histogram_quantile(values, "goldilocks_packet_in_to_flow_mod_seconds", q) == pytest.approx(exact, rel=0.2)
+    assert histogram_quantile({}, "goldilocks_packet_in_to_flow_mod_seconds", 0.5) is None
