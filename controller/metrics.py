@@ -230,12 +230,14 @@ class StateCollector(Collector):
         refused.add_metric([], sum(len(s.refusals) for s in app.sync.values()))
         last.add_metric([], metrics.reconcile_seconds_last)
         pending.add_metric([], int(bool(app._compile_pending)))
-        for family, tally in ((packet_ins, metrics.packet_ins_by_switch), (flow_mods, metrics.flow_mods_by_switch)):
+        tallies = (
+            (packet_ins, metrics.packet_ins_by_switch), (flow_mods, metrics.flow_mods_by_switch),
+            (drops, metrics.encrypt_drops_by_switch),
+        )  # fmt: skip
+        for family, tally in tallies:
             for dpid, count in sorted(tally.items()):
-                family.add_metric([dpid_label(dpid)], count)
-        for dpid, count in sorted(metrics.encrypt_drops_by_switch.items()):
-            if dpid in app.datapaths:
-                drops.add_metric([dpid_label(dpid)], count)
+                if dpid in app.datapaths:  # a late reply from a connection that has ended counts no more
+                    family.add_metric([dpid_label(dpid)], count)
         for dpid in sorted(app.datapaths):
             per_switch.add_metric([dpid_label(dpid)], len(app.desired.get(dpid, ())))
         intake = app.intake

@@ -51,6 +51,12 @@ besides a fixed set, and a scrape reads each of them once (never the flow tables
 Gauges that describe the fabric (switches, links, hosts, flows, tunnels, agents, key ages,
 quarantined VMs, encrypt drops) are read from the controller's state when scraped.
 
+Key ages: `goldilocks_tunnel_psk_age_seconds` (per pair; compare with
+`goldilocks_psk_rotation_interval_seconds`), `goldilocks_agent_wireguard_key_age_seconds` (from
+when the controller first saw the agent's current public key: kept in the state database, so it
+survives restarts; an agent whose key was stored before this was kept has none until its key
+changes) and `goldilocks_agent_certificate_age_seconds` (certificates last a year).
+
 Sign-in failures are `goldilocks_rest_requests_total{status="401"}`, and requests refused after
 too many of them `{status="429"}`.
 
