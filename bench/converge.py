@@ -101,10 +101,9 @@ def _proc_stats(pid: int) -> tuple[float, int]:
 
 
 def _metric(text: str, name: str) -> float:
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    return -1.0
+    """A metric's value, summed over its series (packet-ins are per switch); -1 if it has none."""
+    values = [float(line.split()[-1]) for line in text.splitlines() if line.startswith((name + " ", name + "{"))]
+    return sum(values) if values else -1.0
 
 
 async def _converge(fabric: Fabric, vms, controller, timeout: float) -> dict:

@@ -319,16 +319,39 @@ def converge_seconds(dc, timeout: float = 30.0) -> list[float] | None:
 
 
 def metric_values(rest_url: str) -> dict[str, float]:
-    """Every sample of /metrics, keyed by name plus labels as written."""
-    values = {}
-    for line in rest_get(rest_url, "/metrics").splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            try:
-                values[name] = float(value)
-            except ValueError:
-                continue
+    """Every sample of /metrics, keyed by name plus labels (sorted, as prometheus_client writes them);
+    and under its bare name the sum of a labelled metric's series (a per-switch counter's total)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    values: dict[str, float] = {}
+    totals: dict[str, float] = {}
+    for family in text_string_to_metric_families(rest_get(rest_url, "/metrics")):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            values[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+            if sample.labels and "le" not in sample.labels:
+                totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
+    for name, total in totals.items():
+        values.setdefault(name, total)
     return values
+
+
+def histogram_quantile(values: dict[str, float], name: str, q: float) -> float | None:
+    """The q-quantile of an unlabelled histogram in `values` (metric_values), estimated as
+    Prometheus' histogram_quantile does: linearly inside the bucket that holds it. None if empty."""
+    prefix = f'{name}_bucket{{le="'
+    buckets = sorted((float(key[len(prefix) : -2]), count) for key, count in values.items() if key.startswith(prefix))
+    if not buckets or buckets[-1][1] == 0:
+        return None
+    rank = q * buckets[-1][1]
+    lower, below = 0.0, 0.0
+    for upper, count in buckets:
+        if count >= rank:
+            if upper == float("inf"):
+                return lower  # beyond the last finite bucket: its bound is all that is known
+            return lower + (upper - lower) * ((rank - below) / (count - below) if count > below else 1.0)
+        lower, below = upper, count
+    return lower
 
 
 ERROR_PATTERN = re.compile(r"error|exception|traceback|refused|failed|timed out", re.I)

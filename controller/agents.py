@@ -80,6 +80,8 @@ class Agent:
     report_at: float | None = None
     handshakes: dict[str, tuple[float, float]] = field(default_factory=dict)  # peer -> (agent's time, when we saw it)
     interfaces: list[dict] | None = None  # the Interface rows of its bridge's ports, as last reported
+    # When the controller first saw its current WireGuard public key (None: stored before this was kept).
+    key_since: float | None = None
 
 
 @dataclass
@@ -171,7 +173,9 @@ class AgentManager:
         for hypervisor, index, serial, enrolled, info in store.agents():
             agent = Agent(hypervisor, index, int(serial), enrolled)
             if info:
-                agent.info = AgentInfo.from_json(json.loads(info))
+                doc = json.loads(info)
+                agent.info = AgentInfo.from_json(doc)
+                agent.key_since = doc.get("key_since")
             self.agents[hypervisor] = agent
         self.pairs: dict[tuple[str, str], Pair] = {}
         for a, b, vni, sealed, created in store.tunnel_pairs():
@@ -239,7 +243,9 @@ class AgentManager:
         if old is not None:
             self.revoked.add(old.serial)
             self._drop_session(hypervisor)
-        self.agents[hypervisor] = Agent(hypervisor, index, serial, now, old.info if old else None)
+        self.agents[hypervisor] = Agent(
+            hypervisor, index, serial, now, old.info if old else None, key_since=old.key_since if old else None
+        )
         LOG.info("agent %s enrolled (index %d, token %s)", hypervisor, index, fingerprint)
         return cert_pem, self.ca.cert_pem
 
@@ -293,9 +299,11 @@ class AgentManager:
         agent.connected_since = self.clock()
         changed = agent.info != info
         if changed:
+            same_key = agent.info is not None and agent.info.public_key == info.public_key
+            key_since = agent.key_since if same_key else self.clock()
             with self.store.transaction():
-                self.store.set_agent_info(identity.hypervisor, json.dumps(info.to_json()))
-            agent.info = info
+                self.store.set_agent_info(identity.hypervisor, _info_json(info, key_since))
+            agent.info, agent.key_since = info, key_since
         LOG.info(
             "agent %s connected: bridge %s, underlay %s, WireGuard key %s",
             identity.hypervisor, info.bridge, info.underlay_ip, wgkeys.fingerprint(wgkeys.decode(info.public_key)),
@@ -474,9 +482,10 @@ class AgentManager:
             LOG.warning("agent %s: identity for an unknown rotation ignored", hypervisor)
             return
         rotation.public_key = message["public_key"]
-        agent.info = replace(agent.info, public_key=rotation.public_key)
+        info, key_since = replace(agent.info, public_key=rotation.public_key), self.clock()
         with self.store.transaction():
-            self.store.set_agent_info(hypervisor, json.dumps(agent.info.to_json()))
+            self.store.set_agent_info(hypervisor, _info_json(info, key_since))
+        agent.info, agent.key_since = info, key_since
         peers = {p.peer for p in self.desired().get(hypervisor, ())}
         rotation.waiting_for = {p for p in peers if p in self.sessions}
         self.push_configs()
@@ -645,6 +654,11 @@ class AgentManager:
     def tunnel_state(self, a: str, b: str) -> str | None:
         pair = pair_of(a, b)
         return self.tunnel_view(*pair)["state"] if pair in self.pairs else None
+
+
+def _info_json(info: AgentInfo, key_since: float | None) -> str:
+    """What the store keeps of an agent's facts: its hello's, and since when its key is in use."""
+    return json.dumps({**info.to_json(), "key_since": key_since})
 
 
 def _iso(at: float) -> str:

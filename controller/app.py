@@ -154,7 +154,8 @@ class GoldilocksController(app_manager.RyuApp):
         self.datapaths: dict[int, object] = {}
         self.sync: dict[int, SwitchSync] = {}
         self._stats_parts: dict[int, set[int]] = {}
-        self.metrics = Metrics()
+        self.metrics = Metrics()  # this instance's own registry, served at /metrics
+        self.metrics.watch(self)
         self.desired: desired_mod.DesiredTables = {}
         self._dirty = False
         self._compile_pending = False
@@ -195,6 +196,8 @@ class GoldilocksController(app_manager.RyuApp):
             if write_more is not None:
                 write_more()
         old, self.policy = self.policy, new
+        for name in new.quarantine.keys() - old.quarantine.keys():
+            self.metrics.quarantined(new.quarantine[name].mode)
         self.learner.set_inventory_macs(new.vms.mac_owners)
         if new.quarantine != old.quarantine:
             self._quarantine_now()
@@ -468,7 +471,7 @@ class GoldilocksController(app_manager.RyuApp):
         sync.barrier_sent(barrier_xid, xids, time.monotonic())
         sent = len(plan.adds) + len(plan.deletes)
         self._touched.add(dpid)
-        self.metrics.flow_mods += sent
+        self.metrics.flow_mods(dpid, sent)
         LOG.debug("switch %016x: %d adds, %d deletes", dpid, len(plan.adds), len(plan.deletes))
         return sent
 
@@ -491,9 +494,6 @@ class GoldilocksController(app_manager.RyuApp):
         """Events read from the switches and not handled yet that may be probes: Ryu's queue, and the
         intake's probe lane (host frames wait apart and hold no probe)."""
         return self.events.qsize() + self.intake.probes_waiting
-
-    def _count_refusals(self) -> None:
-        self.metrics.flows_refused_now = sum(len(s.refusals) for s in self.sync.values())
 
     def _tick_loop(self) -> None:
         while True:
@@ -571,6 +571,7 @@ class GoldilocksController(app_manager.RyuApp):
         dpid = datapath.id
         LOG.info("switch %016x connected", dpid)
         self.datapaths[dpid] = datapath
+        self.metrics.switch_connected(dpid)
         now = time.monotonic()
         self.sync[dpid] = SwitchSync(settle_until=now + self.settings.settle_time, connected_at=now)
         self._next_audit[dpid] = now + self.settings.audit_interval
@@ -597,6 +598,7 @@ class GoldilocksController(app_manager.RyuApp):
             return
         LOG.info("switch %016x disconnected", dpid)
         del self.datapaths[dpid]
+        self.metrics.switch_gone(dpid)
         self.sync.pop(dpid, None)
         self._next_audit.pop(dpid, None)
         self._touched.discard(dpid)
@@ -672,8 +674,6 @@ class GoldilocksController(app_manager.RyuApp):
             for entry in healed:
                 LOG.info("switch %016x took the entry it refused before: table %d priority %d %s",
                          dpid, entry.table, entry.priority, entry.match_dict)  # fmt: skip
-            if healed:
-                self._count_refusals()
         if sync is not None and sync.converge_xid == ev.msg.xid and sync.converge_seconds is None:
             sync.converge_seconds = time.monotonic() - sync.connected_at
             self.metrics.observe_convergence(sync.converge_seconds)
@@ -685,15 +685,14 @@ class GoldilocksController(app_manager.RyuApp):
         ofp = msg.datapath.ofproto
         if msg.type == ofp.OFPET_METER_MOD_FAILED and msg.code == ofp.OFPMMFC_METER_EXISTS:
             return  # expected on reconnect: the MODIFY that follows applies the current rate
-        self.metrics.switch_errors += 1
+        self.metrics.switch_errors.inc()
         error = ofmsg.error_name(ofp, msg.type, msg.code)
         sync = self.sync.get(msg.datapath.id)
         refusal = sync.refused(msg.xid, error, time.monotonic()) if sync is not None else None
         if refusal is None:
             LOG.error("switch %016x refused a message (xid %d): %s", msg.datapath.id, msg.xid, error)
             return
-        self.metrics.flow_mods_refused += 1
-        self._count_refusals()
+        self.metrics.flow_mods_refused.inc()
         entry = refusal.entry
         LOG.warning(
             "switch %016x refused an entry (%s, attempt %d; retried in %.0f s): table %d priority %d %s",
@@ -730,7 +729,7 @@ class GoldilocksController(app_manager.RyuApp):
         # learning latency both count from there.
         received = getattr(ev, "received_at", None) or time.monotonic()
         msg = ev.msg
-        self.metrics.packet_ins += 1
+        self.metrics.packet_in(msg.datapath.id)
         in_port = msg.match.get("in_port")
         if in_port is None:
             return

@@ -37,6 +37,7 @@ from apps.selectors import KEY_RE
 from apps.services import IP_PROTO
 from controller import agents as agents_mod
 from controller import audit, auth
+from controller import metrics as metrics_mod
 from controller.auth import Principal
 from controller.security import record_alert
 from controller.store import SOURCE_API, StateFullError
@@ -576,6 +577,13 @@ class GoldilocksApi(ControllerBase):
         self.limiter: auth.SignInLimiter | None = data.get(LIMITER_KEY)
 
     def serve(self, declared: Endpoint, handler: Callable, req, urlvars: dict) -> Response:
+        started = time.perf_counter()
+        response = self.answer(declared, handler, req, urlvars)
+        # Counted by the declared route template, never the raw path: the label set stays bounded.
+        self.app.metrics.rest_request(req.method, declared.path, response.status_int, time.perf_counter() - started)
+        return response
+
+    def answer(self, declared: Endpoint, handler: Callable, req, urlvars: dict) -> Response:
         try:
             # The router's patterns end in `$`, which also matches before a final newline: a request
             # for /v1/tokens/ghost%0A acted on "ghost". No name holds a control character.
@@ -641,13 +649,9 @@ class GoldilocksApi(ControllerBase):
 
     @endpoint("GET", "/metrics", OPEN)
     def metrics(self, call):
-        app = self.app
-        body = app.metrics.render(
-            len(app.datapaths), len(app.topo.links), len(app.topo.hosts), app.desired_flow_count(), app.learner, app.agents,
-            intake=app.intake,
-            compile_pending=app._compile_pending,
-        )
-        return Response(status=200, content_type="text/plain", charset="utf-8", body=body.encode())
+        response = Response(status=200, body=self.app.metrics.exposition())  # controller/metrics.py
+        response.headers["Content-Type"] = metrics_mod.CONTENT_TYPE
+        return response
 
     # -- the network --------------------------------------------------------------------------
     @endpoint("GET", "/v1/topology", READ)

@@ -93,5 +93,5 @@ def record_alert(
     else:
         with store.transaction():
             write_alert()
-    app.metrics.alerts[(alert.severity, action)] += 1
+    app.metrics.alert(alert.severity, action)
     return saved[0]

@@ -45,6 +45,7 @@ class StubController:
         self.datapaths: dict = {}
         self.sync: dict = {}
         self.metrics = Metrics()
+        self.metrics.watch(self)
         self.intake = Intake()
         self._compile_pending = False
         self.desired: dict = {}  # no switches: a quarantine has nothing to install at once

@@ -22,6 +22,7 @@ from mininet_scenarios import encryption_check
 from mininet_scenarios.capture import capturing
 from mininet_scenarios.datacenter import Layout
 from mininet_scenarios.harness import rest_call, rest_get
+from tests import prometheus_text
 from tests.integration.conftest import start_datacentre
 from tests.integration.helpers import reply_times, wait_until
 
@@ -71,9 +72,8 @@ def tunnel(dc) -> dict:
 
 
 def metric(dc, name: str) -> float:
-    text = rest_get(dc.rest_url, "/metrics")
-    found = re.search(rf"^{name} (\S+)$", text, re.M)
-    return float(found.group(1)) if found else float("nan")
+    """A metric's value, summed over its series (encrypt drops are per switch)."""
+    return prometheus_text.total(rest_get(dc.rest_url, "/metrics"), name)
 
 
 def agent_down(dc, hv: str) -> None:

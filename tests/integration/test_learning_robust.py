@@ -28,6 +28,7 @@ import pytest
 from mininet_scenarios.datacenter import Layout, running
 from mininet_scenarios.fabric_check import built_fabric, fabric_diff
 from mininet_scenarios.harness import rest_get
+from tests import prometheus_text
 
 LATE = 5.0  # seconds after the network starts before a late switch gets its controller
 READY_TIMEOUT = 30.0  # every switch connected, every cable a link, every port proven
@@ -345,8 +346,9 @@ def _learn_late_switch(dc, late: str, watched: tuple[str, str], chattering: dict
         port = next(p for s in dc.topology()["switches"] if s["name"] == neighbour for p in s["ports"] if p["port_no"] == port_no)
         assert port["kind"] == "inter-switch" and port["kind_changes"] >= 2, port  # pending -> edge -> inter-switch
         metrics = rest_get(dc.rest_url, "/metrics")
-        overturned = re.search(r'^goldilocks_port_kind_changes_total\{from="edge",to="inter-switch"\} (\d+)$', metrics, re.M)
-        assert overturned and int(overturned.group(1)) >= 1, "edge -> inter-switch is counted in /metrics"
+        edge_to_switch = {"from": "edge", "to": "inter-switch"}
+        overturned = prometheus_text.value(metrics, "goldilocks_port_kind_changes_total", **edge_to_switch)
+        assert overturned and overturned >= 1, "edge -> inter-switch is counted in /metrics"
 
 
 def test_a_late_hypervisor_with_a_chattering_uplink_is_learned_exactly():

@@ -7,6 +7,7 @@ import time
 
 from mininet_scenarios.datacenter import Layout
 from mininet_scenarios.harness import rest_get
+from tests import prometheus_text
 from tests.integration.conftest import start_datacentre
 from tests.integration.helpers import wait_until
 
@@ -15,8 +16,7 @@ SECONDS = 3.0
 
 
 def _packet_ins(dc) -> float:
-    body = rest_get(dc.rest_url, "/metrics")
-    return next(float(line.split()[1]) for line in body.splitlines() if line.startswith("goldilocks_packet_ins_total "))
+    return prometheus_text.total(rest_get(dc.rest_url, "/metrics"), "goldilocks_packet_ins_total")  # over the switches
 
 
 def test_a_flooding_vm_is_rate_limited_on_the_switch_and_others_keep_working():

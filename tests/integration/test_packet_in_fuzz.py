@@ -21,6 +21,7 @@ from apps import pipeline
 from apps.forwarding import MISS_COOKIE
 from bench.ofswitch import OFPP_LOCAL, OFPR_ACTION, OFPR_NO_MATCH, EmulatedSwitch, Fabric, fuzz_frames, packet_in
 from mininet_scenarios.harness import ControllerProcess, rest_get
+from tests import prometheus_text
 
 FRAMES = 100_000
 SEED = 20261201
@@ -83,12 +84,10 @@ def _rss_mib(pid: int) -> float:
 
 
 def _metrics(controller: ControllerProcess) -> dict[str, float]:
+    """Every goldilocks_ sample name, summed over its series (packet-ins are counted per switch)."""
     text = rest_get(controller.rest_url, "/metrics", timeout=30)
-    return {
-        line.split()[0]: float(line.split()[1])
-        for line in text.splitlines()
-        if line.startswith("goldilocks_") and len(line.split()) == 2
-    }
+    names = {s.name for family in prometheus_text.families(text).values() for s in family.samples}
+    return {name: prometheus_text.total(text, name) for name in names if name.startswith("goldilocks_")}
 
 
 def _taken(m: dict[str, float]) -> float:

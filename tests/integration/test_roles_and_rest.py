@@ -9,6 +9,7 @@ import urllib.request
 import pytest
 
 from mininet_scenarios.datacenter import DataCentre, Layout
+from tests import prometheus_text
 
 
 @pytest.fixture(scope="module")
@@ -58,12 +59,12 @@ def test_rest_health_metrics_and_errors(declared_dc):
 
     status, kind, body = _request(base + "/metrics")
     assert status == 200 and kind == "text/plain"
-    samples = {line.split()[0]: float(line.split()[1]) for line in body.splitlines() if line and not line.startswith("#")}
-    assert samples["goldilocks_switches_connected"] == 3
-    assert samples["goldilocks_links"] == 2
-    assert samples["goldilocks_packet_ins_total"] > 0
-    assert samples["goldilocks_flow_mods_total"] > 0
-    assert samples["goldilocks_reconcile_seconds_count"] > 0
+    assert prometheus_text.value(body, "goldilocks_switches_connected") == 3
+    assert prometheus_text.value(body, "goldilocks_links") == 2
+    assert prometheus_text.total(body, "goldilocks_packet_ins_total") > 0  # summed over the switches
+    assert prometheus_text.total(body, "goldilocks_flow_mods_total") > 0
+    assert len(prometheus_text.series(body, "goldilocks_flow_mods_total")) == 3, "one series per connected switch"
+    assert prometheus_text.value(body, "goldilocks_reconcile_seconds_count") > 0
 
     for path, method, code in (
         ("/no/such/thing", "GET", 404),

@@ -12,6 +12,7 @@ import pytest
 from apps import pipeline
 from apps.desired import desired_tables
 from apps.quarantine import Quarantine
+from tests import prometheus_text
 from tests.api_stub import make_api
 from tests.fakeoftable import (
     BROADCAST,
@@ -260,7 +261,10 @@ def test_an_alert_below_the_threshold_is_recorded_and_one_at_it_quarantines(api)
     assert "high or worse" in listed["threshold"]
     audit_rows = [(e["action"], e["actor"]) for e in client.call("GET", "/v1/audit").json["entries"]]
     assert ("vm.quarantine", "ids:suricata-1") in audit_rows and ("vm.alert", "admin") in audit_rows
-    assert 'goldilocks_alerts_total{severity="critical",action="quarantine"} 1' in client.call("GET", "/metrics").raw.decode()
+    text = client.call("GET", "/metrics").text
+    assert prometheus_text.value(text, "goldilocks_alerts_total", severity="critical", action="quarantine") == 1
+    assert prometheus_text.value(text, "goldilocks_quarantines_total", mode="isolate") == 1
+    assert prometheus_text.value(text, "goldilocks_quarantined_vms", mode="isolate") == 1
 
 
 def test_a_count_within_a_window_is_what_quarantines(tmp_path):
