@@ -31,16 +31,16 @@ View = Table | Pairs | str
 def human_seconds(seconds: float | None) -> str:
     if seconds is None:
         return "-"
-    seconds = max(0.0, float(seconds))
-    if seconds < 60:
-        return f"{seconds:.0f}s"
-    if seconds < 3600:
-        return f"{seconds // 60:.0f}m{seconds % 60:.0f}s" if seconds < 600 else f"{seconds // 60:.0f}m"
-    if seconds < 86400:
-        hours, minutes = divmod(seconds // 60, 60)
-        return f"{hours:.0f}h{minutes:.0f}m" if minutes else f"{hours:.0f}h"
-    days, hours = divmod(seconds // 3600, 24)
-    return f"{days:.0f}d{hours:.0f}h" if hours else f"{days:.0f}d"
+    whole = max(0, int(seconds))  # floored: 59.9 s is not yet a minute
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60}s" if whole < 600 else f"{whole // 60}m"
+    if whole < 86400:
+        hours, minutes = divmod(whole // 60, 60)
+        return f"{hours}h{minutes}m" if minutes else f"{hours}h"
+    days, hours = divmod(whole // 3600, 24)
+    return f"{days}d{hours}h" if hours else f"{days}d"
 
 
 def ago(seconds: float | None) -> str:
