@@ -4,6 +4,7 @@ then the local controller's defaults. Each setting is resolved on its own, first
 from __future__ import annotations
 
 import os
+import re
 import stat
 import urllib.parse
 from collections.abc import Mapping
@@ -16,6 +17,9 @@ DEFAULT_URL = "http://127.0.0.1:8080"
 DEFAULT_TOKEN_FILE = "/var/lib/goldilocks/admin.token"
 CONFIG_KEYS = ("url", "token_file")
 ENV_URL, ENV_TOKEN, ENV_TOKEN_FILE = "GOLDILOCKS_URL", "GOLDILOCKS_TOKEN", "GOLDILOCKS_TOKEN_FILE"
+# RFC 6750 token68, as the controller accepts: anything else (a newline, a space, a pasted
+# "Bearer ...") would at best be refused and at worst end up in an HTTP library's error message.
+TOKEN_RE = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 
 
 class SettingsError(Exception):
@@ -132,4 +136,6 @@ def resolve(url_flag: str | None, token_file_flag: str | None, config_flag: str 
         token, warnings = read_token_file(DEFAULT_TOKEN_FILE, "default", required=False)
         if token is None:
             token_source = None
+    if token is not None and not TOKEN_RE.fullmatch(token):
+        raise SettingsError(f"the token from {token_source} is not a token: it holds characters no token has")
     return Connection(url, url_source, token, token_source, warnings)

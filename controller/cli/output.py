@@ -34,6 +34,11 @@ def _console(stream=None):
     return Console(file=stream, width=None if tty else 1000, soft_wrap=not tty, highlight=False)
 
 
+# Cells that are exactly one of these words get a colour (on a terminal only): states at a glance.
+STYLES = {"up": "green", "pending": "yellow", "down": "bold red", "allow": "green", "deny": "red", "encrypt": "cyan",
+          "isolate": "bold red", "remediate": "yellow", "DROPPED": "bold red"}  # fmt: skip
+
+
 def _rich(view: View, headers: bool):
     from rich.table import Table as RichTable
     from rich.text import Text
@@ -62,7 +67,7 @@ def _rich(view: View, headers: bool):
     for column in view.columns:
         table.add_column(column, overflow="fold")
     for row in view.rows:
-        table.add_row(*(Text(cell) for cell in row))
+        table.add_row(*(Text(cell, style=STYLES.get(cell, "")) for cell in row))
     return table
 
 

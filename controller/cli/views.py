@@ -168,7 +168,8 @@ def explain_views(doc: dict) -> list[View]:
     def end(party: dict) -> str:
         who = party["vm"] or f"unmanaged {party['query']}"
         where = f" on {party['host']['dpid']}:{party['host']['port']}" if party.get("host") else " (not seen yet)"
-        return f"{who} [{labels_text(party.get('labels'))}]{where}"
+        labels = f" [{labels_text(party['labels'])}]" if party.get("labels") is not None else ""
+        return f"{who}{labels}{where}"
 
     service = doc["proto"] or "any"
     if doc.get("dport"):

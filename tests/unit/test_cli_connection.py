@@ -106,3 +106,10 @@ def test_a_token_file_others_may_read_is_warned_about_but_used(tmp_path):
 def test_a_url_that_is_no_controller_url_is_refused(url):
     with pytest.raises(SettingsError, match="--url"):
         resolve(url, None, None, {"GOLDILOCKS_TOKEN": "glk_x"})
+
+
+@pytest.mark.parametrize("value", ["glk_a b", "glk_a\nX-Evil: 1", "Bearer glk_abc", "glk_é"])
+def test_a_malformed_token_is_refused_without_showing_it(tmp_path, value):
+    with pytest.raises(SettingsError, match="from GOLDILOCKS_TOKEN is not a token") as caught:
+        resolve(None, None, None, {"HOME": str(tmp_path), "GOLDILOCKS_TOKEN": value})
+    assert value.strip() not in str(caught.value)
