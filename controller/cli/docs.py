@@ -64,13 +64,15 @@ instead).
 
 ## Output
 
-Every command takes `-o table|json|yaml`. `table` (the default) is for people: ages such as
-`3s ago`, colours only on a terminal, one row per line in a pipe, `--no-headers` to drop the
-header row. `json` and `yaml` print the API's answer as it is and nothing else, for scripts.
-`status` prints one document of the API's answers (`health`, `switches`, `agents`, `tunnels`,
-`policies`, `quarantine`); `audit` prints `{"entries": [...], "next_before": ...}` over all the
-pages it read. Commands whose API call answers nothing (deletes, `release`) print a line in `table`
-mode and nothing in `json`/`yaml`.
+Every command takes `-o table|json|yaml` after its name (`goldilocks vms list -o json`); the
+connection options (`--url`, `--token-file`, `--config`, `--timeout`) go before it.
+
+`table` (the default) is for people: ages such as `3s ago`, colours only on a terminal, one row
+per line in a pipe, `--no-headers` to drop the header row. `json` and `yaml` print the API's
+answer as it is and nothing else, for scripts. `status` prints one document of the API's answers
+(`health`, `switches`, `agents`, `tunnels`, `policies`, `quarantine`); `audit` prints
+`{"entries": [...], "next_before": ...}` over all the pages it read. Commands whose API call
+answers nothing (deletes, `release`) print a line in `table` mode and nothing in `json`/`yaml`.
 
 ## Exit codes and errors
 

@@ -1,5 +1,5 @@
 """The commands against a fake API: which request each one sends, what it prints for people and
-for machines, its exit code, and that the docs page is the commands' own --help."""
+for machines, and its exit code."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from controller.cli import commands, docs
+from controller.cli import commands
 from controller.cli.client import Client, Reply
 
 TUNNELS = {
@@ -253,13 +253,3 @@ def test_help_and_completion_need_no_controller_and_no_config(tmp_path):
     assert "_GOLDILOCKS_COMPLETE" in runner.invoke(commands.cli, ["completion", "bash"], env=env).output
     broken = runner.invoke(commands.cli, ["status"], env=env)
     assert broken.exit_code == 2 and "cli.yaml: not valid YAML" in broken.output
-
-
-def test_every_command_has_the_output_option():
-    for path, command in docs.commands(commands.cli):
-        if path and path != ("completion",) and not hasattr(command, "commands"):
-            assert "fmt" in {p.name for p in command.params}, f"goldilocks {' '.join(path)} has no -o"
-
-
-def test_docs_cli_md_is_the_commands_own_help():
-    assert docs.PAGE.read_text(encoding="utf-8") == docs.render(), "docs/cli.md is stale: run `python -m controller.cli.docs`"
