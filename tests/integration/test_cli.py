@@ -5,22 +5,28 @@ field, where the URL and token come from, and that a token is printed only when 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import stat
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 import yaml
 
+from apps.forwarding import MISS_COOKIE
+from bench.ofswitch import OFPP_LOCAL, EmulatedSwitch, Fabric
 from crypto import protocol
 from mininet_scenarios.harness import REPO, ControllerProcess, free_port
-from tests.integration.helpers import emulated_switch, wait_until
+from tests.integration.helpers import wait_until
 from tests.integration.test_agent_channel import connect, enroll, exchange, token
 
-DPID = 0x11
+HV1, HV2 = HYPERVISORS = (0x21, 0x22)
+VM_MACS = {HV1: "02:00:00:aa:21:01", HV2: "02:00:00:aa:22:01"}
 CLEAN_ENV = {k: v for k, v in os.environ.items() if not k.startswith("GOLDILOCKS_") and k not in ("COLUMNS", "LINES")}
 
 
@@ -39,20 +45,62 @@ def home(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("home")
 
 
+@contextlib.contextmanager
+def two_hypervisors(of_port: int):
+    """Two emulated hypervisor switches (bridges br-hv1 and br-hv2, dpids HV1 and HV2) cabled by
+    their port 2, each with a VM on port 1, connected to the controller while the block runs."""
+    fabric = Fabric(MISS_COOKIE, reconnect=False)
+    for n, dpid in enumerate(HYPERVISORS, 1):
+        ports = {1: (f"hv{n}-vm", bytes([2, 0, 0, 0, dpid, 1])), 2: (f"hv{n}-up", bytes([2, 0, 0, 0, dpid, 2])),
+                 OFPP_LOCAL: (f"br-hv{n}", bytes([2, 0, 0, 0, dpid, 0xFE]))}  # fmt: skip
+        fabric.add(EmulatedSwitch(dpid, ports))
+    fabric.cable((HV1, 2), (HV2, 2))
+    loop = asyncio.new_event_loop()
+    tasks = [loop.create_task(fabric.run_switch(s, "127.0.0.1", of_port)) for s in fabric.switches.values()]
+
+    def run_switches() -> None:  # until the block ends and every switch is cancelled (and has closed)
+        loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+
+    thread = threading.Thread(target=run_switches, daemon=True)
+    thread.start()
+    try:
+        yield fabric, loop
+    finally:
+        loop.call_soon_threadsafe(lambda: [task.cancel() for task in tasks])
+        thread.join(10)
+        loop.close()
+
+
+def say_hello(ctl, hypervisor: str, bridge: str, stack: contextlib.ExitStack) -> None:
+    """Enroll an agent for `hypervisor` and keep its session open (until `stack` closes) after its hello."""
+    issued = token(ctl)
+    answer, key_pem = enroll(ctl, issued, hypervisor)
+    assert answer["type"] == "enrolled", answer
+    hello = {"type": "hello", "hypervisor": hypervisor, "software": "test", "wg_public_key": "A" * 43 + "=", "listen_port": 51820,
+             "bridge": bridge, "underlay": {"ip": "192.0.2.1", "mac": "02:00:00:00:00:aa", "port": "eth1"}}  # fmt: skip
+    session = stack.enter_context(connect(ctl, issued["ca_certificate"], answer["certificate"], key_pem))
+    welcome = exchange(session, protocol.encode(hello))
+    assert welcome and welcome[0]["type"] == "welcome", welcome
+
+
 @pytest.fixture(scope="module")
 def fabric(ctl):
-    """One emulated switch and one agent (hv1) that enrolled and said hello, for the whole module."""
-    with emulated_switch(ctl.of_port, DPID):
-        assert wait_until(lambda: ctl.api("GET", "/v1/health")["switches_synced"] == 1, 15), ctl.log_tail()
-        answer, key_pem = enroll(ctl, token(ctl), "hv1")
-        assert answer["type"] == "enrolled", answer
-        issued = token(ctl)  # any token's answer carries the CA certificate
-        hello = {"type": "hello", "hypervisor": "hv1", "software": "test", "wg_public_key": "A" * 43 + "=", "listen_port": 51820,
-                 "bridge": "br-hv1", "underlay": {"ip": "192.0.2.1", "mac": "02:00:00:00:00:aa", "port": "eth1"}}  # fmt: skip
-        with connect(ctl, issued["ca_certificate"], answer["certificate"], key_pem) as session:
-            welcome = exchange(session, protocol.encode(hello))
-            assert welcome and welcome[0]["type"] == "welcome", welcome
-            yield ctl
+    """Two hypervisor switches whose VMs the controller learned, and their agents hv1 and hv2,
+    enrolled and connected (they said hello and stay silent), for the whole module."""
+    with two_hypervisors(ctl.of_port) as (switches, loop), contextlib.ExitStack() as sessions:
+
+        def learned() -> bool:
+            if {h["mac"] for h in ctl.api("GET", "/v1/topology")["hosts"]} == set(VM_MACS.values()):
+                return True
+            for dpid, mac in VM_MACS.items():  # each VM asks for its gateway until the controller knows it
+                mac_bytes = bytes.fromhex(mac.replace(":", ""))
+                loop.call_soon_threadsafe(switches.play_arp, dpid, 1, mac_bytes, bytes([10, 0, 0, dpid]), bytes([10, 0, 0, 254]))
+            return False
+
+        assert wait_until(learned, 20, interval=0.3), ctl.log_tail()
+        say_hello(ctl, "hv1", "br-hv1", sessions)
+        say_hello(ctl, "hv2", "br-hv2", sessions)
+        yield ctl
 
 
 def run(ctl, *args: str, home: Path, env: dict | None = None, url: bool = True, token_file: str | Path | None = "admin"):
@@ -95,33 +143,73 @@ def test_status_is_one_summary_of_switches_agents_tunnels_and_quarantine(fabric,
     try:
         table = ok(run(ctl, "status", home=home))
         assert f"{ctl.rest_url}: ok" in table
-        assert "switches:    1 connected, 1 synced" in table
-        assert "agents:      1 enrolled, 1 connected" in table
+        assert "switches:    2 connected, 2 synced (2 hypervisor)" in table
+        assert "fabric:      1 links, 2 hosts" in table
+        assert "agents:      2 enrolled, 2 connected" in table
         assert "tunnels:     0 up, 0 pending, 0 down; encrypt drops 0" in table
         assert "quarantine:  1 VM" in table
         assert ["st1", "isolate", "IDS:", "beaconing", "admin"] == rows(table)[-1][:5]
 
         doc = json.loads(ok(run(ctl, "status", "-o", "json", home=home)))
         assert doc["quarantine"] == ctl.api("GET", "/v1/quarantine")["quarantine"]
-        assert doc["agents"][0]["hypervisor"] == "hv1" and doc["agents"][0]["connected"] is True
+        assert [(a["hypervisor"], a["connected"]) for a in doc["agents"]] == [("hv1", True), ("hv2", True)]
         assert doc["tunnels"] == ctl.api("GET", "/v1/tunnels")
         assert doc["policies"] == ctl.api("GET", "/v1/policies")
-        assert [s["dpid"] for s in doc["switches"]] == [f"{DPID:016x}"]
+        assert [s["dpid"] for s in doc["switches"]] == [f"{dpid:016x}" for dpid in HYPERVISORS]
         assert set(doc["health"]) == set(ctl.api("GET", "/v1/health"))
     finally:
-        ctl.api("DELETE", "/v1/quarantine/st1", expect=None)
-        ctl.api("DELETE", "/v1/vms/st1", expect=None)
+        ctl.api("DELETE", "/v1/quarantine/st1", expect=204)
+        ctl.api("DELETE", "/v1/vms/st1", expect=204)
 
 
-def test_topology_shows_the_switches_the_controller_learned(fabric, home):
-    table = ok(run(fabric, "topology", home=home))
-    dpid = f"{DPID:016x}"
-    switch_row = next(r for r in rows(table) if r[0] == dpid)
-    assert switch_row[2:4] == ["fabric", "yes"] or switch_row[2:4] == ["hypervisor", "yes"]
+def test_topology_shows_switches_links_and_hosts_by_name(fabric, home):
+    table = rows(ok(run(fabric, "topology", home=home)))
+    assert ["0000000000000021", "br-hv1", "hypervisor", "yes", "2", "1"] == next(r for r in table if r[0].endswith("21"))[:6]
+    assert ["br-hv1:2", "br-hv2:2"] in table  # the link, its ends named by bridge
+    assert [VM_MACS[HV2], "10.0.0.34", "br-hv2:1"] in table  # a host, where it was learned
     doc = json.loads(ok(run(fabric, "topology", "-o", "json", home=home)))
     api = fabric.api("GET", "/v1/topology")
-    assert [s["dpid"] for s in doc["switches"]] == [s["dpid"] for s in api["switches"]] == [dpid]
+    assert [s["dpid"] for s in doc["switches"]] == [s["dpid"] for s in api["switches"]]
     assert doc["links"] == api["links"] and doc["hosts"] == api["hosts"]
+
+
+def test_an_encrypt_rule_makes_a_tunnel_that_tunnels_status_and_explain_show(fabric, home):
+    ctl = fabric
+    ctl.api("PUT", "/v1/vms/enc-a", {"macs": [VM_MACS[HV1]], "labels": {"app": "a"}}, expect=201)
+    ctl.api("PUT", "/v1/vms/enc-b", {"macs": [VM_MACS[HV2]], "labels": {"app": "b"}}, expect=201)
+    try:
+        assert ["enc-a", "br-hv1:1", VM_MACS[HV1]] == next(
+            r for r in rows(ok(run(ctl, "vms", "list", home=home))) if r[0] == "enc-a"
+        )[:3]
+        ok(run(ctl, "policy", "add", "a-to-b", "--from", "app=a", "--to", "app=b", "--action", "encrypt", home=home))
+        api = ctl.api("GET", "/v1/tunnels")
+        (pair,) = api["tunnels"]
+        assert (pair["a"], pair["b"], pair["needed"]) == ("hv1", "hv2", True)
+        table = rows(ok(run(ctl, "tunnels", home=home)))
+        assert table[0] == ["PAIR", "STATE", "VNI", "HANDSHAKE", "RX", "TX", "DROPS", "PSK", "PSK", "AGE", "NEEDED"]
+        assert table[1][:4] == ["hv1|hv2", pair["state"], str(pair["vni"]), "-"] and pair["psk_fingerprint"] in table[1]
+        assert table[1][-1] == "yes" and table[2][:3] == ["encrypt", "drops:", "0;"]
+        assert (
+            json.loads(ok(run(ctl, "tunnels", "-o", "json", home=home)))["tunnels"][0]["psk_fingerprint"]
+            == pair["psk_fingerprint"]
+        )
+
+        counts = {state: sum(t["state"] == state for t in api["tunnels"]) for state in ("up", "pending", "down")}
+        line = f"tunnels:     {counts['up']} up, {counts['pending']} pending, {counts['down']} down"
+        assert line in ok(run(ctl, "status", home=home))
+        explained = ok(run(ctl, "explain", "enc-a", "enc-b", home=home))
+        assert "decided by:  rule a-to-b (position 0)" in explained
+        assert (
+            f"encryption:  tunnel, {'delivered' if pair['state'] != 'down' else 'DROPPED'}: tunnel hv1|hv2 is {pair['state']}"
+            in explained
+        )
+
+        assert yaml.safe_load(ok(run(ctl, "keys", "rotate", "-o", "yaml", home=home))) == {"rotated": 1}
+        assert ctl.api("GET", "/v1/tunnels")["tunnels"][0]["psk_fingerprint"] != pair["psk_fingerprint"]
+    finally:
+        ctl.api("DELETE", "/v1/policies/a-to-b", expect=None)
+        ctl.api("DELETE", "/v1/vms/enc-a", expect=204)
+        ctl.api("DELETE", "/v1/vms/enc-b", expect=204)
 
 
 def test_agents_list_show_token_rotate_revoke(fabric, home, tmp_path):
@@ -132,11 +220,12 @@ def test_agents_list_show_token_rotate_revoke(fabric, home, tmp_path):
     shown = json.loads(ok(run(ctl, "agents", "show", "hv1", "-o", "json", home=home)))
     api = ctl.api("GET", "/v1/agents/hv1")
     assert {k: v for k, v in shown.items() if k != "last_report_age"} == {k: v for k, v in api.items() if k != "last_report_age"}
+    assert ["bridge:", "br-hv1"] in rows(ok(run(ctl, "agents", "show", "hv1", home=home)))
 
     # An enrollment token is printed, once, and works; --token-out keeps it off the screen.
     issued = json.loads(ok(run(ctl, "agents", "token", "--ttl", "10m", "-o", "json", home=home)))
     assert issued["token"].startswith("gle_") and "BEGIN CERTIFICATE" in issued["ca_certificate"]
-    answer, _ = enroll(ctl, issued, "hv2")
+    answer, _ = enroll(ctl, issued, "hv9")
     assert answer["type"] == "enrolled"
     shown = ok(run(ctl, "agents", "token", home=home))
     assert shown.count("gle_") == 1 and "not shown again" in shown
@@ -149,18 +238,12 @@ def test_agents_list_show_token_rotate_revoke(fabric, home, tmp_path):
 
     rotation = json.loads(ok(run(ctl, "agents", "rotate", "hv1", "-o", "json", home=home)))
     assert rotation["hypervisor"] == "hv1" and rotation["rotation"]
-    assert "not connected" in failed(run(ctl, "agents", "rotate", "hv2", home=home))  # 409 from the API
+    assert "not connected" in failed(run(ctl, "agents", "rotate", "hv9", home=home))  # 409 from the API
 
-    assert ok(run(ctl, "agents", "revoke", "hv2", home=home)) == "agent hv2 revoked\n"
-    assert run(ctl, "agents", "revoke", "hv2", "-o", "json", home=home).returncode == 1
-    assert [a["hypervisor"] for a in json.loads(ok(run(ctl, "agents", "list", "-o", "json", home=home)))["agents"]] == ["hv1"]
-
-
-def test_tunnels_and_key_rotation(fabric, home):
-    table = ok(run(fabric, "tunnels", home=home))
-    assert "(no tunnels)" in table and "encrypt drops: 0" in table and "rotate every 1h" in table
-    assert json.loads(ok(run(fabric, "tunnels", "-o", "json", home=home))) == fabric.api("GET", "/v1/tunnels")
-    assert yaml.safe_load(ok(run(fabric, "keys", "rotate", "-o", "yaml", home=home))) == {"rotated": 0}
+    assert ok(run(ctl, "agents", "revoke", "hv9", home=home)) == "agent hv9 revoked\n"
+    assert "no enrolled agent" in failed(run(ctl, "agents", "revoke", "hv9", "-o", "json", home=home))
+    listed = json.loads(ok(run(ctl, "agents", "list", "-o", "json", home=home)))["agents"]
+    assert [a["hypervisor"] for a in listed] == ["hv1", "hv2"]
 
 
 # -- VMs, policy, explain, quarantine -----------------------------------------------------------------
