@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -198,6 +199,24 @@ def topology(session: Session, out: Out) -> None:
     out.emit(doc, lambda: views.topology_views(doc))
 
 
+@cli.command()
+@click.argument("switch", shell_complete=_completer("/v1/topology", "switches", "name"))
+@output_options
+@pass_session
+def flows(session: Session, out: Out, switch: str) -> None:
+    """The flow table the controller wants on SWITCH (a dpid in hex, or a bridge name), and the
+    entries the switch refused."""
+    dpid = switch
+    if not re.fullmatch(r"[0-9a-fA-F]{16}", switch):  # a full dpid is one; anything shorter may be a name ("cafe")
+        names = {s["name"]: s["dpid"] for s in session.get("/v1/topology")["switches"] if s["name"]}
+        if switch in names:
+            dpid = names[switch]
+        elif not re.fullmatch(r"[0-9a-fA-F]{1,15}", switch):
+            raise CliError(f"no switch named {switch!r} (known: {', '.join(sorted(names)) or 'none'})")
+    doc = session.get(f"/v1/switches/{segment(dpid)}/flows")
+    out.emit(doc, lambda: views.flow_views(doc))
+
+
 # -- VMs ------------------------------------------------------------------------------------------------
 @cli.group(cls=Group)
 def vms() -> None:
@@ -349,6 +368,28 @@ def policy_add(session: Session, out: Out, name: str, src: str, dst: str, servic
     if services:
         body["services"] = list(services)
     doc = session.call("POST", "/v1/policies", body, position=position)
+    out.emit(doc, lambda: [views.rule_table([doc])])
+
+
+@policy.command("set")
+@click.argument("name", shell_complete=complete_rules)
+@click.option("--from", "src", required=True, metavar="SELECTOR", help="Who opens the connection, as for `policy add`.")
+@click.option("--to", "dst", required=True, metavar="SELECTOR", help="Who it goes to.")
+@click.option("--service", "services", multiple=True, metavar="SERVICE", help="As for `policy add` (repeatable). [default: any]")
+@click.option("--action", required=True, type=click.Choice(["allow", "deny", "encrypt"]), help="What happens to a matching flow.")
+@click.option(
+    "--position", type=click.IntRange(min=0), metavar="N", help="Move it to position N. [default: where it is, or last]"
+)
+@output_options
+@pass_session
+def policy_set(
+    session: Session, out: Out, name: str, src: str, dst: str, services: tuple[str, ...], action: str, position: int | None
+) -> None:
+    """Replace rule NAME in place (PUT), or create it at the end; --position moves it."""
+    body: dict[str, Any] = {"name": name, "src": src, "dst": dst, "action": action}
+    if services:
+        body["services"] = list(services)
+    doc = session.call("PUT", f"/v1/policies/{segment(name)}", body, position=position)
     out.emit(doc, lambda: [views.rule_table([doc])])
 
 

@@ -118,6 +118,32 @@ def topology_views(topology: dict) -> list[View]:
     return [switches, links, hosts]
 
 
+def match_text(match: dict) -> str:
+    def value(v: Any) -> str:
+        return f"{v[0]}/{v[1]}" if isinstance(v, list) else str(v)
+
+    return ",".join(f"{k}={value(v)}" for k, v in match.items()) or "*"
+
+
+def flow_views(doc: dict) -> list[View]:
+    table = Table(["TABLE", "PRIO", "COOKIE", "MATCH", "ACTIONS"], title=f"Desired flows of {doc['dpid']}", empty="(no flows)")
+    for f in doc["flows"]:
+        actions = list(f["actions"])
+        if f.get("write_metadata"):
+            actions.append(f"write_metadata:{'/'.join(str(v) for v in f['write_metadata'])}")
+        if f.get("goto") is not None:
+            actions.append(f"goto:{f['goto']}")
+        table.rows.append(
+            [str(f["table"]), str(f["priority"]), f["cookie"], match_text(f["match"]), "; ".join(actions) or "drop"]
+        )
+    refused = Table(["TABLE", "PRIO", "COOKIE", "MATCH", "ERROR", "ATTEMPTS"], title="Refused by the switch", empty="(none)")
+    for r in doc["refused"]:
+        refused.rows.append(
+            [str(r["table"]), str(r["priority"]), r["cookie"], match_text(r["match"]), r["error"], str(r["attempts"])]
+        )
+    return [table, refused]
+
+
 # -- VMs -------------------------------------------------------------------------------------------
 def vm_table(vms: list[dict], names: dict[str, str], quarantined: set[str]) -> Table:
     table = Table(["NAME", "HYPERVISOR", "MACS", "IPS", "LABELS", "QUARANTINED", "SOURCE"], empty="(no VMs)")

@@ -173,6 +173,17 @@ def test_topology_shows_switches_links_and_hosts_by_name(fabric, home):
     assert doc["links"] == api["links"] and doc["hosts"] == api["hosts"]
 
 
+def test_flows_shows_the_desired_table_of_a_switch_by_dpid_or_bridge_name(fabric, home):
+    api = fabric.api("GET", f"/v1/switches/{HV1:016x}/flows")
+    assert json.loads(ok(run(fabric, "flows", "br-hv1", "-o", "json", home=home))) == api
+    assert json.loads(ok(run(fabric, "flows", f"{HV1:016x}", "-o", "json", home=home))) == api
+    table = rows(ok(run(fabric, "flows", "21", home=home)))
+    assert table[0] == ["Desired", "flows", "of", f"{HV1:016x}"] and table[1] == ["TABLE", "PRIO", "COOKIE", "MATCH", "ACTIONS"]
+    assert sorted(r[2] for r in table[2 : 2 + len(api["flows"])]) == sorted(f["cookie"] for f in api["flows"])
+    assert "no switch named 'br-nope' (known: br-hv1, br-hv2)" in failed(run(fabric, "flows", "br-nope", home=home))
+    assert "no switch with dpid 00000000000000ff" in failed(run(fabric, "flows", "00000000000000ff", home=home))
+
+
 def test_an_encrypt_rule_makes_a_tunnel_that_tunnels_status_and_explain_show(fabric, home):
     ctl = fabric
     ctl.api("PUT", "/v1/vms/enc-a", {"macs": [VM_MACS[HV1]], "labels": {"app": "a"}}, expect=201)
@@ -329,6 +340,10 @@ def test_policy_add_order_default_delete(ctl, home):
     assert "field: name" in failed(
         run(ctl, "policy", "add", "ops", "--from", "any", "--to", "any", "--action", "deny", home=home)
     )
+    replaced = json.loads(ok(run(ctl, "policy", "set", "ops", "--from", "role=bastion", "--to", "tier=db", "--service", "tcp/22",
+                                 "--action", "deny", "--position", "0", "-o", "json", home=home)))  # fmt: skip
+    rule = {"name": "ops", "src": "role=bastion", "dst": "tier=db", "services": ["tcp/22"], "action": "deny", "position": 0}
+    assert replaced == ctl.api("GET", "/v1/policies/ops") == rule
     ok(run(ctl, "policy", "delete", "ops", home=home))
     assert ctl.api("GET", "/v1/policies/order") == {"order": ["web-to-db"]}
 

@@ -156,3 +156,25 @@ def test_status_counts_what_is_down():
     assert shown["agents"] == "2 enrolled, 1 connected; not connected: hv2"
     assert shown["tunnels"] == "1 up, 0 pending, 2 down; encrypt drops 7"
     assert shown["policy"] == "1 rule, default deny" and shown["quarantine"] == "0 VMs"
+
+
+def test_a_flow_table_reads_like_ovs_ofctl():
+    doc = {
+        "dpid": "0000000000000011",
+        "flows": [
+            {"cookie": "0x6c01", "table": 0, "priority": 1000, "match": {"eth_type": 35020},
+             "actions": ["Output(port=4294967293)"], "goto": None, "write_metadata": None},
+            {"cookie": "0x6c02", "table": 1, "priority": 5, "match": {"eth_src": "02:00:00:00:00:01", "metadata": [4, 15]},
+             "actions": [], "goto": 2, "write_metadata": [1, 255]},
+            {"cookie": "0x6c03", "table": 3, "priority": 0, "match": {}, "actions": [], "goto": None, "write_metadata": None},
+        ],
+        "refused": [{"cookie": "0x6c09", "table": 2, "priority": 7, "match": {"in_port": 1}, "error": "OFPBAC_BAD_OUT_PORT",
+                     "attempts": 3, "since_seconds": 1.0, "retry_in_seconds": 2.0}],
+    }  # fmt: skip
+    flows, refused = views.flow_views(doc)
+    assert flows.rows == [
+        ["0", "1000", "0x6c01", "eth_type=35020", "Output(port=4294967293)"],
+        ["1", "5", "0x6c02", "eth_src=02:00:00:00:00:01,metadata=4/15", "write_metadata:1/255; goto:2"],
+        ["3", "0", "0x6c03", "*", "drop"],
+    ]
+    assert refused.rows == [["2", "7", "0x6c09", "in_port=1", "OFPBAC_BAD_OUT_PORT", "3"]]
