@@ -57,6 +57,7 @@ class Session:
     token_file: str | None
     config: str | None
     timeout: float
+    quiet: bool = False  # completion: no warnings in the middle of the user's command line
     _client: Client | None = field(default=None, repr=False)
     connection: Connection | None = None
 
@@ -64,7 +65,7 @@ class Session:
     def client(self) -> Client:
         if self._client is None:
             self.connection = resolve(self.url, self.token_file, self.config, os.environ)
-            for warning in self.connection.warnings:
+            for warning in () if self.quiet else self.connection.warnings:
                 click.echo(warning, err=True)
             self._client = Client(self.connection.url, self.connection.token, timeout=self.timeout,
                                   token_source=self.connection.token_source)  # fmt: skip
@@ -113,10 +114,6 @@ class Out:
     def done(self, message: str) -> None:
         done(message, self.fmt)
 
-    @property
-    def table(self) -> bool:
-        return self.fmt == "table"
-
 
 def bad_value(param: str, exc: ValueError) -> click.BadParameter:
     return click.BadParameter(str(exc), param_hint=param)
@@ -127,12 +124,11 @@ def _completer(path: str, key: str, name_key: str) -> Callable:
     def complete(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
         root = ctx.find_root().params
         try:
-            session = Session(root.get("url"), root.get("token_file"), root.get("config"), 2.0)
-            items = session.get(path)[key]
+            session = Session(root.get("url"), root.get("token_file"), root.get("config"), 2.0, quiet=True)
+            names = [item[name_key] for item in session.get(path)[key]]
         except Exception:  # completion must never print a traceback into the shell
             return []
-        names = [item[name_key] if isinstance(item, dict) else item for item in items]
-        return [n for n in names if n.startswith(incomplete)]
+        return [n for n in names if isinstance(n, str) and n.startswith(incomplete)]
 
     return complete
 
@@ -142,6 +138,7 @@ complete_rules = _completer("/v1/policies", "policies", "name")
 complete_agents = _completer("/v1/agents", "agents", "hypervisor")
 complete_quarantined = _completer("/v1/quarantine", "quarantine", "vm")
 complete_tokens = _completer("/v1/tokens", "tokens", "name")
+complete_switches = _completer("/v1/topology", "switches", "name")
 
 
 # -- the root -----------------------------------------------------------------------------------------
@@ -168,6 +165,11 @@ def cli(ctx: click.Context, url: str | None, token_file: str | None, config: str
       goldilocks vms set web1 --mac 02:00:00:00:00:01 --ip 10.0.0.1 --label tier=web
       goldilocks policy add web-to-db --from tier=web --to tier=db --service tcp/5432 --action encrypt
       goldilocks explain web1 db1 --proto tcp --port 5432
+
+    \b
+    The URL and token come from the flags, then GOLDILOCKS_URL and GOLDILOCKS_TOKEN (or
+    GOLDILOCKS_TOKEN_FILE), then the config file, then the defaults. Exit status: 0 success,
+    1 the controller refused the request or cannot be reached, 2 a usage error.
     """
     ctx.obj = Session(url, token_file, config, timeout)
 
@@ -200,7 +202,7 @@ def topology(session: Session, out: Out) -> None:
 
 
 @cli.command()
-@click.argument("switch", shell_complete=_completer("/v1/topology", "switches", "name"))
+@click.argument("switch", shell_complete=complete_switches)
 @output_options
 @pass_session
 def flows(session: Session, out: Out, switch: str) -> None:
@@ -737,7 +739,7 @@ SHELLS = ("bash", "zsh", "fish")
 @cli.command()
 @click.argument("shell", type=click.Choice(SHELLS))
 def completion(shell: str) -> None:
-    """Print the completion script for SHELL. VM, rule, agent and token names complete from the API.
+    """Print the completion script for SHELL. VM, rule, agent, token and switch names complete from the API.
 
     \b
     bash:  eval "$(goldilocks completion bash)"     (or save it in /etc/bash_completion.d/goldilocks)

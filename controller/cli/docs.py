@@ -101,8 +101,8 @@ eval "$(goldilocks completion zsh)"                                    # zsh, af
 goldilocks completion fish > ~/.config/fish/completions/goldilocks.fish
 ```
 
-Commands, options and choices complete offline. VM, rule, agent and token names complete from
-the API (with the same connection settings, a 2 s timeout, and nothing when it cannot answer).
+Commands, options and choices complete offline. VM, rule, agent, token and switch names complete
+from the API (with the same connection settings, a 2 s timeout, and nothing when it cannot answer).
 
 ## Commands
 """

@@ -506,7 +506,8 @@ def test_too_many_failed_sign_ins_say_when_to_retry(home):
 
 
 # -- completion, help, the console script ------------------------------------------------------------------------------
-def test_completion_scripts_and_names_from_the_api(ctl, home):
+def test_completion_scripts_and_names_from_the_api(fabric, home):
+    ctl = fabric
     for shell, marker in (("bash", "complete -o nosort -F"), ("zsh", "#compdef goldilocks"), ("fish", "complete --no-files")):
         assert marker in ok(run(ctl, "completion", shell, home=home, url=False, token_file=None))
     ctl.api("PUT", "/v1/vms/compl-web", {"macs": ["02:00:00:00:06:01"]})
@@ -515,6 +516,9 @@ def test_completion_scripts_and_names_from_the_api(ctl, home):
            "GOLDILOCKS_TOKEN_FILE": str(Path(ctl.state_dir, "admin.token"))}  # fmt: skip
     result = run(ctl, home=home, url=False, token_file=None, env=env)
     assert "plain,compl-web" in result.stdout.splitlines()
+    env["COMP_WORDS"] = f"goldilocks --url {ctl.rest_url} flows br-"
+    env["COMP_CWORD"] = "4"
+    assert run(ctl, home=home, url=False, token_file=None, env=env).stdout.splitlines() == ["plain,br-hv1", "plain,br-hv2"]
     env["COMP_WORDS"] = "goldilocks vms l"
     env["COMP_CWORD"] = "2"
     assert "plain,list" in run(ctl, home=home, url=False, token_file=None, env=env).stdout.splitlines()
