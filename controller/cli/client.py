@@ -28,13 +28,24 @@ class Transport(Protocol):
     def send(self, method: str, url: str, headers: Mapping[str, str], body: bytes | None, timeout: float) -> Reply: ...
 
 
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """urllib would follow a redirect with the Authorization header, to wherever it points: the
+    token must only ever go to the URL the user configured, so a redirect is answered as it is."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001 - urllib's signature
+        return None
+
+
 class UrllibTransport:
     """The real transport: urllib, which also speaks https with the system's CA store."""
+
+    def __init__(self) -> None:
+        self._opener = urllib.request.build_opener(_NoRedirects)
 
     def send(self, method: str, url: str, headers: Mapping[str, str], body: bytes | None, timeout: float) -> Reply:
         request = urllib.request.Request(url, data=body, method=method, headers=dict(headers))
         try:
-            with urllib.request.urlopen(request, timeout=timeout) as resp:
+            with self._opener.open(request, timeout=timeout) as resp:
                 return Reply(resp.status, {k.lower(): v for k, v in resp.headers.items()}, resp.read())
         except urllib.error.HTTPError as err:
             with err:
@@ -148,6 +159,9 @@ class Client:
             if doc is None and text.strip():
                 raise CliError(f"the controller answered HTTP {reply.status} with something that is not JSON")
             return doc
+        if 300 <= reply.status < 400:
+            where = reply.headers.get("location", "elsewhere")
+            raise CliError(f"the controller's URL answered with a redirect (HTTP {reply.status}) to {where}: use that URL")
         if isinstance(doc, dict) and isinstance(doc.get("error"), str):
             raise ApiError(reply.status, doc["error"], doc.get("field"), reply.headers.get("retry-after"))
         raise ApiError(reply.status, text.strip()[:200] or "no details", None, reply.headers.get("retry-after"))

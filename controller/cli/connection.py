@@ -129,8 +129,11 @@ def resolve(url_flag: str | None, token_file_flag: str | None, config_flag: str 
         token_source = f"{ENV_TOKEN_FILE} {env[ENV_TOKEN_FILE]}"
         token, warnings = read_token_file(env[ENV_TOKEN_FILE], ENV_TOKEN_FILE, required=True)
     elif "token_file" in config:
-        token_source = f"{in_config}: token_file {config['token_file']}"
-        token, warnings = read_token_file(config["token_file"], f"{in_config}: token_file", required=True)
+        path = Path(config["token_file"]).expanduser()
+        if not path.is_absolute():  # next to the config file, wherever the command runs from
+            path = config_path.parent / path
+        token_source = f"{in_config}: token_file {path}"
+        token, warnings = read_token_file(str(path), f"{in_config}: token_file", required=True)
     else:
         token_source = f"the default token file {DEFAULT_TOKEN_FILE}"
         token, warnings = read_token_file(DEFAULT_TOKEN_FILE, "default", required=False)

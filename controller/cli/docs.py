@@ -55,6 +55,8 @@ url: https://goldilocks.example.net:8080
 token_file: ~/.config/goldilocks/ops.token
 ```
 
+A relative `token_file` is taken relative to the config file's directory.
+
 A config file that is not valid YAML, has another key, or a token file given by flag, environment
 or config that cannot be read, is a usage error (exit 2) naming the file. A token file that others
 may read gets a warning on stderr (the command still runs: a read-only token may be shared with a

@@ -121,3 +121,33 @@ def unused_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]  # closed again: nothing listens there
+
+
+def test_a_redirect_is_not_followed_with_the_token(tmp_path):
+    """A server that redirects: the client reports it and never sends the token to the new place."""
+    import http.server
+    import threading
+
+    seen: list[tuple[str, str | None]] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            seen.append((self.path, self.headers.get("Authorization")))
+            self.send_response(302)
+            self.send_header("Location", "/elsewhere")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}"
+        with pytest.raises(CliError, match=r"redirect \(HTTP 302\) to /elsewhere: use that URL"):
+            Client(url, TOKEN, UrllibTransport(), timeout=5).get("/v1/vms")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert seen == [("/v1/vms", f"Bearer {TOKEN}")]  # one request, to the configured URL only

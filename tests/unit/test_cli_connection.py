@@ -113,3 +113,14 @@ def test_a_malformed_token_is_refused_without_showing_it(tmp_path, value):
     with pytest.raises(SettingsError, match="from GOLDILOCKS_TOKEN is not a token") as caught:
         resolve(None, None, None, {"HOME": str(tmp_path), "GOLDILOCKS_TOKEN": value})
     assert value.strip() not in str(caught.value)
+
+
+def test_a_relative_token_file_in_the_config_is_next_to_it(tmp_path, monkeypatch):
+    config = tmp_path / "etc" / "cli.yaml"
+    config.parent.mkdir()
+    config.write_text("token_file: ops.token\n")
+    (config.parent / "ops.token").write_text("glk_ops")
+    (config.parent / "ops.token").chmod(0o600)
+    monkeypatch.chdir(tmp_path)
+    got = resolve(None, None, str(config), {})
+    assert got.token == "glk_ops" and got.token_source == f"config file {config}: token_file {config.parent / 'ops.token'}"
