@@ -163,7 +163,7 @@
       { selector: "node.fabric", style: { shape: "round-rectangle", width: 70, height: 28, "background-color": c("--fabric"), "text-valign": "center", "text-margin-y": 0, "text-background-opacity": 0, color: "#ffffff", "font-weight": "bold" } },
       { selector: "node.hypervisor", style: { shape: "round-rectangle", width: 80, height: 30, "background-color": c("--hypervisor"), "text-valign": "center", "text-margin-y": 0, "text-background-opacity": 0, color: "#ffffff", "font-weight": "bold" } },
       { selector: "node.disconnected", style: { "background-opacity": 0.35, "border-width": 2, "border-style": "dashed", "border-color": c("--lost") } },
-      { selector: "node.vm", style: { shape: "ellipse", width: 26, height: 26, "background-color": c("--vm") } },
+      { selector: "node.vm", style: { shape: "ellipse", width: 26, height: 26, "background-color": c("--vm"), "text-max-width": 100 } },
       { selector: "node.host", style: { shape: "ellipse", width: 18, height: 18, "background-color": c("--host") } },
       {
         selector: "node.quarantined",
@@ -214,13 +214,16 @@
 
   function tunnelLabel(tunnel) {
     const ageSeconds = handshakeAge(tunnel);
-    return `WireGuard ${tunnel.state} · ` + (ageSeconds == null ? "no handshake yet" : `handshake ${age(ageSeconds)} ago`);
+    return `${tunnel.state} · ` + (ageSeconds == null ? "no handshake yet" : `handshake ${age(ageSeconds)} ago`);
   }
 
   function vmLabel(vm) {
     const lines = [vm.name];
     for (const key of Object.keys(vm.labels).sort()) lines.push(`${key}=${vm.labels[key]}`);
-    if (vm.quarantine) lines.push(`QUARANTINED: ${vm.quarantine.reason.length > 40 ? vm.quarantine.reason.slice(0, 39) + "…" : vm.quarantine.reason}`);
+    if (vm.quarantine) {
+      const reason = vm.quarantine.reason;
+      lines.push("QUARANTINED", reason.length > 48 ? reason.slice(0, 47) + "…" : reason);
+    }
     return lines.join("\n");
   }
 
@@ -369,7 +372,6 @@
         layout: { name: "preset", fit: true, padding: 40 },
         minZoom: 0.2,
         maxZoom: 3,
-        wheelSensitivity: 0.3,
         boxSelectionEnabled: false,
       });
       cy.on("tap", "node, edge", (event) => select(event.target.id()));
@@ -377,6 +379,7 @@
         if (event.target === cy) select(null);
       });
       window.goldilocksView.cy = cy;
+      fitGraph();
       return;
     }
     const wanted = new Set(elements.map((e) => e.data.id));
@@ -397,7 +400,15 @@
         }
       }
     });
-    if (added) cy.fit(undefined, 40);
+    if (added) fitGraph();
+  }
+
+  function fitGraph() {
+    cy.fit(undefined, 40);
+    if (cy.zoom() > 1.6) {
+      cy.zoom(1.6);
+      cy.center();
+    }
   }
 
   function refreshTunnelAges() {
