@@ -172,3 +172,14 @@ def test_a_fabric_poll_is_a_304_until_something_changes(view):
     assert changed.status == 200 and changed.headers["etag"] != etag
     assert [vm["name"] for vm in changed.json["vms"]] == ["web1"]
     assert client.call("GET", "/v1/fabric", token="").status == 401
+
+
+def test_another_origin_gets_no_cors_permission_to_read_or_write(view):
+    """The view's writes are CSRF-proof because the token travels only in a header a browser never
+    adds by itself; and no answer lets another origin's script read it."""
+    _, _, client = view
+    origin = {"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"}
+    preflight = client.call("OPTIONS", "/v1/quarantine", token="", headers=origin, check=False)
+    assert preflight.status == 405
+    for answer in (preflight, client.call("GET", "/v1/fabric", headers={"Origin": "https://evil.example"})):
+        assert not [h for h in answer.headers if h.startswith("access-control-")]
