@@ -15,6 +15,7 @@
   const POLL_MS = 500; // the fabric: a 304 while nothing changes, so polls are cheap
   const PANEL_POLL_MS = 2000; // policy and audit panels
   const AUDIT_ROWS = 30;
+  const REQUEST_TIMEOUT_MS = 10000;
 
   let token = null; // the only copy
   let role = null;
@@ -40,7 +41,15 @@
 
   async function api(method, path, body, extraHeaders) {
     const headers = { Authorization: "Bearer " + token, ...(extraHeaders || {}) };
-    const init = { method, headers, cache: "no-store", credentials: "omit", redirect: "error", referrerPolicy: "no-referrer" };
+    const init = {
+      method,
+      headers,
+      cache: "no-store",
+      credentials: "omit",
+      redirect: "error",
+      referrerPolicy: "no-referrer",
+      signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS), // a hung request must not stall the polling
+    };
     if (body !== undefined) {
       headers["Content-Type"] = "application/json";
       init.body = JSON.stringify(body);
@@ -432,8 +441,9 @@
     showSelection();
     if (id && id.startsWith("vm:")) {
       const name = id.slice(3);
-      if (!$("quarantine-vm").disabled) $("quarantine-vm").value = name;
-      $("explain-src").value = name;
+      for (const picker of [$("quarantine-vm"), $("explain-src")]) {
+        if (!picker.disabled && [...picker.options].some((o) => o.value === name)) picker.value = name;
+      }
     }
   }
 
