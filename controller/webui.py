@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from topology.model import KIND_LOST_LINK
+from topology.model import KIND_DOWN, KIND_LOST_LINK
 
 UI_DIR = Path(__file__).resolve().parent / "ui"
 
@@ -87,7 +87,8 @@ def _dpid(dpid: int) -> str:
 
 
 def fabric_view(app) -> dict:
-    """Switches (role, connected, the agent that runs on a hypervisor), links with their state, VMs
+    """Switches (role, connected, the agent that runs on a hypervisor, ports that are down or held as
+    lost links: the page draws a link it saw before as down or lost from those), links with their state, VMs
     with labels, location and quarantine, unmanaged hosts, and tunnels with state and the time of
     their latest handshake. Nothing here changes by itself as time passes (handshake *times*, not
     ages), so that its ETag changes only when the fabric does; `server_time` (left out of the ETag)
@@ -98,7 +99,7 @@ def fabric_view(app) -> dict:
     switches = []
     for dpid in sorted(topo.switches):
         sw = topo.switches[dpid]
-        lost = sorted(p for p in sw.ports if p < 0xFFFFFF00 and topo.port_kind(dpid, p) == KIND_LOST_LINK)
+        kinds = {p: topo.port_kind(dpid, p) for p in sw.ports if p < 0xFFFFFF00}  # not the bridge's local port
         switches.append(
             {
                 "dpid": _dpid(dpid),
@@ -106,7 +107,8 @@ def fabric_view(app) -> dict:
                 "role": topo.role(dpid),
                 "connected": sw.connected,
                 "agent": agent_of_bridge.get(sw.name),
-                "lost_ports": lost,
+                "lost_ports": sorted(p for p, kind in kinds.items() if kind == KIND_LOST_LINK),
+                "down_ports": sorted(p for p, kind in kinds.items() if kind == KIND_DOWN),
             }
         )
 

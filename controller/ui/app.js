@@ -182,7 +182,7 @@
       { selector: "edge", style: { width: 3, "curve-style": "straight", "line-color": c("--up") } },
       { selector: "edge.attach", style: { width: 1.5, "line-color": c("--border") } },
       { selector: "edge.link-unconfirmed", style: { "line-color": c("--unconfirmed"), "line-style": "dotted" } },
-      { selector: "edge.link-lost", style: { "line-color": c("--lost"), "line-style": "dashed" } },
+      { selector: "edge.link-lost, edge.link-down", style: { "line-color": c("--lost"), "line-style": "dashed" } },
       {
         selector: "edge.tunnel",
         style: {
@@ -344,15 +344,21 @@
       seenLinks.set(id, link);
       elements.push({ group: "edges", data: { id, source: "sw:" + link.a, target: "sw:" + link.b, kind: "link", state: link.state }, classes: "link link-" + link.state });
     }
-    // A link that went away while one of its ports is held as lost: drawn as lost.
-    const lostPorts = new Set(doc.switches.flatMap((s) => s.lost_ports.map((p) => `${s.dpid}:${p}`)));
+    // A link seen before that went away while one of its ports is down or held as lost: drawn so.
+    // (Only this page remembers it: a page opened later does not draw it at all.)
+    const deadPorts = new Map();
+    for (const s of doc.switches) {
+      for (const p of s.lost_ports) deadPorts.set(`${s.dpid}:${p}`, "lost");
+      for (const p of s.down_ports) deadPorts.set(`${s.dpid}:${p}`, "down");
+    }
     for (const [id, link] of seenLinks) {
       if (current.has(id)) continue;
-      if (!byDpid.has(link.a) || !byDpid.has(link.b) || !(lostPorts.has(`${link.a}:${link.a_port}`) || lostPorts.has(`${link.b}:${link.b_port}`))) {
+      const state = deadPorts.get(`${link.a}:${link.a_port}`) || deadPorts.get(`${link.b}:${link.b_port}`);
+      if (!byDpid.has(link.a) || !byDpid.has(link.b) || !state) {
         seenLinks.delete(id);
         continue;
       }
-      elements.push({ group: "edges", data: { id, source: "sw:" + link.a, target: "sw:" + link.b, kind: "link", state: "lost" }, classes: "link link-lost" });
+      elements.push({ group: "edges", data: { id, source: "sw:" + link.a, target: "sw:" + link.b, kind: "link", state }, classes: "link link-" + state });
     }
 
     const switchOfAgent = new Map(doc.switches.filter((s) => s.agent).map((s) => [s.agent, s.dpid]));
@@ -492,6 +498,7 @@
         ["role", s.role],
         ["connected", s.connected ? "yes" : "no"],
         ["agent", s.agent || "none"],
+        ["ports down", s.down_ports.join(", ") || "none"],
         ["lost links on ports", s.lost_ports.join(", ") || "none"],
       ]);
     } else if (selected.startsWith("tn:")) {
@@ -649,16 +656,24 @@
   }
 
   function showAudit(doc) {
-    const body = $("audit").tBodies[0];
-    body.replaceChildren(
+    $("audit").replaceChildren(
       ...doc.entries.map((entry) => {
-        const tr = document.createElement("tr");
-        for (const value of [entry.time.replace("T", " ").replace(/\.\d+/, ""), entry.actor, entry.action, entry.target, entry.summary]) {
-          const td = document.createElement("td");
-          td.textContent = value;
-          tr.append(td);
-        }
-        return tr;
+        const li = document.createElement("li");
+        const head = document.createElement("div");
+        const when = document.createElement("time");
+        when.dateTime = entry.time;
+        when.textContent = entry.time.replace("T", " ").replace(/\.\d+/, "");
+        const what = document.createElement("strong");
+        what.textContent = `${entry.action} ${entry.target}`;
+        const who = document.createElement("span");
+        who.className = "muted";
+        who.textContent = `by ${entry.actor}`;
+        head.append(when, " ", what, " ", who);
+        const summary = document.createElement("div");
+        summary.className = "summary";
+        summary.textContent = entry.summary;
+        li.append(head, summary);
+        return li;
       }),
     );
   }

@@ -4,6 +4,7 @@ changes. (tests/integration/test_web_ui.py drives the page itself in Chromium.)"
 
 from __future__ import annotations
 
+import dataclasses
 import html.parser
 import re
 
@@ -158,6 +159,19 @@ def test_the_fabric_document_holds_what_the_graph_draws(view):
     assert vm["quarantine"]["reason"] == "<img src=x onerror=alert(1)>" and vm["quarantine"]["mode"] == "isolate"
     assert len(doc["hosts"]) == len(fabric.vms) - 1, "the other VMs, not in the inventory, are unmanaged hosts"
     assert [(t["a"], t["b"]) for t in doc["tunnels"]] == [("hv1", "hv2")]
+    assert all(s["down_ports"] == [] and s["lost_ports"] == [] for s in doc["switches"])
+
+
+def test_a_port_that_goes_down_takes_its_link_away_and_is_named(view):
+    fabric, app, client = view
+    link = min(app.topo.links, key=lambda lk: (lk.a.dpid, lk.a.port))
+    port = app.topo.switches[link.a.dpid].ports[link.a.port]
+    before = client.call("GET", "/v1/fabric").json
+    app.topo.set_port(link.a.dpid, dataclasses.replace(port, up=False))
+    after = client.call("GET", "/v1/fabric").json
+    assert len(after["links"]) == len(before["links"]) - 1
+    (switch,) = [s for s in after["switches"] if s["dpid"] == f"{link.a.dpid:016x}"]
+    assert switch["down_ports"] == [link.a.port]
 
 
 def test_a_fabric_poll_is_a_304_until_something_changes(view):
