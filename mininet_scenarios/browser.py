@@ -74,3 +74,9 @@ def csp_violations(page) -> list[str]:
 
 def drawn_nodes(page) -> set[str]:
     return set(page.evaluate("window.goldilocksView.cy.nodes().map((n) => n.id())"))
+
+
+def tap(page, element_id: str) -> None:
+    """Tap a node or edge of the graph, as a click on it would. (The function returns nothing on
+    purpose: Playwright would otherwise serialise the whole Cytoscape collection emit() returns.)"""
+    page.evaluate("(id) => { window.goldilocksView.cy.getElementById(id).emit('tap'); }", element_id)

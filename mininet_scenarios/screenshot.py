@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="docs/web-ui.png", help="where to save the PNG (default docs/web-ui.png)")
     parser.add_argument("--theme", choices=("dark", "light"), default="dark")
     args = parser.parse_args(argv)
-    from mininet_scenarios.browser import chromium, csp_violations, sign_in
+    from mininet_scenarios.browser import chromium, csp_violations, sign_in, tap
 
     with running(Layout(spines=2, leaves=2, hypervisors_per_leaf=2, vms_per_hypervisor=2)) as dc:
         dc.wait_for_fabric(timeout=60)
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
                 " && window.goldilocksView.cy.$('node.quarantined').length",
                 timeout=10_000,
             )
-            page.evaluate("window.goldilocksView.cy.getElementById('vm:vm8').emit('tap')")
+            tap(page, "vm:vm8")
             page.select_option("#explain-src", "vm1")
             page.select_option("#explain-dst", "vm5")
             page.click("#explain-form button[type=submit]")

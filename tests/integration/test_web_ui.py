@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from mininet_scenarios.browser import chromium, csp_violations, drawn_nodes, sign_in
+from mininet_scenarios.browser import chromium, csp_violations, drawn_nodes, sign_in, tap
 from mininet_scenarios.datacenter import Layout
 from mininet_scenarios.harness import api_call, rest_call, rest_get
 from mininet_scenarios.screenshot import stage
@@ -164,7 +164,7 @@ def test_a_quarantine_made_through_the_api_is_marked_within_a_second_and_release
 
 def test_an_admin_quarantines_a_vm_from_the_view(dc, tokens, page):
     sign_in(page, dc.rest_url, tokens["admin"])
-    page.evaluate("window.goldilocksView.cy.getElementById('vm:vm4').emit('tap')")  # picks it in the form
+    tap(page, "vm:vm4")  # picks it in the form
     assert page.input_value("#quarantine-vm") == "vm4"
     page.fill("#quarantine-reason", "lateral movement")
     page.click("#quarantine-form button[type=submit]")
@@ -242,7 +242,7 @@ def test_the_page_carries_a_strict_content_security_policy_and_breaks_none_of_it
     responses = []
     page.on("response", lambda r: responses.append(r) if "/ui" in r.url else None)
     sign_in(page, dc.rest_url, tokens["admin"])
-    page.evaluate("window.goldilocksView.cy.getElementById('vm:vm1').emit('tap')")
+    tap(page, "vm:vm1")
     page.select_option("#explain-src", "vm1")
     page.select_option("#explain-dst", "vm3")
     page.click("#explain-form button[type=submit]")
@@ -263,7 +263,7 @@ def test_server_strings_are_shown_as_text_never_as_markup(dc, tokens, page):
     rest_call(dc.rest_url, "POST", "/v1/quarantine", {"vm": "vm3", "reason": reason}, expect=201)
     sign_in(page, dc.rest_url, tokens["admin"])
     page.wait_for_selector("#quarantine-list li[data-vm=vm3]", timeout=5000)
-    page.evaluate("window.goldilocksView.cy.getElementById('vm:vm3').emit('tap')")
+    tap(page, "vm:vm3")
     page.wait_for_timeout(2500)  # the audit panel's poll, which shows the reason in its summary
     assert page.text_content("#quarantine-list li[data-vm=vm3] .reason") == reason
     assert reason in page.text_content("#selection-details")
