@@ -45,6 +45,7 @@ from controller.store import SOURCE_API, StateFullError
 LOG = logging.getLogger("goldilocks.rest")
 APP_KEY = "goldilocks"
 LIMITER_KEY = "sign-in-limiter"
+FABRIC_KEY = "fabric-document"  # webui.FabricDocument, shared by every request
 MAX_BODY_BYTES = 64 * 1024
 OPENAPI_FILE = Path(__file__).resolve().parent.parent / "docs" / "openapi.yaml"
 
@@ -1041,11 +1042,13 @@ class GoldilocksApi(ControllerBase):
 
     @endpoint("GET", "/v1/fabric", READ)
     def fabric(self, call):
-        document, etag = webui.fabric_document(self.app)
-        headers = {"ETag": etag, "Cache-Control": "no-store"}
+        body, etag = self.data[FABRIC_KEY].current(self.app)
+        headers = {"ETag": etag, "Cache-Control": "no-store", "X-Server-Time": f"{time.time():.3f}"}
         if webui.etag_matches(self.req.headers.get("If-None-Match"), etag):
             return not_modified(headers)
-        return json_response(document, headers=headers)
+        response = Response(status=200, content_type="application/json", charset="utf-8", body=body)
+        response.headers.update(headers)
+        return response
 
     @endpoint("GET", "/ui", OPEN)
     def ui(self, call):
@@ -1126,5 +1129,6 @@ def register(wsgi, app, limiter: auth.SignInLimiter | None = None) -> None:
             requirements=dict(declared.requirements),
             conditions={"method": list(declared.methods)},
         )
-    wsgi.register(GoldilocksApi, {APP_KEY: app, LIMITER_KEY: limiter})  # no @route methods: this only hands the class its data
+    # No @route methods: this only hands the class its data.
+    wsgi.register(GoldilocksApi, {APP_KEY: app, LIMITER_KEY: limiter, FABRIC_KEY: webui.FabricDocument()})
     wsgi.register(NotFoundApi)

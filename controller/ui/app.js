@@ -22,7 +22,7 @@
   let cy = null;
   let fabric = null;
   let fabricEtag = null;
-  let clockSkew = 0; // server_time - local time, seconds
+  let clockSkew = 0; // the controller's clock (X-Server-Time) - ours, seconds
   let lastFabricOk = 0;
   let timers = [];
   let generation = 0; // bumped at sign-out: answers to an older session are dropped
@@ -603,10 +603,11 @@
       const answer = await api("GET", "/v1/fabric", undefined, fabricEtag ? { "If-None-Match": fabricEtag } : {});
       if (mine !== generation) return;
       lastFabricOk = Date.now();
+      const serverTime = Number(answer.headers.get("X-Server-Time"));
+      if (serverTime) clockSkew = serverTime - Date.now() / 1000;
       if (answer.status === 200) {
         fabric = answer.body;
         fabricEtag = answer.headers.get("ETag");
-        clockSkew = fabric.server_time - Date.now() / 1000;
         drawFabric(fabric);
         showQuarantine(fabric);
         showSelection();

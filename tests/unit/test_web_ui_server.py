@@ -7,10 +7,11 @@ from __future__ import annotations
 import dataclasses
 import html.parser
 import re
+import time
 
 import pytest
 
-from controller import webui
+from controller import rest, webui
 from tests.api_stub import make_api
 from tests.fakeoftable import build_leaf_spine
 from tests.unit.test_api_agents import connect, enroll
@@ -21,11 +22,26 @@ CSP = (
 )
 
 
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 @pytest.fixture
 def view(tmp_path):
     fabric = build_leaf_spine(spines=2, leaves=2, hypervisors_per_leaf=1, vms_per_hypervisor=2)
     app, client = make_api(tmp_path, fabric.topo)
     return fabric, app, client
+
+
+def shared_document(client) -> webui.FabricDocument:
+    """The FabricDocument every request of this API shares, on a clock the test moves."""
+    document = client.wsgi.registory[rest.GoldilocksApi.__name__][rest.FABRIC_KEY]
+    document.clock = Clock()
+    return document
 
 
 def assert_secured(answer) -> None:
@@ -164,10 +180,12 @@ def test_the_fabric_document_holds_what_the_graph_draws(view):
 
 def test_a_port_that_goes_down_takes_its_link_away_and_is_named(view):
     fabric, app, client = view
+    document = shared_document(client)
     link = min(app.topo.links, key=lambda lk: (lk.a.dpid, lk.a.port))
     port = app.topo.switches[link.a.dpid].ports[link.a.port]
     before = client.call("GET", "/v1/fabric").json
     app.topo.set_port(link.a.dpid, dataclasses.replace(port, up=False))
+    document.clock.now += webui.MIN_REBUILD_SECONDS
     after = client.call("GET", "/v1/fabric").json
     assert len(after["links"]) == len(before["links"]) - 1
     (switch,) = [s for s in after["switches"] if s["dpid"] == f"{link.a.dpid:016x}"]
@@ -179,8 +197,9 @@ def test_a_fabric_poll_is_a_304_until_something_changes(view):
     first = client.call("GET", "/v1/fabric")
     etag = first.headers["etag"]
     assert first.headers["cache-control"] == "no-store"
+    assert abs(float(first.headers["x-server-time"]) - time.time()) < 60
     same = client.call("GET", "/v1/fabric", headers={"If-None-Match": etag})
-    assert same.status == 304 and same.raw == b""
+    assert same.status == 304 and same.raw == b"" and same.headers["x-server-time"]
     assert client.call("PUT", "/v1/vms/web1", {"macs": [fabric.vms[0].mac]}).status == 201
     changed = client.call("GET", "/v1/fabric", headers={"If-None-Match": etag})
     assert changed.status == 200 and changed.headers["etag"] != etag
@@ -197,3 +216,30 @@ def test_another_origin_gets_no_cors_permission_to_read_or_write(view):
     assert preflight.status == 405
     for answer in (preflight, client.call("GET", "/v1/fabric", headers={"Origin": "https://evil.example"})):
         assert not [h for h in answer.headers if h.startswith("access-control-")]
+
+
+def test_every_view_shares_one_copy_rebuilt_at_once_on_a_policy_change_and_otherwise_at_a_bounded_rate(view, monkeypatch):
+    fabric, app, client = view
+    document = shared_document(client)
+    build_time = 0.05  # as if each build took this long on the controller's clock
+    real_view = webui.fabric_view
+
+    def slow_view(app_):
+        document.clock.now += build_time
+        return real_view(app_)
+
+    monkeypatch.setattr(webui, "fabric_view", slow_view)
+    client.call("GET", "/v1/fabric")
+    builds = document.builds
+    for _ in range(20):  # many views polling at once: one copy
+        client.call("GET", "/v1/fabric")
+    assert document.builds == builds
+    document.clock.now += webui.MIN_REBUILD_SECONDS  # older than 0.1 s, but not 5 x 0.05 s
+    client.call("GET", "/v1/fabric")
+    assert document.builds == builds
+    document.clock.now += webui.REBUILD_COST_FACTOR * build_time
+    client.call("GET", "/v1/fabric")
+    assert document.builds == builds + 1
+    assert client.call("PUT", "/v1/vms/web1", {"macs": [fabric.vms[0].mac]}).status == 201
+    assert [vm["name"] for vm in client.call("GET", "/v1/fabric").json["vms"]] == ["web1"], "a policy change shows at once"
+    assert document.builds == builds + 2
