@@ -36,7 +36,7 @@ from apps.policy import Rule, evaluate, rule_from_json
 from apps.selectors import KEY_RE
 from apps.services import IP_PROTO
 from controller import agents as agents_mod
-from controller import audit, auth
+from controller import audit, auth, webui
 from controller import metrics as metrics_mod
 from controller.auth import Principal
 from controller.security import record_alert
@@ -45,6 +45,7 @@ from controller.store import SOURCE_API, StateFullError
 LOG = logging.getLogger("goldilocks.rest")
 APP_KEY = "goldilocks"
 LIMITER_KEY = "sign-in-limiter"
+FABRIC_KEY = "fabric-document"  # webui.FabricDocument, shared by every request
 MAX_BODY_BYTES = 64 * 1024
 OPENAPI_FILE = Path(__file__).resolve().parent.parent / "docs" / "openapi.yaml"
 
@@ -75,6 +76,13 @@ def json_response(body: Any, status: int = 200, headers: Mapping[str, str] | Non
 
 def no_content() -> Response:
     return Response(status=204)
+
+
+def not_modified(headers: Mapping[str, str]) -> Response:
+    response = Response(status=304)
+    response.headers.update(headers)
+    response.headers.pop("Content-Type", None)  # webob's default; a 304 describes the cached body
+    return response
 
 
 def error_response(status: int, message: str, field: str | None = None, headers: Mapping[str, str] | None = None) -> Response:
@@ -581,7 +589,7 @@ class GoldilocksApi(ControllerBase):
         response = self.answer(declared, handler, req, urlvars)
         # Counted by the declared route template, never the raw path: the label set stays bounded.
         self.app.metrics.rest_request(req.method, declared.path, response.status_int, time.perf_counter() - started)
-        return response
+        return webui.secured(response) if declared.path.startswith("/ui") else response
 
     def answer(self, declared: Endpoint, handler: Callable, req, urlvars: dict) -> Response:
         try:
@@ -1027,6 +1035,49 @@ class GoldilocksApi(ControllerBase):
         following = entries[-1].id if len(entries) == limit and entries[-1].id > 1 else None
         return json_response({"entries": [audit.entry_json(e) for e in entries], "next_before": following})
 
+    # -- the web view (/ui) and what only it needs ---------------------------------------------------
+    @endpoint("GET", "/v1/whoami", READ)
+    def whoami(self, call):
+        return json_response({"name": call.principal.name, "role": call.principal.role}, headers={"Cache-Control": "no-store"})
+
+    @endpoint("GET", "/v1/fabric", READ)
+    def fabric(self, call):
+        body, etag = self.data[FABRIC_KEY].current(self.app)
+        headers = {"ETag": etag, "Cache-Control": "no-store", "X-Server-Time": f"{time.time():.3f}"}
+        if webui.etag_matches(self.req.headers.get("If-None-Match"), etag):
+            return not_modified(headers)
+        response = Response(status=200, content_type="application/json", charset="utf-8", body=body)
+        response.headers.update(headers)
+        return response
+
+    @endpoint("GET", "/ui", OPEN)
+    def ui(self, call):
+        return self.ui_file("index.html")
+
+    @endpoint("GET", "/ui/", OPEN)
+    def ui_slash(self, call):
+        return self.ui_file("index.html")
+
+    @endpoint("GET", "/ui/{asset}", OPEN)
+    def ui_asset(self, call, asset):
+        return self.ui_file(asset)
+
+    def ui_file(self, name: str) -> Response:
+        """One of the view's fixed files (webui.UI_FILES), by its name: never a path on disk."""
+        try:
+            found = webui.ui_file(name)
+        except webui.UiFileMissing as exc:
+            raise ApiError(404, str(exc)) from None
+        if found is None:
+            raise ApiError(404, f"no such file in the web view: {name!r}")
+        content, entry = found
+        headers = {"ETag": webui.etag_of(content), "Cache-Control": webui.STATIC_CACHE_CONTROL}
+        if webui.etag_matches(self.req.headers.get("If-None-Match"), headers["ETag"]):
+            return not_modified(headers)
+        response = Response(status=200, content_type=entry.content_type, charset="utf-8", body=content)
+        response.headers.update(headers)
+        return response
+
 
 class NotFoundApi(ControllerBase):
     """Anything no route took: 405 (with Allow) for a known path with another method, else 404, as JSON."""
@@ -1035,8 +1086,11 @@ class NotFoundApi(ControllerBase):
     def fallback(self, req, path, **_):
         allowed = sorted({m for e in ENDPOINTS if e.regex().fullmatch(req.path_info) for m in e.methods})
         if allowed:
-            return error_response(405, f"method {req.method} not allowed on {req.path}", headers={"Allow": ", ".join(allowed)})
-        return error_response(404, f"no such endpoint: {req.method} {req.path}")
+            message, allow = f"method {req.method} not allowed on {req.path}", {"Allow": ", ".join(allowed)}
+            response = error_response(405, message, headers=allow)
+        else:
+            response = error_response(404, f"no such endpoint: {req.method} {req.path}")
+        return webui.secured(response) if req.path_info.startswith("/ui") else response
 
 
 # A request line's query string, in eventlet's access log (Ryu logs it as ryu.lib.hub).
@@ -1075,5 +1129,6 @@ def register(wsgi, app, limiter: auth.SignInLimiter | None = None) -> None:
             requirements=dict(declared.requirements),
             conditions={"method": list(declared.methods)},
         )
-    wsgi.register(GoldilocksApi, {APP_KEY: app, LIMITER_KEY: limiter})  # no @route methods: this only hands the class its data
+    # No @route methods: this only hands the class its data.
+    wsgi.register(GoldilocksApi, {APP_KEY: app, LIMITER_KEY: limiter, FABRIC_KEY: webui.FabricDocument()})
     wsgi.register(NotFoundApi)

@@ -147,6 +147,11 @@ def test_every_documented_operation_answers_as_documented(tour):
         ("GET", "/v1/tunnels", None, 200),
         ("POST", "/v1/keys/rotate", None, 200),
         ("GET", "/v1/audit?limit=5", None, 200),
+        ("GET", "/v1/whoami", None, 200),
+        ("GET", "/v1/fabric", None, 200),
+        ("GET", "/ui", None, 200),
+        ("GET", "/ui/", None, 200),
+        ("GET", "/ui/app.js", None, 200),
         ("DELETE", "/v1/policies/last", None, 204),
         ("DELETE", "/v1/vms/db1", None, 204),
     ]
