@@ -737,10 +737,11 @@
   function showExplain(doc) {
     const result = $("explain-result");
     $("explain-rule").textContent = doc.rule ? `rule ${doc.rule.position}: ${doc.rule.name}` : `the default action (${doc.default_action})`;
-    let action = doc.effective_action;
+    const encrypted = doc.action === "encrypt" && doc.effective_action !== "deny";
+    // An encrypt rule lets the flow through, in a tunnel: say so rather than a bare "allow".
+    let action = encrypted ? "encrypt (allowed, through a tunnel)" : doc.effective_action;
     if (doc.quarantined.length) action += ` (quarantine: ${doc.quarantined.join(", ")})`;
     $("explain-action").textContent = action;
-    const encrypted = doc.action === "encrypt" && doc.effective_action !== "deny";
     $("explain-encrypted").textContent = encrypted ? "yes" : "no";
     $("explain-encrypted").dataset.encrypted = encrypted ? "yes" : "no";
     $("explain-path").textContent = doc.encryption ? doc.encryption.why : doc.effective_action === "deny" ? "dropped" : "in the clear";

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import os
 import re
-import selectors
 import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 
@@ -23,22 +23,36 @@ FABRIC = ["--spines", "1", "--leaves", "1", "--hypervisors-per-leaf", "2", "--vm
 READY = "The data centre keeps running until Ctrl-C."
 
 
-def _read_until(proc: subprocess.Popen, marker: str, timeout: float) -> str:
-    """Everything the process printed until a line after `marker` that is blank (the guide's end)."""
-    sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
-    out, deadline = "", time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if marker in out and re.search(r"Controller log: .*\n", out):
-            return out
-        if proc.poll() is not None:
-            break
-        if sel.select(timeout=1.0):
-            line = proc.stdout.readline()
-            if not line:
+class Lines:
+    """The process's output, read by a thread of its own (select() on a buffered pipe misses the
+    lines the buffer already holds)."""
+
+    def __init__(self, proc: subprocess.Popen):
+        self.proc, self.text, self.lock = proc, "", threading.Lock()
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            with self.lock:
+                self.text += line
+
+    def until_guide(self, timeout: float) -> str:
+        """Everything printed up to the end of the guide (its last line names the controller's log)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if READY in self.text and re.search(r"Controller log: .*\n", self.text):
+                    return self.text
+            if not self.thread.is_alive():
                 break
-            out += line
-    raise AssertionError(f"the demo did not print its guide in {timeout} s (status {proc.poll()}):\n{out[-3000:]}")
+            time.sleep(0.2)
+        raise AssertionError(f"the demo did not print its guide in {timeout} s (status {self.proc.poll()}):\n{self.text[-3000:]}")
+
+    def rest(self, timeout: float) -> str:
+        self.thread.join(timeout)
+        with self.lock:
+            return self.text
 
 
 def _bridges() -> set[str]:
@@ -53,7 +67,8 @@ def test_the_demo_keeps_running_and_its_printed_commands_work():
         cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
-        guide = _read_until(proc, READY, timeout=240)
+        output = Lines(proc)
+        guide = output.until_guide(timeout=240)
         assert "result: OK" in guide, guide
         url = re.search(r"Web view: (http://\S+/ui/)", guide).group(1)
         with urllib.request.urlopen(url, timeout=10) as answer:
@@ -86,10 +101,11 @@ def test_the_demo_keeps_running_and_its_printed_commands_work():
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
         try:
-            rest, _ = proc.communicate(timeout=120)
+            proc.wait(timeout=120)
         except subprocess.TimeoutExpired:
             proc.kill()
-            rest, _ = proc.communicate()
+            proc.wait()
+    rest = output.rest(10)
     assert proc.returncode == 0, rest[-2000:]
     assert "stopping the data centre" in rest
     assert _bridges() <= before, f"the demo left bridges behind: {sorted(_bridges() - before)}"
