@@ -8,10 +8,10 @@ every labelled family shows its labels."""
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+from controller.generated_docs import write_or_check
 from controller.intake import Intake
 from controller.metrics import Metrics
 from topology.learner import Learner
@@ -147,15 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="compare docs/metrics.md with the registry; exit 1 if it differs")
     args = parser.parse_args(argv)
-    text = render()
-    if args.check:
-        if DOC.read_text(encoding="utf-8") != text:
-            print(f"{DOC} differs from the registry: run python -m controller.metrics_docs", file=sys.stderr)
-            return 1
-        return 0
-    DOC.write_text(text, encoding="utf-8")
-    print(f"wrote {DOC}")
-    return 0
+    return write_or_check(DOC, render(), args.check, "python -m controller.metrics_docs")
 
 
 if __name__ == "__main__":

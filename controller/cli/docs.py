@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from controller.cli.commands import cli
+from controller.generated_docs import write_or_check
 
 PAGE = Path(__file__).resolve().parent.parent.parent / "docs" / "cli.md"
 WIDTH = 98  # what click prints on any terminal at least 100 columns wide (its max_content_width, less 2)
@@ -138,15 +139,7 @@ def render() -> str:
 
 
 def main(argv: list[str]) -> int:
-    text = render()
-    if argv[:1] == ["--check"]:
-        if not PAGE.exists() or PAGE.read_text(encoding="utf-8") != text:
-            print(f"{PAGE} is out of date: run `python -m controller.cli.docs`", file=sys.stderr)
-            return 1
-        return 0
-    PAGE.write_text(text, encoding="utf-8")
-    print(f"wrote {PAGE}")
-    return 0
+    return write_or_check(PAGE, render(), argv[:1] == ["--check"], "python -m controller.cli.docs")
 
 
 if __name__ == "__main__":
