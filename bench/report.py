@@ -910,6 +910,32 @@ def _converge(rows: list[dict]) -> list[str]:
     return lines
 
 
+def _operator_costs(rest: dict) -> list[str]:
+    """The operator's tools at the concurrent run's full size (bench/rest_load.py operator_costs)."""
+    run = next((r for r in rest.get("runs", []) if r.get("operator")), None)
+    if run is None:
+        return []
+    o = run["operator"]
+    base, loaded = o.get("health_without_views_ms", {}), o.get("health_with_views_ms", {})
+    return [
+        "",
+        f"**The operator's tools at {run['vms']:,} VMs**, after the {run['clients']}-client run, the hypervisors still churning"
+        " (medians):",
+        "",
+        "| what | time (ms) | size |",
+        "|---|---|---|",
+        f"| `GET /metrics` (a Prometheus scrape) | {fmt(o.get('metrics_scrape_ms'))} | {o.get('metrics_bytes', 0):,} bytes |",
+        f"| `GET /v1/fabric` (the web view's document) | {fmt(o.get('fabric_get_ms'))} | {o.get('fabric_bytes', 0):,} bytes |",
+        f"| `GET /v1/fabric` with `If-None-Match` (a poll, nothing changed) | {fmt(o.get('fabric_304_ms'))} "
+        f"| {o.get('fabric_304s')} of 10 answered 304 (the others: the churn had changed the fabric) |",
+        f"| `goldilocks status` (the CLI, process start to exit) | {fmt(o.get('cli_status_ms'))} | |",
+        "",
+        f"`GET /v1/health` p50 / p99 with no web view open: {base.get('p50')} / {base.get('p99')} ms; with {o.get('views')}"
+        f" views polling `/v1/fabric` every 0.5 s: {loaded.get('p50')} / {loaded.get('p99')} ms (p50 ratio"
+        f" {fmt(o.get('health_p50_ratio'))}, both measured in this run, 10 s each); {o.get('errors')} errors.",
+    ]
+
+
 def _rest(rest: dict) -> list[str]:
     lines = [
         "## REST writes under switch churn",
@@ -947,6 +973,7 @@ def _rest(rest: dict) -> list[str]:
             f"| {fmt(get(at, '20000.write_latency_ms.p99'))} | {health.get('p50')} / {health.get('p99')} "
             f"| {run['errors']} | {run['switch_connects']} / {run['switch_disconnects']} | {run['controller_cpu_seconds']} |"
         )
+    lines += _operator_costs(rest)
     lines += [
         "",
         "A write costs what it changes: the inventory is a persistent map (`apps/persistent_map.py`) with its",

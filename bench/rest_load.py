@@ -13,7 +13,12 @@ Measured, per run:
 - the emulated switches' churn: every CHURN_PERIOD one hypervisor disconnects or one reconnects, a
   quarter of them disconnected at any time, so the controller handles switches coming and going
   (handshakes, table read-backs, reconciles, compiles) during the writes;
-- the controller's CPU seconds (its /proc entry).
+- the controller's CPU seconds (its /proc entry);
+- after the concurrent run, at full size and still churning, what the operator's tools cost: a
+  /metrics scrape and a GET /v1/fabric (the web view's document: time and size, and a poll answered
+  304), `goldilocks status` end to end; and the health check's latency while VIEWS web views poll
+  /v1/fabric every 0.5 s as the page does, against the same probe with no view open (measured
+  just before, in the same run).
 
     .venv/bin/python -m bench.rest_load [--vms 20000] [--clients 4] [--hypervisors 40]   # prints one JSON line
 """
@@ -28,6 +33,7 @@ import random
 import statistics
 import threading
 import time
+from email.message import Message
 
 from bench.converge import _proc_stats, build, exit_on_term, json_from_child
 
@@ -39,6 +45,9 @@ CLIENTS = 4
 HYPERVISORS = 40
 CHURN_PERIOD = 0.25  # seconds between two switches connecting or disconnecting
 HEALTH_PERIOD = 0.1
+VIEWS = 10  # web views polling /v1/fabric at once
+VIEW_PERIOD = 0.5  # the page's poll period (controller/ui/app.js)
+PROBE_SECONDS = 10.0
 
 
 def vm_body(i: int) -> bytes:
@@ -139,9 +148,104 @@ def _health_loop(port: int, stop: threading.Event, latencies: list[float], failu
         stop.wait(HEALTH_PERIOD)
 
 
-def run_writes(vms: int, clients: int, hypervisors: int, seed: int = 1) -> dict:
+def _timed_get(port: int, token: str, path: str, headers: dict | None = None) -> tuple[int, float, int, Message]:
+    """(status, seconds, body bytes, headers) of one GET on a new connection."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        started = time.perf_counter()
+        conn.request("GET", path, headers={"Authorization": f"Bearer {token}", **(headers or {})})
+        response = conn.getresponse()
+        body = response.read()
+        return response.status, time.perf_counter() - started, len(body), response.headers  # case-insensitive
+    finally:
+        conn.close()
+
+
+def _median_ms(values: list[float]) -> float | None:
+    return round(statistics.median(values) * 1000, 1) if values else None
+
+
+def operator_costs(controller, token: str) -> dict:
+    """What a scrape, the web view and the CLI cost the controller at this size (see the module's doc)."""
+    import os
+    import subprocess
+    import sys
+
+    port = controller.rest_port
+    scrapes = [_timed_get(port, token, "/metrics") for _ in range(7)]
+    fabrics = []
+    for _ in range(7):
+        fabrics.append(_timed_get(port, token, "/v1/fabric"))
+        time.sleep(VIEW_PERIOD)  # a rebuild is rate-limited: ask as a view would
+    polls = []  # a poll right after a full answer: 304 unless the churn changed the fabric in between
+    for _ in range(10):
+        etag = _timed_get(port, token, "/v1/fabric")[3].get("ETag", "")
+        polls.append(_timed_get(port, token, "/v1/fabric", {"If-None-Match": etag}))
+    cli = os.path.join(os.path.dirname(sys.executable), "goldilocks")
+    env = dict(os.environ, GOLDILOCKS_URL=controller.rest_url, GOLDILOCKS_TOKEN=token)
+    status_runs = []
+    for _ in range(5):
+        started = time.perf_counter()
+        ran = subprocess.run([cli, "status"], env=env, capture_output=True, timeout=60)
+        status_runs.append((ran.returncode, time.perf_counter() - started))
+
+    def health_while(views: int) -> tuple[list[float], int]:
+        stop, latencies, failures = threading.Event(), [], []
+        view_errors = [0]
+
+        def view() -> None:
+            """One open web view: GET /v1/fabric every VIEW_PERIOD with the last ETag, on one keep-alive connection."""
+            conn, tag = None, ""
+            while not stop.is_set():
+                try:
+                    conn = conn or http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+                    conn.request("GET", "/v1/fabric", headers={"Authorization": f"Bearer {token}", "If-None-Match": tag})
+                    response = conn.getresponse()
+                    response.read()
+                    if response.status == 200:
+                        tag = response.getheader("ETag", "")
+                    elif response.status != 304:
+                        view_errors[0] += 1
+                except (OSError, http.client.HTTPException):
+                    view_errors[0] += 1
+                    conn = None
+                stop.wait(VIEW_PERIOD)
+            if conn is not None:
+                conn.close()
+
+        threads = [threading.Thread(target=view, daemon=True) for _ in range(views)]
+        prober = threading.Thread(target=_health_loop, args=(port, stop, latencies, failures), daemon=True)
+        for thread in [*threads, prober]:
+            thread.start()
+        time.sleep(PROBE_SECONDS)
+        stop.set()
+        for thread in [*threads, prober]:
+            thread.join(30)
+        return latencies, len(failures) + view_errors[0]
+
+    without, _ = health_while(0)
+    with_views, errors = health_while(VIEWS)
+    base, loaded = quantiles(without), quantiles(with_views)
+    return {
+        "metrics_scrape_ms": _median_ms([s for _, s, _, _ in scrapes]),
+        "metrics_bytes": scrapes[-1][2],
+        "fabric_get_ms": _median_ms([s for _, s, _, _ in fabrics]),
+        "fabric_bytes": fabrics[-1][2],
+        "fabric_304_ms": _median_ms([s for status, s, _, _ in polls if status == 304]),
+        "fabric_304s": sum(1 for status, _, _, _ in polls if status == 304),
+        "cli_status_ms": _median_ms([s for rc, s in status_runs if rc == 0]),
+        "cli_status_failures": sum(1 for rc, _ in status_runs if rc != 0),
+        "views": VIEWS,
+        "health_without_views_ms": base,
+        "health_with_views_ms": loaded,
+        "health_p50_ratio": round(loaded["p50"] / base["p50"], 2) if base["p50"] and loaded["p50"] else None,
+        "errors": errors,
+    }
+
+
+def run_writes(vms: int, clients: int, hypervisors: int, seed: int = 1, operator: bool = False) -> dict:
     """A fresh controller and fabric; `clients` clients create VMs 0..vms-1 between them, one request
-    each at a time."""
+    each at a time. With `operator`, then measure the operator's tools at that size."""
     from mininet_scenarios.harness import ControllerProcess
 
     controller = ControllerProcess().start()
@@ -193,6 +297,7 @@ def run_writes(vms: int, clients: int, hypervisors: int, seed: int = 1) -> dict:
         prober.join(10)
         cpu_after, peak_mib = _proc_stats(controller.proc.pid)
         stored = json.loads(_get(controller, "/v1/health"))
+        tools = operator_costs(controller, token) if operator else None
     finally:
         churn.stop()
         controller.stop()
@@ -226,6 +331,7 @@ def run_writes(vms: int, clients: int, hypervisors: int, seed: int = 1) -> dict:
         "switches_connected_at_end": stored.get("switches_connected"),
         "controller_cpu_seconds": round(cpu_after - cpu_before, 1),
         "controller_peak_rss_mib": peak_mib,
+        **({"operator": tools} if tools else {}),
     }
 
 
@@ -244,7 +350,7 @@ def measure(vms: int = VMS, clients: int = CLIENTS, hypervisors: int = HYPERVISO
         "hypervisors": hypervisors,
         "churn_period_seconds": CHURN_PERIOD,
         "window": WINDOW,
-        "runs": [run_writes(vms, 1, hypervisors), run_writes(vms, clients, hypervisors)],
+        "runs": [run_writes(vms, 1, hypervisors), run_writes(vms, clients, hypervisors, operator=True)],
     }
 
 
