@@ -339,6 +339,7 @@ def everything_readable(dc) -> dict[str, str]:
         texts[f"{hv} agent log"] = Path(agent.log_path).read_text(errors="replace")
     values = {
         "dpid": f"{dc.layout.switches['hv1']:016x}", "name": "vm1", "vm": FLAGGED, "hypervisor": "hv1",
+        "asset": "app.js",  # the web view's script: /ui/{asset}
     }  # fmt: skip
     queries = {"/v1/explain": f"?src={PCI}&dst={DB}", "/v1/audit": "?limit=1000", "/v1/vms": "?unmanaged=true"}
     for declared in rest.ENDPOINTS:
