@@ -882,6 +882,8 @@ def port_is_free(port: int) -> bool:
     import socket
 
     with socket.socket() as sock:
+        # As the controller binds: a port whose last connections linger in TIME_WAIT is free to it.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
@@ -928,7 +930,9 @@ def keep_running(dc: DataCentre, ok: bool) -> int:
     """Wait for Ctrl-C or SIGTERM (the caller's context then stops everything); 1 if the controller
     this run started dies meanwhile, else the check's verdict."""
     stop = threading.Event()
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # Our own handlers for both: a shell that started us in the background set SIGINT to ignored,
+    # and Python then never raises KeyboardInterrupt; `kill -INT` must still end the demo.
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         while not stop.wait(1.0):
             proc = dc.controller_proc.proc if dc.controller_proc else None
@@ -938,10 +942,9 @@ def keep_running(dc: DataCentre, ok: bool) -> int:
                     file=sys.stderr,
                 )
                 return 1
-    except KeyboardInterrupt:
-        pass
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     print("\nstopping the data centre", flush=True)
     return 0 if ok else 1
 
@@ -1056,13 +1059,13 @@ def main(argv: list[str] | None = None) -> int:
             CLI(dc.net)
             return 0
         summary = check(dc)
-        if args.check or not explore:
+        if not explore:  # --check, or a script: the JSON on stdout, for people on stderr
             print(json.dumps(summary, indent=1))
-        print(human_summary(summary), file=sys.stderr if args.check else sys.stdout, flush=True)
-        if not explore:
+            print(human_summary(summary), file=sys.stderr)
             if not args.check:
-                print("(stdin is not a terminal, so the data centre stops now; --keep-running keeps it)", flush=True)
+                print("(stdin is not a terminal, so the data centre stops now; --keep-running keeps it)", file=sys.stderr)
             return 0 if summary["ok"] else 1
+        print(human_summary(summary), flush=True)
         print(explore_guide(dc, summary), flush=True)
         return keep_running(dc, ok=summary["ok"])
 

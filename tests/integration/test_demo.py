@@ -7,6 +7,7 @@ machine-wide Mininet lock that the demo process must take."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -109,3 +110,18 @@ def test_the_demo_keeps_running_and_its_printed_commands_work():
     assert proc.returncode == 0, rest[-2000:]
     assert "stopping the data centre" in rest
     assert _bridges() <= before, f"the demo left bridges behind: {sorted(_bridges() - before)}"
+
+
+def test_the_demo_run_from_a_script_checks_and_ends_by_itself():
+    """stdin not a terminal and no mode given (how automation runs `make demo`): the check as JSON on
+    stdout, its verdict as the exit status, and nothing left running."""
+    before = _bridges()
+    result = subprocess.run(
+        [sys.executable, "-m", "mininet_scenarios.datacenter", *FABRIC],
+        cwd=REPO, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads(result.stdout)
+    assert summary["ok"] and summary["encryption"]["verdict"] == "encrypted"
+    assert "stdin is not a terminal" in result.stderr and READY not in result.stdout + result.stderr
+    assert _bridges() <= before
