@@ -909,7 +909,7 @@ class GoldilocksApi(ControllerBase):
     def release_vm(self, call, vm):
         old = self.app.policy
         if vm not in old.quarantine:
-            raise ApiError(400, f"vm: {vm!r} is not in quarantine", "vm")
+            raise ApiError(404, f"{vm!r} is not in quarantine")  # as GET answers it
         record = old.quarantine[vm]
         self.change_policy(call, old.without_quarantine(vm), "vm.release", vm, f"released from {record.mode} ({record.reason})")
         self.app.alert_book.forget(vm)  # a released VM starts counting alerts afresh
