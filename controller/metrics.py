@@ -35,6 +35,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from apps.quarantine import MODES as QUARANTINE_MODES
+from topology.model import dpid_str
 
 # `_created` series only mean something in OpenMetrics; in the text format they are one more
 # gauge per counter and histogram, so none are exported (a process-wide setting of the library).
@@ -53,11 +54,6 @@ LEARNING_BUCKETS = tuple(
 CONVERGENCE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 RECONCILE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 REST_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0)
-
-
-def dpid_label(dpid: int) -> str:
-    """A switch's `dpid` label: 16 hex digits, as in the REST API."""
-    return f"{dpid:016x}"
 
 
 class Metrics:
@@ -153,10 +149,6 @@ class Metrics:
         self.rest_seconds.labels(method, route).observe(seconds)
 
     @property
-    def packet_ins(self) -> int:
-        return sum(self.packet_ins_by_switch.values())
-
-    @property
     def encrypt_drops(self) -> int:
         return sum(self.encrypt_drops_by_switch.values())
 
@@ -237,9 +229,9 @@ class StateCollector(Collector):
         for family, tally in tallies:
             for dpid, count in sorted(tally.items()):
                 if dpid in app.datapaths:  # a late reply from a connection that has ended counts no more
-                    family.add_metric([dpid_label(dpid)], count)
+                    family.add_metric([dpid_str(dpid)], count)
         for dpid in sorted(app.datapaths):
-            per_switch.add_metric([dpid_label(dpid)], len(app.desired.get(dpid, ())))
+            per_switch.add_metric([dpid_str(dpid)], len(app.desired.get(dpid, ())))
         intake = app.intake
         waiting.add_metric([], len(intake))
         coalesced.add_metric([], intake.duplicates)

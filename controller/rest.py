@@ -41,11 +41,12 @@ from controller import metrics as metrics_mod
 from controller.auth import Principal
 from controller.security import record_alert
 from controller.store import SOURCE_API, StateFullError
+from topology.model import KIND_DOWN, KIND_LOST_LINK, dpid_str
 
 LOG = logging.getLogger("goldilocks.rest")
 APP_KEY = "goldilocks"
 LIMITER_KEY = "sign-in-limiter"
-FABRIC_KEY = "fabric-document"  # webui.FabricDocument, shared by every request
+FABRIC_KEY = "fabric-document"  # webui.FabricDocument of fabric_view, shared by every request
 MAX_BODY_BYTES = 64 * 1024
 OPENAPI_FILE = Path(__file__).resolve().parent.parent / "docs" / "openapi.yaml"
 
@@ -290,10 +291,6 @@ def integer(query: Mapping[str, str], name: str, low: int, high: int) -> int | N
 
 
 # -- views ------------------------------------------------------------------------------
-def dpid_str(dpid: int) -> str:
-    return f"{dpid:016x}"
-
-
 def host_view(host) -> dict:
     return {"mac": host.mac, "ips": sorted(host.ips), "dpid": dpid_str(host.dpid), "port": host.port}
 
@@ -355,6 +352,76 @@ def vm_location(app, vm: VM) -> dict | None:
         if host is not None:
             return host_view(host)
     return None
+
+
+def fabric_view(app) -> dict:
+    """Switches (role, connected, the agent that runs on a hypervisor, ports that are down or held as
+    lost links: the page draws a link it saw before as down or lost from those), links with their state, VMs
+    with labels, location and quarantine, unmanaged hosts, and tunnels with state and the time of
+    their latest handshake. Nothing here changes by itself as time passes (handshake *times*, not
+    ages), so that its ETag changes only when the fabric does; the X-Server-Time header lets the page
+    compute ages against the controller's clock."""
+    topo, policy, agents = app.topo, app.policy, app.agents
+    agent_of_bridge = agents.hypervisor_of_bridge()
+    endpoint_macs = {e.mac.lower() for e in agents.endpoints() if e.mac}
+    switches = []
+    for dpid in sorted(topo.switches):
+        sw = topo.switches[dpid]
+        kinds = {p: topo.port_kind(dpid, p) for p in sw.ports if p < 0xFFFFFF00}  # not the bridge's local port
+        switches.append(
+            {
+                "dpid": dpid_str(dpid),
+                "name": sw.name,
+                "role": topo.role(dpid),
+                "connected": sw.connected,
+                "agent": agent_of_bridge.get(sw.name),
+                "lost_ports": sorted(p for p, kind in kinds.items() if kind == KIND_LOST_LINK),
+                "down_ports": sorted(p for p, kind in kinds.items() if kind == KIND_DOWN),
+            }
+        )
+
+    def link_state(link) -> str:
+        for end in link.ends():
+            sw = topo.switches.get(end.dpid)
+            port = sw.ports.get(end.port) if sw else None
+            if sw is None or not sw.connected or port is None or not port.up:
+                return "unconfirmed"  # kept while a switch is away: no probe can confirm or expire it
+        return "up"
+
+    links = [
+        {"a": dpid_str(lk.a.dpid), "a_port": lk.a.port, "b": dpid_str(lk.b.dpid), "b_port": lk.b.port, "state": link_state(lk)}
+        for lk in sorted(topo.links, key=lambda lk: (lk.a.dpid, lk.a.port, lk.b.dpid, lk.b.port))
+    ]
+    vms = []
+    for name in sorted(policy.vms):
+        vm = policy.vms[name]
+        where = vm_location(app, vm)
+        record = policy.quarantine.get(name)
+        vms.append(
+            {
+                "name": name,
+                "labels": vm.label_map,
+                "macs": list(vm.macs),
+                "ips": list(vm.ips),
+                "location": {"dpid": where["dpid"], "port": where["port"]} if where else None,
+                "quarantine": {"reason": record.reason, "mode": record.mode, "actor": record.actor, "since": record.at}
+                if record
+                else None,
+            }
+        )
+    managed = policy.vm_by_mac()
+    hosts = [
+        host_view(h)
+        for h in sorted(topo.hosts.values(), key=lambda h: h.mac)
+        if h.mac not in managed and h.mac not in endpoint_macs  # endpoints are drawn as their tunnels
+    ]
+    tunnels = []
+    for a, b in sorted(agents.pairs):
+        view = agents.tunnel_view(a, b)
+        tunnels.append(
+            {"a": a, "b": b, "state": view["state"], "needed": view["needed"], "latest_handshake": view["latest_handshake"]}
+        )
+    return {"switches": switches, "links": links, "vms": vms, "hosts": hosts, "tunnels": tunnels}
 
 
 def alert_view(alert_id: int, at: float, vm: str, request, action: str) -> dict:
@@ -1130,5 +1197,5 @@ def register(wsgi, app, limiter: auth.SignInLimiter | None = None) -> None:
             conditions={"method": list(declared.methods)},
         )
     # No @route methods: this only hands the class its data.
-    wsgi.register(GoldilocksApi, {APP_KEY: app, LIMITER_KEY: limiter, FABRIC_KEY: webui.FabricDocument()})
+    wsgi.register(GoldilocksApi, {APP_KEY: app, LIMITER_KEY: limiter, FABRIC_KEY: webui.FabricDocument(fabric_view)})
     wsgi.register(NotFoundApi)

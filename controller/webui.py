@@ -1,5 +1,5 @@
 """The web view at /ui: its fixed set of static files, the security headers every /ui answer carries,
-and the fabric document (`GET /v1/fabric`) its graph is drawn from.
+and the shared, encoded copy of the fabric document (`GET /v1/fabric`, built by rest.fabric_view) its graph is drawn from.
 
 Only the files named in UI_FILES are ever served: a request names a key of that table, never a path,
 so no request can reach another file. The page holds no data and no secret (it is OPEN); everything
@@ -13,8 +13,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-
-from topology.model import KIND_DOWN, KIND_LOST_LINK
 
 UI_DIR = Path(__file__).resolve().parent / "ui"
 MIN_REBUILD_SECONDS = 0.1
@@ -84,80 +82,6 @@ def etag_matches(if_none_match: str | None, etag: str) -> bool:
 
 
 # -- the fabric document ----------------------------------------------------------------------
-def _dpid(dpid: int) -> str:
-    return f"{dpid:016x}"
-
-
-def fabric_view(app) -> dict:
-    """Switches (role, connected, the agent that runs on a hypervisor, ports that are down or held as
-    lost links: the page draws a link it saw before as down or lost from those), links with their state, VMs
-    with labels, location and quarantine, unmanaged hosts, and tunnels with state and the time of
-    their latest handshake. Nothing here changes by itself as time passes (handshake *times*, not
-    ages), so that its ETag changes only when the fabric does; the X-Server-Time header lets the page
-    compute ages against the controller's clock."""
-    topo, policy, agents = app.topo, app.policy, app.agents
-    agent_of_bridge = agents.hypervisor_of_bridge()
-    endpoint_macs = {e.mac.lower() for e in agents.endpoints() if e.mac}
-    switches = []
-    for dpid in sorted(topo.switches):
-        sw = topo.switches[dpid]
-        kinds = {p: topo.port_kind(dpid, p) for p in sw.ports if p < 0xFFFFFF00}  # not the bridge's local port
-        switches.append(
-            {
-                "dpid": _dpid(dpid),
-                "name": sw.name,
-                "role": topo.role(dpid),
-                "connected": sw.connected,
-                "agent": agent_of_bridge.get(sw.name),
-                "lost_ports": sorted(p for p, kind in kinds.items() if kind == KIND_LOST_LINK),
-                "down_ports": sorted(p for p, kind in kinds.items() if kind == KIND_DOWN),
-            }
-        )
-
-    def link_state(link) -> str:
-        for end in link.ends():
-            sw = topo.switches.get(end.dpid)
-            port = sw.ports.get(end.port) if sw else None
-            if sw is None or not sw.connected or port is None or not port.up:
-                return "unconfirmed"  # kept while a switch is away: no probe can confirm or expire it
-        return "up"
-
-    links = [
-        {"a": _dpid(lk.a.dpid), "a_port": lk.a.port, "b": _dpid(lk.b.dpid), "b_port": lk.b.port, "state": link_state(lk)}
-        for lk in sorted(topo.links, key=lambda lk: (lk.a.dpid, lk.a.port, lk.b.dpid, lk.b.port))
-    ]
-    vms = []
-    for name in sorted(policy.vms):
-        vm = policy.vms[name]
-        host = next((topo.hosts[m] for m in vm.macs if m in topo.hosts), None)
-        record = policy.quarantine.get(name)
-        vms.append(
-            {
-                "name": name,
-                "labels": vm.label_map,
-                "macs": list(vm.macs),
-                "ips": list(vm.ips),
-                "location": {"dpid": _dpid(host.dpid), "port": host.port} if host else None,
-                "quarantine": {"reason": record.reason, "mode": record.mode, "actor": record.actor, "since": record.at}
-                if record
-                else None,
-            }
-        )
-    managed = policy.vm_by_mac()
-    hosts = [
-        {"mac": h.mac, "ips": sorted(h.ips), "dpid": _dpid(h.dpid), "port": h.port}
-        for h in sorted(topo.hosts.values(), key=lambda h: h.mac)
-        if h.mac not in managed and h.mac not in endpoint_macs  # endpoints are drawn as their tunnels
-    ]
-    tunnels = []
-    for a, b in sorted(agents.pairs):
-        view = agents.tunnel_view(a, b)
-        tunnels.append(
-            {"a": a, "b": b, "state": view["state"], "needed": view["needed"], "latest_handshake": view["latest_handshake"]}
-        )
-    return {"switches": switches, "links": links, "vms": vms, "hosts": hosts, "tunnels": tunnels}
-
-
 class FabricDocument:
     """The encoded fabric document and its ETag, shared by every open view. A policy change (a new
     PolicyState) rebuilds it at once; anything else (topology, tunnels) is picked up when the copy is
@@ -165,7 +89,8 @@ class FabricDocument:
     longer. So however many views poll, and however large the fabric, building it takes at most
     about 1/REBUILD_COST_FACTOR of the controller's time (at 20,000 VMs a build takes 0.1 to 0.3 s)."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, build: Callable[[object], dict], clock: Callable[[], float] = time.monotonic) -> None:
+        self.build = build  # app -> the document (rest.fabric_view)
         self.clock = clock
         self.builds = 0
         self._body: bytes | None = None
@@ -180,7 +105,7 @@ class FabricDocument:
         if self._body is None or self._policy is not app.policy or not fresh:
             policy = app.policy
             # Compact and with sorted keys: equal fabrics are equal bytes, so the ETag is a strong one.
-            self._body = json.dumps(fabric_view(app), sort_keys=True, separators=(",", ":")).encode()
+            self._body = json.dumps(self.build(app), sort_keys=True, separators=(",", ":")).encode()
             self._etag = etag_of(self._body)
             self._policy, self._built_at, self._cost = policy, now, self.clock() - now
             self.builds += 1

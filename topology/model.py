@@ -29,6 +29,11 @@ KIND_LOST_LINK = "lost-link"  # carried a link whose probes stopped while it sta
 KIND_TUNNEL = "tunnel"  # an encrypting tunnel port an agent added: never edge, never inter-switch
 
 
+def dpid_str(dpid: int) -> str:
+    """A datapath id as the API, the web view and /metrics write it: 16 hex digits."""
+    return f"{dpid:016x}"
+
+
 def is_tunnel_port_name(name: str) -> bool:
     """Tunnel ports are recognised by name (pipeline.TUNNEL_PORT_PREFIX) from the moment they appear:
     a tunnel port taken for a pending port for even one probe period could look like a link."""

@@ -222,13 +222,13 @@ def test_every_view_shares_one_copy_rebuilt_at_once_on_a_policy_change_and_other
     fabric, app, client = view
     document = shared_document(client)
     build_time = 0.05  # as if each build took this long on the controller's clock
-    real_view = webui.fabric_view
+    real_view = document.build
 
     def slow_view(app_):
         document.clock.now += build_time
         return real_view(app_)
 
-    monkeypatch.setattr(webui, "fabric_view", slow_view)
+    monkeypatch.setattr(document, "build", slow_view)
     client.call("GET", "/v1/fabric")
     builds = document.builds
     for _ in range(20):  # many views polling at once: one copy
