@@ -19,6 +19,7 @@ from controller.cli.client import ApiError, Client, CliError, segment
 from controller.cli.connection import DEFAULT_TOKEN_FILE, DEFAULT_URL, Connection, SettingsError, resolve
 from controller.cli.output import FORMATS, done, emit
 from controller.cli.parsing import parse_duration, parse_label_changes, parse_labels, parse_since
+from crypto.keystore import KeystoreError, write_secret_file
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 AUDIT_PAGE_MAX = 1000  # the API's largest page
@@ -255,8 +256,7 @@ def vms_list(session: Session, out: Out, unmanaged: bool) -> None:
 def vms_show(session: Session, out: Out, name: str) -> None:
     """One VM: its MACs, IPs, labels, where the network saw it, who wrote it, and its quarantine."""
     doc = session.get(f"/v1/vms/{segment(name)}")
-    out.emit(doc, lambda: [views.vm_pairs(doc, _switch_names(session), session.get_or_none(f"/v1/quarantine/{segment(name)}"),
-                                           views.now_utc())])  # fmt: skip
+    out.emit(doc, lambda: _vm_views(session, doc))
 
 
 def _vm_views(session: Session, doc: dict) -> list:
@@ -544,11 +544,11 @@ def agents_show(session: Session, out: Out, hypervisor: str) -> None:
 
 
 def _write_secret(path: str, text: str) -> None:
-    """Write a file only its owner may read, created that way (never briefly readable by others)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.chmod(path, 0o600)  # an existing file keeps its mode through O_CREAT
+    """Write a file only its owner may read, atomically, as the controller writes its own secrets."""
+    try:
+        write_secret_file(path, text.encode())
+    except KeystoreError as exc:  # names the file and why, never the secret
+        raise CliError(str(exc)) from None
 
 
 def _duration_seconds(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:

@@ -253,3 +253,18 @@ def test_help_and_completion_need_no_controller_and_no_config(tmp_path):
     assert "_GOLDILOCKS_COMPLETE" in runner.invoke(commands.cli, ["completion", "bash"], env=env).output
     broken = runner.invoke(commands.cli, ["status"], env=env)
     assert broken.exit_code == 2 and "cli.yaml: not valid YAML" in broken.output
+
+
+def test_a_token_written_over_a_file_others_can_read_is_never_readable_by_them(tmp_path):
+    """--token-out over an existing 0644 file: the token lands in a new 0600 file that replaces it,
+    never in the old one; a place that cannot be written is one line naming it, not a traceback."""
+    import stat
+
+    target = tmp_path / "token"
+    target.write_text("old\n")
+    target.chmod(0o644)
+    commands._write_secret(str(target), "glk_secret\n")
+    assert target.read_text() == "glk_secret\n" and stat.S_IMODE(target.stat().st_mode) == 0o600
+    with pytest.raises(commands.CliError) as refused:
+        commands._write_secret(str(tmp_path / "missing" / "token"), "glk_secret\n")
+    assert "missing" in refused.value.message and "glk_secret" not in refused.value.message
