@@ -38,15 +38,18 @@ def pick_roles(dc) -> Roles | None:
 
 
 def fabric_interfaces(dc) -> list[str]:
-    """Every port of every fabric switch (leaves, spines): all the wire between hypervisors."""
+    """All the wire between hypervisors: every port of every fabric switch (leaves, spines), and one
+    end of every cable that joins two hypervisors directly (a ring, a back-to-back pair, a fabric of
+    hypervisors only), which no fabric switch sees."""
+    roles = dc.layout.roles
     names = []
-    for name, role in dc.layout.roles.items():
+    for name, role in roles.items():
         if role == "fabric":
             names += [i.name for i in dc.net.get(name).intfList() if i.name != "lo"]
-    if not names:  # a fabric of hypervisors only: their inter-switch ports
-        for a, b in dc.layout.switch_links:
+    for a, b in dc.layout.switch_links:
+        if roles.get(a) != "fabric" and roles.get(b) != "fabric":
             for link in dc.net.linksBetween(dc.net.get(a), dc.net.get(b)):
-                names += [link.intf1.name, link.intf2.name]
+                names.append(link.intf1.name)  # the other end carries the same frames
     return sorted(set(names))
 
 
